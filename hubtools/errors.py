@@ -1,0 +1,60 @@
+"""Typed errors. The library raises these; only `cli.py` turns them into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class HubtoolsError(Exception):
+    """Base class: a user-facing failure whose message is one line.
+
+    Messages read "what failed: 'value' (expected X, got Y). Hint."
+    """
+
+    exit_code = 1
+
+
+class LayoutError(HubtoolsError):
+    """A folder is not a checkpoint we know, or is ambiguous (two weight formats, missing files)."""
+
+
+class ParamsError(HubtoolsError):
+    """`params.json` / `config.json` is missing, invalid, or inconsistent with the tensors."""
+
+
+class MappingError(HubtoolsError):
+    """A tensor is unknown, missing, duplicated, or has the wrong shape for the name table."""
+
+
+class CorruptFileError(HubtoolsError):
+    """A weight file is truncated or its header/archive is malformed."""
+
+
+class UnsafePickleError(CorruptFileError):
+    """A `.pth` pickle references something other than tensor-rebuild globals; it is never executed."""
+
+
+class DestinationError(HubtoolsError):
+    """The output path exists (use --force) or cannot be written."""
+
+
+class RecipeError(HubtoolsError):
+    """A `converters/*.yaml` recipe is invalid, or the source does not match it."""
+
+
+class TokenizerError(HubtoolsError):
+    """A tokenizer file cannot be read or converted, or disagrees with the model."""
+
+
+class ChatTemplateError(TokenizerError):
+    """A conversation the reference (mistral-common) would reject."""
+
+
+class VerifyError(HubtoolsError):
+    """Verification could not run (not: verification ran and found differences)."""
+
+
+class CardError(HubtoolsError):
+    """A card source or its metadata breaks a rule the Hub enforces."""
+
+
+class PublishError(HubtoolsError):
+    """An upload failed or the remote files do not match the local ones."""
