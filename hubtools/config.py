@@ -1,0 +1,130 @@
+"""params.json <-> config.json / generation_config.json, pure.
+
+Every default for a field params.json leaves out is an explicit rule, reported in `HfConfig.rules`
+and overridable (recipe or flag):
+- rope_theta: params value, else override, else 1e4 with a sliding window and 1e6 without
+  (`params.default_rope_theta`).
+- max_position_embeddings: override, else params `max_seq_len`, else 32768 (Mixtral 8x7B's published
+  value; 8x22B recipes override it with 65536).
+- sliding_window: params value or null; bos/eos ids 1/2 (every Mistral tokenizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hubtools.errors import ParamsError
+from hubtools.params import ModelParams, default_rope_theta, parse_params
+
+DEFAULT_MAX_POSITIONS = 32768
+ROUTER_AUX_LOSS_COEF = 0.02  # the value in the published Mixtral configs
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """Values that win over params.json and the default rules (from a recipe or CLI flags)."""
+
+    rope_theta: float | None = None
+    max_position_embeddings: int | None = None
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+
+
+@dataclass(frozen=True)
+class HfConfig:
+    config: dict[str, Any]
+    generation: dict[str, Any]
+    rules: tuple[str, ...] = field(default=())
+
+
+def _rope_theta(params: ModelParams, overrides: ConfigOverrides) -> tuple[float, str]:
+    if overrides.rope_theta is not None:
+        return overrides.rope_theta, f"rope_theta={overrides.rope_theta:g} (override)"
+    if params.rope_theta is not None:
+        return params.rope_theta, f"rope_theta={params.rope_theta:g} (params.json)"
+    theta = default_rope_theta(params)
+    why = "sliding window" if params.sliding_window else "no sliding window"
+    return theta, f"rope_theta={theta:g} (default rule: {why})"
+
+
+def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int, str]:
+    if overrides.max_position_embeddings is not None:
+        return overrides.max_position_embeddings, f"max_position_embeddings={overrides.max_position_embeddings} (override)"
+    if params.max_seq_len is not None:
+        return params.max_seq_len, f"max_position_embeddings={params.max_seq_len} (params.json max_seq_len)"
+    return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"
+
+
+def to_hf_config(params: ModelParams, *, dtype: torch.dtype, overrides: ConfigOverrides | None = None) -> HfConfig:
+    """Build config.json and generation_config.json for `params`.
+
+    Example:
+        >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
+        ...                 norm_eps=1e-5, vocab_size=10, sliding_window=4096)
+        >>> to_hf_config(p, dtype=torch.bfloat16).config["rope_theta"]
+        10000.0
+    """
+    overrides = overrides or ConfigOverrides()
+    theta, theta_rule = _rope_theta(params, overrides)
+    positions, positions_rule = _max_positions(params, overrides)
+    config: dict[str, Any] = {
+        "architectures": [params.architecture],
+        "model_type": "mixtral" if params.is_moe else "mistral",
+        "hidden_size": params.dim, "intermediate_size": params.hidden_dim,
+        "num_hidden_layers": params.n_layers, "num_attention_heads": params.n_heads,
+        "num_key_value_heads": params.n_kv_heads, "head_dim": params.head_dim,
+        "rms_norm_eps": params.norm_eps, "vocab_size": params.vocab_size, "rope_theta": theta,
+        "max_position_embeddings": positions, "sliding_window": params.sliding_window,
+        "hidden_act": "silu", "initializer_range": 0.02, "attention_dropout": 0.0,
+        "tie_word_embeddings": False, "use_cache": True,
+        "bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if params.is_moe:
+        config.update(num_local_experts=params.num_experts, num_experts_per_tok=params.num_experts_per_tok,
+                      router_aux_loss_coef=ROUTER_AUX_LOSS_COEF, output_router_logits=False)
+    generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
+    return HfConfig(dict(sorted(config.items())), generation, (theta_rule, positions_rule))
+
+
+def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
+    """Translate a Mistral/Mixtral config.json back into native params.
+
+    Raises:
+        ParamsError: not a Mistral/Mixtral config, or fields missing.
+    """
+    if not isinstance(config, dict):
+        raise ParamsError(f"{source}: expected a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in ("mistral", "mixtral"):
+        raise ParamsError(f"{source}: model_type '{model_type}' is not supported (expected 'mistral' or 'mixtral')")
+    try:
+        raw: dict[str, Any] = {
+            "dim": config["hidden_size"], "n_layers": config["num_hidden_layers"],
+            "n_heads": config["num_attention_heads"],
+            "n_kv_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
+            "hidden_dim": config["intermediate_size"], "norm_eps": config["rms_norm_eps"],
+            "vocab_size": config["vocab_size"],
+        }
+    except KeyError as exc:
+        raise ParamsError(f"{source}: missing field {exc.args[0]}") from None
+    raw["head_dim"] = config.get("head_dim") or raw["dim"] // raw["n_heads"]
+    theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None:
+        raw["rope_theta"] = float(theta)
+    if config.get("sliding_window"):
+        raw["sliding_window"] = config["sliding_window"]
+    if model_type == "mixtral":
+        raw["moe"] = {"num_experts": config.get("num_local_experts"),
+                      "num_experts_per_tok": config.get("num_experts_per_tok")}
+    return parse_params(raw, source=source)
+
+
+def to_native_params(params: ModelParams) -> dict[str, Any]:
+    """The params.json content mistral-inference loads (rope_theta always explicit, no max_seq_len)."""
+    out = params.to_dict()
+    out.pop("max_seq_len", None)
+    return out
