@@ -1,0 +1,261 @@
+"""plan() and convert(): read -> rename -> transform -> write, streaming, atomic.
+
+native -> HF: model-0000K-of-0000N.safetensors + index, config.json, generation_config.json, tokenizer.
+HF -> native: consolidated.safetensors (or consolidated-0000N-of-0000M above the shard size),
+params.json and the native tokenizer file, in the layout mistral-inference loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubtools.config import ConfigOverrides, to_hf_config, to_native_params
+from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
+from hubtools.names import NameTable, TensorSpec
+from hubtools.reader import Checkpoint, TensorSource, open_checkpoint
+from hubtools.transforms import to_hf, to_native
+from hubtools.writer import PlannedTensor, Shard, copy_segments, plan_shards, tensor_bytes, write_all, \
+    write_index, write_shard
+
+DEFAULT_SHARD_SIZE = 5 * 10**9
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    """How one output tensor is made: from `source`, by `transform` (or a byte copy), cast to `dtype`."""
+
+    spec: TensorSpec
+    source: TensorSource
+    out: PlannedTensor
+    transform: str
+
+    @property
+    def is_copy(self) -> bool:
+        return self.transform == "identity" and self.out.dtype == self.source.dtype and self.source.view is None
+
+
+@dataclass(frozen=True)
+class ConversionPlan:
+    source_layout: str
+    target_layout: str
+    params: Any
+    shards: tuple[Shard, ...]
+    steps: dict[str, Step]
+    config: dict[str, Any] | None
+    generation: dict[str, Any] | None
+    rules: tuple[str, ...] = field(default=())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.shards)
+
+
+def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
+    """Names complete and unique, shapes as params imply.
+
+    Raises:
+        MappingError: unknown or missing tensors.  ParamsError: a shape that params contradict.
+    """
+    where = str(ckpt.folder)
+    table.check_complete(ckpt.tensors, layout=ckpt.layout, where=where)
+    p = ckpt.params
+    for name, src in ckpt.tensors.items():
+        spec = table.spec(name, layout=ckpt.layout)
+        if src.shape != spec.shape:
+            origin = "params.json" if ckpt.layout == "native" else "config.json"
+            raise ParamsError(f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
+                              f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
+                              f"head_dim={p.head_dim}, hidden_dim={p.hidden_dim}, vocab_size={p.vocab_size})")
+
+
+def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
+    """The tokenizer's vocabulary must match the embedding rows (32000 vs 32768 mix-ups give garbage)."""
+    if ckpt.tokenizer_file is None:
+        return
+    from hubtools.tokenizer import tokenizer_vocab_size
+
+    n = tokenizer_vocab_size(ckpt.tokenizer_file)
+    if n != ckpt.params.vocab_size:
+        raise TokenizerError(f"{ckpt.tokenizer_file}: tokenizer has {n} tokens but the embedding has "
+                             f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)")
+
+
+def plan(ckpt: Checkpoint, *, dtype: torch.dtype | None = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
+         overrides: ConfigOverrides | None = None) -> ConversionPlan:
+    """Decide every output tensor, shard and config value from headers alone.
+
+    Raises:
+        MappingError, ParamsError, TokenizerError: the source is inconsistent.
+    """
+    table = NameTable(ckpt.params)
+    check_tensors(ckpt, table)
+    check_tokenizer_vocab(ckpt)
+    to_layout = "hf" if ckpt.layout == "native" else "native"
+    key_in, key_out = ("native", "hf") if to_layout == "hf" else ("hf", "native")
+    steps: dict[str, Step] = {}
+    for spec in table.specs:
+        src = ckpt.tensors[getattr(spec, key_in)]
+        out = PlannedTensor(getattr(spec, key_out), dtype or src.dtype, spec.shape)
+        steps[out.name] = Step(spec, src, out, spec.transform)
+    planned = [s.out for s in steps.values()]
+    if to_layout == "hf":
+        shards = plan_shards(planned, max_shard_size=max_shard_size, stem="model")
+        main_dtype = steps[table.specs[0].hf].out.dtype
+        hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
+        return ConversionPlan("native", "hf", ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
+    shards = plan_shards(planned, max_shard_size=max_shard_size, stem="consolidated",
+                         single_name="consolidated.safetensors")
+    return ConversionPlan("hf", "native", ckpt.params, tuple(shards), steps, None, None)
+
+
+def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
+    if step.is_copy:
+        copy_segments(fd, step.source.segments, path, ckpt.fd)
+        return
+    tensor = ckpt.read(step.source.name)
+    direction = to_hf if step.spec.hf == step.out.name else to_native
+    tensor = direction(step.transform, tensor, ckpt.params).to(step.out.dtype)
+    write_all(fd, tensor_bytes(tensor), path)
+
+
+def write_plan(ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, chat_template: str = "auto",
+               progress: Progress | None = None) -> list[str]:
+    """Write every file of the converted checkpoint into the (empty) folder `out`."""
+    written = []
+    for shard in conversion.shards:
+        path = out / shard.file
+
+        def fill(fd: int, t: PlannedTensor, path: Path = path) -> None:
+            _fill(ckpt, conversion.steps[t.name], fd, path)
+            if progress:
+                progress(t.nbytes)
+
+        write_shard(path, shard, fill)
+        written.append(shard.file)
+    if conversion.target_layout == "hf":
+        write_index(out / "model.safetensors.index.json", conversion.shards)
+        _write_json(out / "config.json", conversion.config)
+        _write_json(out / "generation_config.json", conversion.generation)
+        written += ["model.safetensors.index.json", "config.json", "generation_config.json"]
+        if ckpt.tokenizer_file is not None:
+            from hubtools.tokenizer import write_hf_tokenizer
+
+            written += write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template)
+    else:
+        _write_json(out / "params.json", to_native_params(conversion.params))
+        written.append("params.json")
+        from hubtools.tokenizer import restore_native_tokenizer
+
+        restored = restore_native_tokenizer(ckpt.folder, out)
+        if restored is not None:
+            written.append(restored.name)
+    return written
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What `convert` did, for the summary line and `--json`."""
+
+    source: str
+    destination: str
+    source_layout: str
+    target_layout: str
+    architecture: str
+    tensors: int
+    copied_tensors: int
+    bytes: int
+    files: tuple[str, ...]
+    rules: tuple[str, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def prepare_destination(src: Path, dst: Path, *, force: bool) -> Path:
+    """Refuse an existing or overlapping destination; return a fresh temporary sibling to write into.
+
+    Raises:
+        DestinationError: DST exists (without force), or DST is SRC or inside it.
+    """
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r or src_r in dst_r.parents:
+        raise DestinationError(f"{dst}: destination is the source or inside it (choose another folder)")
+    if dst.exists() and not force:
+        raise DestinationError(f"{dst}: already exists (use --force to replace it)")
+    if not dst_r.parent.is_dir():
+        raise DestinationError(f"{dst}: parent folder {dst_r.parent} does not exist")
+    tmp = dst_r.parent / f".{dst_r.name}.hubtools-partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
+def commit_destination(tmp: Path, dst: Path) -> None:
+    """Move the finished temporary folder into place; an old DST (with --force) goes only after."""
+    old = tmp.with_name(f".{dst.name}.hubtools-old")
+    if dst.exists() or dst.is_symlink():
+        if old.exists():
+            shutil.rmtree(old)
+        dst.rename(old)
+    tmp.rename(dst)
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def convert(src: Path, dst: Path, *, to: str | None = None, dtype: torch.dtype | None = None,
+            max_shard_size: int = DEFAULT_SHARD_SIZE, overrides: ConfigOverrides | None = None,
+            chat_template: str = "auto", force: bool = False, progress: Progress | None = None,
+            check: Callable[[Checkpoint], None] | None = None) -> ConversionResult:
+    """Convert a checkpoint folder native <-> HF, streaming and atomically.
+
+    Args:
+        to: "hf" or "native"; detected from SRC when None (a folder holding both needs it).
+        dtype: cast every tensor (default: keep each tensor's dtype, which makes round trips bit-exact).
+        check: called with the opened checkpoint before anything is written (e.g. a recipe's validation).
+
+    Returns:
+        A `ConversionResult`. On any failure (or Ctrl-C) nothing is left at DST.
+
+    Raises:
+        HubtoolsError subclasses naming the file or tensor at fault.
+
+    Example:
+        >>> convert(Path("mixtral-native"), Path("mixtral-hf"))  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    if to not in (None, "hf", "native"):
+        raise ValueError(f"to must be 'hf' or 'native', got {to!r}")
+    layout = {"hf": "native", "native": "hf", None: None}[to]
+    if not src.is_dir():
+        raise DestinationError(f"{src}: source folder does not exist") if not src.exists() else \
+            MappingError(f"{src}: source is a file; pass the checkpoint folder")
+    with open_checkpoint(src, layout=layout) as ckpt:
+        if check:
+            check(ckpt)
+        conversion = plan(ckpt, dtype=dtype, max_shard_size=max_shard_size, overrides=overrides)
+        tmp = prepare_destination(src, dst, force=force)
+        try:
+            files = write_plan(ckpt, conversion, tmp, chat_template=chat_template, progress=progress)
+            commit_destination(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    copies = sum(1 for s in conversion.steps.values() if s.is_copy)
+    return ConversionResult(str(src), str(dst), conversion.source_layout, conversion.target_layout,
+                            conversion.params.architecture, len(conversion.steps), copies, conversion.total_bytes,
+                            tuple(files), conversion.rules, round(time.monotonic() - started, 3))

@@ -1,0 +1,148 @@
+"""Streaming safetensors writer: the shard plan and every header are fixed from shapes and dtypes
+before any tensor byte is read; bytes are then appended tensor by tensor (or copied file-to-file in
+the kernel), so peak memory is one tensor whatever the model size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hubtools.errors import DestinationError
+from hubtools.pth import Segment
+from hubtools.safetensors_format import build_header, nbytes
+
+COPY_CHUNK = 64 * 1024 * 1024
+METADATA = {"format": "pt"}
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes(self.dtype, self.shape)
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    tensors: tuple[PlannedTensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000; '500MiB' -> 524_288_000; plain integers are bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    s = text.strip().upper()
+    number = s.rstrip("KMGTIB")
+    try:
+        value = float(number) * units[s[len(number):]]
+    except (KeyError, ValueError):
+        raise ValueError(f"invalid size '{text}' (expected e.g. 5GB, 500MB, 2GiB)") from None
+    if value <= 0:
+        raise ValueError(f"invalid size '{text}' (must be positive)")
+    return int(value)
+
+
+def plan_shards(tensors: Sequence[PlannedTensor], *, max_shard_size: int, stem: str,
+                single_name: str | None = None) -> list[Shard]:
+    """Split tensors, in order, into shards of at most `max_shard_size` bytes (a bigger tensor gets its own).
+
+    Files are named `{stem}-0000K-of-0000N.safetensors`, or `single_name` when one shard suffices.
+    """
+    groups: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    n = len(groups)
+    if n == 1 and single_name:
+        return [Shard(single_name, tuple(groups[0]))]
+    return [Shard(f"{stem}-{i:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups, 1)]
+
+
+def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError as exc:
+            raise DestinationError(f"{where}: write failed: {exc.strerror or exc} (disk full or file-size limit?)") from None
+        view = view[written:]
+
+
+def copy_segments(fd: int, segments: Sequence[Segment], where: Path, open_source: Callable[[Path], int]) -> None:
+    """Append byte ranges of source files to `fd`, in the kernel where possible (copy_file_range)."""
+    for path, offset, length in segments:
+        src = open_source(path)
+        while length:
+            try:
+                done = os.copy_file_range(src, fd, min(length, 1 << 30), offset)
+            except OSError as exc:
+                if exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: plain copy
+                    done = len(_pread_write(src, fd, offset, min(length, COPY_CHUNK), where))
+                else:
+                    raise DestinationError(f"{where}: write failed: {exc.strerror or exc} "
+                                           "(disk full or file-size limit?)") from None
+            if done == 0:
+                raise DestinationError(f"{where}: source {path} ended early at byte {offset}")
+            offset, length = offset + done, length - done
+
+
+def _pread_write(src: int, fd: int, offset: int, length: int, where: Path) -> bytes:
+    chunk = os.pread(src, length, offset)
+    write_all(fd, chunk, where)
+    return chunk
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor (made contiguous)."""
+    flat = t.contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def write_index(path: Path, shards: Sequence[Shard]) -> None:
+    """model.safetensors.index.json with total_size and the tensor -> file map (in tensor order)."""
+    weight_map = {t.name: s.file for s in shards for t in s.tensors}
+    total = sum(s.nbytes for s in shards)
+    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+
+
+def write_shard(path: Path, shard: Shard, fill: Callable[[int, PlannedTensor], None]) -> None:
+    """Write one shard: the precomputed header, then `fill(fd, tensor)` for each tensor in order.
+
+    Raises:
+        DestinationError: a write failed, or a fill wrote the wrong number of bytes.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        header = build_header([(t.name, t.dtype, t.shape) for t in shard.tensors], METADATA)
+        write_all(fd, header, path)
+        expected = len(header)
+        for t in shard.tensors:
+            fill(fd, t)
+            expected += t.nbytes
+            position = os.lseek(fd, 0, os.SEEK_CUR)
+            if position != expected:
+                raise DestinationError(f"{path}: tensor '{t.name}' wrote {position - expected + t.nbytes} bytes, "
+                                       f"expected {t.nbytes}")
+    finally:
+        os.close(fd)
