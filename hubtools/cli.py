@@ -64,6 +64,99 @@ def cli(debug: bool) -> None:
 
 # --- convert / inspect / demo commands (core) ---
 
+DTYPE_CHOICES = click.Choice(["bfloat16", "float16", "float32"])
+
+
+def _torch_dtype(name: str | None) -> Any:
+    import torch
+
+    return getattr(torch, name) if name else None
+
+
+def _byte_progress(total: int, quiet: bool, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=quiet,
+                leave=False, mininterval=0.5)
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["hf", "native"]), help="Target layout (default: the other one).")
+@click.option("--dtype", type=DTYPE_CHOICES, help="Cast tensors (default: keep; the recipe's dtype with --recipe).")
+@click.option("--max-shard-size", default=None, help="Shard budget, e.g. 5GB (default 5GB or the recipe's).")
+@click.option("--recipe", type=click.Path(path_type=Path), help="converters/NAME.yaml: validate SRC against it.")
+@click.option("--rope-theta", type=float, help="Override rope_theta in config.json.")
+@click.option("--max-position-embeddings", type=int, help="Override max_position_embeddings.")
+@click.option("--chat-template", type=click.Choice(["auto", "mistral", "chatml", "none"]), default=None,
+              help="Chat template for the HF tokenizer (default: the recipe's, else auto).")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@handle_errors
+def convert(src: Path, dst: Path, to: str | None, dtype: str | None, max_shard_size: str | None,
+            recipe: Path | None, rope_theta: float | None, max_position_embeddings: int | None,
+            chat_template: str | None, force: bool, quiet: bool, as_json: bool) -> None:
+    """Convert SRC (native or HF layout) into DST in the other layout, streaming."""
+    from hubtools.config import ConfigOverrides
+    from hubtools.convert import convert as run_convert
+    from hubtools.inspection import human_bytes
+    from hubtools.reader import detect_weights
+    from hubtools.recipe import check_source, load_recipe
+    from hubtools.writer import parse_size
+
+    rec = load_recipe(recipe) if recipe else None
+    base = rec.config_overrides() if rec else ConfigOverrides()
+    overrides = ConfigOverrides(rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
+                                max_position_embeddings=max_position_embeddings or base.max_position_embeddings)
+    try:
+        shard = parse_size(max_shard_size) if max_shard_size else (rec.max_shard_size if rec else 5 * 10**9)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
+    weights = detect_weights(src, layout={"hf": "native", "native": "hf", None: None}[to]) if src.is_dir() else None
+    total = sum(p.stat().st_size for p in weights.files) if weights else 0
+    with _byte_progress(total, quiet or as_json, "convert") as bar:
+        result = run_convert(
+            src, dst, to=to, dtype=_torch_dtype(dtype or (rec.dtype if rec else None)), max_shard_size=shard,
+            overrides=overrides, chat_template=chat_template or (rec.chat_template if rec else "auto"),
+            force=force, progress=bar.update, check=(lambda ckpt: check_source(rec, ckpt)) if rec else None)
+    if as_json:
+        emit_json(result.to_dict())
+    elif not quiet:
+        rate = result.bytes / result.seconds / 1e9 if result.seconds else 0.0
+        click.echo(f"{result.architecture}: {result.source_layout} -> {result.target_layout}, {result.tensors} tensors "
+                   f"({result.copied_tensors} copied as bytes), {human_bytes(result.bytes)} in {result.seconds:.1f}s "
+                   f"({rate:.2f} GB/s) -> {dst}")
+        for rule in result.rules:
+            click.echo(f"  {rule}")
+
+
+@cli.command(name="inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def inspect_command(path: Path, as_json: bool) -> None:
+    """Describe a checkpoint folder from its headers: layout, architecture, parameters, dtype, size."""
+    from hubtools.inspection import format_summary, summarize
+
+    summary = summarize(path)
+    if as_json:
+        emit_json(summary.to_dict())
+    else:
+        click.echo(format_summary(summary))
+
+
+@cli.command()
+@click.argument("workdir", required=False, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Reuse WORKDIR even if it exists (its demo folders are replaced).")
+@handle_errors
+def demo(workdir: Path | None, force: bool) -> None:
+    """Run the whole release on a tiny synthetic Mixtral, offline: convert, load, generate, verify, card."""
+    from hubtools.demo import run_demo
+
+    run_demo(workdir, force=force, say=click.echo)
+
 # --- verify command ---
 
 # --- card command ---

@@ -1,0 +1,107 @@
+"""`hubtools inspect`: what a checkpoint folder is, from headers only (instant even for 281 GB)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubtools.reader import Checkpoint, open_checkpoint
+
+
+@dataclass(frozen=True)
+class Summary:
+    folder: str
+    layout: str
+    format: str
+    architecture: str
+    layers: int
+    experts: int
+    experts_per_token: int
+    total_params: int
+    active_params: int
+    dtypes: dict[str, int]
+    bytes_on_disk: int
+    files: int
+    tokenizer: str | None
+    vocab_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _is_expert(name: str) -> bool:
+    return ".experts." in name
+
+
+def parameter_counts(ckpt: Checkpoint) -> tuple[int, int]:
+    """(total, active per token): for MoE, only top-k of the experts' parameters count as active."""
+    total = expert = 0
+    for name, src in ckpt.tensors.items():
+        n = src.nbytes // src.dtype.itemsize
+        total += n
+        expert += n if _is_expert(name) else 0
+    p = ckpt.params
+    active = total - expert + (expert * p.num_experts_per_tok // p.num_experts if p.is_moe else 0)
+    return total, active
+
+
+def count_parameters(folder: Path) -> tuple[int, int]:
+    """(total, active per token) parameters of a native or HF checkpoint folder, from headers.
+
+    Example:
+        >>> count_parameters(Path("mixtral-8x7b"))  # doctest: +SKIP
+        (46702792704, 12879921152)
+    """
+    with open_checkpoint(folder, layout=_prefer(folder)) as ckpt:
+        return parameter_counts(ckpt)
+
+
+def _prefer(folder: Path) -> str | None:
+    """A folder with both layouts (e.g. a Hub repo that ships consolidated files too) reads as HF."""
+    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    has_hf = any(n.startswith("model") and n.endswith(".safetensors") for n in names)
+    return "hf" if has_hf else None
+
+
+def summarize(folder: Path) -> Summary:
+    """Describe a checkpoint folder without reading tensor data."""
+    with open_checkpoint(folder, layout=_prefer(folder)) as ckpt:
+        total, active = parameter_counts(ckpt)
+        dtypes: dict[str, int] = {}
+        for src in ckpt.tensors.values():
+            key = str(src.dtype).removeprefix("torch.")
+            dtypes[key] = dtypes.get(key, 0) + 1
+        size = sum(p.stat().st_size for p in ckpt.files)
+        p = ckpt.params
+        return Summary(str(folder), ckpt.layout, ckpt.format, p.architecture, p.n_layers, p.num_experts,
+                       p.num_experts_per_tok, total, active, dtypes, size, len(ckpt.files),
+                       ckpt.tokenizer_file.name if ckpt.tokenizer_file else None, p.vocab_size)
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def format_summary(s: Summary) -> str:
+    """Human-readable lines for the terminal."""
+    moe = f", {s.experts} experts (top-{s.experts_per_token})" if s.experts else ""
+    active = f" ({human_count(s.active_params)} active per token)" if s.experts else ""
+    return "\n".join([
+        f"{s.folder}: {s.layout} layout ({s.format}, {s.files} file{'s' * (s.files != 1)})",
+        f"  architecture  {s.architecture}, {s.layers} layers{moe}",
+        f"  parameters    {human_count(s.total_params)}{active}",
+        f"  dtype         {', '.join(f'{k} x{v}' for k, v in sorted(s.dtypes.items()))}",
+        f"  size on disk  {human_bytes(s.bytes_on_disk)}",
+        f"  tokenizer     {s.tokenizer or 'none'} (vocab {s.vocab_size})",
+    ])

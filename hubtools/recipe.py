@@ -1,0 +1,149 @@
+"""Release recipes (`converters/*.yaml`): data only, loaded into frozen dataclasses and validated.
+
+A recipe names its source, the architecture and params it expects (used to reject a wrong source),
+config overrides, dtype, shard size, chat template, target repo id and card source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hubtools.config import ConfigOverrides
+from hubtools.errors import RecipeError
+from hubtools.reader import Checkpoint
+from hubtools.writer import parse_size
+
+ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
+DTYPES = ("bfloat16", "float16", "float32")
+CHAT_TEMPLATES = ("mistral", "chatml", "none")
+TOKENIZERS = ("v1", "v2", "v3", "v7", "tekken")
+_KEYS = {"name", "description", "source", "architecture", "expect", "overrides", "dtype", "max_shard_size",
+         "chat_template", "repo_id", "card", "tags"}
+_OVERRIDES = {"rope_theta", "max_position_embeddings"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One release, as `converters/NAME.yaml` describes it."""
+
+    name: str
+    architecture: str
+    source_url: str
+    source_format: str
+    repo_id: str
+    card: str
+    dtype: str = "bfloat16"
+    max_shard_size: int = 5 * 10**9
+    chat_template: str = "none"
+    tokenizer: str | None = None
+    description: str = ""
+    expect: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def config_overrides(self) -> ConfigOverrides:
+        return ConfigOverrides(rope_theta=self.overrides.get("rope_theta"),
+                               max_position_embeddings=self.overrides.get("max_position_embeddings"))
+
+
+def _need(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in raw:
+        raise RecipeError(f"{where}: missing required key '{key}'")
+    if not isinstance(raw[key], kind):
+        raise RecipeError(f"{where}: '{key}' must be a {kind.__name__}, got {raw[key]!r}")
+    return raw[key]
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], key: str, where: str) -> Any:
+    if value not in allowed:
+        raise RecipeError(f"{where}: '{key}' is '{value}' (expected one of {', '.join(allowed)})")
+    return value
+
+
+def parse_recipe(raw: Any, *, where: str) -> Recipe:
+    """Validate a decoded recipe mapping.
+
+    Raises:
+        RecipeError: naming the key and the bad value.
+    """
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - _KEYS)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key '{unknown[0]}' (expected some of {', '.join(sorted(_KEYS))})")
+    source = _need(raw, "source", dict, where)
+    expect = raw.get("expect") or {}
+    overrides = raw.get("overrides") or {}
+    bad = sorted(set(overrides) - _OVERRIDES)
+    if bad:
+        raise RecipeError(f"{where}: unknown override '{bad[0]}' (expected {', '.join(sorted(_OVERRIDES))})")
+    try:
+        shard = parse_size(raw.get("max_shard_size", "5GB"))
+    except ValueError as exc:
+        raise RecipeError(f"{where}: max_shard_size: {exc}") from None
+    tokenizer = expect.get("tokenizer")
+    if tokenizer is not None:
+        _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
+    return Recipe(
+        name=_need(raw, "name", str, where), architecture=_one_of(raw.get("architecture"), ARCHITECTURES,
+                                                                  "architecture", where),
+        source_url=_need(source, "url", str, f"{where}: source"), source_format=str(source.get("format", "")),
+        repo_id=_need(raw, "repo_id", str, where), card=_need(raw, "card", str, where),
+        dtype=_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where), max_shard_size=shard,
+        chat_template=_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where),
+        tokenizer=tokenizer, description=str(raw.get("description", "")),
+        expect={k: v for k, v in expect.items() if k != "tokenizer"}, overrides=dict(overrides), path=where,
+    )
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate `converters/NAME.yaml`.
+
+    Raises:
+        RecipeError: missing file, invalid YAML, or invalid content.
+    """
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    recipe = parse_recipe(raw, where=str(path))
+    if recipe.name != path.stem:
+        raise RecipeError(f"{path}: name '{recipe.name}' does not match the file name '{path.stem}'")
+    return recipe
+
+
+def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
+    """Reject a source that is not the checkpoint this recipe describes.
+
+    Raises:
+        RecipeError: naming the field, what the recipe expects and what the source has.
+    """
+    where = f"{ckpt.folder} (recipe {recipe.name})"
+    if ckpt.params.architecture != recipe.architecture:
+        raise RecipeError(f"{where}: architecture is {ckpt.params.architecture}, recipe expects {recipe.architecture}")
+    actual = ckpt.params.to_dict()
+    for key, expected in recipe.expect.items():
+        found = actual.get(key)
+        if found != expected:
+            raise RecipeError(f"{where}: params '{key}' is {found!r}, recipe expects {expected!r}")
+    if recipe.tokenizer and ckpt.tokenizer_file is not None:
+        from hubtools.tokenizer import tokenizer_version
+
+        version = tokenizer_version(ckpt.tokenizer_file)
+        if version != recipe.tokenizer:
+            raise RecipeError(f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, "
+                              f"recipe expects {recipe.tokenizer}")
+
+
+def find_recipe(name_or_path: str, *, root: Path) -> Path:
+    """Resolve a release name (`mixtral-8x7b-v0.1`) or a path to its recipe file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return root / "converters" / f"{name_or_path}.yaml"
