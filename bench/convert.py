@@ -1,0 +1,142 @@
+"""Benchmark: hubtools convert vs `cp` of the same bytes vs the load-everything approach, side by side.
+
+Builds Mixtral-shaped native checkpoints at real widths (dim 4096, hidden 14336, 8 experts, 32 heads,
+8 kv heads, vocab 32000, bfloat16) with 1 and 2 layers (3.4 and 6.3 GB), then times each method in
+its own child process (wall time including a final sync, so every method pays for its writes) and
+records the child's peak RSS (wait4 ru_maxrss) and peak anonymous memory (RssAnon, sampled).
+
+    python bench/convert.py [--layers 1 2] [--layout safetensors] [--workdir .bench] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from hubtools.synthetic import tiny_params, write_native_checkpoint
+
+NAIVE = r"""
+import json, sys, torch
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+from hubtools.names import NameTable
+from hubtools.params import load_params
+from hubtools.transforms import to_hf
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+params = load_params(src / "params.json")
+state = {}
+for f in sorted(src.glob("consolidated*.safetensors")):
+    state.update(load_file(f))                       # the whole model in RAM, as one-off scripts do
+table = NameTable(params)
+out = {s.hf: to_hf(s.transform, state.pop(s.native), params).contiguous() for s in table.specs}
+dst.mkdir()
+shard, size, shards = {}, 0, []
+for name, t in out.items():
+    if shard and size + t.numel() * t.element_size() > 5 * 10**9:
+        shards.append(shard); shard, size = {}, 0
+    shard[name] = t; size += t.numel() * t.element_size()
+shards.append(shard)
+for i, s in enumerate(shards, 1):
+    save_file(s, dst / f"model-{i:05d}-of-{len(shards):05d}.safetensors", metadata={"format": "pt"})
+"""
+
+
+def bench_params(layers: int):  # type: ignore[no-untyped-def]
+    return tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
+                       hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
+
+
+def rss_anon(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(cmd: list[str]) -> dict[str, float]:
+    """Run a command; wall time (incl. sync), peak RSS (ru_maxrss) and sampled peak anonymous memory."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_anon(proc.pid))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    thread.join()
+    os.sync()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}")
+    return {"seconds": time.perf_counter() - started, "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak[0]}
+
+
+def measure(src: Path, work: Path) -> dict[str, dict[str, float]]:
+    out = work / "out"
+    methods = {
+        "cp": ["cp", "-r", str(src), str(out)],
+        "hubtools": [sys.executable, "-m", "hubtools.cli", "convert", str(src), str(out), "--quiet"],
+        "load-everything": [sys.executable, "-c", NAIVE, str(src), str(out)],
+    }
+    results = {}
+    for name, cmd in methods.items():
+        subprocess.run(["cat", *map(str, src.glob("consolidated*"))], stdout=subprocess.DEVNULL, check=True)
+        results[name] = run_measured(cmd)  # source warm in the page cache for every method
+        shutil.rmtree(out)
+    return results
+
+
+def table(rows: dict[int, dict[str, dict[str, float]]], sizes: dict[int, int]) -> str:
+    lines = ["| layers | size | method | wall s | x cp | peak RSS | peak anon |", "|---|---|---|---|---|---|---|"]
+    for layers, res in rows.items():
+        cp = res["cp"]["seconds"]
+        for name, r in res.items():
+            lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
+                         f"{r['seconds'] / cp:.2f} | {r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--layout", default="safetensors", choices=["safetensors", "pth", "pth-split"])
+    parser.add_argument("--workdir", type=Path, default=Path(".bench"))
+    parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows, sizes = {}, {}
+    for layers in args.layers:
+        src = args.workdir / f"mixtral-{layers}l-{args.layout}"
+        if not (src / "params.json").exists():
+            print(f"building {src} ...", file=sys.stderr)
+            write_native_checkpoint(src, bench_params(layers), layout=args.layout, dtype=torch.bfloat16,
+                                    tokenizer="v1")
+        sizes[layers] = sum(p.stat().st_size for p in src.glob("consolidated*"))
+        rows[layers] = measure(src, args.workdir)
+        if not args.keep:
+            shutil.rmtree(src)
+    print(table(rows, sizes))
+    if args.json:
+        args.json.write_text(json.dumps({"sizes": sizes, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
