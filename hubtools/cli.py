@@ -76,7 +76,7 @@ def _torch_dtype(name: str | None) -> Any:
 def _byte_progress(total: int, quiet: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=quiet,
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=True if quiet else None,
                 leave=False, mininterval=0.5)
 
 
@@ -162,6 +162,71 @@ def demo(workdir: Path | None, force: bool) -> None:
 # --- card command ---
 
 # --- publish command ---
+
+
+@cli.command("publish")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("repo_id")
+@click.option("--revision", help="Branch to commit to (created if missing) or refs/pr/N; default main.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--tag", help="Tag the published commit.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and exit; makes no network request.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr: bool, private: bool,
+                    tag: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Upload FOLDER to the Hub repo REPO_ID (resumable; verified file by file).
+
+    Uses HF_ENDPOINT and HF_TOKEN (or the stored login / trusted publishing) from the environment.
+    """
+    import os
+
+    from hubtools.publish import plan_upload, publish
+
+    plan = plan_upload(folder)
+    if dry_run:
+        if as_json:
+            emit_json({"dry_run": True, "repo_id": repo_id, **plan.to_dict()})
+            return
+        for f in plan.files:
+            click.echo(f"{f.size:>15,d}  {'lfs' if f.lfs else 'git':<3}  {f.role:<9}  {f.path}")
+        for name in plan.ignored:
+            click.echo(f"{'':>15}  ---  ignored    {name}")
+        click.echo(f"would upload at most {len(plan.files)} files, {plan.total_bytes:,d} bytes to '{repo_id}' "
+                   "(files the Hub already has are skipped)")
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import disable_progress_bars
+    from tqdm import tqdm
+
+    disable_progress_bars()  # one bar, ours
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
+    bars: dict[str, Any] = {}
+
+    def on_progress(event: Any) -> None:
+        bar = bars.get(event.stage)
+        if bar is None:
+            bar = bars[event.stage] = tqdm(total=event.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
+                                           desc=event.stage, disable=quiet, file=sys.stderr)
+        bar.update(event.bytes_done - bar.n)
+
+    try:
+        result = publish(folder, repo_id, api=api, revision=revision, create_pr=create_pr, private=private,
+                         tag=tag, progress=on_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    summary = result.to_dict()
+    click.echo(f"uploaded {summary['uploaded_files']} files ({result.uploaded_bytes:,d} bytes), skipped "
+               f"{summary['skipped_files']} already on the Hub; verified at {result.verified_at}")
+    for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
+        if value:
+            click.echo(f"{label}: {value}")
 
 
 def main() -> None:

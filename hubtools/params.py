@@ -106,7 +106,7 @@ def load_params(path: Path) -> ModelParams:
         ParamsError: the file is missing, is not JSON, or fails `parse_params`.
     """
     if not path.is_file():
-        raise ParamsError(f"{path}: params.json not found (a native checkpoint needs it beside the weights)")
+        raise ParamsError(f"{path}: not found (a native checkpoint needs params.json beside the weights)")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -31,7 +31,7 @@ def nothing_left(dst: Path) -> None:
 def test_missing_params_json(make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path) -> None:
     src = make_native(tokenizer=None)
     (src / "params.json").unlink()
-    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "params.json not found")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "params.json: not found")
     nothing_left(tmp_path / "out")
 
 

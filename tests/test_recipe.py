@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import Result
+
+from hubtools.errors import RecipeError
+from hubtools.recipe import check_source, load_recipe, parse_recipe
+from hubtools.reader import open_checkpoint
+from hubtools.synthetic import tiny_params
+from tests.conftest import assert_one_line_error
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "converters").glob("*.yaml"))
+SEED_RELEASES = {"mistral-7b-v0.1", "mixtral-8x7b-v0.1", "mixtral-8x7b-instruct-v0.1", "mixtral-8x22b-v0.1",
+                 "mixtral-8x22b-instruct-v0.1"}
+
+
+def test_one_recipe_per_seed_release() -> None:
+    assert {p.stem for p in RECIPES} == SEED_RELEASES
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_parses_and_validates(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.repo_id.count("/") == 1 and recipe.source_url
+    assert (ROOT / recipe.card).parent.name == "cards"
+    is_moe = "moe" in recipe.expect
+    assert recipe.architecture == ("MixtralForCausalLM" if is_moe else "MistralForCausalLM")
+    assert recipe.chat_template == ("mistral" if "instruct" in recipe.name else "none")
+
+
+def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
+    base = load_recipe(ROOT / "converters/mixtral-8x22b-v0.1.yaml")
+    instruct = load_recipe(ROOT / "converters/mixtral-8x22b-instruct-v0.1.yaml")
+    assert (base.expect["vocab_size"], base.tokenizer) == (32000, "v1")
+    assert (instruct.expect["vocab_size"], instruct.tokenizer) == (32768, "v3")
+    assert base.config_overrides().max_position_embeddings == 65536
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"dtype": "int4"}, "'dtype' is 'int4' (expected one of bfloat16, float16, float32)"),
+    ({"architecture": "LlamaForCausalLM"}, "'architecture' is 'LlamaForCausalLM'"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+    ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),
+    ({"max_shard_size": "lots"}, "invalid size 'lots'"),
+])
+def test_invalid_recipes_name_the_key(edit: dict[str, object], message: str) -> None:
+    raw = yaml.safe_load((ROOT / "converters/mixtral-8x7b-v0.1.yaml").read_text())
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_recipe({**raw, **edit}, where="r.yaml")
+
+
+def test_recipe_rejects_a_wrong_source(make_native: Callable[..., Path], run_cli: Callable[..., Result],
+                                       tmp_path: Path) -> None:
+    dense = make_native("dense", params=tiny_params(moe=False), tokenizer=None)
+    recipe = ROOT / "converters/mixtral-8x7b-v0.1.yaml"
+    assert_one_line_error(run_cli("convert", dense, tmp_path / "o", "--recipe", recipe),
+                          "architecture is MistralForCausalLM, recipe expects MixtralForCausalLM")
+    moe = make_native("moe", tokenizer=None)
+    with open_checkpoint(moe) as ckpt, pytest.raises(RecipeError, match="params 'dim' is 64, recipe expects 4096"):
+        check_source(load_recipe(recipe), ckpt)
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipe_supplies_overrides_dtype_and_shard_size(make_native: Callable[..., Path],
+                                                        run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    import json
+
+    src = make_native(tokenizer="v1")
+    recipe = yaml.safe_load((ROOT / "converters/mixtral-8x22b-v0.1.yaml").read_text())
+    recipe["expect"] = {"dim": 64, "tokenizer": "v1"}
+    recipe["dtype"], recipe["max_shard_size"], recipe["name"] = "float16", "3MB", "tiny"
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    result = run_cli("convert", src, tmp_path / "hf", "--recipe", tmp_path / "tiny.yaml", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert "max_position_embeddings=65536 (override)" in summary["rules"]
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["torch_dtype"] == "float16" and config["max_position_embeddings"] == 65536
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) == 3
