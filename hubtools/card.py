@@ -1,0 +1,392 @@
+"""Render a release's model card (README.md) from its card source in cards/.
+
+A card source is Markdown with YAML front matter: facts the body needs (title, repo id, kind,
+tokenizer, parameter counts), the Hub `metadata`, `results` groups, and prose (the description before
+the first `## ` heading, further sections after it). `render_card` builds the front matter through
+huggingface_hub's `ModelCardData`/`EvalResult`, the body from `templates/model_card.md.jinja`, and
+checks the metadata locally against the Hub's rules before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from huggingface_hub import ModelCard, ModelCardData
+
+from hubtools.card_rules import validate_card_text
+from hubtools.card_source import CardSource, load_card_source, resolve_card_source
+from hubtools.errors import CardError, DestinationError
+from hubtools.eval_results import (
+    Benchmark,
+    EvalRun,
+    average,
+    load_lm_eval_results,
+    merge_benchmarks,
+    to_eval_results,
+)
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_CONVERSATION = (
+    {"role": "user", "content": "What is your favourite condiment?"},
+    {
+        "role": "assistant",
+        "content": "Well, I'm quite partial to a good squeeze of fresh lemon juice. It adds just the right amount "
+        "of zesty flavour to whatever I'm cooking up in the kitchen!",
+    },
+    {"role": "user", "content": "Do you have mayonnaise recipes?"},
+)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a converted model folder tells the card: real parameter counts and its chat template."""
+
+    parameters: int
+    active_parameters: int | None
+    chat_template: str | None = None
+    chat_template_file: str | None = None
+    bos_token: str = "<s>"
+    eos_token: str = "</s>"
+
+
+def read_model_facts(model_dir: Path) -> ModelFacts:
+    """Count the converted model's parameters and read its chat template (`chat_template.jinja` or
+    `tokenizer_config.json`'s `chat_template`) and BOS/EOS tokens.
+
+    Raises:
+        `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
+    """
+    from hubtools.inspection import count_parameters
+
+    total, active = count_parameters(model_dir)
+    config_path = model_dir / "tokenizer_config.json"
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CardError(f"{config_path}: not valid JSON ({exc})") from exc
+    template, where = _chat_template(model_dir, config)
+    return ModelFacts(
+        parameters=total, active_parameters=active if active != total else None, chat_template=template,
+        chat_template_file=where, bos_token=_token(config.get("bos_token"), "<s>"),
+        eos_token=_token(config.get("eos_token"), "</s>"),
+    )
+
+
+def _chat_template(model_dir: Path, config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    jinja_file = model_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8"), jinja_file.name
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default")
+    return (template, "tokenizer_config.json") if isinstance(template, str) and template.strip() else (None, None)
+
+
+def _token(value: Any, default: str) -> str:
+    if isinstance(value, Mapping):  # serialized AddedToken
+        value = value.get("content")
+    return value if isinstance(value, str) else default
+
+
+def render_chat_example(facts: ModelFacts) -> str | None:
+    """The example conversation rendered through the model's own chat template, as transformers does it.
+
+    Raises:
+        `CardError`: the template fails on the example conversation.
+    """
+    if facts.chat_template is None:
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template(
+            conversations=[list(EXAMPLE_CONVERSATION)], chat_template=facts.chat_template,
+            add_generation_prompt=True, bos_token=facts.bos_token, eos_token=facts.eos_token,
+        )
+    except Exception as exc:  # jinja2 errors and the template's own raise_exception
+        raise CardError(f"{facts.chat_template_file}: chat template fails on the example conversation ({exc})") from exc
+    return rendered[0]
+
+
+def reference_prompt(tokenizer: str) -> str:
+    """The instruct format as mistral-common (the reference) lays out a user/assistant/user conversation."""
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    messages = [UserMessage(content="Instruction"), AssistantMessage(content="Model answer"),
+                UserMessage(content="Follow-up instruction")]
+    encoded = getattr(MistralTokenizer, tokenizer)().encode_chat_completion(ChatCompletionRequest(messages=messages))
+    return str(encoded.text).replace("▁", " ")
+
+
+def render_card(
+    source: CardSource,
+    *,
+    runs: Sequence[EvalRun] = (),
+    model: ModelFacts | None = None,
+    report: Mapping[str, Any] | None = None,
+) -> str:
+    """Render the README.md text: validated front matter plus the Jinja body.
+
+    Args:
+        source (`CardSource`): the release's card source.
+        runs (`Sequence[EvalRun]`, *optional*): imported lm-evaluation-harness results; they override the
+            card source's results for the same benchmark.
+        model (`ModelFacts`, *optional*): facts read from the converted model (`read_model_facts`).
+        report (`Mapping`, *optional*): a `hubtools verify --json` report to summarise.
+
+    Returns:
+        `str`: the card, ready to be written as README.md.
+
+    Raises:
+        `CardError`: the metadata breaks a Hub rule, or the results cannot form a model-index.
+    """
+    benchmarks = merge_benchmarks(source.benchmarks, [b for run in runs for b in run.benchmarks])
+    try:
+        card_data = ModelCardData(
+            **dict(source.metadata), eval_results=to_eval_results(benchmarks) or None,
+            model_name=source.model_name if benchmarks else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CardError(f"{source.path}: metadata cannot be turned into a model card ({exc})") from exc
+    body = _environment().get_template("model_card.md.jinja").render(
+        **_context(source, benchmarks, runs, model, report)
+    )
+    text = f"---\n{card_data.to_yaml()}\n---\n\n{body.strip()}\n"
+    validate_card_text(text, where=str(source.path))
+    try:
+        ModelCard(text)
+    except ValueError as exc:
+        raise CardError(f"{source.path}: huggingface_hub cannot read the rendered card ({exc})") from exc
+    return text
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("hubtools", "templates"), trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False,
+    )
+
+
+def _context(
+    source: CardSource, benchmarks: Sequence[Benchmark], runs: Sequence[EvalRun], model: ModelFacts | None,
+    report: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    total = model.parameters if model else source.parameters
+    active = model.active_parameters if model else source.active_parameters
+    if model and model.parameters != source.parameters:
+        logger.warning("%s states %d parameters; the model folder has %d", source.path, source.parameters, total)
+    origin = "counted in the safetensors headers of the converted model" if model else "as stated by the release"
+    instruct = source.kind == "instruct"
+    return {
+        "title": source.title, "description": source.description, "sections": source.sections,
+        "repo_id": source.repo_id, "architecture": source.architecture, "tokenizer": source.tokenizer,
+        "context_length": source.context_length, "sliding_window": source.sliding_window, "instruct": instruct,
+        "params": {"total_exact": f"{total:,}", "total_short": short_count(total), "origin": origin,
+                   "active": active, "active_short": short_count(active) if active else None},
+        "conversation": [json.dumps(message, ensure_ascii=False) for message in EXAMPLE_CONVERSATION],
+        "reference_prompt": reference_prompt(source.tokenizer) if instruct else None,
+        "chat_example": render_chat_example(model) if model else None,
+        "chat_template_file": model.chat_template_file if model else None,
+        "memory": memory_rows(total),
+        "results": results_tables(benchmarks, runs, source.details_urls),
+        "verify": verify_summary(report) if report is not None else None,
+    }
+
+
+def short_count(n: int) -> str:
+    """`46702792704` -> `46.7B` (three significant digits)."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def memory_rows(parameters: int) -> list[dict[str, str]]:
+    """Memory for the weights at 16, 8 and 4 bits per parameter, in GB (1e9 bytes) and GiB."""
+    rows = []
+    for label, bits in (("16-bit (bfloat16 / float16)", 16), ("8-bit (bitsandbytes)", 8), ("4-bit (bitsandbytes)", 4)):
+        size = parameters * bits // 8
+        rows.append({"label": label, "bytes_per_param": f"{bits / 8:g}", "size": _size(size)})
+    return rows
+
+
+def _size(n_bytes: int) -> str:
+    """`93405585408` -> `93.4 GB (87.0 GiB)`: decimal units, then binary ones."""
+    decimal = _scaled(n_bytes, 1000, ("B", "KB", "MB", "GB", "TB"))
+    return f"{decimal} ({_scaled(n_bytes, 1024, ('B', 'KiB', 'MiB', 'GiB', 'TiB'))})"
+
+
+def _scaled(n: int, base: int, units: tuple[str, ...]) -> str:
+    value = float(n)
+    for unit in units[:-1]:
+        if value < base:
+            return f"{n} {unit}" if unit == units[0] else f"{value:.1f} {unit}"
+        value /= base
+    return f"{value:.1f} {units[-1]}"
+
+
+def results_tables(
+    benchmarks: Sequence[Benchmark], runs: Sequence[EvalRun], details_urls: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """One Metric/Value table (with the leaderboard-style `Avg.`) per result source, in card order."""
+    groups: dict[tuple[str | None, str | None], list[Benchmark]] = {}
+    for bench in benchmarks:
+        groups.setdefault((bench.source_name, bench.source_url), []).append(bench)
+    tables = []
+    for (name, url), members in groups.items():
+        mean = average(members)
+        measured = f"Measured with lm-evaluation-harness: {', '.join(run.label for run in runs)}."
+        notes = [measured] if runs and not name else []
+        tables.append({
+            "title": f"{name} Evaluation Results" if name else "Evaluation Results",
+            "url": url.split("?", 1)[0] if url else None, "details_url": details_urls.get(name or ""),
+            "notes": notes, "average": None if mean is None else f"{mean:.2f}",
+            "rows": [(bench.name, _value(bench.metrics[0].value)) for bench in members],
+            "width": max(len(bench.name) for bench in members),
+        })
+    return tables
+
+
+def _value(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def verify_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows for the verify report table; absent checks and keys are simply left out."""
+    checks = report.get("checks") if isinstance(report.get("checks"), Mapping) else {}
+    order = ("structure", "tensors", "tokenizer", "logits")
+    rows = []
+    for name, check in sorted(checks.items(), key=lambda item: (order + (item[0],)).index(item[0])):
+        check = check if isinstance(check, Mapping) else {}
+        passed = check.get("passed")
+        rows.append({"name": name, "result": _verdict(passed), "details": _check_details(name, check)})
+    return {"version": report.get("hubtools_version"), "verdict": _verdict(report.get("passed")), "rows": rows}
+
+
+def _verdict(passed: Any) -> str:
+    return "passed" if passed is True else "FAILED" if passed is False else "not run"
+
+
+def _check_details(name: str, check: Mapping[str, Any]) -> str:
+    present = {key: value for key, value in check.items() if value is not None}
+    parts = []
+    if present.get("problems"):
+        parts.append(f"{len(present['problems'])} problem(s), first: {present['problems'][0]}")
+    if name == "tensors" and "compared" in present:
+        parts.append(f"{present['compared']} tensors compared, {len(present.get('mismatched') or [])} mismatched")
+    if "agreement" in present:
+        sequences = f" over {present['sequences']} sequences" if "sequences" in present else ""
+        parts.append(f"{_percent(present['agreement'])} agreement{sequences}")
+    labels = (("dtype", "dtype"), ("max_abs_dlogit", "max abs dlogit"), ("nmse", "NMSE"), ("mean_kl", "mean KL"),
+              ("max_kl", "max KL"), ("top1_agreement", "top-1 agreement"))
+    for key, label in labels:
+        if key in present:
+            value = _percent(present[key]) if key == "top1_agreement" else _number(present[key])
+            parts.append(f"{label} {value}")
+    if name == "logits" and "tokens" in present:
+        parts.append(f"on {present['tokens']} tokens")
+    if isinstance(present.get("skipped"), str):
+        parts.append(f"skipped: {present['skipped']}")
+    return ", ".join(parts).replace("|", "\\|")
+
+
+def _percent(value: Any) -> str:
+    return f"{value * 100:.2f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
+    """Write the card atomically (temporary file in the same folder, then rename).
+
+    Raises:
+        `DestinationError`: `dest` exists and `force` is false, or is a folder.
+    """
+    if dest.is_dir():
+        raise DestinationError(f"{dest}: is a folder (expected a file path such as {dest / 'README.md'})")
+    if dest.exists() and not force:
+        raise DestinationError(f"{dest}: already exists (use --force to overwrite)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """Read a `hubtools verify --json` report.
+
+    Raises:
+        `CardError`: not JSON, or not a JSON object.
+    """
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardError(f"{path}: verify report is not valid JSON ({exc})") from exc
+    if not isinstance(report, dict):
+        raise CardError(f"{path}: verify report must be a JSON object, got {type(report).__name__}")
+    return report
+
+
+def build_card(
+    spec: str,
+    output: Path,
+    *,
+    cards_dir: Path,
+    results: Sequence[Path] = (),
+    model_dir: Path | None = None,
+    report: Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Resolve, render, validate and write a card: what `hubtools card` does.
+
+    Args:
+        spec (`str`): a card source path or a release name (resolved to `cards_dir/<name>.*`).
+        output (`Path`): where to write README.md.
+        cards_dir (`Path`): the folder of card sources.
+        results (`Sequence[Path]`, *optional*): lm-evaluation-harness `results_*.json` files.
+        model_dir (`Path`, *optional*): the converted model (parameter count, chat template).
+        report (`Path`, *optional*): a `hubtools verify --json` report.
+        force (`bool`, *optional*, defaults to `False`): overwrite an existing output.
+
+    Returns:
+        `Path`: the written card.
+
+    Raises:
+        `DestinationError`: the output exists without `force`. `CardError`: any card problem.
+
+    Example:
+        >>> build_card("mixtral-8x22b-v0.1", Path("out/README.md"), cards_dir=Path("cards"))
+        PosixPath('out/README.md')
+    """
+    if output.exists() and not force:
+        raise DestinationError(f"{output}: already exists (use --force to overwrite)")
+    source = load_card_source(resolve_card_source(spec, cards_dir=cards_dir))
+    text = render_card(
+        source,
+        runs=[load_lm_eval_results(path) for path in results],
+        model=read_model_facts(model_dir) if model_dir is not None else None,
+        report=load_report(report) if report is not None else None,
+    )
+    return write_card(text, output, force=force)
