@@ -20,9 +20,15 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
+BUILD = r"""
+import sys, torch
+from pathlib import Path
 from hubtools.synthetic import tiny_params, write_native_checkpoint
+layers, layout, dst = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+params = tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
+                     hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
+write_native_checkpoint(dst, params, layout=layout, dtype=torch.bfloat16, tokenizer="v1")
+"""
 
 NAIVE = r"""
 import json, sys, torch
@@ -34,8 +40,10 @@ from hubtools.transforms import to_hf
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 params = load_params(src / "params.json")
 state = {}
-for f in sorted(src.glob("consolidated*.safetensors")):
-    state.update(load_file(f))                       # the whole model in RAM, as one-off scripts do
+for f in sorted(src.glob("consolidated*.safetensors")):  # the whole model at once, as one-off scripts do
+    state.update({k: v.clone() for k, v in load_file(f).items()})
+for f in sorted(src.glob("consolidated.*.pth")):
+    state.update(torch.load(f, weights_only=True))
 table = NameTable(params)
 out = {s.hf: to_hf(s.transform, state.pop(s.native), params).contiguous() for s in table.specs}
 dst.mkdir()
@@ -48,11 +56,6 @@ shards.append(shard)
 for i, s in enumerate(shards, 1):
     save_file(s, dst / f"model-{i:05d}-of-{len(shards):05d}.safetensors", metadata={"format": "pt"})
 """
-
-
-def bench_params(layers: int):  # type: ignore[no-untyped-def]
-    return tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
-                       hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
 
 
 def rss_anon(pid: int) -> int:
@@ -104,12 +107,22 @@ def measure(src: Path, work: Path) -> dict[str, dict[str, float]]:
 
 
 def table(rows: dict[int, dict[str, dict[str, float]]], sizes: dict[int, int]) -> str:
+    """Per size: wall time, ratio to cp, peak memory; then the marginal cost of the extra bytes."""
     lines = ["| layers | size | method | wall s | x cp | peak RSS | peak anon |", "|---|---|---|---|---|---|---|"]
     for layers, res in rows.items():
         cp = res["cp"]["seconds"]
         for name, r in res.items():
             lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
                          f"{r['seconds'] / cp:.2f} | {r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB |")
+    if len(rows) > 1:
+        (a, ra), (b, rb) = list(rows.items())[0], list(rows.items())[-1]
+        extra = (sizes[b] - sizes[a]) / 1e9
+        lines += ["", f"Marginal cost of the extra {extra:.1f} GB ({a} -> {b} layers; start-up costs cancel out):", "",
+                  "| method | s per extra GB | x cp |", "|---|---|---|"]
+        cp_rate = (rb["cp"]["seconds"] - ra["cp"]["seconds"]) / extra
+        for name in ra:
+            rate = (rb[name]["seconds"] - ra[name]["seconds"]) / extra
+            lines.append(f"| {name} | {rate:.2f} | {rate / cp_rate:.2f} |")
     return "\n".join(lines)
 
 
@@ -127,8 +140,7 @@ def main() -> None:
         src = args.workdir / f"mixtral-{layers}l-{args.layout}"
         if not (src / "params.json").exists():
             print(f"building {src} ...", file=sys.stderr)
-            write_native_checkpoint(src, bench_params(layers), layout=args.layout, dtype=torch.bfloat16,
-                                    tokenizer="v1")
+            subprocess.run([sys.executable, "-c", BUILD, str(layers), args.layout, str(src)], check=True)
         sizes[layers] = sum(p.stat().st_size for p in src.glob("consolidated*"))
         rows[layers] = measure(src, args.workdir)
         if not args.keep:
