@@ -1,0 +1,254 @@
+"""Jinja chat templates (stored in tokenizer_config.json) that reproduce mistral-common token for token.
+
+`mistral_template(version)` mirrors `MistralTokenizer.encode_chat_completion` for tokenizer versions
+v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenizer_json` builds:
+
+1. validate as mistral-common's validator does (test mode), raising for what it rejects: an empty
+   conversation, a lone assistant message, a role after one it may not follow (system after
+   assistant), an assistant message without content, a final assistant message when a reply is asked
+   for (`add_generation_prompt`; without it the turn renders with EOS, as mistral-common's finetuning
+   mode encodes it), unknown roles, non-text chunks;
+2. normalise: consecutive messages of one role are merged with "\\n\\n" (empty ones skipped); for
+   v1-v3 every system message goes into one system prompt (joined with "\\n\\n") placed before the
+   FIRST user message (v1) or the LAST one (v2, v3); v7 keeps each system message in place as
+   `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`; an empty user message opens a conversation that does not
+   start with one (v1-v3);
+3. encode: `[INST]...[/INST]`, assistant text (right-stripped of spaces from v2 on) then EOS.
+
+mistral-common encodes every text chunk separately, so SentencePiece adds its "▁" dummy prefix to each.
+The tokenizer's normalizer prepends "▁" to each piece of text between special tokens, so from v2 on the
+template simply concatenates chunks and special tokens. In v1 `[INST]` is text, so two chunks meet
+without a special token between them; the template joins them with one space, which is the "▁" the
+second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
+
+Known differences (measured by `hubtools.tokenizer_parity`): tool definitions, tool calls and tool
+results are refused (the template raises; mistral-common renders them); image chunks are refused;
+extra message fields (e.g. "name") are ignored where mistral-common rejects the message; special-token
+strings inside message text ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
+`chatml_template()` renders ChatML (`<|im_start|>role\\n...<|im_end|>\\n`) after BOS for fine-tunes.
+The first line of every template names it (`TEMPLATE_MARKER`), so the parity checker knows the flavour.
+"""
+
+from __future__ import annotations
+
+from hubtools.errors import ChatTemplateError
+
+TEMPLATE_MARKER = "hubtools chat template:"
+MISTRAL_VERSIONS = ("v1", "v2", "v3", "v7")
+FLAVOURS = ("mistral", "chatml", "none")
+
+_TEXT_OF = r"""
+{%- macro text_of(content, role) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- elif content is iterable and content is not mapping -%}
+        {%- set parts = namespace(texts=[]) -%}
+        {%- for chunk in content -%}
+            {%- if chunk is not mapping or chunk['type'] != 'text' -%}
+                {{- raise_exception('Only text chunks are supported in ' ~ role ~ ' messages.') -}}
+            {%- endif -%}
+            {%- if chunk['text'] -%}
+                {%- set parts.texts = parts.texts + [chunk['text']] -%}
+            {%- endif -%}
+        {%- endfor -%}
+        {{- parts.texts | join('\n\n') -}}
+    {%- elif content is defined and content is not none -%}
+        {{- raise_exception('The content of a ' ~ role ~ ' message must be a string or a list of text chunks.')
+        -}}
+    {%- endif -%}
+{%- endmacro -%}
+"""
+
+_VALIDATE = r"""
+{%- if messages | length == 0 -%}
+    {{- raise_exception('A conversation must have at least one message.') -}}
+{%- endif -%}
+{%- if messages | length == 1 and messages[0]['role'] not in ['user', 'system'] -%}
+    {{- raise_exception('A conversation of one message must be a user or system message, got '
+                        ~ messages[0]['role'] ~ '.') -}}
+{%- endif -%}
+{%- if messages | length > 1 and add_generation_prompt is defined and add_generation_prompt
+      and messages[-1]['role'] == 'assistant' -%}
+    {{- raise_exception('The last message must be a user (or system) message to generate a reply, got '
+                        ~ messages[-1]['role'] ~ '.') -}}
+{%- endif -%}
+{%- if tools is defined and tools -%}
+    {{- raise_exception('Tool definitions are not supported by this chat template.') -}}
+{%- endif -%}
+{%- set follows = {'system': ['user', 'assistant', 'system'], 'user': ['assistant', 'system', 'user'],
+                   'assistant': ['assistant', 'user', 'tool'], 'tool': ['assistant', 'tool', 'user']} -%}
+{%- set check = namespace(previous=none) -%}
+{%- for message in messages -%}
+    {%- set role = message['role'] -%}
+    {%- set content = message['content'] if message['content'] is defined else none -%}
+    {%- if role not in follows -%}
+        {{- raise_exception('Unknown role \'' ~ role ~ '\'; expected system, user or assistant.') -}}
+    {%- elif role == 'tool' or message['tool_calls'] is defined and message['tool_calls'] -%}
+        {{- raise_exception('Tool calls and tool results are not supported by this chat template.') -}}
+    {%- elif check.previous is not none and role not in follows[check.previous] -%}
+        {{- raise_exception('Unexpected role \'' ~ role ~ '\' after role \'' ~ check.previous ~ '\'.') -}}
+    {%- elif role in ['system', 'user'] and content is none -%}
+        {{- raise_exception('A ' ~ role ~ ' message must have content.') -}}
+    {%- elif role == 'assistant' and not content@EMPTY_ASSISTANT_OK@ -%}
+        {{- raise_exception('An assistant message must have content.') -}}
+    {%- endif -%}
+    {%- set check.previous = role -%}
+{%- endfor -%}
+"""
+
+_AGGREGATE = r"""
+{%- set agg = namespace(out=[], system=[], role=none, texts=[]) -%}
+{%- for message in messages + [{'role': 'end', 'content': none}] -%}
+    {%- set role = message['role'] -%}
+    {%- set content = message['content'] if message['content'] is defined else none -%}
+    {%- if role != agg.role -%}
+        {%- if agg.role in ['user', 'assistant'] -%}
+            {%- set agg.out = agg.out + [{'role': agg.role, 'content': agg.texts | join('\n\n')}] -%}
+        {%- endif -%}
+        {%- set agg.role = role -%}
+        {%- set agg.texts = [] -%}
+    {%- endif -%}
+    {%- set text = text_of(content, role) -%}
+    {%- if role == 'system' -%}
+        @SYSTEM@
+    {%- elif role in ['user', 'assistant'] and text -%}
+        {%- set agg.texts = agg.texts + [text] -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- set system = agg.system | join('\n\n') -%}
+{%- if agg.out | length == 0 @FIRST_NOT_USER@ -%}
+    {%- set agg.out = [{'role': 'user', 'content': ''}] + agg.out -%}
+{%- endif -%}
+{%- set users = namespace(first=-1, last=-1) -%}
+{%- for message in agg.out -%}
+    {%- if message['role'] == 'user' -%}
+        {%- if users.first < 0 -%}
+            {%- set users.first = loop.index0 -%}
+        {%- endif -%}
+        {%- set users.last = loop.index0 -%}
+    {%- endif -%}
+{%- endfor -%}
+"""
+
+_SYSTEM_PROMPT = "{%- if content -%}{%- set agg.system = agg.system + [text] -%}{%- endif -%}"
+_SYSTEM_MESSAGE = "{%- set agg.out = agg.out + [{'role': 'system', 'content': text}] -%}"
+
+_ENCODE = r"""
+{{- bos_token -}}
+{%- set state = namespace(after_text=false) -%}
+{%- for message in agg.out -%}
+    {%- if message['role'] == 'user' -%}
+        @USER@
+    {%- elif message['role'] == 'assistant' -%}
+        {%- if not message['content'] -%}
+            {{- raise_exception('An assistant message must have content.') -}}
+        {%- endif -%}
+        @ASSISTANT@
+    {%- else -%}
+        {{- '[SYSTEM_PROMPT]' ~ message['content'] ~ '[/SYSTEM_PROMPT]' -}}
+    {%- endif -%}
+{%- endfor -%}
+"""
+
+_USER = {
+    "v1": "{%- set content = system ~ '\\n\\n' ~ message['content'] if loop.index0 == users.first and system\n"
+          "                             else message['content'] -%}\n"
+          "        {{- (' ' if state.after_text else '') ~ '[INST] ' ~ content ~ ' [/INST]' -}}\n"
+          "        {%- set state.after_text = true -%}",
+    "v2": "{%- set content = system ~ '\\n\\n' ~ message['content'] if loop.index0 == users.last and system\n"
+          "                             else message['content'] -%}\n"
+          "        {{- '[INST]' ~ content ~ '[/INST]' -}}",
+    "v7": "{{- '[INST]' ~ message['content'] ~ '[/INST]' -}}",
+}
+_ASSISTANT = {
+    "v1": "{{- (' ' if state.after_text else '') ~ message['content'] ~ eos_token -}}\n"
+          "        {%- set state.after_text = false -%}",
+    "v2": "{{- message['content'].rstrip(' ') ~ eos_token -}}",
+}
+
+_CHATML = r"""{#- hubtools chat template: chatml. BOS, then <|im_start|>role\n...<|im_end|>\n per message. -#}
+{{- bos_token -}}
+{%- for message in messages -%}
+    {%- if message['content'] is not string -%}
+        {{- raise_exception('ChatML messages must have string content.') -}}
+    {%- endif -%}
+    {{- '<|im_start|>' ~ message['role'] ~ '\n' ~ message['content'] ~ '<|im_end|>\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt is defined and add_generation_prompt -%}
+    {{- '<|im_start|>assistant\n' -}}
+{%- endif -%}
+"""
+
+
+def mistral_template(version: str, *, spm: bool = True) -> str:
+    """The Mistral instruct template for a tokenizer version.
+
+    Args:
+        version (`str`): "v1", "v2", "v3" or "v7" (the instruct version, also for tekken files).
+        spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). Only v1
+            depends on it, and v1 exists only as SentencePiece.
+
+    Returns:
+        `str`: the Jinja template.
+
+    Raises:
+        `ChatTemplateError`: no template for this version.
+
+    Example:
+        >>> "[SYSTEM_PROMPT]" in mistral_template("v7")
+        True
+    """
+    if version not in MISTRAL_VERSIONS or (version == "v1" and not spm):
+        kind = "SentencePiece" if spm else "tekken"
+        raise ChatTemplateError(f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
+                                f"(expected one of {', '.join(MISTRAL_VERSIONS)}). Use chat_template='none'.")
+    key = "v2" if version == "v3" else version
+    header = (f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
+              "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}")
+    aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if version == "v7" else _SYSTEM_PROMPT)
+    aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if version == "v7" else "or agg.out[0]['role'] != 'user'")
+    encode = _ENCODE.replace("@USER@", _USER[key]).replace("@ASSISTANT@", _ASSISTANT["v1" if key == "v1" else "v2"])
+    # v7 validates content after merging only (mistral-common lets an empty one join a non-empty one)
+    validate = _VALIDATE.replace("@EMPTY_ASSISTANT_OK@", " and false" if version == "v7" else "")
+    return header + _TEXT_OF + validate + aggregate + encode
+
+
+def chatml_template() -> str:
+    """The ChatML template (BOS first; `add_generation_prompt` opens an assistant turn).
+
+    Example:
+        >>> "<|im_start|>assistant" in chatml_template()
+        True
+    """
+    return _CHATML
+
+
+def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
+    """The template for a flavour ("mistral", "chatml" or "none"); None for "none".
+
+    Raises:
+        `ChatTemplateError`: unknown flavour, or no Mistral template for `version`.
+    """
+    if flavour == "none":
+        return None
+    if flavour == "chatml":
+        return chatml_template()
+    if flavour == "mistral":
+        return mistral_template(version, spm=spm)
+    raise ChatTemplateError(f"unknown chat template flavour: '{flavour}' (expected one of {', '.join(FLAVOURS)})")
+
+
+def template_flavour(template: str | None) -> str:
+    """"mistral", "chatml" or "none" for a hubtools template (or none); "foreign" for any other template.
+
+    Example:
+        >>> template_flavour(chatml_template()), template_flavour(None), template_flavour("{{ x }}")
+        ('chatml', 'none', 'foreign')
+    """
+    if not template:
+        return "none"
+    head = template[:200]
+    if TEMPLATE_MARKER not in head:
+        return "foreign"
+    word = head.split(TEMPLATE_MARKER, 1)[1].split()[0].strip(".")
+    return word if word in FLAVOURS else "foreign"

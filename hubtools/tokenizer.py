@@ -1,0 +1,262 @@
+"""Native Mistral tokenizers <-> Hugging Face tokenizer files.
+
+`write_hf_tokenizer` turns `tokenizer.model` (v1), `tokenizer.model.vN` (SentencePiece) or `tekken*.json`
+into `tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json`, loadable by
+`transformers.AutoTokenizer` as a plain fast tokenizer (no mistral-common at load time), and copies the
+native file unchanged beside them; `restore_native_tokenizer` copies it back.
+
+Behaviour of the Hugging Face tokenizer (measured by `hubtools.tokenizer_parity`):
+
+- `tok(text)` adds BOS and gives the ids of mistral-common's `encode(text, bos=True, eos=False)`, for
+  every text that contains no special-token string;
+- special-token strings in text ("<s>", "[INST]", ...): mistral-common never parses them (they are
+  ordinary pieces); Hugging Face parses them by default, which the chat template relies on. Pass
+  `split_special_tokens=True` to encode such text exactly as mistral-common does;
+- `tok.apply_chat_template(messages, add_generation_prompt=True)` gives mistral-common's
+  `encode_chat_completion` tokens (see `hubtools.chat_template`).
+
+Decisions:
+
+- Which file is the native tokenizer of a folder: `tekken*.json`, `*.model.vN[mM]`, `*.model`. Several
+  such files are fine when their bytes are identical (Mistral repos ship `tokenizer.model` and
+  `tokenizer.model.v3` as copies); the most specific name wins (tekken, then the highest version, then
+  the unversioned name). Files whose contents differ are ambiguous: `LayoutError`.
+- Version: from the file name as mistral-common reads it; an unversioned `tokenizer.model` whose
+  vocabulary has instruct control tokens is read by content (`[SYSTEM_PROMPT]` -> v7, `[IMG]`/`[PREFIX]`
+  -> v3, `[INST]` -> v2, else v1), since mistral-common would wrongly treat it as v1.
+- `chat_template="auto"` is "mistral" for v2, v3 and v7 (their vocabulary defines the instruct format)
+  and "none" for v1 and newer versions: the v1 tokenizer is shared by base and instruct models, so
+  the recipe says which it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from hubtools.chat_template import build_chat_template
+from hubtools.errors import DestinationError, LayoutError, TokenizerError
+from hubtools.sentencepiece_model import CONTROL, read_sentencepiece_model
+from hubtools.tokenizer_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
+
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CHAT_TEMPLATE_CHOICES = ("auto", "mistral", "chatml", "none")
+_SPM_NAME = re.compile(r"\.model(?:\.(v\d+)(?:m\d+)?)?$")
+
+
+def _is_tekken(name: str) -> bool:
+    return "tekken" in name and name.endswith(".json")
+
+
+def _is_native_name(name: str) -> bool:
+    return _is_tekken(name) or _SPM_NAME.search(name) is not None
+
+
+def _specificity(path: Path) -> tuple[int, int]:
+    if _is_tekken(path.name):
+        return (2, 0)
+    match = _SPM_NAME.search(path.name)
+    version = match.group(1) if match else None
+    return (1, int(version[1:])) if version else (0, 0)
+
+
+def find_native_tokenizer(folder: Path) -> Path | None:
+    """The native tokenizer file of a folder (or `folder` itself when it is such a file).
+
+    Args:
+        folder (`Path`): a checkpoint folder, or a tokenizer file (`tokenizer.model.v1`,
+            `mistral_instruct_tokenizer_240323.model.v3`, `tekken_240911.json`, ...).
+
+    Returns:
+        `Path | None`: the file, or None when the folder holds none.
+
+    Raises:
+        `LayoutError`: the folder holds tokenizer files with different contents, or `folder` is a file
+            that is not a native tokenizer.
+
+    Example:
+        >>> find_native_tokenizer(Path("mixtral-8x7b"))  # doctest: +SKIP
+        PosixPath('mixtral-8x7b/tokenizer.model')
+    """
+    if folder.is_file():
+        if not _is_native_name(folder.name):
+            raise LayoutError(f"not a native tokenizer file: '{folder}' "
+                              "(expected tokenizer.model[.vN] or tekken*.json)")
+        return folder
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.iterdir() if p.is_file() and _is_native_name(p.name)),
+                   key=lambda p: (_specificity(p), p.name), reverse=True)
+    if len(found) > 1:
+        first = found[0].read_bytes()
+        other = next((p for p in found[1:] if p.read_bytes() != first), None)
+        if other is not None:
+            raise LayoutError(f"ambiguous tokenizer in '{folder}': '{found[0].name}' and '{other.name}' differ "
+                              "(expected one native tokenizer). Remove one or pass the file itself.")
+    return found[0] if found else None
+
+
+def _kind(path: Path) -> str:
+    if _is_tekken(path.name):
+        return "tekken"
+    if _SPM_NAME.search(path.name):
+        return "spm"
+    raise TokenizerError(f"not a native tokenizer file: '{path}' (expected tokenizer.model[.vN] or tekken*.json)")
+
+
+def _read_tekken(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TokenizerError(f"cannot read tokenizer file: '{path}' ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"not a tekken tokenizer: '{path}' (invalid JSON: {exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "vocab" not in data:
+        raise TokenizerError(f"not a tekken tokenizer: '{path}' (expected 'config' and 'vocab' keys)")
+    return data
+
+
+def tokenizer_version(path: Path) -> str:
+    """The tokenizer's version: "v1", "v2", "v3", "v7", ... for SentencePiece files, "tekken" for tekken.
+
+    Raises:
+        `TokenizerError`: unreadable file or unknown file name.
+
+    Example:
+        >>> tokenizer_version(Path("mistral_instruct_tokenizer_240323.model.v3"))  # doctest: +SKIP
+        'v3'
+    """
+    if _kind(path) == "tekken":
+        return "tekken"
+    match = _SPM_NAME.search(path.name)
+    if match and match.group(1):
+        return match.group(1)
+    controls = {p.piece for p in read_sentencepiece_model(path).pieces if p.type == CONTROL}
+    for marker, version in (("[SYSTEM_PROMPT]", "v7"), ("[IMG]", "v3"), ("[PREFIX]", "v3"), ("[INST]", "v2")):
+        if marker in controls:
+            return version
+    return "v1"
+
+
+def instruct_version(path: Path) -> str:
+    """The chat-format version: the SentencePiece version, or the version in a tekken file's config."""
+    if _kind(path) == "spm":
+        return tokenizer_version(path)
+    return str(_read_tekken(path)["config"].get("version", "v3"))
+
+
+def tokenizer_vocab_size(path: Path) -> int:
+    """The vocabulary size the embedding must have (tekken: the configured `default_vocab_size`).
+
+    Raises:
+        `TokenizerError`: unreadable or malformed file.
+    """
+    if _kind(path) == "spm":
+        return len(read_sentencepiece_model(path).pieces)
+    try:
+        return int(_read_tekken(path)["config"]["default_vocab_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TokenizerError(f"malformed tekken file: '{path}' (no integer config.default_vocab_size)") from exc
+
+
+def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:
+    """The `tokenizers.Tokenizer` for a native file, and its special token names.
+
+    Raises:
+        `TokenizerError`: unreadable, malformed or unsupported file.
+    """
+    if _kind(path) == "spm":
+        return spm_tokenizer(read_sentencepiece_model(path), source=str(path))
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    default = [str(t["token_str"]) for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
+    return tekken_tokenizer(_read_tekken(path), default_specials=default, source=str(path))
+
+
+def resolve_chat_template(choice: str, version: str) -> str:
+    """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3 and v7, else "none"."""
+    if choice not in CHAT_TEMPLATE_CHOICES:
+        raise TokenizerError(f"unknown chat_template: '{choice}' (expected one of {', '.join(CHAT_TEMPLATE_CHOICES)})")
+    if choice == "auto":
+        return "mistral" if version in ("v2", "v3", "v7") else "none"
+    return choice
+
+
+def hf_tokenizer_config(names: SpecialTokens, template: str | None) -> dict[str, Any]:
+    """The tokenizer_config.json written beside tokenizer.json (a generic fast tokenizer, BOS added)."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": names.bos, "eos_token": names.eos, "unk_token": names.unk,
+        "add_bos_token": True, "add_eos_token": False,
+        "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+    }
+    if names.pad:
+        config["pad_token"] = names.pad
+    if template:
+        config["chat_template"] = template
+    return config
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "auto") -> list[str]:
+    """Write the Hugging Face tokenizer files for a native tokenizer into `dst`, and copy the native file.
+
+    Args:
+        native_file (`Path`): `tokenizer.model[.vN]` or `tekken*.json`.
+        dst (`Path`): an existing folder.
+        chat_template (`str`, *optional*, defaults to "auto"): "mistral", "chatml", "none", or "auto"
+            ("mistral" for v2, v3 and v7 tokenizers, "none" otherwise).
+
+    Returns:
+        `list[str]`: the names of the files written (the native file's name last).
+
+    Raises:
+        `DestinationError`: `dst` is not a folder. `TokenizerError`: unreadable or unsupported tokenizer.
+        `ChatTemplateError`: no Mistral template for this tokenizer version.
+
+    Example:
+        >>> write_hf_tokenizer(Path("tokenizer.model"), Path("out"), chat_template="none")  # doctest: +SKIP
+        ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model']
+    """
+    if not dst.is_dir():
+        raise DestinationError(f"tokenizer destination is not a folder: '{dst}'")
+    version = instruct_version(native_file)
+    flavour = resolve_chat_template(chat_template, version)
+    template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm")
+    tok, names = build_hf_tokenizer(native_file)
+    tok.save(str(dst / "tokenizer.json"), pretty=False)
+    _write_json(dst / "tokenizer_config.json", hf_tokenizer_config(names, template))
+    specials = {"bos_token": names.bos, "eos_token": names.eos, "unk_token": names.unk}
+    _write_json(dst / "special_tokens_map.json", specials | ({"pad_token": names.pad} if names.pad else {}))
+    target = dst / native_file.name
+    if not target.exists() or not target.samefile(native_file):
+        shutil.copyfile(native_file, target)
+    return [*HF_FILES, native_file.name]
+
+
+def restore_native_tokenizer(hf_dir: Path, dst: Path) -> Path | None:
+    """Copy the native tokenizer kept in a Hugging Face folder back into `dst` (unchanged bytes).
+
+    Returns:
+        `Path | None`: the file written, or None when `hf_dir` keeps no native tokenizer.
+
+    Raises:
+        `DestinationError`: `dst` is not a folder. `LayoutError`: ambiguous tokenizer files in `hf_dir`.
+    """
+    if not dst.is_dir():
+        raise DestinationError(f"tokenizer destination is not a folder: '{dst}'")
+    native = find_native_tokenizer(hf_dir)
+    if native is None:
+        return None
+    target = dst / native.name
+    if not target.exists() or not target.samefile(native):
+        shutil.copyfile(native, target)
+    return target

@@ -1,0 +1,271 @@
+"""Token-for-token parity of a Hugging Face tokenizer folder with mistral-common (the reference).
+
+`check_tokenizer` encodes a built-in corpus of edge cases (`BUILTIN_TEXTS`), a built-in set of
+conversations (`BUILTIN_CONVERSATIONS`) and the caller's prompts on both sides:
+
+- a text: HF `tok(text, split_special_tokens=True)` against mistral-common `encode(text, bos=True,
+  eos=False)`. The default `tok(text)` is compared too: where it differs only because HF parses a
+  special-token string in the text ("<s>", "[INST]"), that is a documented divergence, not a miss;
+- a conversation: HF `apply_chat_template(messages, add_generation_prompt=True)` against
+  mistral-common `encode_chat_completion` (ChatML templates: against BOS + the encoded ChatML text).
+  A conversation both sides reject agrees; one rejected by one side only is a miss.
+
+Each miss names the first differing position and the tokens from there, decoded with the reference
+vocabulary on both sides (so a corrupted HF vocabulary shows up as the wrong piece).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtools.chat_template import template_flavour
+from hubtools.errors import ChatTemplateError, TokenizerError
+from hubtools.tokenizer import tokenizer_version
+from hubtools.tokenizer_corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
+
+__all__ = ["BUILTIN_CONVERSATIONS", "BUILTIN_TEXTS", "Miss", "TokenizerReport", "check_tokenizer", "hf_chat_ids",
+           "load_prompts"]
+
+WINDOW = 4
+
+
+@dataclass(frozen=True)
+class Miss:
+    """One sequence on which the two sides differ."""
+
+    kind: str  # "text" or "chat"
+    source: str  # "builtin" or "prompts"
+    index: int
+    sample: str
+    position: int | None  # first differing token; None when a side rejected the input
+    hf: tuple[str, ...]
+    reference: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True)
+class TokenizerReport:
+    """What `check_tokenizer` found. `passed` when every sequence agrees and the vocabulary sizes match.
+
+    Example:
+        >>> r = TokenizerReport("hf", "tokenizer.model", "v1", "none", texts=1, conversations=0, agreed=1,
+        ...                     hf_vocab_size=32000, native_vocab_size=32000)
+        >>> r.passed, r.agreement
+        (True, 1.0)
+    """
+
+    hf_dir: str
+    native_file: str
+    version: str
+    chat_template: str
+    texts: int
+    conversations: int
+    agreed: int
+    misses: tuple[Miss, ...] = ()
+    divergences: tuple[Miss, ...] = field(default=())
+    hf_vocab_size: int | None = None
+    native_vocab_size: int | None = None
+
+    @property
+    def sequences(self) -> int:
+        return self.texts + self.conversations
+
+    @property
+    def agreement(self) -> float:
+        return self.agreed / self.sequences if self.sequences else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.sequences > 0 and self.agreed == self.sequences and self.hf_vocab_size == self.native_vocab_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hf_dir": self.hf_dir, "native_file": self.native_file, "version": self.version,
+                "chat_template": self.chat_template, "texts": self.texts, "conversations": self.conversations,
+                "sequences": self.sequences, "agreed": self.agreed, "agreement": self.agreement,
+                "passed": self.passed, "hf_vocab_size": self.hf_vocab_size,
+                "native_vocab_size": self.native_vocab_size, "misses": [asdict(m) for m in self.misses],
+                "special_token_divergences": [asdict(m) for m in self.divergences]}
+
+
+def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
+    """Read prompts from JSONL: each line a string (a text) or a list of {role, content} (a conversation).
+
+    An object with "messages" (a conversation) or "text"/"prompt" (a text) is accepted too.
+
+    Raises:
+        `TokenizerError`: unreadable file or a line of another shape (the line is named).
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenizerError(f"cannot read prompts: '{path}' ({exc})") from exc
+    prompts: list[str | list[dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({exc.msg})") from exc
+        if isinstance(item, dict):
+            item = item.get("messages", item.get("text", item.get("prompt")))
+        if isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item)):
+            prompts.append(item)
+        else:
+            raise TokenizerError(f"bad prompt in '{path}' line {number} (expected a string or a list of "
+                                 f"{{role, content}} messages, got {type(item).__name__})")
+    return prompts
+
+
+def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """`apply_chat_template(messages, tokenize=True, add_generation_prompt=True)` as a list of ids.
+
+    Raises:
+        `ChatTemplateError`: the template rejects the conversation (its `raise_exception` message).
+        `TokenizerError`: the folder has no chat template, or the template is not valid Jinja.
+    """
+    from jinja2.exceptions import TemplateError, TemplateSyntaxError
+
+    if not getattr(tok, "chat_template", None):
+        raise TokenizerError("the tokenizer has no chat template (tokenizer_config.json 'chat_template')")
+    try:
+        ids = tok.apply_chat_template(copy.deepcopy(list(messages)), tokenize=True, add_generation_prompt=True,
+                                      return_dict=False)
+    except TemplateSyntaxError as exc:
+        raise TokenizerError(f"invalid chat template: {exc}") from exc
+    except (TemplateError, TypeError, ValueError, KeyError) as exc:
+        raise ChatTemplateError(f"conversation rejected by the chat template: {exc}") from exc
+    if ids and isinstance(ids[0], list):  # some versions return a batch
+        ids = ids[0]
+    return [int(i) for i in ids]
+
+
+def _load_hf(hf_dir: Path) -> Any:
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    except Exception as exc:  # transformers raises many types for a bad folder
+        raise TokenizerError(f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+
+def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
+    """mistral-common's tokenizer for the file, read as `version` (an unversioned tokenizer.model is
+    otherwise always v1)."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    path = native_file
+    if version.startswith("v") and native_file.name.endswith(".model"):
+        path = Path(workdir) / f"tokenizer.model.{version}"
+        path.write_bytes(native_file.read_bytes())
+    try:
+        return MistralTokenizer.from_file(str(path))
+    except Exception as exc:  # mistral-common raises assertion/value errors for bad files
+        raise TokenizerError(f"mistral-common cannot load '{native_file}' ({type(exc).__name__}: {exc})") from exc
+
+
+def _window(ids: Sequence[int], start: int, piece: Any) -> tuple[str, ...]:
+    return tuple(piece(i) for i in ids[start : start + WINDOW])
+
+
+def _compare(kind: str, source: str, index: int, sample: Any, hf: list[int] | str, ref: list[int] | str,
+             piece: Any) -> Miss | None:
+    """None when both sides agree (same ids, or both rejected); else the Miss. Strings are rejections."""
+    if isinstance(hf, str) and isinstance(ref, str):
+        return None
+    shown = repr(sample)[:120]
+    if isinstance(hf, str) or isinstance(ref, str):
+        detail = f"HF rejected: {hf}" if isinstance(hf, str) else f"mistral-common rejected: {ref}"
+        return Miss(kind, source, index, shown, None, (), (), detail)
+    if hf == ref:
+        return None
+    pos = next((i for i, (a, b) in enumerate(zip(hf, ref, strict=False)) if a != b), min(len(hf), len(ref)))
+    return Miss(kind, source, index, shown, pos, _window(hf, pos, piece), _window(ref, pos, piece),
+                f"{len(hf)} vs {len(ref)} tokens; ids {hf[pos:pos + WINDOW]} vs {ref[pos:pos + WINDOW]}")
+
+
+def _reference_chat(mt: Any, messages: Sequence[dict[str, Any]], flavour: str) -> list[int] | str:
+    try:
+        if flavour == "chatml":
+            if not messages or any(not isinstance(m.get("content"), str) for m in messages):
+                return "ChatML needs at least one message, each with string content"
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return list(mt.instruct_tokenizer.tokenizer.encode(text + "<|im_start|>assistant\n", True, False))
+        from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+        request: Any = ChatCompletionRequest.model_validate({"messages": copy.deepcopy(list(messages))})
+        return list(mt.encode_chat_completion(request).tokens)
+    except Exception as exc:  # pydantic, validation and tokenizer exceptions all mean "rejected"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _hf_chat(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int] | str:
+    try:
+        return hf_chat_ids(tok, messages)
+    except ChatTemplateError as exc:
+        return str(exc)
+
+
+def _has_special(value: Any, specials: Sequence[str]) -> bool:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return any(s in text for s in specials)
+
+
+def check_tokenizer(hf_dir: Path, native_file: Path, *, prompts: list[Any] | None = None,
+                    chat: bool = True) -> TokenizerReport:
+    """Compare the HF tokenizer in `hf_dir` with mistral-common on `native_file`.
+
+    Args:
+        hf_dir (`Path`): folder with tokenizer.json / tokenizer_config.json.
+        native_file (`Path`): the native tokenizer (tokenizer.model[.vN] or tekken*.json).
+        prompts (`list`, *optional*): extra texts (str) and conversations (lists of messages),
+            as `load_prompts` returns.
+        chat (`bool`, *optional*, defaults to True): also compare conversations when the folder has a
+            chat template.
+
+    Returns:
+        `TokenizerReport`: counts, agreement, misses and special-token divergences.
+
+    Raises:
+        `TokenizerError`: either tokenizer cannot be loaded, or the chat template is not valid Jinja.
+    """
+    version = tokenizer_version(native_file)
+    tok = _load_hf(hf_dir)
+    flavour = template_flavour(getattr(tok, "chat_template", None)) if chat else "none"
+    extra = list(prompts or [])
+    texts = [("builtin", i, t) for i, t in enumerate(BUILTIN_TEXTS)]
+    texts += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, str)]
+    convs = [("builtin", i, list(c)) for i, c in enumerate(BUILTIN_CONVERSATIONS)]
+    convs += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, list)]
+    convs = convs if flavour != "none" else []
+    specials = [str(s) for s in tok.all_special_tokens] + [str(t) for t in tok.added_tokens_encoder]
+    misses: list[Miss] = []
+    divergences: list[Miss] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        mt = _load_reference(native_file, version, workdir)
+        raw = mt.instruct_tokenizer.tokenizer
+        for source, index, text in texts:
+            ref = list(raw.encode(text, bos=True, eos=False))
+            exact = _compare("text", source, index, text, tok(text, split_special_tokens=True)["input_ids"], ref,
+                             raw.id_to_piece)
+            default = _compare("text", source, index, text, tok(text)["input_ids"], ref, raw.id_to_piece)
+            if exact is not None or (default is not None and not _has_special(text, specials)):
+                misses.append(exact or default)  # type: ignore[arg-type]
+            elif default is not None:
+                divergences.append(default)
+        for source, index, messages in convs:
+            miss = _compare("chat", source, index, messages, _hf_chat(tok, messages),
+                            _reference_chat(mt, messages, flavour), raw.id_to_piece)
+            if miss is not None:
+                (divergences if miss.position is not None and _has_special(messages, specials) else misses).append(miss)
+    total = len(texts) + len(convs)
+    return TokenizerReport(str(hf_dir), str(native_file), version, flavour, texts=len(texts),
+                           conversations=len(convs), agreed=total - len(misses), misses=tuple(misses),
+                           divergences=tuple(divergences), hf_vocab_size=len(tok), native_vocab_size=raw.n_words)
