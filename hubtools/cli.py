@@ -159,7 +159,65 @@ def demo(workdir: Path | None, force: bool) -> None:
 
 # --- verify command ---
 
+
+@cli.command("verify")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("converted", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the report as JSON to this file.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Compute dtype of the logits check (float32 catches conversion bugs).")
+@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Prompts file for the tokenizer check.")
+@click.option("--rope-theta", type=float, help="The native model's rope_theta when params.json omits it.")
+@click.option("--no-logits", is_flag=True, help="Skip the forward passes (structure, tensors, tokenizer only).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress; print the table only when a check fails.")
+@handle_errors
+def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: str, prompts_path: Path | None,
+                   rope_theta: float | None, no_logits: bool, quiet: bool) -> None:
+    """Prove CONVERTED is an exact conversion of SRC (either order): structure, tensors, tokenizer, logits.
+
+    Exits 0 only if every check passes, 1 otherwise (the table names what failed).
+    """
+    from hubtools.verify import format_report, verify
+
+    def say(message: str) -> None:
+        click.echo(f"verify: {message}", err=True)
+
+    report = verify(src, converted, dtype=_torch_dtype(dtype), prompts_path=prompts_path,
+                    check_logits=not no_logits, rope_theta=rope_theta, progress=None if quiet else say)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if not quiet or not report.passed:
+        click.echo(format_report(report))
+    if not report.passed:
+        sys.exit(1)
+
+
 # --- card command ---
+
+
+@cli.command("card")
+@click.argument("spec")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the card (README.md).")
+@click.option("--results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="lm-evaluation-harness results_*.json to import (repeatable; overrides the card's values).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Converted model folder: real parameter count and its chat template.")
+@click.option("--report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="`hubtools verify --json` report to summarise in the card.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@handle_errors
+def card_command(spec: str, output: Path, results: tuple[Path, ...], model_dir: Path | None, report: Path | None,
+                 force: bool) -> None:
+    """Render the model card of SPEC (a card source path or a release name in cards/)."""
+    from hubtools.card import build_card
+
+    written = build_card(spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir,
+                         report=report, force=force)
+    click.echo(str(written))
+
 
 # --- publish command ---
 
@@ -173,7 +231,7 @@ def demo(workdir: Path | None, force: bool) -> None:
 @click.option("--tag", help="Tag the published commit.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and exit; makes no network request.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
 def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr: bool, private: bool,
                     tag: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
@@ -199,18 +257,15 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
         return
     from huggingface_hub import HfApi
     from huggingface_hub.utils import disable_progress_bars
-    from tqdm import tqdm
 
-    disable_progress_bars()  # one bar, ours
+    disable_progress_bars()  # one bar per stage, ours
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
     bars: dict[str, Any] = {}
 
     def on_progress(event: Any) -> None:
-        bar = bars.get(event.stage)
-        if bar is None:
-            bar = bars[event.stage] = tqdm(total=event.bytes_total, unit="B", unit_scale=True, unit_divisor=1024,
-                                           desc=event.stage, disable=quiet, file=sys.stderr)
-        bar.update(event.bytes_done - bar.n)
+        if event.stage not in bars:
+            bars[event.stage] = _byte_progress(event.bytes_total, quiet or as_json, event.stage)
+        bars[event.stage].update(event.bytes_done - bars[event.stage].n)
 
     try:
         result = publish(folder, repo_id, api=api, revision=revision, create_pr=create_pr, private=private,
@@ -222,8 +277,8 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
         emit_json(result.to_dict())
         return
     summary = result.to_dict()
-    click.echo(f"uploaded {summary['uploaded_files']} files ({result.uploaded_bytes:,d} bytes), skipped "
-               f"{summary['skipped_files']} already on the Hub; verified at {result.verified_at}")
+    click.echo(f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
+               f"{summary['skipped_files']} already on the Hub; all verified at {result.verified_at}")
     for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
         if value:
             click.echo(f"{label}: {value}")

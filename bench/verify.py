@@ -1,0 +1,172 @@
+"""Benchmark: `hubtools verify` (layer by layer) vs loading both models whole, side by side.
+
+Uses the Mixtral-shaped checkpoints of bench/convert.py (dim 4096, hidden 14336, 8 experts, 32 heads,
+8 kv heads, head_dim 128, vocab 32000, bfloat16; 1 layer = 3.4 GB, 2 layers = 6.3 GB), converts each to
+HF with hubtools, then runs every method in its own child process and records wall time, peak RSS
+(wait4 ru_maxrss) and sampled peak anonymous memory (RssAnon):
+
+- verify bf16 / verify f32: `hubtools verify NATIVE HF --dtype ...` (all four checks);
+- whole bf16 / whole f32: the whole native state dict + the reference forward, then
+  `AutoModelForCausalLM.from_pretrained` + its forward, on the same prompts (what a one-off script does).
+  A whole-model run whose estimated need exceeds 60% of available memory is not started.
+
+    python bench/verify.py [--layers 1 2] [--workdir .bench] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from hubtools.params import ModelParams
+from hubtools.synthetic import tiny_params
+
+VERIFY = r"""
+import sys
+from hubtools.cli import main
+sys.argv = ["hubtools", "verify", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    sys.exit(0 if exc.code in (0, 1, None) else exc.code)  # 1 = a check failed: still a measurement
+"""
+
+WHOLE = r"""
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from hubtools import reference
+from hubtools.hf_forward import whole_model_logits
+from hubtools.params import default_rope_theta, load_params
+from hubtools.verify_logits import logit_metrics, prompt_tokens
+native, hf, dtype = Path(sys.argv[1]), Path(sys.argv[2]), getattr(torch, sys.argv[3])
+params = load_params(native / "params.json")
+state = {}
+for f in sorted(native.glob("consolidated*.safetensors")):
+    state.update({k: v.to(dtype) for k, v in load_file(f).items()})      # the whole native model in RAM
+prompts = prompt_tokens(native / "tokenizer.model", params.vocab_size)
+with torch.no_grad():
+    ref = reference.forward(prompts.tokens, state.__getitem__, params, rope_theta=default_rope_theta(params))
+    out = whole_model_logits(hf, prompts.tokens, dtype, attention=None, experts=None)  # the whole HF model too
+print(logit_metrics(ref.float(), out.float(), prompts.valid))
+"""
+
+
+def bench_params(layers: int) -> ModelParams:
+    """Mixtral 8x7B widths with `layers` layers (the shapes of bench/convert.py)."""
+    return tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
+                       hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
+
+
+def _bench_convert() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_convert", Path(__file__).with_name("convert.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def prepare(layers: int, workdir: Path, shared: ModuleType) -> tuple[Path, Path, list[Path]]:
+    """The native checkpoint (bench/convert.py's, reused if kept) and its HF conversion; what we built."""
+    from hubtools.convert import convert
+    from hubtools.synthetic import write_native_checkpoint
+
+    built = []
+    native = workdir / f"mixtral-{layers}l-safetensors"
+    if not (native / "params.json").exists():
+        native = workdir / f"verify-mixtral-{layers}l"
+        if not (native / "params.json").exists():
+            print(f"building {native} ...", file=sys.stderr)
+            if hasattr(shared, "BUILD"):  # bench/convert.py's builder, run as its own child process
+                subprocess.run([sys.executable, "-c", shared.BUILD, str(layers), "safetensors", str(native)],
+                               check=True)
+            else:
+                write_native_checkpoint(native, bench_params(layers), dtype=torch.bfloat16, tokenizer="v1")
+        built.append(native)
+    hf = workdir / f"verify-mixtral-{layers}l-hf"
+    if not (hf / "config.json").exists():
+        print(f"converting to {hf} ...", file=sys.stderr)
+        convert(native, hf, force=True)
+    built.append(hf)
+    return native, hf, built
+
+
+def measure(native: Path, hf: Path, workdir: Path, shared: ModuleType) -> dict[str, dict[str, Any]]:
+    size = sum(p.stat().st_size for p in native.glob("consolidated*"))
+    results: dict[str, dict[str, Any]] = {}
+    for dtype in ("bfloat16", "float32"):
+        report = workdir / f"report-{dtype}.json"
+        cmd = [sys.executable, "-c", VERIFY, str(native), str(hf), "--dtype", dtype, "--quiet", "--json", str(report)]
+        results[f"verify {dtype}"] = {**shared.run_measured(cmd), **_summary(json.loads(report.read_text()))}
+        need = 2 * size * (2 if dtype == "float32" else 1)
+        if need > 0.6 * mem_available():
+            results[f"whole {dtype}"] = {"skipped": f"needs ~{need / 2**30:.1f} GiB"}
+            continue
+        results[f"whole {dtype}"] = shared.run_measured([sys.executable, "-c", WHOLE, str(native), str(hf), dtype])
+    return results
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    logits = report["checks"]["logits"]
+    return {"passed": report["passed"], "max_abs_dlogit": logits.get("max_abs_dlogit"),
+            "top1": logits.get("top1_agreement"), "top1_near_ties": logits.get("top1_near_tie_agreement"),
+            "mean_kl": logits.get("mean_kl")}
+
+
+def table(rows: dict[int, dict[str, dict[str, Any]]], sizes: dict[int, int]) -> str:
+    lines = ["| layers | size | method | wall s | peak RSS | peak anon | result |", "|---|---|---|---|---|---|---|"]
+    for layers, res in rows.items():
+        for name, r in res.items():
+            if "skipped" in r:
+                lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | - | - | - | "
+                             f"not run: {r['skipped']} |")
+                continue
+            verdict = "" if "passed" not in r else (
+                f"{'passed' if r['passed'] else 'FAILED'}, max|dlogit| {r['max_abs_dlogit']:.2g}, "
+                f"KL {r['mean_kl']:.1g}, top-1 {100 * r['top1']:.0f}% "
+                f"({100 * r['top1_near_ties']:.0f}% counting near-ties)")
+            lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
+                         f"{r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB | {verdict} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workdir", type=Path, default=Path(".bench"))
+    parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    shared = _bench_convert()
+    rows, sizes = {}, {}
+    for layers in args.layers:
+        native, hf, built = prepare(layers, args.workdir, shared)
+        sizes[layers] = sum(p.stat().st_size for p in native.glob("consolidated*"))
+        rows[layers] = measure(native, hf, args.workdir, shared)
+        if not args.keep:
+            for path in built:
+                shutil.rmtree(path)
+    print(table(rows, sizes))
+    if args.json:
+        args.json.write_text(json.dumps({"sizes": sizes, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""transformers' own Mistral / Mixtral modules, run one decoder layer at a time from an HF folder.
+
+Each step instantiates the transformers module on the meta device (no allocation), fills it with that
+layer's tensors read from the shards (`read(hf_name) -> Tensor` in the compute dtype) and runs it, so
+only one layer's weights are in memory. transformers 5.x fuses experts at load time
+(`conversion_mapping.py`, entry "mixtral": `.block_sparse_moe.` -> `.mlp.`, `experts.*.w1|w3` ->
+`experts.gate_up_proj [E, 2I, H]` with w1 rows first, `experts.*.w2` -> `experts.down_proj [E, H, I]`);
+`layer_state` builds the same fused tensors, copying one expert at a time into preallocated storage.
+The tests check this path against `AutoModelForCausalLM.from_pretrained` (`whole_model_logits`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hubtools.errors import VerifyError
+
+Reader = Callable[[str], torch.Tensor]
+IMPLEMENTATION = "eager"  # attention and experts: the plain-torch paths, softmax in float32
+
+
+def load_config(folder: Path) -> Any:
+    """transformers' config for an HF folder (it accepts rope_theta or rope_parameters, torch_dtype or dtype).
+
+    Raises:
+        VerifyError: transformers cannot read config.json, or it is not Mistral / Mixtral.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerifyError(f"{folder / 'config.json'}: transformers cannot load it ({exc})") from None
+    if config.model_type not in ("mistral", "mixtral"):
+        raise VerifyError(f"{folder / 'config.json'}: model_type '{config.model_type}' "
+                          "(expected 'mistral' or 'mixtral')")
+    config._attn_implementation = IMPLEMENTATION
+    config._experts_implementation = IMPLEMENTATION
+    return config
+
+
+def _module(config: Any, suffix: str) -> Any:
+    kind = config.model_type
+    modeling = importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
+    return getattr(modeling, kind.capitalize() + suffix)
+
+
+def _fused_experts(config: Any, prefix: str, read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
+    gate_up = torch.empty(experts, 2 * inter, hidden, dtype=dtype)
+    down = torch.empty(experts, hidden, inter, dtype=dtype)
+    for e in range(experts):
+        gate_up[e, :inter] = read(f"{prefix}block_sparse_moe.experts.{e}.w1.weight")
+        gate_up[e, inter:] = read(f"{prefix}block_sparse_moe.experts.{e}.w3.weight")
+        down[e] = read(f"{prefix}block_sparse_moe.experts.{e}.w2.weight")
+    return {"mlp.experts.gate_up_proj": gate_up, "mlp.experts.down_proj": down}
+
+
+def layer_state(config: Any, layer: int, keys: list[str], read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The decoder layer's state dict (its own key names) from the checkpoint's HF names."""
+    prefix = f"model.layers.{layer}."
+    state: dict[str, torch.Tensor] = {}
+    if "mlp.experts.gate_up_proj" in keys:
+        state.update(_fused_experts(config, prefix, read, dtype))
+    for key in keys:
+        if key not in state:
+            stored = key.replace("mlp.", "block_sparse_moe.", 1) if config.model_type == "mixtral" else key
+            state[key] = read(prefix + stored)
+    return state
+
+
+def build_layer(config: Any, layer: int, read: Reader, dtype: torch.dtype) -> nn.Module:
+    """transformers' `MistralDecoderLayer` / `MixtralDecoderLayer` holding layer `layer`'s weights."""
+    with torch.device("meta"):
+        module = _module(config, "DecoderLayer")(config, layer)
+    keys = list(module.state_dict())
+    module.load_state_dict(layer_state(config, layer, keys, read, dtype), strict=True, assign=True)
+    return module.eval()
+
+
+class LayeredModel:
+    """The HF side of a layer-by-layer comparison: embed, then `layer(h, i)` for each i, then `head(h)`.
+
+    Example:
+        >>> m = LayeredModel(load_config(folder), ckpt_read, torch.float32)  # doctest: +SKIP
+        >>> h = m.embed(tokens); h = m.layer(h, 0); logits = m.head(h)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: Any, read: Reader, dtype: torch.dtype) -> None:
+        self.config, self.read, self.dtype = config, read, dtype
+        self.rotary = _module(config, "RotaryEmbedding")(config=config)
+        self._cache: tuple[int, Any, Any] | None = None
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.read("model.embed_tokens.weight"))
+
+    def _inputs(self, h: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+        if self._cache is None or self._cache[0] != h.shape[1]:
+            from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+            positions = torch.arange(h.shape[1])[None]
+            make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
+            mask = make_mask(config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=None,
+                             position_ids=positions)
+            self._cache = (h.shape[1], mask, (self.rotary(h, positions), positions))
+        _, mask, (rope, positions) = self._cache
+        return mask, rope, positions
+
+    @torch.no_grad()
+    def layer(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        """Run decoder layer `layer` (its weights loaded now, released on return)."""
+        module = build_layer(self.config, layer, self.read, self.dtype)
+        mask, rope, positions = self._inputs(h)
+        out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+        return out[0] if isinstance(out, tuple) else out
+
+    @torch.no_grad()
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        with torch.device("meta"):
+            norm = _module(self.config, "RMSNorm")(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        norm.load_state_dict({"weight": self.read("model.norm.weight")}, assign=True)
+        return F.linear(norm(h), self.read("lm_head.weight"))
+
+
+@torch.no_grad()
+def whole_model_logits(folder: Path, tokens: torch.Tensor, dtype: torch.dtype, *,
+                       attention: str | None = IMPLEMENTATION, experts: str | None = IMPLEMENTATION) -> torch.Tensor:
+    """Logits from `AutoModelForCausalLM.from_pretrained` (the whole model in memory): the cross-check.
+
+    Args:
+        attention, experts: transformers implementations; None lets transformers pick (sdpa, grouped_mm).
+    """
+    from transformers import AutoModelForCausalLM
+
+    chosen = {"attn_implementation": attention, "experts_implementation": experts}
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                 **{k: v for k, v in chosen.items() if v is not None})
+    return model(input_ids=tokens).logits
