@@ -7,6 +7,7 @@ verifies the conversion, renders a card and plans the upload (dry run).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ def _workdir(workdir: Path | None, force: bool) -> Path:
         return Path(tempfile.mkdtemp(prefix="hubtools-demo-"))
     if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists() and not force:
         raise DestinationError(f"{workdir}: exists and is not a demo folder (use --force or another folder)")
-    for sub in ("native", "hf", "roundtrip", "README.md"):
+    for sub in ("native", "hf", "roundtrip", "verify.json", "tiny-mixtral-demo.md"):
         target = workdir / sub
         if target.is_dir():
             shutil.rmtree(target)
@@ -47,7 +48,7 @@ def _generate(hf: Path, say: Say) -> None:
     tokenizer = AutoTokenizer.from_pretrained(hf)
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    say(f"  transformers {type(model).__name__} loaded it; prompt ids {ids[0].tolist()} -> "
+    say(f"3. transformers {type(model).__name__} loaded it; prompt ids {ids[0].tolist()} -> "
         f"generated {out[0, ids.shape[1]:].tolist()} (random weights: the text is noise)")
 
 
@@ -58,7 +59,7 @@ def _roundtrip(native: Path, back: Path, say: Say) -> None:
         same = all(torch.equal(a.read(n).view(torch.uint8), b.read(n).view(torch.uint8)) for n in a.tensors)
         if set(a.tensors) != set(b.tensors) or not same:
             raise HubtoolsError("demo: native -> HF -> native round trip is not bit-exact")
-        say(f"  native -> HF -> native: {len(a.tensors)} tensors bit-exact")
+        say(f"   converted back: native -> HF -> native is bit-exact for all {len(a.tensors)} tensors")
 
 
 def run_demo(workdir: Path | None = None, *, force: bool = False, say: Say = lambda _: None) -> Path:
@@ -87,6 +88,61 @@ def run_demo(workdir: Path | None = None, *, force: bool = False, say: Say = lam
     return root
 
 
+DEMO_CARD = """---
+title: Tiny-Mixtral-Demo
+repo_id: hubtools-demo/Tiny-Mixtral-Demo
+kind: instruct
+tokenizer: v1
+architecture: MixtralForCausalLM
+parameters: 4318016
+active_parameters: 4219712
+context_length: 32768
+metadata:
+  license: apache-2.0
+  language: [en]
+  tags: [moe, mixtral, hubtools-demo]
+  pipeline_tag: text-generation
+  library_name: transformers
+---
+A tiny Mixtral with random weights, written by `hubtools demo` to show a whole release end to end.
+"""
+
+
+def _verify(root: Path, native: Path, hf: Path, say: Say) -> None:
+    from hubtools.verify import verify
+
+    report = verify(native, hf, dtype=torch.float32)
+    (root / "verify.json").write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+    checks = report.to_dict()["checks"]
+    logits = checks["logits"]
+    tokenizer = checks["tokenizer"]
+    say(f"4. verified: tensors {checks['tensors']['compared']} bit-identical; tokenizer "
+        f"{tokenizer.get('agreement', 0):.0%} of {tokenizer.get('sequences', 0)} sequences equal to mistral-common; "
+        f"logits max |dlogit| {logits.get('max_abs_dlogit', float('nan')):.1e}, "
+        f"top-1 {logits.get('top1_agreement', 0):.0%} -> {'PASSED' if report.passed else 'FAILED'}")
+    if not report.passed:
+        raise HubtoolsError(f"demo: verification failed (report in {root / 'verify.json'})")
+
+
+def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
+    from hubtools.card import build_card
+
+    source = root / "tiny-mixtral-demo.md"
+    source.write_text(DEMO_CARD)
+    card = build_card(str(source), hf / "README.md", cards_dir=root, model_dir=hf, report=root / "verify.json",
+                      force=True)
+    say(f"5. rendered the model card (model-index metadata checked locally) -> {card}")
+
+
+def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
+    from hubtools.inspection import human_bytes
+    from hubtools.publish import plan_upload
+
+    plan = plan_upload(hf)
+    say(f"6. publish plan (dry run, no network): {len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
+        f"run `hubtools publish {hf} <user>/<repo>` with HF_TOKEN set to upload")
+
+
 def _extra_steps() -> list[Callable[[Path, Path, Path, Say], None]]:
-    """Steps that need the verify / card / publish modules."""
-    return []
+    """verify -> card -> publish plan."""
+    return [_verify, _card, _publish_plan]

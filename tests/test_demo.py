@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import Result
+
+from tests.conftest import assert_one_line_error
+
+
+def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    result = run_cli("demo", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for step in ("1. wrote a tiny native Mixtral", "2. converted to the HF layout", "3. transformers MixtralForCausalLM",
+                 "bit-exact for all 41 tensors", "4. verified", "PASSED", "5. rendered the model card",
+                 "6. publish plan (dry run"):
+        assert step in out, step
+    assert (tmp_path / "demo" / "hf" / "README.md").read_text().startswith("---")
+    again = run_cli("demo", tmp_path / "demo")  # its own folder: re-running needs no --force
+    assert again.exit_code == 0, again.output
+
+
+def test_demo_refuses_a_folder_it_does_not_own(run_cli: Callable[..., Result], tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert_one_line_error(run_cli("demo", tmp_path / "mine"), "not a demo folder", "--force")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
