@@ -189,10 +189,10 @@ class Checkpoint:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
 
-    def read_bytes(self, segments: tuple[Segment, ...]) -> bytearray:
-        total = sum(n for _, _, n in segments)
-        buf = bytearray(total)
-        view, done = memoryview(buf), 0
+    def read_bytes(self, segments: tuple[Segment, ...]) -> torch.Tensor:
+        """The bytes of `segments`, concatenated, as a uint8 tensor (no zero-fill before the read)."""
+        buf = torch.empty(sum(n for _, _, n in segments), dtype=torch.uint8)
+        view, done = memoryview(buf.numpy()), 0
         for path, offset, length in segments:
             while length:
                 got = os.preadv(self.fd(path), [view[done:done + length]], offset)
@@ -204,8 +204,7 @@ class Checkpoint:
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor (owning its memory) in its stored dtype and shape."""
         src = self.tensors[name]
-        buf = self.read_bytes(src.segments)
-        flat = torch.frombuffer(buf, dtype=src.dtype) if buf else torch.empty(0, dtype=src.dtype)
+        flat = self.read_bytes(src.segments).view(src.dtype)
         if src.view is None:
             return flat.reshape(src.shape)
         return flat.as_strided(src.view.shape, src.view.stride, src.view.offset).clone()
