@@ -91,19 +91,23 @@ def run_measured(cmd: list[str]) -> dict[str, float]:
     return {"seconds": time.perf_counter() - started, "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak[0]}
 
 
-def measure(src: Path, work: Path) -> dict[str, dict[str, float]]:
+def measure(src: Path, work: Path, repeat: int) -> dict[str, dict[str, float]]:
+    """Each method `repeat` times, interleaved, from a warm source and a clean disk; the median run."""
     out = work / "out"
     methods = {
         "cp": ["cp", "-r", str(src), str(out)],
         "hubtools": [sys.executable, "-m", "hubtools.cli", "convert", str(src), str(out), "--quiet"],
         "load-everything": [sys.executable, "-c", NAIVE, str(src), str(out)],
     }
-    results = {}
-    for name, cmd in methods.items():
-        subprocess.run(["cat", *map(str, src.glob("consolidated*"))], stdout=subprocess.DEVNULL, check=True)
-        results[name] = run_measured(cmd)  # source warm in the page cache for every method
-        shutil.rmtree(out)
-    return results
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in methods}
+    for _ in range(repeat):
+        for name, cmd in methods.items():
+            subprocess.run(["cat", *map(str, src.glob("consolidated*"))], stdout=subprocess.DEVNULL, check=True)
+            os.sync()  # no write-back of an earlier step may overlap this one
+            runs[name].append(run_measured(cmd))
+            shutil.rmtree(out)
+            os.sync()
+    return {name: sorted(r, key=lambda x: x["seconds"])[len(r) // 2] for name, r in runs.items()}
 
 
 def table(rows: dict[int, dict[str, dict[str, float]]], sizes: dict[int, int]) -> str:
@@ -133,6 +137,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".bench"))
     parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows, sizes = {}, {}
@@ -142,7 +147,7 @@ def main() -> None:
             print(f"building {src} ...", file=sys.stderr)
             subprocess.run([sys.executable, "-c", BUILD, str(layers), args.layout, str(src)], check=True)
         sizes[layers] = sum(p.stat().st_size for p in src.glob("consolidated*"))
-        rows[layers] = measure(src, args.workdir)
+        rows[layers] = measure(src, args.workdir, args.repeat)
         if not args.keep:
             shutil.rmtree(src)
     print(table(rows, sizes))

@@ -7,6 +7,7 @@ absent fields take the proto defaults (note `remove_extra_whitespaces` defaults 
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -142,6 +143,12 @@ def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _parse_cached(data: bytes) -> SentencePieceModel:
+    """Parsing is pure: one conversion checks, versions and converts the same file, so parse it once."""
+    return parse_sentencepiece_model(data)
+
+
 def read_sentencepiece_model(path: Path) -> SentencePieceModel:
     """Read a SentencePiece model file.
 
@@ -159,7 +166,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
     except OSError as exc:
         raise TokenizerError(f"cannot read tokenizer file: '{path}' ({exc.strerror or exc})") from exc
     try:
-        return parse_sentencepiece_model(data)
+        return _parse_cached(data)
     except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:
         raise TokenizerError(
             f"not a SentencePiece model: '{path}' (expected a serialized ModelProto, got {exc})"
