@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,38 +128,44 @@ def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
     write_all(fd, tensor_bytes(tensor), path)
 
 
+def _write_tokenizer(ckpt: Checkpoint, target: str, out: Path, chat_template: str) -> list[str]:
+    from hubtools.tokenizer import restore_native_tokenizer, write_hf_tokenizer
+
+    if target == "hf":
+        return write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template) if ckpt.tokenizer_file else []
+    restored = restore_native_tokenizer(ckpt.folder, out)
+    return [restored.name] if restored is not None else []
+
+
 def write_plan(ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, chat_template: str = "auto",
                progress: Progress | None = None) -> list[str]:
-    """Write every file of the converted checkpoint into the (empty) folder `out`."""
-    written = []
-    for shard in conversion.shards:
-        path = out / shard.file
+    """Write every file of the converted checkpoint into the (empty) folder `out`.
 
-        def fill(fd: int, t: PlannedTensor, path: Path = path) -> None:
-            _fill(ckpt, conversion.steps[t.name], fd, path)
-            if progress:
-                progress(t.nbytes)
+    The tokenizer is converted on a second thread while the tensor bytes stream (the copies run in the
+    kernel without the GIL), so its CPU time hides behind the I/O.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tokenizer = pool.submit(_write_tokenizer, ckpt, conversion.target_layout, out, chat_template)
+        written = []
+        for shard in conversion.shards:
+            path = out / shard.file
 
-        write_shard(path, shard, fill)
-        written.append(shard.file)
-    if conversion.target_layout == "hf":
-        write_index(out / "model.safetensors.index.json", conversion.shards)
-        _write_json(out / "config.json", conversion.config)
-        _write_json(out / "generation_config.json", conversion.generation)
-        written += ["model.safetensors.index.json", "config.json", "generation_config.json"]
-        if ckpt.tokenizer_file is not None:
-            from hubtools.tokenizer import write_hf_tokenizer
+            def fill(fd: int, t: PlannedTensor, path: Path = path) -> None:
+                _fill(ckpt, conversion.steps[t.name], fd, path)
+                if progress:
+                    progress(t.nbytes)
 
-            written += write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template)
-    else:
-        _write_json(out / "params.json", to_native_params(conversion.params))
-        written.append("params.json")
-        from hubtools.tokenizer import restore_native_tokenizer
-
-        restored = restore_native_tokenizer(ckpt.folder, out)
-        if restored is not None:
-            written.append(restored.name)
-    return written
+            write_shard(path, shard, fill)
+            written.append(shard.file)
+        if conversion.target_layout == "hf":
+            write_index(out / "model.safetensors.index.json", conversion.shards)
+            _write_json(out / "config.json", conversion.config)
+            _write_json(out / "generation_config.json", conversion.generation)
+            written += ["model.safetensors.index.json", "config.json", "generation_config.json"]
+        else:
+            _write_json(out / "params.json", to_native_params(conversion.params))
+            written.append("params.json")
+        return written + tokenizer.result()
 
 
 def _write_json(path: Path, data: Any) -> None:

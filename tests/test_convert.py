@@ -103,3 +103,29 @@ def test_transformers_loads_the_output_and_matches_the_expected_weights(make_nat
     assert torch.equal(state["model.embed_tokens.weight"], src["tok_embeddings.weight"])
     assert torch.equal(state["lm_head.weight"], src["output.weight"])
     assert model(torch.tensor([[1, 5, 9]])).logits.shape == (1, 3, 32000)
+
+
+def test_to_native_splits_above_the_shard_size_and_reads_back(make_native: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    native = make_native(tokenizer="v3", params=tiny_params(vocab_size=32768))
+    convert(native, tmp_path / "hf")
+    result = convert(tmp_path / "hf", tmp_path / "back", to="native", max_shard_size=3_000_000)
+    shards = sorted(p.name for p in (tmp_path / "back").glob("consolidated*.safetensors"))
+    assert len(shards) > 1 and shards == [f"consolidated-{i:05d}-of-{len(shards):05d}.safetensors"
+                                          for i in range(1, len(shards) + 1)]
+    assert set(result.files) >= {"params.json", "tokenizer.model.v3", *shards}
+    original, back = tensors_of(native), tensors_of(tmp_path / "back")
+    assert all(same_bytes(original[n], back[n]) for n in original)
+
+
+def test_folder_with_both_layouts_needs_a_direction(make_native: Callable[..., Path], tmp_path: Path) -> None:
+    from hubtools.errors import LayoutError
+
+    native = make_native(tokenizer=None)
+    convert(native, tmp_path / "hf")
+    for f in (tmp_path / "hf").iterdir():
+        (native / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(LayoutError, match="holds both native"):
+        convert(native, tmp_path / "x")
+    convert(native, tmp_path / "x", to="hf")
+    assert (tmp_path / "x" / "config.json").exists()
