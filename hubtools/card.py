@@ -111,7 +111,8 @@ def render_chat_example(facts: ModelFacts) -> str | None:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     try:
-        rendered, _ = render_jinja_template(
+        # transformers annotates `-> str`, but it returns (rendered chats, generation indices)
+        rendered, _ = render_jinja_template(  # type: ignore[str-unpack]
             conversations=[list(EXAMPLE_CONVERSATION)], chat_template=facts.chat_template,
             add_generation_prompt=True, bos_token=facts.bos_token, eos_token=facts.eos_token,
         )
@@ -126,8 +127,9 @@ def reference_prompt(tokenizer: str) -> str:
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    messages = [UserMessage(content="Instruction"), AssistantMessage(content="Model answer"),
-                UserMessage(content="Follow-up instruction")]
+    messages: list[UserMessage | AssistantMessage] = [
+        UserMessage(content="Instruction"), AssistantMessage(content="Model answer"),
+        UserMessage(content="Follow-up instruction")]
     encoded = getattr(MistralTokenizer, tokenizer)().encode_chat_completion(ChatCompletionRequest(messages=messages))
     return str(encoded.text).replace("▁", " ")
 
@@ -267,7 +269,8 @@ def _value(value: Any) -> str:
 
 def verify_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     """Rows for the verify report table; absent checks and keys are simply left out."""
-    checks = report.get("checks") if isinstance(report.get("checks"), Mapping) else {}
+    raw_checks = report.get("checks")
+    checks: Mapping[str, Any] = raw_checks if isinstance(raw_checks, Mapping) else {}
     order = ("structure", "tensors", "tokenizer", "logits")
     rows = []
     for name, check in sorted(checks.items(), key=lambda item: (order + (item[0],)).index(item[0])):

@@ -74,16 +74,14 @@ def metadata_problems(meta: Mapping[str, Any]) -> tuple[str, ...]:
     """
     if not isinstance(meta, Mapping):
         return (f"metadata must be a mapping, got {meta!r}",)
-    return tuple(
-        [
-            *_license_problems(meta),
-            *_language_problems(meta.get("language")),
-            *_string_list_problems("tags", meta.get("tags"), allow_string=False),
-            *_string_list_problems("datasets", meta.get("datasets"), allow_string=True),
-            *_base_model_problems(meta),
-            *_scalar_problems(meta),
-            *_model_index_problems(meta.get("model-index")),
-        ]
+    return (
+        *_license_problems(meta),
+        *_language_problems(meta.get("language")),
+        *_string_list_problems("tags", meta.get("tags"), allow_string=False),
+        *_string_list_problems("datasets", meta.get("datasets"), allow_string=True),
+        *_base_model_problems(meta),
+        *_scalar_problems(meta),
+        *_model_index_problems(meta.get("model-index")),
     )
 
 

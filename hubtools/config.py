@@ -52,7 +52,8 @@ def _rope_theta(params: ModelParams, overrides: ConfigOverrides) -> tuple[float,
 
 def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int, str]:
     if overrides.max_position_embeddings is not None:
-        return overrides.max_position_embeddings, f"max_position_embeddings={overrides.max_position_embeddings} (override)"
+        value = overrides.max_position_embeddings
+        return value, f"max_position_embeddings={value} (override)"
     if params.max_seq_len is not None:
         return params.max_seq_len, f"max_position_embeddings={params.max_seq_len} (params.json max_seq_len)"
     return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,16 @@ from hubtools.errors import DestinationError, MappingError, ParamsError, Tokeniz
 from hubtools.names import NameTable, TensorSpec
 from hubtools.reader import Checkpoint, TensorSource, open_checkpoint
 from hubtools.transforms import to_hf, to_native
-from hubtools.writer import PlannedTensor, Shard, copy_segments, plan_shards, tensor_bytes, write_all, \
-    write_index, write_shard
+from hubtools.writer import (
+    PlannedTensor,
+    Shard,
+    copy_segments,
+    plan_shards,
+    tensor_bytes,
+    write_all,
+    write_index,
+    write_shard,
+)
 
 DEFAULT_SHARD_SIZE = 5 * 10**9
 Progress = Callable[[int], None]

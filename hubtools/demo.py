@@ -47,7 +47,9 @@ def _generate(hf: Path, say: Say) -> None:
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(hf)
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    # transformers types `generate`'s self as GenerativePreTrainedModel, which the Auto class's return is not
+    out = model.generate(  # type: ignore[misc]
+        ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     say(f"3. transformers {type(model).__name__} loaded it; prompt ids {ids[0].tolist()} -> "
         f"generated {out[0, ids.shape[1]:].tolist()} (random weights: the text is noise)")
 

@@ -74,8 +74,8 @@ def parse_params(raw: Any, *, source: str = "params.json") -> ModelParams:
     for key in _INT_FIELDS:
         if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] <= 0):
             raise ParamsError(f"{source}: field '{key}' must be a positive integer, got {raw[key]!r}")
-    n_heads = raw["n_heads"]
-    n_kv = raw.get("n_kv_heads", n_heads)
+    n_heads: int = raw["n_heads"]
+    n_kv: int = raw.get("n_kv_heads", n_heads)
     if n_heads % n_kv:
         raise ParamsError(f"{source}: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv}")
     head_dim = raw.get("head_dim") or raw["dim"] // n_heads

@@ -69,7 +69,7 @@ class ConcatFile(io.RawIOBase):
     def segments(self, start: int, length: int) -> list[Segment]:
         """Map a byte range of the joined stream onto (part, offset, length) pieces."""
         out: list[Segment] = []
-        for path, part_start, size in zip(self.parts, self.starts, self.sizes):
+        for path, part_start, size in zip(self.parts, self.starts, self.sizes, strict=True):
             lo, hi = max(start, part_start), min(start + length, part_start + size)
             if lo < hi:
                 out.append((path, lo - part_start, hi - lo))
@@ -195,7 +195,8 @@ def _locate(stream: ConcatFile, archive: zipfile.ZipFile, entries: dict[str, zip
     local = stream.read(30)
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
         raise CorruptFileError(f"{where}: corrupt zip entry for tensor '{name}'")
-    data_start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    data_start = info.header_offset + 30 + name_len + extra_len
     length = ref.storage.numel * ref.storage.dtype.itemsize
     if data_start + length > stream.size or info.file_size != length:
         raise CorruptFileError(f"{where}: truncated: tensor '{name}' needs bytes up to {data_start + length}, "

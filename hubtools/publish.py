@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from hubtools import __version__
@@ -246,21 +246,25 @@ def publish(folder: Path, repo_id: str, *, api: HfApi, revision: str | None = No
     if revision and not create_pr and not revision.startswith("refs/"):
         hub.call(f"create branch '{revision}'", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
     head = hub.call(f"read revision '{target}'", lambda: api.repo_info(repo_id, revision=target).sha)
+    if head is None:
+        raise PublishError(f"read revision '{target}' failed for '{repo_id}': the Hub answered without a commit sha "
+                           "(expected the head commit id)")
     digests = _hash_files(plan, progress)
     remote = hub.remote_files([f.path for f in plan.files], head)
     todo = [f for f in plan.files if _difference(f, digests[f.path], remote.get(f.path))]
-    commit = None
+    commit: CommitInfo | None = None
     if todo:
         ops = _upload(hub, todo, digests, revision=target, create_pr=create_pr, progress=progress)
         commit = hub.commit(ops, revision=target, create_pr=create_pr, parent=None if create_pr else head)
         _verify(plan, digests, hub.remote_files([f.path for f in plan.files], commit.oid))
+    verified_at = head if commit is None else commit.oid
     if tag:
-        hub.tag(tag, commit.oid if commit else head)
+        hub.tag(tag, verified_at)
     uploaded = {f.path for f in todo}
     return PublishResult(
-        repo_id=repo_id, repo_url=repo_url, revision=target, commit_oid=commit.oid if commit else None,
-        commit_url=commit.commit_url if commit else None, pr_url=commit.pr_url if commit else None,
-        pr_revision=commit.pr_revision if commit else None, tag=tag, verified_at=commit.oid if commit else head,
+        repo_id=repo_id, repo_url=repo_url, revision=target, commit_oid=None if commit is None else commit.oid,
+        commit_url=None if commit is None else commit.commit_url, pr_url=None if commit is None else commit.pr_url,
+        pr_revision=None if commit is None else commit.pr_revision, tag=tag, verified_at=verified_at,
         files=tuple(FileResult(f.path, f.size, digests[f.path], "uploaded" if f.path in uploaded else "skipped")
                     for f in plan.files))
 
@@ -339,10 +343,12 @@ class _Hub:
     def call(self, step: str, fn: Callable[[], T], retry_on: frozenset[int] = TRANSIENT_STATUS,
              retry_dropped: bool = True) -> T:
         """Run `fn`, retrying answers in `retry_on` (and dropped connections if `retry_dropped`)."""
+        caught: tuple[type[BaseException], ...] = (HfHubHTTPError, OSError, ValueError, RuntimeError,
+                                                   *_transport_errors())
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return fn()
-            except (HfHubHTTPError, OSError, ValueError, RuntimeError, *_transport_errors()) as exc:
+            except caught as exc:
                 status, retry_after = _status(exc)
                 transient = status in retry_on or (retry_dropped and status is None and _is_transport_error(exc))
                 if not transient or attempt == self.retry.attempts:
@@ -363,7 +369,8 @@ class _Hub:
             found.update((info.path, info) for info in infos)
         return found
 
-    def commit(self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool, parent: str | None) -> Any:
+    def commit(self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool,
+               parent: str | None) -> CommitInfo:
         summary = f"Upload {len(ops)} file(s) with hubtools {__version__}"
         return self.call("commit", lambda: self.api.create_commit(
             self.repo_id, ops, commit_message=summary, commit_description="\n".join(op.path_in_repo for op in ops),
@@ -380,9 +387,9 @@ class _Hub:
 
     def _describe(self, exc: BaseException, attempts: int) -> str:
         """One line: the HTTP answer (status, request, server message) or the error, a hint, no token."""
-        response = next((e.response for e in _chain(exc) if getattr(e, "response", None) is not None), None)
+        response = next((r for e in _chain(exc) if (r := getattr(e, "response", None)) is not None), None)
         if response is not None:
-            server = next((e.server_message for e in _chain(exc) if getattr(e, "server_message", None)), None)
+            server = next((m for e in _chain(exc) if (m := getattr(e, "server_message", None))), None)
             url = str(response.request.url).split("?")[0]  # drop query strings: upload URLs carry signatures
             text = f"HTTP {response.status_code} on {response.request.method} {url}"
             text += f" ({server})" if server else ""

@@ -122,7 +122,8 @@ def _index_safetensors(files: tuple[Path, ...]) -> dict[str, TensorSource]:
         entries, _ = read_header(path)
         for e in entries:
             if e.name in tensors:
-                raise MappingError(f"{path}: duplicate tensor '{e.name}' (also in {tensors[e.name].segments[0][0].name})")
+                other = tensors[e.name].segments[0][0].name
+                raise MappingError(f"{path}: duplicate tensor '{e.name}' (also in {other})")
             tensors[e.name] = TensorSource(e.name, e.dtype, e.shape, ((path, e.offset, e.length),))
     return tensors
 
@@ -192,7 +193,7 @@ class Checkpoint:
     def read_bytes(self, segments: tuple[Segment, ...]) -> torch.Tensor:
         """The bytes of `segments`, concatenated, as a uint8 tensor (no zero-fill before the read)."""
         buf = torch.empty(sum(n for _, _, n in segments), dtype=torch.uint8)
-        view, done = memoryview(buf.numpy()), 0
+        view, done = buf.numpy().data, 0
         for path, offset, length in segments:
             while length:
                 got = os.preadv(self.fd(path), [view[done:done + length]], offset)

@@ -85,7 +85,8 @@ def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:
         try:
             written = os.write(fd, view)
         except OSError as exc:
-            raise DestinationError(f"{where}: write failed: {exc.strerror or exc} (disk full or file-size limit?)") from None
+            raise DestinationError(f"{where}: write failed: {exc.strerror or exc} "
+                                   "(disk full or file-size limit?)") from None
         view = view[written:]
 
 
@@ -116,7 +117,7 @@ def _pread_write(src: int, fd: int, offset: int, length: int, where: Path) -> by
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor (made contiguous)."""
     flat = t.contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
 
 def write_index(path: Path, shards: Sequence[Shard]) -> None:

@@ -195,7 +195,7 @@ def write_lm_eval_results(folder: Path) -> Path:
             "gsm8k": _config("gsm8k", "gsm8k", "main", test="test", validation=None, shots=5),
             "piqa": _config("piqa", "baber/piqa", None, test=None, validation="validation", shots=0),
         },
-        "versions": {task: 1.0 for task in results},
+        "versions": dict.fromkeys(results, 1.0),
         "n-shot": {"arc_challenge": 25, "hellaswag": 10, "mmlu_abstract_algebra": 5, "mmlu_anatomy": 5,
                    "truthfulqa_mc2": 0, "gsm8k": 5, "piqa": 0},
         "higher_is_better": {task: {"acc": True} for task in results},

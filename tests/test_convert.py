@@ -27,7 +27,7 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_every_native_layout_reads_the_tensors_written(make_native: Callable[..., Path], layout: str) -> None:
     params = tiny_params()
     folder = make_native(layout, params, layout=layout, tokenizer=None)
-    assert {k: v for k, v in synthetic_tensors(params)}.keys() == tensors_of(folder).keys()
+    assert dict(synthetic_tensors(params)).keys() == tensors_of(folder).keys()
     for name, expected in synthetic_tensors(params):
         assert same_bytes(tensors_of(folder)[name], expected), name
 

@@ -17,7 +17,7 @@ import mistral_common
 import pytest
 import torch
 from click.testing import CliRunner
-from fakehub import Fault, FakeHub
+from fakehub import FakeHub, Fault
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
 

@@ -8,8 +8,8 @@ import yaml
 from click.testing import Result
 
 from hubtools.errors import RecipeError
-from hubtools.recipe import check_source, load_recipe, parse_recipe
 from hubtools.reader import open_checkpoint
+from hubtools.recipe import check_source, load_recipe, parse_recipe
 from hubtools.synthetic import tiny_params
 from tests.conftest import assert_one_line_error
 

@@ -165,7 +165,7 @@ def test_runs_of_spaces_match_sentencepiece(converted: dict[str, Path]) -> None:
     tok = AutoTokenizer.from_pretrained(str(converted["v1"]))
     reference = MistralTokenizer.from_file(str(V1)).instruct_tokenizer.tokenizer
     texts = [f"{a}{' ' * n}{b}" for n in range(1, 70) for a, b in (("", ""), ("x", "y"), ("", "z"), ("w", "\n"))]
-    assert [e for e in tok(texts)["input_ids"]] == [reference.encode(t, bos=True, eos=False) for t in texts]
+    assert list(tok(texts)["input_ids"]) == [reference.encode(t, bos=True, eos=False) for t in texts]
 
 
 def test_chat_template_auto_is_none_for_v1_and_mistral_from_v2(tmp_path: Path) -> None:
