@@ -118,7 +118,7 @@ def convert(src: Path, dst: Path, to: str | None, dtype: str | None, max_shard_s
     total = sum(p.stat().st_size for p in weights.files) if weights else 0
     with _byte_progress(total, quiet or as_json, "convert") as bar:
         result = run_convert(
-            src, dst, to=to, dtype=_torch_dtype(dtype or (rec.dtype if rec else None)), max_shard_size=shard,
+            src, dst, to=to, dtype=dtype or (rec.dtype if rec else None), max_shard_size=shard,
             overrides=overrides, chat_template=chat_template or (rec.chat_template if rec else "auto"),
             force=force, progress=bar.update, check=(lambda ckpt: check_source(rec, ckpt)) if rec else None)
     if as_json:

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from hubtools.errors import ParamsError
 from hubtools.params import ModelParams, default_rope_theta, parse_params
 
@@ -59,13 +57,13 @@ def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int
     return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"
 
 
-def to_hf_config(params: ModelParams, *, dtype: torch.dtype, overrides: ConfigOverrides | None = None) -> HfConfig:
+def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides | None = None) -> HfConfig:
     """Build config.json and generation_config.json for `params`.
 
     Example:
         >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
         ...                 norm_eps=1e-5, vocab_size=10, sliding_window=4096)
-        >>> to_hf_config(p, dtype=torch.bfloat16).config["rope_theta"]
+        >>> to_hf_config(p, dtype="bfloat16").config["rope_theta"]
         10000.0
     """
     overrides = overrides or ConfigOverrides()

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from hubtools.config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
 from hubtools.names import NameTable, TensorSpec
 from hubtools.reader import Checkpoint, TensorSource, open_checkpoint
+from hubtools.safetensors_format import dtype_code, dtype_name
 from hubtools.transforms import to_hf, to_native
 from hubtools.writer import (
     PlannedTensor,
@@ -49,7 +50,7 @@ class Step:
 
     @property
     def is_copy(self) -> bool:
-        return self.transform == "identity" and self.out.dtype == self.source.dtype and self.source.view is None
+        return self.transform == "identity" and self.out.code == self.source.code and self.source.view is None
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,12 @@ def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
                              f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)")
 
 
-def plan(ckpt: Checkpoint, *, dtype: torch.dtype | None = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
+def plan(ckpt: Checkpoint, *, dtype: Any = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
          overrides: ConfigOverrides | None = None) -> ConversionPlan:
     """Decide every output tensor, shard and config value from headers alone.
+
+    Args:
+        dtype: cast every tensor to this (a torch dtype, "bfloat16" or "BF16"); None keeps each tensor's.
 
     Raises:
         MappingError, ParamsError, TokenizerError: the source is inconsistent.
@@ -110,15 +114,16 @@ def plan(ckpt: Checkpoint, *, dtype: torch.dtype | None = None, max_shard_size: 
     check_tokenizer_vocab(ckpt)
     to_layout = "hf" if ckpt.layout == "native" else "native"
     key_in, key_out = ("native", "hf") if to_layout == "hf" else ("hf", "native")
+    cast = dtype_code(dtype) if dtype is not None else None
     steps: dict[str, Step] = {}
     for spec in table.specs:
         src = ckpt.tensors[getattr(spec, key_in)]
-        out = PlannedTensor(getattr(spec, key_out), dtype or src.dtype, spec.shape)
+        out = PlannedTensor(getattr(spec, key_out), cast or src.code, spec.shape)
         steps[out.name] = Step(spec, src, out, spec.transform)
     planned = [s.out for s in steps.values()]
     if to_layout == "hf":
         shards = plan_shards(planned, max_shard_size=max_shard_size, stem="model")
-        main_dtype = steps[table.specs[0].hf].out.dtype
+        main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
         return ConversionPlan("native", "hf", ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
     shards = plan_shards(planned, max_shard_size=max_shard_size, stem="consolidated",
@@ -127,12 +132,17 @@ def plan(ckpt: Checkpoint, *, dtype: torch.dtype | None = None, max_shard_size: 
 
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
+    """Write one output tensor: a kernel byte copy, a row permutation of raw bytes, or (cast) via torch."""
+    src = step.source
     if step.is_copy:
-        copy_segments(fd, step.source.segments, path, ckpt.fd)
+        copy_segments(fd, src.segments, path, ckpt.fd)
         return
-    tensor = ckpt.read(step.source.name)
     direction = to_hf if step.spec.hf == step.out.name else to_native
-    tensor = direction(step.transform, tensor, ckpt.params).to(step.out.dtype)
+    if step.out.code == src.code and src.view is None and len(src.shape) == 2:
+        rows = ckpt.read_bytes(src.segments).reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
+        write_all(fd, np.ascontiguousarray(direction(step.transform, rows, ckpt.params)).data, path)
+        return
+    tensor = direction(step.transform, ckpt.read(src.name), ckpt.params).to(step.out.dtype)
     write_all(fd, tensor_bytes(tensor), path)
 
 
@@ -232,7 +242,7 @@ def commit_destination(tmp: Path, dst: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def convert(src: Path, dst: Path, *, to: str | None = None, dtype: torch.dtype | None = None,
+def convert(src: Path, dst: Path, *, to: str | None = None, dtype: Any = None,
             max_shard_size: int = DEFAULT_SHARD_SIZE, overrides: ConfigOverrides | None = None,
             chat_template: str = "auto", force: bool = False, progress: Progress | None = None,
             check: Callable[[Checkpoint], None] | None = None) -> ConversionResult:
@@ -240,7 +250,8 @@ def convert(src: Path, dst: Path, *, to: str | None = None, dtype: torch.dtype |
 
     Args:
         to: "hf" or "native"; detected from SRC when None (a folder holding both needs it).
-        dtype: cast every tensor (default: keep each tensor's dtype, which makes round trips bit-exact).
+        dtype: cast every tensor, e.g. torch.float16 or "float16" (default: keep each tensor's dtype, which
+            makes round trips bit-exact and needs no torch at all).
         check: called with the opened checkpoint before anything is written (e.g. a recipe's validation).
 
     Returns:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtools.reader import Checkpoint, open_checkpoint
+from hubtools.safetensors_format import dtype_name, itemsize
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def parameter_counts(ckpt: Checkpoint) -> tuple[int, int]:
     """(total, active per token): for MoE, only top-k of the experts' parameters count as active."""
     total = expert = 0
     for name, src in ckpt.tensors.items():
-        n = src.nbytes // src.dtype.itemsize
+        n = src.nbytes // itemsize(src.code)
         total += n
         expert += n if _is_expert(name) else 0
     p = ckpt.params
@@ -70,7 +71,7 @@ def summarize(folder: Path) -> Summary:
         total, active = parameter_counts(ckpt)
         dtypes: dict[str, int] = {}
         for src in ckpt.tensors.values():
-            key = str(src.dtype).removeprefix("torch.")
+            key = dtype_name(src.code)
             dtypes[key] = dtypes.get(key, 0) + 1
         size = sum(p.stat().st_size for p in ckpt.files)
         p = ckpt.params

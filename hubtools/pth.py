@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hubtools.errors import CorruptFileError, UnsafePickleError
+from hubtools.safetensors_format import itemsize
 
 Segment = tuple[Path, int, int]  # (file, offset, length)
 
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+_STORAGE_CODES = {  # torch storage class -> safetensors dtype code
+    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8",
+    "BoolStorage": "BOOL",
 }
 
 
@@ -85,7 +84,7 @@ class ConcatFile(io.RawIOBase):
 @dataclass(frozen=True)
 class StorageRef:
     key: str
-    dtype: torch.dtype
+    code: str
     numel: int
 
 
@@ -113,8 +112,8 @@ def _rebuild_tensor_v2(storage: StorageRef, offset: int, size: tuple[int, ...], 
 
 
 class _StorageType:
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
+    def __init__(self, code: str) -> None:
+        self.code = code
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -129,8 +128,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name in _STORAGE_CODES:
+            return _StorageType(_STORAGE_CODES[name])
         raise UnsafePickleError(f"{self.where}: refusing to unpickle global '{module}.{name}' "
                                 "(only tensor data is accepted; the file was not executed)")
 
@@ -140,7 +139,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         storage_type, key, _location, numel = pid[1:]
         if not isinstance(storage_type, _StorageType):
             raise UnsafePickleError(f"{self.where}: unexpected storage type {storage_type!r}")
-        return StorageRef(str(key), storage_type.dtype, int(numel))
+        return StorageRef(str(key), storage_type.code, int(numel))
 
 
 @dataclass(frozen=True)
@@ -148,7 +147,7 @@ class PthTensor:
     """Where a tensor's bytes live: byte segments of its storage plus the view to apply."""
 
     name: str
-    dtype: torch.dtype
+    code: str
     shape: tuple[int, ...]
     ref: TensorRef
     storage_segments: tuple[Segment, ...]
@@ -197,8 +196,8 @@ def _locate(stream: ConcatFile, archive: zipfile.ZipFile, entries: dict[str, zip
         raise CorruptFileError(f"{where}: corrupt zip entry for tensor '{name}'")
     name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
     data_start = info.header_offset + 30 + name_len + extra_len
-    length = ref.storage.numel * ref.storage.dtype.itemsize
+    length = ref.storage.numel * itemsize(ref.storage.code)
     if data_start + length > stream.size or info.file_size != length:
         raise CorruptFileError(f"{where}: truncated: tensor '{name}' needs bytes up to {data_start + length}, "
                                f"archive has {stream.size}")
-    return PthTensor(name, ref.storage.dtype, ref.shape, ref, tuple(stream.segments(data_start, length)))
+    return PthTensor(name, ref.storage.code, ref.shape, ref, tuple(stream.segments(data_start, length)))

@@ -11,14 +11,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from hubtools.config import from_hf_config
 from hubtools.errors import CorruptFileError, LayoutError, MappingError
 from hubtools.params import ModelParams, load_params
 from hubtools.pth import Segment, TensorRef, read_pth_index
-from hubtools.safetensors_format import read_header
+from hubtools.safetensors_format import itemsize, read_header, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 NATIVE_SHARD = re.compile(r"consolidated-(\d{5})-of-(\d{5})\.safetensors")
 PTH_SPLIT = re.compile(r"(consolidated\.\d+\.pth)-split(\d+)")
@@ -30,14 +34,18 @@ class TensorSource:
     whole storage and `view` says how the tensor sits in it (a strided .pth view)."""
 
     name: str
-    dtype: torch.dtype
+    code: str  # safetensors dtype code, e.g. "BF16"
     shape: tuple[int, ...]
     segments: tuple[Segment, ...]
     view: TensorRef | None = None
 
     @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.code)
+
+    @property
     def nbytes(self) -> int:
-        n = self.dtype.itemsize
+        n = itemsize(self.code)
         for d in self.shape:
             n *= d
         return n
@@ -124,7 +132,7 @@ def _index_safetensors(files: tuple[Path, ...]) -> dict[str, TensorSource]:
             if e.name in tensors:
                 other = tensors[e.name].segments[0][0].name
                 raise MappingError(f"{path}: duplicate tensor '{e.name}' (also in {other})")
-            tensors[e.name] = TensorSource(e.name, e.dtype, e.shape, ((path, e.offset, e.length),))
+            tensors[e.name] = TensorSource(e.name, e.code, e.shape, ((path, e.offset, e.length),))
     return tensors
 
 
@@ -132,7 +140,7 @@ def _index_pth(files: tuple[Path, ...]) -> dict[str, TensorSource]:
     tensors: dict[str, TensorSource] = {}
     for t in read_pth_index(list(files)):
         exact = t.ref.contiguous and t.ref.offset == 0 and t.ref.storage.numel == _numel(t.shape)
-        tensors[t.name] = TensorSource(t.name, t.dtype, t.shape, t.storage_segments, None if exact else t.ref)
+        tensors[t.name] = TensorSource(t.name, t.code, t.shape, t.storage_segments, None if exact else t.ref)
     return tensors
 
 
@@ -190,10 +198,10 @@ class Checkpoint:
             self._fds[path] = os.open(path, os.O_RDONLY)
         return self._fds[path]
 
-    def read_bytes(self, segments: tuple[Segment, ...]) -> torch.Tensor:
-        """The bytes of `segments`, concatenated, as a uint8 tensor (no zero-fill before the read)."""
-        buf = torch.empty(sum(n for _, _, n in segments), dtype=torch.uint8)
-        view, done = buf.numpy().data, 0
+    def read_bytes(self, segments: tuple[Segment, ...]) -> np.ndarray:
+        """The bytes of `segments`, concatenated, as a uint8 array (no zero-fill before the read)."""
+        buf = np.empty(sum(n for _, _, n in segments), dtype=np.uint8)
+        view, done = buf.data, 0
         for path, offset, length in segments:
             while length:
                 got = os.preadv(self.fd(path), [view[done:done + length]], offset)
@@ -204,8 +212,10 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor (owning its memory) in its stored dtype and shape."""
+        import torch
+
         src = self.tensors[name]
-        flat = self.read_bytes(src.segments).view(src.dtype)
+        flat = torch.from_numpy(self.read_bytes(src.segments)).view(src.dtype)
         if src.view is None:
             return flat.reshape(src.shape)
         return flat.as_strided(src.view.shape, src.view.stride, src.view.offset).clone()

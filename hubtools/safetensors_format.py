@@ -12,36 +12,54 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import CorruptFileError
 
-_DTYPES: tuple[tuple[str, torch.dtype], ...] = (
-    ("F64", torch.float64), ("F32", torch.float32), ("F16", torch.float16), ("BF16", torch.bfloat16),
-    ("I64", torch.int64), ("I32", torch.int32), ("I16", torch.int16), ("I8", torch.int8),
-    ("U8", torch.uint8), ("BOOL", torch.bool),
-    ("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2),
+if TYPE_CHECKING:
+    import torch
+
+# (safetensors code, torch name, bytes per element). Codes, not torch objects, travel through the
+# byte-copy path, so converting never needs to import torch unless a tensor is cast.
+_DTYPES: tuple[tuple[str, str, int], ...] = (
+    ("F64", "float64", 8), ("F32", "float32", 4), ("F16", "float16", 2), ("BF16", "bfloat16", 2),
+    ("I64", "int64", 8), ("I32", "int32", 4), ("I16", "int16", 2), ("I8", "int8", 1),
+    ("U8", "uint8", 1), ("BOOL", "bool", 1), ("F8_E4M3", "float8_e4m3fn", 1), ("F8_E5M2", "float8_e5m2", 1),
 )
 MAX_HEADER = 100 * 1024 * 1024
 
 
-def dtype_from_code(code: str, *, where: str) -> torch.dtype:
-    for name, dtype in _DTYPES:
-        if name == code:
-            return dtype
-    raise CorruptFileError(f"{where}: unsupported safetensors dtype '{code}'")
+def dtype_code(dtype: Any) -> str:
+    """The safetensors code of a torch dtype, a torch name ("bfloat16") or a code ("BF16").
 
-
-def dtype_code(dtype: torch.dtype) -> str:
-    for name, known in _DTYPES:
-        if known == dtype:
-            return name
+    Raises:
+        ValueError: an unknown dtype.
+    """
+    text = str(dtype).removeprefix("torch.")
+    for code, name, _ in _DTYPES:
+        if text in (code, name):
+            return code
     raise ValueError(f"dtype {dtype} has no safetensors code")
 
 
-def nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    return math.prod(shape) * dtype.itemsize
+def dtype_name(code: str) -> str:
+    """'BF16' -> 'bfloat16'."""
+    return next(name for c, name, _ in _DTYPES if c == code)
+
+
+def itemsize(code: str) -> int:
+    return next(size for c, _, size in _DTYPES if c == code)
+
+
+def torch_dtype(code: str) -> torch.dtype:
+    """The torch dtype of a code (imports torch)."""
+    import torch
+
+    return getattr(torch, dtype_name(code))  # type: ignore[no-any-return]
+
+
+def nbytes(dtype: Any, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * itemsize(dtype_code(dtype))
 
 
 @dataclass(frozen=True)
@@ -49,10 +67,14 @@ class HeaderEntry:
     """One tensor in a safetensors file: absolute byte offset in the file and length."""
 
     name: str
-    dtype: torch.dtype
+    code: str
     shape: tuple[int, ...]
     offset: int
     length: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.code)
 
 
 def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
@@ -95,24 +117,26 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
 def _entry(path: Path, name: str, info: object, base: int) -> HeaderEntry:
     try:
         assert isinstance(info, dict)
-        dtype = dtype_from_code(info["dtype"], where=f"{path}: tensor '{name}'")
+        code = info["dtype"]
+        if not any(code == c for c, _, _ in _DTYPES):
+            raise CorruptFileError(f"{path}: tensor '{name}': unsupported safetensors dtype '{code}'")
         shape = tuple(int(x) for x in info["shape"])
         begin, end = (int(x) for x in info["data_offsets"])
     except (AssertionError, KeyError, TypeError, ValueError):
         raise CorruptFileError(f"{path}: corrupt header entry for tensor '{name}'") from None
-    if end - begin != nbytes(dtype, shape):
+    if end - begin != nbytes(code, shape):
         raise CorruptFileError(f"{path}: tensor '{name}' has {end - begin} bytes, "
-                               f"expected {nbytes(dtype, shape)} for {dtype} {list(shape)}")
-    return HeaderEntry(name, dtype, shape, base + begin, end - begin)
+                               f"expected {nbytes(code, shape)} for {dtype_name(code)} {list(shape)}")
+    return HeaderEntry(name, code, shape, base + begin, end - begin)
 
 
-def build_header(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> bytes:
+def build_header(tensors: list[tuple[str, Any, tuple[int, ...]]], metadata: dict[str, str]) -> bytes:
     """The complete header bytes (length prefix included) for tensors laid out in the given order.
 
     Padded with spaces to a multiple of 8 bytes, as the safetensors library does.
 
     Example:
-        >>> len(build_header([("a", torch.float32, (2,))], {"format": "pt"})) % 8
+        >>> len(build_header([("a", "F32", (2,))], {"format": "pt"})) % 8
         0
     """
     body: dict[str, object] = {"__metadata__": metadata} if metadata else {}

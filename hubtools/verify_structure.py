@@ -121,7 +121,7 @@ def _index_tensors(files: list[Path], problems: list[str]) -> tuple[list[Path], 
                 problems.append(f"tensor '{e.name}' is stored twice: in '{tensors[e.name].segments[0][0].name}' "
                                 f"and '{path.name}'")
                 continue
-            tensors[e.name] = TensorSource(e.name, e.dtype, e.shape, ((path, e.offset, e.length),))
+            tensors[e.name] = TensorSource(e.name, e.code, e.shape, ((path, e.offset, e.length),))
     return readable, tensors
 
 

@@ -10,12 +10,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from hubtools.errors import DestinationError
 from hubtools.pth import Segment
-from hubtools.safetensors_format import build_header, nbytes
+from hubtools.safetensors_format import build_header, nbytes, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 COPY_CHUNK = 64 * 1024 * 1024
 METADATA = {"format": "pt"}
@@ -24,12 +26,16 @@ METADATA = {"format": "pt"}
 @dataclass(frozen=True)
 class PlannedTensor:
     name: str
-    dtype: torch.dtype
+    code: str  # safetensors dtype code
     shape: tuple[int, ...]
 
     @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.code)
+
+    @property
     def nbytes(self) -> int:
-        return nbytes(self.dtype, self.shape)
+        return nbytes(self.code, self.shape)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ def _pread_write(src: int, fd: int, offset: int, length: int, where: Path) -> by
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor (made contiguous)."""
+    import torch
+
     flat = t.contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
 
@@ -135,7 +143,7 @@ def write_shard(path: Path, shard: Shard, fill: Callable[[int, PlannedTensor], N
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        header = build_header([(t.name, t.dtype, t.shape) for t in shard.tensors], METADATA)
+        header = build_header([(t.name, t.code, t.shape) for t in shard.tensors], METADATA)
         write_all(fd, header, path)
         expected = len(header)
         for t in shard.tensors:

@@ -12,6 +12,7 @@ import torch
 from hubtools.convert import convert
 from hubtools.reader import open_checkpoint
 from hubtools.synthetic import LAYOUTS, synthetic_tensors, tiny_params
+from hubtools.transforms import interleaved_to_half
 
 
 def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -129,3 +130,20 @@ def test_folder_with_both_layouts_needs_a_direction(make_native: Callable[..., P
         convert(native, tmp_path / "x")
     convert(native, tmp_path / "x", to="hf")
     assert (tmp_path / "x" / "config.json").exists()
+
+
+def test_converting_without_a_cast_never_imports_torch(make_native: Callable[..., Path], tmp_path: Path) -> None:
+    """Start-up matters on small files: the byte path (copies + q/k row permutation) runs on numpy alone."""
+    import subprocess
+    import sys
+
+    native = make_native(layout="pth-split", tokenizer="v1")
+    script = (f"import sys; from hubtools.convert import convert; from pathlib import Path; "
+              f"convert(Path({str(native)!r}), Path({str(tmp_path / 'hf')!r})); "
+              f"from hubtools.inspection import summarize; summarize(Path({str(tmp_path / 'hf')!r})); "
+              "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
+    original, converted = tensors_of(native), tensors_of(tmp_path / "hf")
+    wq = original["layers.1.attention.wq.weight"]
+    assert same_bytes(converted["model.layers.1.self_attn.q_proj.weight"], interleaved_to_half(wq, 4))
