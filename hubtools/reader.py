@@ -6,6 +6,7 @@ writer copy bytes straight from disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from hubtools.config import from_hf_config
 from hubtools.errors import CorruptFileError, LayoutError, MappingError
 from hubtools.params import ModelParams, load_params
 from hubtools.pth import Segment, TensorRef, read_pth_index
-from hubtools.safetensors_format import itemsize, read_header, torch_dtype
+from hubtools.safetensors_format import nbytes, read_header, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -45,10 +46,7 @@ class TensorSource:
 
     @property
     def nbytes(self) -> int:
-        n = itemsize(self.code)
-        for d in self.shape:
-            n *= d
-        return n
+        return nbytes(self.code, self.shape)
 
 
 @dataclass(frozen=True)
@@ -139,16 +137,9 @@ def _index_safetensors(files: tuple[Path, ...]) -> dict[str, TensorSource]:
 def _index_pth(files: tuple[Path, ...]) -> dict[str, TensorSource]:
     tensors: dict[str, TensorSource] = {}
     for t in read_pth_index(list(files)):
-        exact = t.ref.contiguous and t.ref.offset == 0 and t.ref.storage.numel == _numel(t.shape)
+        exact = t.ref.contiguous and t.ref.offset == 0 and t.ref.storage.numel == math.prod(t.shape)
         tensors[t.name] = TensorSource(t.name, t.code, t.shape, t.storage_segments, None if exact else t.ref)
     return tensors
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _check_index(folder: Path, files: tuple[Path, ...], tensors: dict[str, TensorSource]) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import mistral_common
 import pytest
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.validator import ValidationMode
@@ -21,12 +19,12 @@ from hubtools.chat_template import (
     template_flavour,
 )
 from hubtools.errors import ChatTemplateError
+from hubtools.synthetic import TOKENIZERS, mistral_common_data
 from hubtools.tokenizer import write_hf_tokenizer
 from hubtools.tokenizer_parity import hf_chat_ids
 
-DATA = Path(mistral_common.__file__).parent / "data"
-NATIVE = {"v1": DATA / "tokenizer.model.v1", "v3": DATA / "mistral_instruct_tokenizer_240323.model.v3",
-          "v7": DATA / "mistral_instruct_tokenizer_241114.model.v7"}
+DATA = mistral_common_data()
+NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7")}  # the files mistral-common ships
 SYSTEM_CHAT: list[dict[str, Any]] = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "a"},
                {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
 

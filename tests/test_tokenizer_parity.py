@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-import mistral_common
 import pytest
 
 from hubtools.errors import ChatTemplateError, TokenizerError
+from hubtools.synthetic import TOKENIZERS, mistral_common_data
 from hubtools.tokenizer import restore_native_tokenizer, write_hf_tokenizer
 from hubtools.tokenizer_parity import (
     BUILTIN_CONVERSATIONS,
@@ -20,9 +20,8 @@ from hubtools.tokenizer_parity import (
     load_prompts,
 )
 
-DATA = Path(mistral_common.__file__).parent / "data"
-NATIVE = {"v1": DATA / "tokenizer.model.v1", "v3": DATA / "mistral_instruct_tokenizer_240323.model.v3",
-          "v7": DATA / "mistral_instruct_tokenizer_241114.model.v7", "tekken": DATA / "tekken_240911.json"}
+DATA = mistral_common_data()
+NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7", "tekken")}  # the files mistral-common ships
 
 
 @pytest.fixture(scope="module")
