@@ -23,7 +23,7 @@ from pathlib import Path
 BUILD = r"""
 import sys, torch
 from pathlib import Path
-from hubtools.synthetic import tiny_params, write_native_checkpoint
+from hubtools.testing import tiny_params, write_native_checkpoint
 layers, layout, dst = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 params = tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
                      hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
@@ -34,9 +34,9 @@ NAIVE = r"""
 import json, sys, torch
 from pathlib import Path
 from safetensors.torch import load_file, save_file
-from hubtools.names import NameTable
-from hubtools.params import load_params
-from hubtools.transforms import to_hf
+from hubtools.model.names import NameTable
+from hubtools.model.params import load_params
+from hubtools.model.transforms import to_hf
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 params = load_params(src / "params.json")
 state = {}

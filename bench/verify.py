@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from hubtools.params import ModelParams
-from hubtools.synthetic import tiny_params
+from hubtools.model.params import ModelParams
+from hubtools.testing import tiny_params
 
 VERIFY = r"""
 import sys
@@ -44,10 +44,10 @@ WHOLE = r"""
 import sys, torch
 from pathlib import Path
 from safetensors.torch import load_file
-from hubtools import reference
-from hubtools.hf_forward import whole_model_logits
-from hubtools.params import default_rope_theta, load_params
-from hubtools.verify_logits import logit_metrics, prompt_tokens
+from hubtools.verification import reference
+from hubtools.verification.hf_forward import whole_model_logits
+from hubtools.model.params import default_rope_theta, load_params
+from hubtools.verification.logits import logit_metrics, prompt_tokens
 native, hf, dtype = Path(sys.argv[1]), Path(sys.argv[2]), getattr(torch, sys.argv[3])
 params = load_params(native / "params.json")
 state = {}
@@ -84,8 +84,8 @@ def mem_available() -> int:
 
 def prepare(layers: int, workdir: Path, shared: ModuleType) -> tuple[Path, Path, list[Path]]:
     """The native checkpoint (bench/convert.py's, reused if kept) and its HF conversion; what we built."""
-    from hubtools.convert import convert
-    from hubtools.synthetic import write_native_checkpoint
+    from hubtools.converter import convert
+    from hubtools.testing import write_native_checkpoint
 
     built = []
     native = workdir / f"mixtral-{layers}l-safetensors"

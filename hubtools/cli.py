@@ -99,12 +99,12 @@ def convert(src: Path, dst: Path, to: str | None, dtype: str | None, max_shard_s
             recipe: Path | None, rope_theta: float | None, max_position_embeddings: int | None,
             chat_template: str | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Convert SRC (native or HF layout) into DST in the other layout, streaming."""
-    from hubtools.config import ConfigOverrides
-    from hubtools.convert import convert as run_convert
+    from hubtools.model.hf_config import ConfigOverrides
+    from hubtools.converter import convert as run_convert
     from hubtools.inspection import human_bytes
-    from hubtools.reader import detect_weights
+    from hubtools.checkpoint.reader import detect_weights
     from hubtools.recipe import check_source, load_recipe
-    from hubtools.writer import parse_size
+    from hubtools.checkpoint.writer import parse_size
 
     rec = load_recipe(recipe) if recipe else None
     base = rec.config_overrides() if rec else ConfigOverrides()
@@ -179,7 +179,7 @@ def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: st
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
     """
-    from hubtools.verify import format_report, verify
+    from hubtools.verification.run import format_report, verify
 
     def say(message: str) -> None:
         click.echo(f"verify: {message}", err=True)
@@ -212,7 +212,7 @@ def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: st
 def card_command(spec: str, output: Path, results: tuple[Path, ...], model_dir: Path | None, report: Path | None,
                  force: bool) -> None:
     """Render the model card of SPEC (a card source path or a release name in cards/)."""
-    from hubtools.card import build_card
+    from hubtools.card.render import build_card
 
     written = build_card(spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir,
                          report=report, force=force)
@@ -241,7 +241,7 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
     """
     import os
 
-    from hubtools.publish import plan_upload, publish
+    from hubtools.publishing.upload import plan_upload, publish
 
     plan = plan_upload(folder)
     if dry_run:

@@ -55,7 +55,7 @@ def _generate(hf: Path, say: Say) -> None:
 
 
 def _roundtrip(native: Path, back: Path, say: Say) -> None:
-    from hubtools.reader import open_checkpoint
+    from hubtools.checkpoint.reader import open_checkpoint
 
     with open_checkpoint(native) as a, open_checkpoint(back) as b:
         same = all(torch.equal(a.read(n).view(torch.uint8), b.read(n).view(torch.uint8)) for n in a.tensors)
@@ -66,9 +66,9 @@ def _roundtrip(native: Path, back: Path, say: Say) -> None:
 
 def run_demo(workdir: Path | None = None, *, force: bool = False, say: Say = lambda _: None) -> Path:
     """Run the demo in `workdir` (a new temporary folder by default) and return it."""
-    from hubtools.convert import convert
+    from hubtools.converter import convert
     from hubtools.inspection import format_summary, summarize
-    from hubtools.synthetic import tiny_params, write_native_checkpoint
+    from hubtools.testing import tiny_params, write_native_checkpoint
 
     started = time.monotonic()
     root = _workdir(workdir, force)
@@ -111,7 +111,7 @@ A tiny Mixtral with random weights, written by `hubtools demo` to show a whole r
 
 
 def _verify(root: Path, native: Path, hf: Path, say: Say) -> None:
-    from hubtools.verify import verify
+    from hubtools.verification.run import verify
 
     report = verify(native, hf, dtype=torch.float32)
     (root / "verify.json").write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -127,7 +127,7 @@ def _verify(root: Path, native: Path, hf: Path, say: Say) -> None:
 
 
 def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
-    from hubtools.card import build_card
+    from hubtools.card.render import build_card
 
     source = root / "tiny-mixtral-demo.md"
     source.write_text(DEMO_CARD)
@@ -138,7 +138,7 @@ def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
 
 def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
     from hubtools.inspection import human_bytes
-    from hubtools.publish import plan_upload
+    from hubtools.publishing.upload import plan_upload
 
     plan = plan_upload(hf)
     say(f"6. publish plan (dry run, no network): {len(plan.files)} files, {human_bytes(plan.total_bytes)}; "

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubtools.reader import Checkpoint, open_checkpoint
-from hubtools.safetensors_format import dtype_name, itemsize
+from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_name, itemsize
 
 
 @dataclass(frozen=True)

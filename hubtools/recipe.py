@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from hubtools.config import ConfigOverrides
+from hubtools.model.hf_config import ConfigOverrides
 from hubtools.errors import RecipeError
-from hubtools.reader import Checkpoint
-from hubtools.writer import parse_size
+from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.writer import parse_size
 
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -133,7 +133,7 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
         if found != expected:
             raise RecipeError(f"{where}: params '{key}' is {found!r}, recipe expects {expected!r}")
     if recipe.tokenizer and ckpt.tokenizer_file is not None:
-        from hubtools.tokenizer import tokenizer_version
+        from hubtools.tokenization.files import tokenizer_version
 
         version = tokenizer_version(ckpt.tokenizer_file)
         if version != recipe.tokenizer:

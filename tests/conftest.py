@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic checkpoints (written by hubtools.synthetic) and a CLI runner."""
+"""Shared fixtures: tiny synthetic checkpoints (written by hubtools.testing) and a CLI runner."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hubtools.cli import cli
-from hubtools.params import ModelParams
-from hubtools.synthetic import tiny_params, write_native_checkpoint
+from hubtools.model.params import ModelParams
+from hubtools.testing import tiny_params, write_native_checkpoint
 
 
 @pytest.fixture

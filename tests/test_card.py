@@ -17,11 +17,11 @@ from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import save_file
 
-from hubtools.card import load_report, memory_rows, read_model_facts, render_card, write_card
-from hubtools.card_rules import metadata_problems, validate_card_text, validate_metadata
-from hubtools.card_source import load_card_source, resolve_card_source
+from hubtools.card.render import load_report, memory_rows, read_model_facts, render_card, write_card
+from hubtools.card.rules import metadata_problems, validate_card_text, validate_metadata
+from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
-from hubtools.eval_results import Benchmark, Metric, load_lm_eval_results, merge_benchmarks, to_eval_results
+from hubtools.card.eval_results import Benchmark, Metric, load_lm_eval_results, merge_benchmarks, to_eval_results
 from hubtools.recipe import load_recipe
 from tests.conftest import assert_one_line_error
 

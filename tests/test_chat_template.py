@@ -11,7 +11,7 @@ from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
-from hubtools.chat_template import (
+from hubtools.tokenization.chat_template import (
     TEMPLATE_MARKER,
     build_chat_template,
     chatml_template,
@@ -19,9 +19,9 @@ from hubtools.chat_template import (
     template_flavour,
 )
 from hubtools.errors import ChatTemplateError
-from hubtools.synthetic import TOKENIZERS, mistral_common_data
-from hubtools.tokenizer import write_hf_tokenizer
-from hubtools.tokenizer_parity import hf_chat_ids
+from hubtools.testing import TOKENIZERS, mistral_common_data
+from hubtools.tokenization.files import write_hf_tokenizer
+from hubtools.tokenization.parity import hf_chat_ids
 
 DATA = mistral_common_data()
 NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7")}  # the files mistral-common ships

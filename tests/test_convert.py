@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubtools.convert import convert
-from hubtools.reader import open_checkpoint
-from hubtools.synthetic import LAYOUTS, synthetic_tensors, tiny_params
-from hubtools.transforms import interleaved_to_half
+from hubtools.converter import convert
+from hubtools.checkpoint.reader import open_checkpoint
+from hubtools.testing import LAYOUTS, synthetic_tensors, tiny_params
+from hubtools.model.transforms import interleaved_to_half
 
 
 def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -138,7 +138,7 @@ def test_converting_without_a_cast_never_imports_torch(make_native: Callable[...
     import sys
 
     native = make_native(layout="pth-split", tokenizer="v1")
-    script = (f"import sys; from hubtools.convert import convert; from pathlib import Path; "
+    script = (f"import sys; from hubtools.converter import convert; from pathlib import Path; "
               f"convert(Path({str(native)!r}), Path({str(tmp_path / 'hf')!r})); "
               f"from hubtools.inspection import summarize; summarize(Path({str(tmp_path / 'hf')!r})); "
               "print('torch' in sys.modules)")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from click.testing import Result
 
-from hubtools.safetensors_format import build_header
-from hubtools.synthetic import tiny_params
+from hubtools.checkpoint.safetensors_format import build_header
+from hubtools.testing import tiny_params
 from tests.conftest import assert_one_line_error
 
 RunCli = Callable[..., Result]
@@ -148,7 +148,7 @@ def test_existing_destination_needs_force(make_native: Callable[..., Path], run_
 
 
 def test_interrupted_conversion_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path) -> None:
-    from hubtools.convert import convert
+    from hubtools.converter import convert
 
     src = make_native(tokenizer=None)
     seen = []
@@ -188,7 +188,7 @@ def test_sigint_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path)
     src = make_native(params=tiny_params(n_layers=8), tokenizer=None)
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from hubtools import convert as c
+        from hubtools import converter as c
         original = c._fill
         def slow(*a, **k):
             original(*a, **k)

@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from click.testing import Result
 
-from hubtools.convert import convert
+from hubtools.converter import convert
 from hubtools.inspection import summarize
-from hubtools.names import tensor_specs
-from hubtools.params import ModelParams
-from hubtools.safetensors_format import build_header
-from hubtools.synthetic import tiny_params
+from hubtools.model.names import tensor_specs
+from hubtools.model.params import ModelParams
+from hubtools.checkpoint.safetensors_format import build_header
+from hubtools.testing import tiny_params
 
 
 def test_inspect_counts_total_and_active_parameters(make_native: Callable[..., Path], tmp_path: Path) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from hubtools.errors import MappingError
-from hubtools.names import NameTable, tensor_specs
-from hubtools.synthetic import tiny_params
+from hubtools.model.names import NameTable, tensor_specs
+from hubtools.testing import tiny_params
 
 
 @pytest.mark.parametrize("moe", [True, False])

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from hubtools.cli import cli
 from hubtools.errors import PublishError
-from hubtools.publish import RetryPolicy, plan_upload, publish
+from hubtools.publishing.upload import RetryPolicy, plan_upload, publish
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
 REPO = "acme/tiny-mixtral"

@@ -8,9 +8,9 @@ import yaml
 from click.testing import Result
 
 from hubtools.errors import RecipeError
-from hubtools.reader import open_checkpoint
+from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.recipe import check_source, load_recipe, parse_recipe
-from hubtools.synthetic import tiny_params
+from hubtools.testing import tiny_params
 from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubtools import reference
-from hubtools.convert import convert
-from hubtools.hf_forward import LayeredModel, load_config, whole_model_logits
-from hubtools.params import ModelParams, default_rope_theta
-from hubtools.reader import open_checkpoint
-from hubtools.synthetic import synthetic_tensors, tiny_params, write_native_checkpoint
-from hubtools.transforms import interleaved_to_half
+from hubtools.verification import reference
+from hubtools.converter import convert
+from hubtools.verification.hf_forward import LayeredModel, load_config, whole_model_logits
+from hubtools.model.params import ModelParams, default_rope_theta
+from hubtools.checkpoint.reader import open_checkpoint
+from hubtools.testing import synthetic_tensors, tiny_params, write_native_checkpoint
+from hubtools.model.transforms import interleaved_to_half
 
 VOCAB = 512
 MODELS = {

@@ -14,8 +14,8 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
 from hubtools.errors import DestinationError, LayoutError, TokenizerError
-from hubtools.sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, read_sentencepiece_model
-from hubtools.tokenizer import (
+from hubtools.tokenization.sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, read_sentencepiece_model
+from hubtools.tokenization.files import (
     find_native_tokenizer,
     instruct_version,
     restore_native_tokenizer,
@@ -23,7 +23,7 @@ from hubtools.tokenizer import (
     tokenizer_vocab_size,
     write_hf_tokenizer,
 )
-from hubtools.tokenizer_json import spm_tokenizer
+from hubtools.tokenization.hf_json import spm_tokenizer
 
 DATA = Path(mistral_common.__file__).parent / "data"
 V1, V2 = DATA / "tokenizer.model.v1", DATA / "mistral_instruct_tokenizer_240216.model.v2"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from hubtools.errors import ChatTemplateError, TokenizerError
-from hubtools.synthetic import TOKENIZERS, mistral_common_data
-from hubtools.tokenizer import restore_native_tokenizer, write_hf_tokenizer
-from hubtools.tokenizer_parity import (
+from hubtools.testing import TOKENIZERS, mistral_common_data
+from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
+from hubtools.tokenization.parity import (
     BUILTIN_CONVERSATIONS,
     BUILTIN_TEXTS,
     TokenizerReport,

@@ -13,11 +13,11 @@ import torch
 from click.testing import Result
 from safetensors.torch import load_file, save_file
 
-from hubtools.convert import convert
+from hubtools.converter import convert
 from hubtools.errors import VerifyError
-from hubtools.synthetic import tiny_params, write_native_checkpoint
-from hubtools.transforms import half_to_interleaved
-from hubtools.verify import format_report, verify
+from hubtools.testing import tiny_params, write_native_checkpoint
+from hubtools.model.transforms import half_to_interleaved
+from hubtools.verification.run import format_report, verify
 from tests.conftest import assert_one_line_error
 
 INDEX = "model.safetensors.index.json"
@@ -195,7 +195,7 @@ def test_missing_and_duplicated_tensors_are_named(pair: tuple[Path, Path], broke
 
 
 def test_swapped_vocab_ids_fail_the_tokenizer_check(pair: tuple[Path, Path], broken: Path) -> None:
-    pytest.importorskip("hubtools.tokenizer_parity")
+    pytest.importorskip("hubtools.tokenization.parity")
     tokenizer = broken / "tokenizer.json"
     if not tokenizer.is_file():
         pytest.skip("the conversion wrote no tokenizer.json")
@@ -229,7 +229,7 @@ def test_cli_refuses_two_native_folders_in_one_line(pair: tuple[Path, Path], run
 
 
 def test_top1_near_ties_are_counted_separately() -> None:
-    from hubtools.verify_logits import logit_metrics, passes
+    from hubtools.verification.logits import logit_metrics, passes
 
     ref = torch.tensor([[[5.0, 4.95, 0.0], [0.0, 1.0, 9.0]]])
     hf = torch.tensor([[[4.95, 5.0, 0.0], [0.0, 1.0, 9.0]]])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hubtools.params import ModelParams
+from hubtools.model.params import ModelParams
 
 # Transforms only reorder rows, so they work alike on torch tensors and on numpy arrays, including a
 # [rows, cols * itemsize] uint8 view of raw bytes: the converter permutes q/k without importing torch.

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtools.errors import CorruptFileError, UnsafePickleError
-from hubtools.safetensors_format import itemsize
+from hubtools.checkpoint.safetensors_format import itemsize
 
 Segment = tuple[Path, int, int]  # (file, offset, length)
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from hubtools.config import ConfigOverrides, to_hf_config
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.errors import CorruptFileError
-from hubtools.names import NameTable
-from hubtools.params import ModelParams
-from hubtools.reader import Checkpoint, TensorSource, WeightFiles
-from hubtools.safetensors_format import read_header
+from hubtools.model.names import NameTable
+from hubtools.model.params import ModelParams
+from hubtools.checkpoint.reader import Checkpoint, TensorSource, WeightFiles
+from hubtools.checkpoint.safetensors_format import read_header
 
 INDEX = "model.safetensors.index.json"
 MAX_NAMED = 20  # per kind of problem; the rest are counted

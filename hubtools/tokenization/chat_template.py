@@ -1,7 +1,7 @@
 """Jinja chat templates (stored in tokenizer_config.json) that reproduce mistral-common token for token.
 
 `mistral_template(version)` mirrors `MistralTokenizer.encode_chat_completion` for tokenizer versions
-v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenizer_json` builds:
+v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenization.hf_json` builds:
 
 1. validate as mistral-common's validator does (test mode), raising for what it rejects: an empty
    conversation, a lone assistant message, a role after one it may not follow (system after
@@ -21,7 +21,7 @@ template simply concatenates chunks and special tokens. In v1 `[INST]` is text, 
 without a special token between them; the template joins them with one space, which is the "▁" the
 second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
 
-Known differences (measured by `hubtools.tokenizer_parity`): tool definitions, tool calls and tool
+Known differences (measured by `hubtools.tokenization.parity`): tool definitions, tool calls and tool
 results are refused (the template raises; mistral-common renders them); image chunks are refused;
 extra message fields (e.g. "name") are ignored where mistral-common rejects the message; special-token
 strings inside message text ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.

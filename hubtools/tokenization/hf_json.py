@@ -18,7 +18,7 @@ whose merges are every split of every token ranked by the token's rank, whole-wo
 (`ignore_merges`, as tiktoken does), and ids offset by the special tokens that occupy the first ids.
 
 Special (control) tokens are added as special tokens: `tok(text, split_special_tokens=True)` encodes
-their text as mistral-common does; by default Hugging Face parses them (see `hubtools.tokenizer`).
+their text as mistral-common does; by default Hugging Face parses them (see `hubtools.tokenization.files`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from hubtools.errors import TokenizerError
-from hubtools.sentencepiece_model import BPE_MODEL, CONTROL, NORMAL, USER_DEFINED, SentencePieceModel
+from hubtools.tokenization.sentencepiece_model import BPE_MODEL, CONTROL, NORMAL, USER_DEFINED, SentencePieceModel
 
 SPACE = "▁"
 

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtools.chat_template import template_flavour
+from hubtools.tokenization.chat_template import template_flavour
 from hubtools.errors import ChatTemplateError, TokenizerError
-from hubtools.tokenizer import tokenizer_version
-from hubtools.tokenizer_corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
+from hubtools.tokenization.files import tokenizer_version
+from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
 
 __all__ = ["BUILTIN_CONVERSATIONS", "BUILTIN_TEXTS", "Miss", "TokenizerReport", "check_tokenizer", "hf_chat_ids",
            "load_prompts"]

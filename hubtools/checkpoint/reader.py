@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubtools.config import from_hf_config
+from hubtools.model.hf_config import from_hf_config
 from hubtools.errors import CorruptFileError, LayoutError, MappingError
-from hubtools.params import ModelParams, load_params
-from hubtools.pth import Segment, TensorRef, read_pth_index
-from hubtools.safetensors_format import nbytes, read_header, torch_dtype
+from hubtools.model.params import ModelParams, load_params
+from hubtools.checkpoint.pth import Segment, TensorRef, read_pth_index
+from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -229,7 +229,7 @@ def open_checkpoint(folder: Path, *, layout: str | None = None) -> Checkpoint:
     Raises:
         LayoutError, ParamsError, CorruptFileError, UnsafePickleError, MappingError.
     """
-    from hubtools.tokenizer import find_native_tokenizer
+    from hubtools.tokenization.files import find_native_tokenizer
 
     weights = detect_weights(folder, layout=layout)
     if weights.layout == "native":

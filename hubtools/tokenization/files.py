@@ -5,7 +5,7 @@ into `tokenizer.json` + `tokenizer_config.json` + `special_tokens_map.json`, loa
 `transformers.AutoTokenizer` as a plain fast tokenizer (no mistral-common at load time), and copies the
 native file unchanged beside them; `restore_native_tokenizer` copies it back.
 
-Behaviour of the Hugging Face tokenizer (measured by `hubtools.tokenizer_parity`):
+Behaviour of the Hugging Face tokenizer (measured by `hubtools.tokenization.parity`):
 
 - `tok(text)` adds BOS and gives the ids of mistral-common's `encode(text, bos=True, eos=False)`, for
   every text that contains no special-token string;
@@ -13,7 +13,7 @@ Behaviour of the Hugging Face tokenizer (measured by `hubtools.tokenizer_parity`
   ordinary pieces); Hugging Face parses them by default, which the chat template relies on. Pass
   `split_special_tokens=True` to encode such text exactly as mistral-common does;
 - `tok.apply_chat_template(messages, add_generation_prompt=True)` gives mistral-common's
-  `encode_chat_completion` tokens (see `hubtools.chat_template`).
+  `encode_chat_completion` tokens (see `hubtools.tokenization.chat_template`).
 
 Decisions:
 
@@ -39,10 +39,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from hubtools.chat_template import build_chat_template
+from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.errors import DestinationError, LayoutError, TokenizerError
-from hubtools.sentencepiece_model import CONTROL, read_sentencepiece_model
-from hubtools.tokenizer_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
+from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
+from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CHAT_TEMPLATE_CHOICES = ("auto", "mistral", "chatml", "none")

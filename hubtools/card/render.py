@@ -21,10 +21,10 @@ from typing import Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
-from hubtools.card_rules import validate_card_text
-from hubtools.card_source import CardSource, load_card_source, resolve_card_source
+from hubtools.card.rules import validate_card_text
+from hubtools.card.source import CardSource, load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
-from hubtools.eval_results import (
+from hubtools.card.eval_results import (
     Benchmark,
     EvalRun,
     average,
@@ -178,7 +178,7 @@ def render_card(
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("hubtools", "templates"), trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.PackageLoader("hubtools.card", "templates"), trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False,
     )
 

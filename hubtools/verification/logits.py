@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from hubtools import reference
-from hubtools.hf_forward import LayeredModel
-from hubtools.params import ModelParams
-from hubtools.reader import Checkpoint
+from hubtools.verification import reference
+from hubtools.verification.hf_forward import LayeredModel
+from hubtools.model.params import ModelParams
+from hubtools.checkpoint.reader import Checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import torch
 
 from hubtools import __version__
 from hubtools.errors import TokenizerError, VerifyError
-from hubtools.names import NameTable
-from hubtools.params import default_rope_theta
-from hubtools.reader import Checkpoint, open_checkpoint
-from hubtools.transforms import to_hf
-from hubtools.verify_logits import THRESHOLDS, LogitsCheck, compare_logits
-from hubtools.verify_structure import (
+from hubtools.model.names import NameTable
+from hubtools.model.params import default_rope_theta
+from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+from hubtools.model.transforms import to_hf
+from hubtools.verification.logits import THRESHOLDS, LogitsCheck, compare_logits
+from hubtools.verification.structure import (
     HfFolder,
     StructureCheck,
     config_problems,
@@ -194,15 +194,15 @@ def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
 
 
 def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Path | None) -> TokenizerCheck:
-    """Tokenizer parity via `hubtools.tokenizer_parity`, or why it was skipped."""
+    """Tokenizer parity via `hubtools.tokenization.parity`, or why it was skipped."""
     if native.tokenizer_file is None:
         return TokenizerCheck(True, skipped="no tokenizer file in the native folder")
     try:
-        from hubtools import tokenizer_parity
+        from hubtools.tokenization import parity as tokenizer_parity
     except ModuleNotFoundError as exc:
-        if exc.name != "hubtools.tokenizer_parity":
+        if exc.name != "hubtools.tokenization.parity":
             raise
-        return TokenizerCheck(True, skipped="hubtools.tokenizer_parity is not installed")
+        return TokenizerCheck(True, skipped="hubtools.tokenization.parity is not installed")
     try:
         prompts = tokenizer_parity.load_prompts(prompts_path) if prompts_path else None
         report = tokenizer_parity.check_tokenizer(hf_folder, native.tokenizer_file, prompts=prompts, chat=True)
@@ -218,7 +218,7 @@ def _logits(native: Checkpoint, hf_folder: Path, hf: Checkpoint, ready: bool, *,
         return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
     if not ready:
         return LogitsCheck(False, name, error="missing or misshapen tensors (see structure) prevent a forward")
-    from hubtools.hf_forward import load_config
+    from hubtools.verification.hf_forward import load_config
 
     try:
         config = load_config(hf_folder)

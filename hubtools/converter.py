@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from hubtools.config import ConfigOverrides, to_hf_config, to_native_params
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
-from hubtools.names import NameTable, TensorSpec
-from hubtools.reader import Checkpoint, TensorSource, open_checkpoint
-from hubtools.safetensors_format import dtype_code, dtype_name
-from hubtools.transforms import to_hf, to_native
-from hubtools.writer import (
+from hubtools.model.names import NameTable, TensorSpec
+from hubtools.checkpoint.reader import Checkpoint, TensorSource, open_checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
+from hubtools.model.transforms import to_hf, to_native
+from hubtools.checkpoint.writer import (
     PlannedTensor,
     Shard,
     copy_segments,
@@ -91,7 +91,7 @@ def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
     """The tokenizer's vocabulary must match the embedding rows (32000 vs 32768 mix-ups give garbage)."""
     if ckpt.tokenizer_file is None:
         return
-    from hubtools.tokenizer import tokenizer_vocab_size
+    from hubtools.tokenization.files import tokenizer_vocab_size
 
     n = tokenizer_vocab_size(ckpt.tokenizer_file)
     if n != ckpt.params.vocab_size:
@@ -147,7 +147,7 @@ def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
 
 
 def _write_tokenizer(ckpt: Checkpoint, target: str, out: Path, chat_template: str) -> list[str]:
-    from hubtools.tokenizer import restore_native_tokenizer, write_hf_tokenizer
+    from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
 
     if target == "hf":
         return write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template) if ckpt.tokenizer_file else []

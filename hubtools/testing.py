@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from hubtools.config import to_native_params
-from hubtools.names import TensorSpec, tensor_specs
-from hubtools.params import ModelParams
-from hubtools.safetensors_format import build_header
+from hubtools.model.hf_config import to_native_params
+from hubtools.model.names import TensorSpec, tensor_specs
+from hubtools.model.params import ModelParams
+from hubtools.checkpoint.safetensors_format import build_header
 
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
 TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name, vocab size)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hubtools.params import ModelParams
+from hubtools.model.params import ModelParams
 
 Getter = Callable[[str], torch.Tensor]
 
@@ -133,7 +133,7 @@ def forward(tokens: torch.Tensor, get: Getter, params: ModelParams, *, rope_thet
     """The whole model, still one layer's weights at a time: token ids `[batch, seq]` -> logits.
 
     Example:
-        >>> from hubtools.synthetic import synthetic_tensors, tiny_params
+        >>> from hubtools.testing import synthetic_tensors, tiny_params
         >>> p = tiny_params(vocab_size=50)
         >>> w = dict(synthetic_tensors(p, dtype=torch.float32))
         >>> forward(torch.tensor([[1, 2, 3]]), w.__getitem__, p, rope_theta=1e6).shape

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from hubtools.errors import MappingError
-from hubtools.params import ModelParams
+from hubtools.model.params import ModelParams
 
 # (native template, HF template, transform, shape recipe). Shapes are symbolic in params fields.
 MODEL_ROWS = (
@@ -79,7 +79,7 @@ def tensor_specs(params: ModelParams) -> list[TensorSpec]:
     """Every tensor the model has, in canonical order (grouped by layer).
 
     Example:
-        >>> from hubtools.params import ModelParams
+        >>> from hubtools.model.params import ModelParams
         >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
         ...                 norm_eps=1e-5, vocab_size=10)
         >>> [s.hf for s in tensor_specs(p)][:2]

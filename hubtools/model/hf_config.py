@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubtools.errors import ParamsError
-from hubtools.params import ModelParams, default_rope_theta, parse_params
+from hubtools.model.params import ModelParams, default_rope_theta, parse_params
 
 DEFAULT_MAX_POSITIONS = 32768
 ROUTER_AUX_LOSS_COEF = 0.02  # the value in the published Mixtral configs

@@ -3,7 +3,7 @@
 Front matter keys: `title`, `repo_id`, `kind` (base or instruct), `tokenizer` (mistral-common version),
 `parameters` (and optional `active_parameters`, `context_length`, `sliding_window`, `architecture`,
 `model_name`), `metadata` (the Hub front matter) and `results` (groups of benchmarks sharing a source,
-see `hubtools.eval_results.benchmarks_from_source`). The prose before the first `## ` heading is the
+see `hubtools.card.eval_results.benchmarks_from_source`). The prose before the first `## ` heading is the
 description; the sections after it close the card.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from hubtools.errors import CardError
-from hubtools.eval_results import Benchmark, benchmarks_from_source
+from hubtools.card.eval_results import Benchmark, benchmarks_from_source
 
 KINDS = ("base", "instruct")
 TOKENIZERS = ("v1", "v2", "v3", "v7")

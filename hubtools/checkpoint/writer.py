@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubtools.errors import DestinationError
-from hubtools.pth import Segment
-from hubtools.safetensors_format import build_header, nbytes, torch_dtype
+from hubtools.checkpoint.pth import Segment
+from hubtools.checkpoint.safetensors_format import build_header, nbytes, torch_dtype
 
 if TYPE_CHECKING:
     import torch
