@@ -114,28 +114,34 @@ def measure(src: Path, work: Path, repeat: int) -> dict[str, dict[str, float]]:
     summary = {}
     for name, r in runs.items():
         ordered = sorted(r, key=lambda x: x["seconds"])
-        summary[name] = {**ordered[len(r) // 2], "best": ordered[0]["seconds"],
-                         "all": [round(x["seconds"], 2) for x in r]}
+        summary[name] = {
+            **ordered[len(r) // 2],
+            "best": ordered[0]["seconds"],
+            "all": [round(x["seconds"], 2) for x in r],
+        }
     return summary
 
 
 def table(rows: dict[int, dict[str, dict[str, float]]], sizes: dict[int, int]) -> str:
     """Per size: wall time, ratio to cp, peak memory; then the marginal cost of the extra bytes."""
-    lines = ["| layers | size | method | median s | x cp | best s | x cp | peak RSS | peak anon | all runs (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layers | size | method | median s | x cp | best s | x cp | peak RSS | peak anon | all runs (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for layers, res in rows.items():
         cp, cp_best = res["cp"]["seconds"], res["cp"]["best"]
         for name, r in res.items():
             memory = f"{r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB"
-            lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
-                         f"{r['seconds'] / cp:.2f} | {r['best']:.1f} | {r['best'] / cp_best:.2f} | {memory} | "
-                         f"{' '.join(map(str, r['all']))} |")
+            lines.append(
+                f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
+                f"{r['seconds'] / cp:.2f} | {r['best']:.1f} | {r['best'] / cp_best:.2f} | {memory} | "
+                f"{' '.join(map(str, r['all']))} |"
+            )
     if len(rows) > 1:
         (a, ra), (b, rb) = list(rows.items())[0], list(rows.items())[-1]
         extra = (sizes[b] - sizes[a]) / 1e9
         title = f"Marginal cost of the extra {extra:.1f} GB ({a} -> {b} layers, best runs; start-up cancels out):"
-        lines += ["", title, "",
-                  "| method | s per extra GB | x cp |", "|---|---|---|"]
+        lines += ["", title, "", "| method | s per extra GB | x cp |", "|---|---|---|"]
         cp_rate = (rb["cp"]["best"] - ra["cp"]["best"]) / extra
         for name in ra:
             rate = (rb[name]["best"] - ra[name]["best"]) / extra

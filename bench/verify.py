@@ -63,8 +63,18 @@ print(logit_metrics(ref.float(), out.float(), prompts.valid))
 
 def bench_params(layers: int) -> ModelParams:
     """Mixtral 8x7B widths with `layers` layers (the shapes of bench/convert.py)."""
-    return tiny_params(moe=True, n_layers=layers, dim=4096, n_heads=32, n_kv_heads=8, head_dim=128,
-                       hidden_dim=14336, num_experts=8, top_k=2, vocab_size=32000)
+    return tiny_params(
+        moe=True,
+        n_layers=layers,
+        dim=4096,
+        n_heads=32,
+        n_kv_heads=8,
+        head_dim=128,
+        hidden_dim=14336,
+        num_experts=8,
+        top_k=2,
+        vocab_size=32000,
+    )
 
 
 def _bench_convert() -> ModuleType:
@@ -94,8 +104,9 @@ def prepare(layers: int, workdir: Path, shared: ModuleType) -> tuple[Path, Path,
         if not (native / "params.json").exists():
             print(f"building {native} ...", file=sys.stderr)
             if hasattr(shared, "BUILD"):  # bench/convert.py's builder, run as its own child process
-                subprocess.run([sys.executable, "-c", shared.BUILD, str(layers), "safetensors", str(native)],
-                               check=True)
+                subprocess.run(
+                    [sys.executable, "-c", shared.BUILD, str(layers), "safetensors", str(native)], check=True
+                )
             else:
                 write_native_checkpoint(native, bench_params(layers), dtype=torch.bfloat16, tokenizer="v1")
         built.append(native)
@@ -124,9 +135,13 @@ def measure(native: Path, hf: Path, workdir: Path, shared: ModuleType) -> dict[s
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     logits = report["checks"]["logits"]
-    return {"passed": report["passed"], "max_abs_dlogit": logits.get("max_abs_dlogit"),
-            "top1": logits.get("top1_agreement"), "top1_near_ties": logits.get("top1_near_tie_agreement"),
-            "mean_kl": logits.get("mean_kl")}
+    return {
+        "passed": report["passed"],
+        "max_abs_dlogit": logits.get("max_abs_dlogit"),
+        "top1": logits.get("top1_agreement"),
+        "top1_near_ties": logits.get("top1_near_tie_agreement"),
+        "mean_kl": logits.get("mean_kl"),
+    }
 
 
 def table(rows: dict[int, dict[str, dict[str, Any]]], sizes: dict[int, int]) -> str:
@@ -134,15 +149,23 @@ def table(rows: dict[int, dict[str, dict[str, Any]]], sizes: dict[int, int]) -> 
     for layers, res in rows.items():
         for name, r in res.items():
             if "skipped" in r:
-                lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | - | - | - | "
-                             f"not run: {r['skipped']} |")
+                lines.append(
+                    f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | - | - | - | not run: {r['skipped']} |"
+                )
                 continue
-            verdict = "" if "passed" not in r else (
-                f"{'passed' if r['passed'] else 'FAILED'}, max|dlogit| {r['max_abs_dlogit']:.2g}, "
-                f"KL {r['mean_kl']:.1g}, top-1 {100 * r['top1']:.0f}% "
-                f"({100 * r['top1_near_ties']:.0f}% counting near-ties)")
-            lines.append(f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
-                         f"{r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB | {verdict} |")
+            verdict = (
+                ""
+                if "passed" not in r
+                else (
+                    f"{'passed' if r['passed'] else 'FAILED'}, max|dlogit| {r['max_abs_dlogit']:.2g}, "
+                    f"KL {r['mean_kl']:.1g}, top-1 {100 * r['top1']:.0f}% "
+                    f"({100 * r['top1_near_ties']:.0f}% counting near-ties)"
+                )
+            )
+            lines.append(
+                f"| {layers} | {sizes[layers] / 1e9:.1f} GB | {name} | {r['seconds']:.1f} | "
+                f"{r['peak_rss'] / 2**20:,.0f} MiB | {r['peak_anon'] / 2**20:,.0f} MiB | {verdict} |"
+            )
     return "\n".join(lines)
 
 

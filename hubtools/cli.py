@@ -76,8 +76,16 @@ def _torch_dtype(name: str | None) -> Any:
 def _byte_progress(total: int, quiet: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=True if quiet else None,
-                leave=False, mininterval=0.5)
+    return tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=True if quiet else None,
+        leave=False,
+        mininterval=0.5,
+    )
 
 
 @cli.command()
@@ -89,27 +97,44 @@ def _byte_progress(total: int, quiet: bool, desc: str) -> Any:
 @click.option("--recipe", type=click.Path(path_type=Path), help="converters/NAME.yaml: validate SRC against it.")
 @click.option("--rope-theta", type=float, help="Override rope_theta in config.json.")
 @click.option("--max-position-embeddings", type=int, help="Override max_position_embeddings.")
-@click.option("--chat-template", type=click.Choice(["auto", "mistral", "chatml", "none"]), default=None,
-              help="Chat template for the HF tokenizer (default: the recipe's, else auto).")
+@click.option(
+    "--chat-template",
+    type=click.Choice(["auto", "mistral", "chatml", "none"]),
+    default=None,
+    help="Chat template for the HF tokenizer (default: the recipe's, else auto).",
+)
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @handle_errors
-def convert(src: Path, dst: Path, to: str | None, dtype: str | None, max_shard_size: str | None,
-            recipe: Path | None, rope_theta: float | None, max_position_embeddings: int | None,
-            chat_template: str | None, force: bool, quiet: bool, as_json: bool) -> None:
+def convert(
+    src: Path,
+    dst: Path,
+    to: str | None,
+    dtype: str | None,
+    max_shard_size: str | None,
+    recipe: Path | None,
+    rope_theta: float | None,
+    max_position_embeddings: int | None,
+    chat_template: str | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Convert SRC (native or HF layout) into DST in the other layout, streaming."""
-    from hubtools.model.hf_config import ConfigOverrides
+    from hubtools.checkpoint.reader import detect_weights
+    from hubtools.checkpoint.writer import parse_size
     from hubtools.converter import convert as run_convert
     from hubtools.inspection import human_bytes
-    from hubtools.checkpoint.reader import detect_weights
+    from hubtools.model.hf_config import ConfigOverrides
     from hubtools.recipe import check_source, load_recipe
-    from hubtools.checkpoint.writer import parse_size
 
     rec = load_recipe(recipe) if recipe else None
     base = rec.config_overrides() if rec else ConfigOverrides()
-    overrides = ConfigOverrides(rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
-                                max_position_embeddings=max_position_embeddings or base.max_position_embeddings)
+    overrides = ConfigOverrides(
+        rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
+        max_position_embeddings=max_position_embeddings or base.max_position_embeddings,
+    )
     try:
         shard = parse_size(max_shard_size) if max_shard_size else (rec.max_shard_size if rec else 5 * 10**9)
     except ValueError as exc:
@@ -118,16 +143,26 @@ def convert(src: Path, dst: Path, to: str | None, dtype: str | None, max_shard_s
     total = sum(p.stat().st_size for p in weights.files) if weights else 0
     with _byte_progress(total, quiet or as_json, "convert") as bar:
         result = run_convert(
-            src, dst, to=to, dtype=dtype or (rec.dtype if rec else None), max_shard_size=shard,
-            overrides=overrides, chat_template=chat_template or (rec.chat_template if rec else "auto"),
-            force=force, progress=bar.update, check=(lambda ckpt: check_source(rec, ckpt)) if rec else None)
+            src,
+            dst,
+            to=to,
+            dtype=dtype or (rec.dtype if rec else None),
+            max_shard_size=shard,
+            overrides=overrides,
+            chat_template=chat_template or (rec.chat_template if rec else "auto"),
+            force=force,
+            progress=bar.update,
+            check=(lambda ckpt: check_source(rec, ckpt)) if rec else None,
+        )
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
         rate = result.bytes / result.seconds / 1e9 if result.seconds else 0.0
-        click.echo(f"{result.architecture}: {result.source_layout} -> {result.target_layout}, {result.tensors} tensors "
-                   f"({result.copied_tensors} copied as bytes), {human_bytes(result.bytes)} in {result.seconds:.1f}s "
-                   f"({rate:.2f} GB/s) -> {dst}")
+        click.echo(
+            f"{result.architecture}: {result.source_layout} -> {result.target_layout}, {result.tensors} tensors "
+            f"({result.copied_tensors} copied as bytes), {human_bytes(result.bytes)} in {result.seconds:.1f}s "
+            f"({rate:.2f} GB/s) -> {dst}"
+        )
         for rule in result.rules:
             click.echo(f"  {rule}")
 
@@ -157,24 +192,46 @@ def demo(workdir: Path | None, force: bool) -> None:
 
     run_demo(workdir, force=force, say=click.echo)
 
+
 # --- verify command ---
 
 
 @cli.command("verify")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("converted", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the report as JSON to this file.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Compute dtype of the logits check (float32 catches conversion bugs).")
-@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Prompts file for the tokenizer check.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as JSON to this file.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Compute dtype of the logits check (float32 catches conversion bugs).",
+)
+@click.option(
+    "--prompts",
+    "prompts_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Prompts file for the tokenizer check.",
+)
 @click.option("--rope-theta", type=float, help="The native model's rope_theta when params.json omits it.")
 @click.option("--no-logits", is_flag=True, help="Skip the forward passes (structure, tensors, tokenizer only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; print the table only when a check fails.")
 @handle_errors
-def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: str, prompts_path: Path | None,
-                   rope_theta: float | None, no_logits: bool, quiet: bool) -> None:
+def verify_command(
+    src: Path,
+    converted: Path,
+    json_path: Path | None,
+    dtype: str,
+    prompts_path: Path | None,
+    rope_theta: float | None,
+    no_logits: bool,
+    quiet: bool,
+) -> None:
     """Prove CONVERTED is an exact conversion of SRC (either order): structure, tensors, tokenizer, logits.
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
@@ -184,8 +241,15 @@ def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: st
     def say(message: str) -> None:
         click.echo(f"verify: {message}", err=True)
 
-    report = verify(src, converted, dtype=_torch_dtype(dtype), prompts_path=prompts_path,
-                    check_logits=not no_logits, rope_theta=rope_theta, progress=None if quiet else say)
+    report = verify(
+        src,
+        converted,
+        dtype=_torch_dtype(dtype),
+        prompts_path=prompts_path,
+        check_logits=not no_logits,
+        rope_theta=rope_theta,
+        progress=None if quiet else say,
+    )
     if json_path is not None:
         json_path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if not quiet or not report.passed:
@@ -199,23 +263,41 @@ def verify_command(src: Path, converted: Path, json_path: Path | None, dtype: st
 
 @cli.command("card")
 @click.argument("spec")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the card (README.md).")
-@click.option("--results", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="lm-evaluation-harness results_*.json to import (repeatable; overrides the card's values).")
-@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Converted model folder: real parameter count and its chat template.")
-@click.option("--report", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="`hubtools verify --json` report to summarise in the card.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the card (README.md).",
+)
+@click.option(
+    "--results",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="lm-evaluation-harness results_*.json to import (repeatable; overrides the card's values).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Converted model folder: real parameter count and its chat template.",
+)
+@click.option(
+    "--report",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="`hubtools verify --json` report to summarise in the card.",
+)
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
 @handle_errors
-def card_command(spec: str, output: Path, results: tuple[Path, ...], model_dir: Path | None, report: Path | None,
-                 force: bool) -> None:
+def card_command(
+    spec: str, output: Path, results: tuple[Path, ...], model_dir: Path | None, report: Path | None, force: bool
+) -> None:
     """Render the model card of SPEC (a card source path or a release name in cards/)."""
     from hubtools.card.render import build_card
 
-    written = build_card(spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir,
-                         report=report, force=force)
+    written = build_card(
+        spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir, report=report, force=force
+    )
     click.echo(str(written))
 
 
@@ -233,8 +315,17 @@ def card_command(spec: str, output: Path, results: tuple[Path, ...], model_dir: 
 @click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @handle_errors
-def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr: bool, private: bool,
-                    tag: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+def publish_command(
+    folder: Path,
+    repo_id: str,
+    revision: str | None,
+    create_pr: bool,
+    private: bool,
+    tag: str | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Upload FOLDER to the Hub repo REPO_ID (resumable; verified file by file).
 
     Uses HF_ENDPOINT and HF_TOKEN (or the stored login / trusted publishing) from the environment.
@@ -252,8 +343,10 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
             click.echo(f"{f.size:>15,d}  {'lfs' if f.lfs else 'git':<3}  {f.role:<9}  {f.path}")
         for name in plan.ignored:
             click.echo(f"{'':>15}  ---  ignored    {name}")
-        click.echo(f"would upload at most {len(plan.files)} files, {plan.total_bytes:,d} bytes to '{repo_id}' "
-                   "(files the Hub already has are skipped)")
+        click.echo(
+            f"would upload at most {len(plan.files)} files, {plan.total_bytes:,d} bytes to '{repo_id}' "
+            "(files the Hub already has are skipped)"
+        )
         return
     from huggingface_hub import HfApi
     from huggingface_hub.utils import disable_progress_bars
@@ -268,8 +361,16 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
         bars[event.stage].update(event.bytes_done - bars[event.stage].n)
 
     try:
-        result = publish(folder, repo_id, api=api, revision=revision, create_pr=create_pr, private=private,
-                         tag=tag, progress=on_progress)
+        result = publish(
+            folder,
+            repo_id,
+            api=api,
+            revision=revision,
+            create_pr=create_pr,
+            private=private,
+            tag=tag,
+            progress=on_progress,
+        )
     finally:
         for bar in bars.values():
             bar.close()
@@ -277,8 +378,10 @@ def publish_command(folder: Path, repo_id: str, revision: str | None, create_pr:
         emit_json(result.to_dict())
         return
     summary = result.to_dict()
-    click.echo(f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
-               f"{summary['skipped_files']} already on the Hub; all verified at {result.verified_at}")
+    click.echo(
+        f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
+        f"{summary['skipped_files']} already on the Hub; all verified at {result.verified_at}"
+    )
     for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
         if value:
             click.echo(f"{label}: {value}")

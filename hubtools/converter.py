@@ -18,12 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
-from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
-from hubtools.model.names import NameTable, TensorSpec
 from hubtools.checkpoint.reader import Checkpoint, TensorSource, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
-from hubtools.model.transforms import to_hf, to_native
 from hubtools.checkpoint.writer import (
     PlannedTensor,
     Shard,
@@ -34,6 +30,10 @@ from hubtools.checkpoint.writer import (
     write_index,
     write_shard,
 )
+from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
+from hubtools.model.names import NameTable, TensorSpec
+from hubtools.model.transforms import to_hf, to_native
 
 DEFAULT_SHARD_SIZE = 5 * 10**9
 Progress = Callable[[int], None]
@@ -82,9 +82,11 @@ def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
         spec = table.spec(name, layout=ckpt.layout)
         if src.shape != spec.shape:
             origin = "params.json" if ckpt.layout == "native" else "config.json"
-            raise ParamsError(f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
-                              f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
-                              f"head_dim={p.head_dim}, hidden_dim={p.hidden_dim}, vocab_size={p.vocab_size})")
+            raise ParamsError(
+                f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
+                f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
+                f"head_dim={p.head_dim}, hidden_dim={p.hidden_dim}, vocab_size={p.vocab_size})"
+            )
 
 
 def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
@@ -95,12 +97,19 @@ def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
 
     n = tokenizer_vocab_size(ckpt.tokenizer_file)
     if n != ckpt.params.vocab_size:
-        raise TokenizerError(f"{ckpt.tokenizer_file}: tokenizer has {n} tokens but the embedding has "
-                             f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)")
+        raise TokenizerError(
+            f"{ckpt.tokenizer_file}: tokenizer has {n} tokens but the embedding has "
+            f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)"
+        )
 
 
-def plan(ckpt: Checkpoint, *, dtype: Any = None, max_shard_size: int = DEFAULT_SHARD_SIZE,
-         overrides: ConfigOverrides | None = None) -> ConversionPlan:
+def plan(
+    ckpt: Checkpoint,
+    *,
+    dtype: Any = None,
+    max_shard_size: int = DEFAULT_SHARD_SIZE,
+    overrides: ConfigOverrides | None = None,
+) -> ConversionPlan:
     """Decide every output tensor, shard and config value from headers alone.
 
     Args:
@@ -126,8 +135,9 @@ def plan(ckpt: Checkpoint, *, dtype: Any = None, max_shard_size: int = DEFAULT_S
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
         return ConversionPlan("native", "hf", ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
-    shards = plan_shards(planned, max_shard_size=max_shard_size, stem="consolidated",
-                         single_name="consolidated.safetensors")
+    shards = plan_shards(
+        planned, max_shard_size=max_shard_size, stem="consolidated", single_name="consolidated.safetensors"
+    )
     return ConversionPlan("hf", "native", ckpt.params, tuple(shards), steps, None, None)
 
 
@@ -155,8 +165,14 @@ def _write_tokenizer(ckpt: Checkpoint, target: str, out: Path, chat_template: st
     return [restored.name] if restored is not None else []
 
 
-def write_plan(ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, chat_template: str = "auto",
-               progress: Progress | None = None) -> list[str]:
+def write_plan(
+    ckpt: Checkpoint,
+    conversion: ConversionPlan,
+    out: Path,
+    *,
+    chat_template: str = "auto",
+    progress: Progress | None = None,
+) -> list[str]:
     """Write every file of the converted checkpoint into the (empty) folder `out`.
 
     The tokenizer is converted on a second thread while the tensor bytes stream (the copies run in the
@@ -242,10 +258,19 @@ def commit_destination(tmp: Path, dst: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def convert(src: Path, dst: Path, *, to: str | None = None, dtype: Any = None,
-            max_shard_size: int = DEFAULT_SHARD_SIZE, overrides: ConfigOverrides | None = None,
-            chat_template: str = "auto", force: bool = False, progress: Progress | None = None,
-            check: Callable[[Checkpoint], None] | None = None) -> ConversionResult:
+def convert(
+    src: Path,
+    dst: Path,
+    *,
+    to: str | None = None,
+    dtype: Any = None,
+    max_shard_size: int = DEFAULT_SHARD_SIZE,
+    overrides: ConfigOverrides | None = None,
+    chat_template: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+    check: Callable[[Checkpoint], None] | None = None,
+) -> ConversionResult:
     """Convert a checkpoint folder native <-> HF, streaming and atomically.
 
     Args:
@@ -268,8 +293,11 @@ def convert(src: Path, dst: Path, *, to: str | None = None, dtype: Any = None,
         raise ValueError(f"to must be 'hf' or 'native', got {to!r}")
     layout = {"hf": "native", "native": "hf", None: None}[to]
     if not src.is_dir():
-        raise DestinationError(f"{src}: source folder does not exist") if not src.exists() else \
-            MappingError(f"{src}: source is a file; pass the checkpoint folder")
+        raise (
+            DestinationError(f"{src}: source folder does not exist")
+            if not src.exists()
+            else MappingError(f"{src}: source is a file; pass the checkpoint folder")
+        )
     with open_checkpoint(src, layout=layout) as ckpt:
         if check:
             check(ckpt)
@@ -282,6 +310,16 @@ def convert(src: Path, dst: Path, *, to: str | None = None, dtype: Any = None,
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     copies = sum(1 for s in conversion.steps.values() if s.is_copy)
-    return ConversionResult(str(src), str(dst), conversion.source_layout, conversion.target_layout,
-                            conversion.params.architecture, len(conversion.steps), copies, conversion.total_bytes,
-                            tuple(files), conversion.rules, round(time.monotonic() - started, 3))
+    return ConversionResult(
+        str(src),
+        str(dst),
+        conversion.source_layout,
+        conversion.target_layout,
+        conversion.params.architecture,
+        len(conversion.steps),
+        copies,
+        conversion.total_bytes,
+        tuple(files),
+        conversion.rules,
+        round(time.monotonic() - started, 3),
+    )

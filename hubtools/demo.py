@@ -49,9 +49,12 @@ def _generate(hf: Path, say: Say) -> None:
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     # transformers types `generate`'s self as GenerativePreTrainedModel, which the Auto class's return is not
     out = model.generate(  # type: ignore[misc]
-        ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    say(f"3. transformers {type(model).__name__} loaded it; prompt ids {ids[0].tolist()} -> "
-        f"generated {out[0, ids.shape[1]:].tolist()} (random weights: the text is noise)")
+        ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id
+    )
+    say(
+        f"3. transformers {type(model).__name__} loaded it; prompt ids {ids[0].tolist()} -> "
+        f"generated {out[0, ids.shape[1] :].tolist()} (random weights: the text is noise)"
+    )
 
 
 def _roundtrip(native: Path, back: Path, say: Say) -> None:
@@ -118,10 +121,12 @@ def _verify(root: Path, native: Path, hf: Path, say: Say) -> None:
     checks = report.to_dict()["checks"]
     logits = checks["logits"]
     tokenizer = checks["tokenizer"]
-    say(f"4. verified: tensors {checks['tensors']['compared']} bit-identical; tokenizer "
+    say(
+        f"4. verified: tensors {checks['tensors']['compared']} bit-identical; tokenizer "
         f"{tokenizer.get('agreement', 0):.0%} of {tokenizer.get('sequences', 0)} sequences equal to mistral-common; "
         f"logits max |dlogit| {logits.get('max_abs_dlogit', float('nan')):.1e}, "
-        f"top-1 {logits.get('top1_agreement', 0):.0%} -> {'PASSED' if report.passed else 'FAILED'}")
+        f"top-1 {logits.get('top1_agreement', 0):.0%} -> {'PASSED' if report.passed else 'FAILED'}"
+    )
     if not report.passed:
         raise HubtoolsError(f"demo: verification failed (report in {root / 'verify.json'})")
 
@@ -131,8 +136,9 @@ def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
 
     source = root / "tiny-mixtral-demo.md"
     source.write_text(DEMO_CARD)
-    card = build_card(str(source), hf / "README.md", cards_dir=root, model_dir=hf, report=root / "verify.json",
-                      force=True)
+    card = build_card(
+        str(source), hf / "README.md", cards_dir=root, model_dir=hf, report=root / "verify.json", force=True
+    )
     say(f"5. rendered the model card (model-index metadata checked locally) -> {card}")
 
 
@@ -141,8 +147,10 @@ def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
     from hubtools.publishing.upload import plan_upload
 
     plan = plan_upload(hf)
-    say(f"6. publish plan (dry run, no network): {len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
-        f"run `hubtools publish {hf} <user>/<repo>` with HF_TOKEN set to upload")
+    say(
+        f"6. publish plan (dry run, no network): {len(plan.files)} files, {human_bytes(plan.total_bytes)}; "
+        f"run `hubtools publish {hf} <user>/<repo>` with HF_TOKEN set to upload"
+    )
 
 
 def _extra_steps() -> list[Callable[[Path, Path, Path, Say], None]]:

@@ -75,9 +75,22 @@ def summarize(folder: Path) -> Summary:
             dtypes[key] = dtypes.get(key, 0) + 1
         size = sum(p.stat().st_size for p in ckpt.files)
         p = ckpt.params
-        return Summary(str(folder), ckpt.layout, ckpt.format, p.architecture, p.n_layers, p.num_experts,
-                       p.num_experts_per_tok, total, active, dtypes, size, len(ckpt.files),
-                       ckpt.tokenizer_file.name if ckpt.tokenizer_file else None, p.vocab_size)
+        return Summary(
+            str(folder),
+            ckpt.layout,
+            ckpt.format,
+            p.architecture,
+            p.n_layers,
+            p.num_experts,
+            p.num_experts_per_tok,
+            total,
+            active,
+            dtypes,
+            size,
+            len(ckpt.files),
+            ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
+            p.vocab_size,
+        )
 
 
 def human_count(n: int) -> str:
@@ -98,11 +111,13 @@ def format_summary(s: Summary) -> str:
     """Human-readable lines for the terminal."""
     moe = f", {s.experts} experts (top-{s.experts_per_token})" if s.experts else ""
     active = f" ({human_count(s.active_params)} active per token)" if s.experts else ""
-    return "\n".join([
-        f"{s.folder}: {s.layout} layout ({s.format}, {s.files} file{'s' * (s.files != 1)})",
-        f"  architecture  {s.architecture}, {s.layers} layers{moe}",
-        f"  parameters    {human_count(s.total_params)}{active}",
-        f"  dtype         {', '.join(f'{k} x{v}' for k, v in sorted(s.dtypes.items()))}",
-        f"  size on disk  {human_bytes(s.bytes_on_disk)}",
-        f"  tokenizer     {s.tokenizer or 'none'} (vocab {s.vocab_size})",
-    ])
+    return "\n".join(
+        [
+            f"{s.folder}: {s.layout} layout ({s.format}, {s.files} file{'s' * (s.files != 1)})",
+            f"  architecture  {s.architecture}, {s.layers} layers{moe}",
+            f"  parameters    {human_count(s.total_params)}{active}",
+            f"  dtype         {', '.join(f'{k} x{v}' for k, v in sorted(s.dtypes.items()))}",
+            f"  size on disk  {human_bytes(s.bytes_on_disk)}",
+            f"  tokenizer     {s.tokenizer or 'none'} (vocab {s.vocab_size})",
+        ]
+    )

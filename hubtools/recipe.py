@@ -12,17 +12,29 @@ from typing import Any
 
 import yaml
 
-from hubtools.model.hf_config import ConfigOverrides
-from hubtools.errors import RecipeError
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.writer import parse_size
+from hubtools.errors import RecipeError
+from hubtools.model.hf_config import ConfigOverrides
 
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
 DTYPES = ("bfloat16", "float16", "float32")
 CHAT_TEMPLATES = ("mistral", "chatml", "none")
 TOKENIZERS = ("v1", "v2", "v3", "v7", "tekken")
-_KEYS = {"name", "description", "source", "architecture", "expect", "overrides", "dtype", "max_shard_size",
-         "chat_template", "repo_id", "card", "tags"}
+_KEYS = {
+    "name",
+    "description",
+    "source",
+    "architecture",
+    "expect",
+    "overrides",
+    "dtype",
+    "max_shard_size",
+    "chat_template",
+    "repo_id",
+    "card",
+    "tags",
+}
 _OVERRIDES = {"rope_theta", "max_position_embeddings"}
 
 
@@ -46,8 +58,10 @@ class Recipe:
     path: str = ""
 
     def config_overrides(self) -> ConfigOverrides:
-        return ConfigOverrides(rope_theta=self.overrides.get("rope_theta"),
-                               max_position_embeddings=self.overrides.get("max_position_embeddings"))
+        return ConfigOverrides(
+            rope_theta=self.overrides.get("rope_theta"),
+            max_position_embeddings=self.overrides.get("max_position_embeddings"),
+        )
 
 
 def _need(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -89,14 +103,20 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     if tokenizer is not None:
         _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
     return Recipe(
-        name=_need(raw, "name", str, where), architecture=_one_of(raw.get("architecture"), ARCHITECTURES,
-                                                                  "architecture", where),
-        source_url=_need(source, "url", str, f"{where}: source"), source_format=str(source.get("format", "")),
-        repo_id=_need(raw, "repo_id", str, where), card=_need(raw, "card", str, where),
-        dtype=_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where), max_shard_size=shard,
+        name=_need(raw, "name", str, where),
+        architecture=_one_of(raw.get("architecture"), ARCHITECTURES, "architecture", where),
+        source_url=_need(source, "url", str, f"{where}: source"),
+        source_format=str(source.get("format", "")),
+        repo_id=_need(raw, "repo_id", str, where),
+        card=_need(raw, "card", str, where),
+        dtype=_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where),
+        max_shard_size=shard,
         chat_template=_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where),
-        tokenizer=tokenizer, description=str(raw.get("description", "")),
-        expect={k: v for k, v in expect.items() if k != "tokenizer"}, overrides=dict(overrides), path=where,
+        tokenizer=tokenizer,
+        description=str(raw.get("description", "")),
+        expect={k: v for k, v in expect.items() if k != "tokenizer"},
+        overrides=dict(overrides),
+        path=where,
     )
 
 
@@ -137,8 +157,9 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
 
         version = tokenizer_version(ckpt.tokenizer_file)
         if version != recipe.tokenizer:
-            raise RecipeError(f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, "
-                              f"recipe expects {recipe.tokenizer}")
+            raise RecipeError(
+                f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, recipe expects {recipe.tokenizer}"
+            )
 
 
 def find_recipe(name_or_path: str, *, root: Path) -> Path:

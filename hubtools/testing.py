@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import TensorSpec, tensor_specs
 from hubtools.model.params import ModelParams
-from hubtools.checkpoint.safetensors_format import build_header
 
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
 TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name, vocab size)
@@ -33,15 +33,36 @@ def mistral_common_data() -> Path:
     return Path(mistral_common.__file__).parent / "data"
 
 
-def tiny_params(*, moe: bool = True, n_layers: int = 2, vocab_size: int = 32000, dim: int = 64,
-                n_heads: int = 4, n_kv_heads: int = 2, head_dim: int | None = None, hidden_dim: int = 128,
-                num_experts: int = 4, top_k: int = 2, sliding_window: int | None = None,
-                rope_theta: float | None = None) -> ModelParams:
+def tiny_params(
+    *,
+    moe: bool = True,
+    n_layers: int = 2,
+    vocab_size: int = 32000,
+    dim: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    head_dim: int | None = None,
+    hidden_dim: int = 128,
+    num_experts: int = 4,
+    top_k: int = 2,
+    sliding_window: int | None = None,
+    rope_theta: float | None = None,
+) -> ModelParams:
     """Small, valid params for a Mixtral (moe=True) or Mistral; head_dim may differ from dim/n_heads."""
-    return ModelParams(dim=dim, n_layers=n_layers, head_dim=head_dim or dim // n_heads, hidden_dim=hidden_dim,
-                       n_heads=n_heads, n_kv_heads=n_kv_heads, norm_eps=1e-5, vocab_size=vocab_size,
-                       rope_theta=rope_theta, sliding_window=sliding_window,
-                       num_experts=num_experts if moe else 0, num_experts_per_tok=top_k if moe else 0)
+    return ModelParams(
+        dim=dim,
+        n_layers=n_layers,
+        head_dim=head_dim or dim // n_heads,
+        hidden_dim=hidden_dim,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        norm_eps=1e-5,
+        vocab_size=vocab_size,
+        rope_theta=rope_theta,
+        sliding_window=sliding_window,
+        num_experts=num_experts if moe else 0,
+        num_experts_per_tok=top_k if moe else 0,
+    )
 
 
 def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
@@ -52,8 +73,9 @@ def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Gene
     return (torch.randn(spec.shape, generator=generator) * scale).to(dtype)
 
 
-def synthetic_tensors(params: ModelParams, *, dtype: torch.dtype = torch.bfloat16,
-                      seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+def synthetic_tensors(
+    params: ModelParams, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(native name, tensor) pairs one at a time, so big benchmark models never sit in memory."""
     generator = torch.Generator().manual_seed(seed)
     for spec in tensor_specs(params):
@@ -66,9 +88,17 @@ def copy_tokenizer(kind: str, folder: Path) -> Path:
     return Path(shutil.copyfile(mistral_common_data() / shipped, folder / native))
 
 
-def write_native_checkpoint(folder: Path, params: ModelParams, *, layout: str = "safetensors",
-                            dtype: torch.dtype = torch.bfloat16, seed: int = 0, tokenizer: str | None = "v1",
-                            shards: int = 2, splits: int = 3) -> Path:
+def write_native_checkpoint(
+    folder: Path,
+    params: ModelParams,
+    *,
+    layout: str = "safetensors",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    tokenizer: str | None = "v1",
+    shards: int = 2,
+    splits: int = 3,
+) -> Path:
     """Write a native checkpoint (params.json, weights, tokenizer) in one of `LAYOUTS`.
 
     Args:
@@ -97,7 +127,7 @@ def write_native_checkpoint(folder: Path, params: ModelParams, *, layout: str = 
 
 def _write_safetensors(folder: Path, params: ModelParams, dtype: torch.dtype, seed: int, shards: int) -> None:
     specs = tensor_specs(params)
-    groups = [specs[i * len(specs) // shards:(i + 1) * len(specs) // shards] for i in range(shards)]
+    groups = [specs[i * len(specs) // shards : (i + 1) * len(specs) // shards] for i in range(shards)]
     tensors = synthetic_tensors(params, dtype=dtype, seed=seed)
     for i, group in enumerate(groups, 1):
         name = "consolidated.safetensors" if shards == 1 else f"consolidated-{i:05d}-of-{shards:05d}.safetensors"

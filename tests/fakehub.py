@@ -206,7 +206,7 @@ class FakeHub:
         for path, entry in sorted(files.items()):
             if not path.startswith(start):
                 continue
-            parts = path[len(start):].split("/")
+            parts = path[len(start) :].split("/")
             for depth in range(1, len(parts)):
                 folder = start + "/".join(parts[:depth])
                 out.setdefault(folder, {"type": "directory", "path": folder, "oid": folder_oid(folder, sha)})
@@ -224,14 +224,24 @@ class FakeHub:
         return info
 
 
-
 def _route_name(path: str) -> str:
-    for name in ("validate-yaml", "repos/create", "preupload", "commit", "paths-info", "tree", "refs",
-                 "tag", "branch", "info/lfs/objects/batch", "lfs-verify", "lfs-upload"):
+    for name in (
+        "validate-yaml",
+        "repos/create",
+        "preupload",
+        "commit",
+        "paths-info",
+        "tree",
+        "refs",
+        "tag",
+        "branch",
+        "info/lfs/objects/batch",
+        "lfs-verify",
+        "lfs-upload",
+    ):
         if f"/{name}" in path:
             return name
     return "info" if path.startswith("/api/models/") else path
-
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -269,8 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None,
-              content_type: str = "application/json") -> None:
+    def _send(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None, content_type: str = "application/json"
+    ) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -288,8 +299,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         with hub.lock:
             hub.requests.append((method, path, len(body)))
-            fault = next((f for f in hub.faults if f.method == method and re.search(f.pattern, path)
-                          and f.fired < f.skip + f.times), None)
+            fault = next(
+                (
+                    f
+                    for f in hub.faults
+                    if f.method == method and re.search(f.pattern, path) and f.fired < f.skip + f.times
+                ),
+                None,
+            )
             if fault is not None:
                 fault.fired += 1
                 if fault.fired > fault.skip and fault.status == 0:  # drop the connection, answer nothing
@@ -304,8 +321,11 @@ class _Handler(BaseHTTPRequestHandler):
             with hub.lock:
                 hub.unauthorized += 1
                 hub.unauthorized_paths.append((method, path))
-            self._send(401, {"error": "Invalid credentials"},
-                       {"X-Error-Message": "Invalid credentials in Authorization header"})
+            self._send(
+                401,
+                {"error": "Invalid credentials"},
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
             return
         try:
             with hub.lock:

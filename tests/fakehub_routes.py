@@ -19,8 +19,9 @@ from typing import Any
 from urllib.parse import parse_qs
 
 LFS_THRESHOLD = 10 * 1024 * 1024
-DEFAULT_GITATTRIBUTES = "".join(f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n"
-                                for ext in ("safetensors", "bin", "model", "pt", "pth")).encode()
+DEFAULT_GITATTRIBUTES = "".join(
+    f"*.{ext} filter=lfs diff=lfs merge=lfs -text\n" for ext in ("safetensors", "bin", "model", "pt", "pth")
+).encode()
 
 
 class HubHTTPError(Exception):
@@ -151,8 +152,21 @@ def _model_info(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes)
     sha = hub._resolve(repo, args[0] if args else "main")
     commit = repo.commits[sha]
     siblings = [{"rfilename": p} for p in sorted(commit.files)]
-    return 200, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": sha, "private": repo.private,
-                 "lastModified": commit.date, "siblings": siblings, "tags": [], "downloads": 0, "likes": 0}, {}
+    return (
+        200,
+        {
+            "id": repo.repo_id,
+            "modelId": repo.repo_id,
+            "sha": sha,
+            "private": repo.private,
+            "lastModified": commit.date,
+            "siblings": siblings,
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        },
+        {},
+    )
 
 
 def _refs(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes) -> Answer:
@@ -172,9 +186,14 @@ def _preupload(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes) 
     for item in json.loads(body)["files"]:
         sample = base64.b64decode(item["sample"])
         existing = files.get(item["path"])
-        out.append({"path": item["path"], "shouldIgnore": False,
-                    "uploadMode": "lfs" if _is_lfs(attrs, item["path"], item["size"], sample) else "regular",
-                    "oid": hub._remote_oid(existing) if existing else None})
+        out.append(
+            {
+                "path": item["path"],
+                "shouldIgnore": False,
+                "uploadMode": "lfs" if _is_lfs(attrs, item["path"], item["size"], sample) else "regular",
+                "oid": hub._remote_oid(existing) if existing else None,
+            }
+        )
     return 200, {"files": out, "commitOid": hub._resolve(repo, args[0])}, {}
 
 
@@ -185,8 +204,10 @@ def _lfs_batch(hub: Any, repo: Repo, payload: dict) -> Answer:
         row: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
         if oid not in repo.lfs_oids:
             base = f"{hub.endpoint}/lfs-upload/{repo.repo_id}/{oid}?X-Amz-Signature={hub._sign(oid)}"
-            row["actions"] = {"upload": {"href": base, "header": {}},
-                              "verify": {"href": f"{hub.endpoint}/lfs-verify/{repo.repo_id}", "header": {}}}
+            row["actions"] = {
+                "upload": {"href": base, "header": {}},
+                "verify": {"href": f"{hub.endpoint}/lfs-verify/{repo.repo_id}", "header": {}},
+            }
         objects.append(row)
     return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
 
@@ -228,8 +249,9 @@ def _commit(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes) -> 
             files[value["path"]] = Entry(False, hub._store(data))
         elif key == "lfsFile":
             if value["oid"] not in repo.lfs_oids:
-                raise HubHTTPError(422, "Your push was rejected because an LFS pointer pointed to a file "
-                                        "that does not exist")
+                raise HubHTTPError(
+                    422, "Your push was rejected because an LFS pointer pointed to a file that does not exist"
+                )
             files[value["path"]] = Entry(True, value["oid"])
         elif key == "deletedFile":
             files.pop(value["path"], None)
@@ -278,7 +300,7 @@ def _tree(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes) -> An
         rest = "&".join(f"{k}={v[0]}" for k, v in query.items() if k != "cursor")
         url = f"{hub.endpoint}/api/models/{repo.repo_id}/tree/{'/'.join(args)}?{rest}&cursor={cursor + page}"
         headers["Link"] = f'<{url}>; rel="next"'
-    return 200, rows[cursor:cursor + page], headers
+    return 200, rows[cursor : cursor + page], headers
 
 
 def _tag(hub: Any, repo: Repo, args: list[str], query: dict, body: bytes) -> Answer:

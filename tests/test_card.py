@@ -17,11 +17,11 @@ from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import save_file
 
+from hubtools.card.eval_results import Benchmark, Metric, load_lm_eval_results, merge_benchmarks, to_eval_results
 from hubtools.card.render import load_report, memory_rows, read_model_facts, render_card, write_card
 from hubtools.card.rules import metadata_problems, validate_card_text, validate_metadata
 from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
-from hubtools.card.eval_results import Benchmark, Metric, load_lm_eval_results, merge_benchmarks, to_eval_results
 from hubtools.recipe import load_recipe
 from tests.conftest import assert_one_line_error
 
@@ -63,9 +63,14 @@ def test_every_card_source_renders_to_metadata_the_hub_accepts(path: Path) -> No
     assert f"# {source.title}\n" in text and source.repo_id in text
     assert ("model-index" in meta) == bool(source.benchmarks)
     assert ("[INST]" in text) == (source.kind == "instruct")
-    for section in ("## Prompt format", "## Usage", "BitsAndBytesConfig(load_in_4bit=True)",
-                    'attn_implementation="flash_attention_2"', f"MistralTokenizer.{source.tokenizer}()",
-                    "## Memory requirements"):
+    for section in (
+        "## Prompt format",
+        "## Usage",
+        "BitsAndBytesConfig(load_in_4bit=True)",
+        'attn_implementation="flash_attention_2"',
+        f"MistralTokenizer.{source.tokenizer}()",
+        "## Memory requirements",
+    ):
         assert section in text, section
 
 
@@ -111,9 +116,10 @@ def test_golden_model_index_holds_the_seed_card_values_line_for_line() -> None:
         pytest.skip("seed card not available")
     seed = SEED_8X22B.read_text(encoding="utf-8")
     start = seed.index("model-index:")
-    seed_lines = [line.strip() for line in seed[start:seed.index("\n---", start)].splitlines()]
-    golden_lines = [line.strip() for line in yaml.safe_dump({"model-index": _golden()}, sort_keys=False,
-                                                             width=1000).splitlines()]
+    seed_lines = [line.strip() for line in seed[start : seed.index("\n---", start)].splitlines()]
+    golden_lines = [
+        line.strip() for line in yaml.safe_dump({"model-index": _golden()}, sort_keys=False, width=1000).splitlines()
+    ]
     assert golden_lines == seed_lines
 
 
@@ -124,10 +130,29 @@ def test_8x22b_card_reads_back_the_published_model_index(tmp_path: Path, rendere
     name, expected = model_index_to_eval_results(_golden())
     assert card.data.model_name == name == "Mixtral-8x22B-v0.1"
     assert card.data.eval_results == expected
-    assert [(r.dataset_name, r.dataset_type, r.dataset_config, r.dataset_split, r.dataset_args["num_few_shot"],
-             r.metric_type, r.metric_name, r.metric_value) for r in card.data.eval_results] == [
-        ("AI2 Reasoning Challenge (25-Shot)", "ai2_arc", "ARC-Challenge", "test", 25, "acc_norm",
-         "normalized accuracy", 70.48),
+    assert [
+        (
+            r.dataset_name,
+            r.dataset_type,
+            r.dataset_config,
+            r.dataset_split,
+            r.dataset_args["num_few_shot"],
+            r.metric_type,
+            r.metric_name,
+            r.metric_value,
+        )
+        for r in card.data.eval_results
+    ] == [
+        (
+            "AI2 Reasoning Challenge (25-Shot)",
+            "ai2_arc",
+            "ARC-Challenge",
+            "test",
+            25,
+            "acc_norm",
+            "normalized accuracy",
+            70.48,
+        ),
         ("HellaSwag (10-Shot)", "hellaswag", None, "validation", 10, "acc_norm", "normalized accuracy", 88.73),
         ("MMLU (5-Shot)", "cais/mmlu", "all", "test", 5, "acc", "accuracy", 77.81),
         ("TruthfulQA (0-shot)", "truthful_qa", "multiple_choice", "validation", 0, "mc2", None, 51.08),
@@ -136,12 +161,15 @@ def test_8x22b_card_reads_back_the_published_model_index(tmp_path: Path, rendere
     ]
     url = "https://huggingface.co/spaces/HuggingFaceH4/open_llm_leaderboard?query=mistral-community/Mixtral-8x22B-v0.1"
     assert {(r.source_name, r.source_url, r.task_type, r.task_name) for r in card.data.eval_results} == {
-        ("Open LLM Leaderboard", url, "text-generation", "Text Generation")}
+        ("Open LLM Leaderboard", url, "text-generation", "Text Generation")
+    }
 
 
 def test_8x22b_card_has_the_leaderboard_table_with_its_average(rendered_8x22b: str) -> None:
     assert LEADERBOARD_TABLE in rendered_8x22b
-    heading = "## [Open LLM Leaderboard Evaluation Results](https://huggingface.co/spaces/HuggingFaceH4/open_llm_leaderboard)"
+    heading = (
+        "## [Open LLM Leaderboard Evaluation Results](https://huggingface.co/spaces/HuggingFaceH4/open_llm_leaderboard)"
+    )
     assert heading in rendered_8x22b
     assert "details_mistral-community__Mixtral-8x22B-v0.1" in rendered_8x22b
 
@@ -158,11 +186,19 @@ def _task(alias: str, **metrics: float) -> dict[str, Any]:
     return out
 
 
-def _config(task: str, path: str, name: str | None, *, test: str | None, validation: str | None,
-            shots: int) -> dict[str, Any]:
-    return {"task": task, "dataset_path": path, "dataset_name": name, "test_split": test,
-            "validation_split": validation, "num_fewshot": shots, "output_type": "multiple_choice",
-            "metadata": {"version": 1.0}}
+def _config(
+    task: str, path: str, name: str | None, *, test: str | None, validation: str | None, shots: int
+) -> dict[str, Any]:
+    return {
+        "task": task,
+        "dataset_path": path,
+        "dataset_name": name,
+        "test_split": test,
+        "validation_split": validation,
+        "num_fewshot": shots,
+        "output_type": "multiple_choice",
+        "metadata": {"version": 1.0},
+    }
 
 
 def write_lm_eval_results(folder: Path) -> Path:
@@ -183,21 +219,37 @@ def write_lm_eval_results(folder: Path) -> Path:
         "groups": {"mmlu": results["mmlu"]},
         "group_subtasks": {"mmlu": ["mmlu_abstract_algebra", "mmlu_anatomy"], "arc_challenge": [], "piqa": []},
         "configs": {
-            "arc_challenge": _config("arc_challenge", "allenai/ai2_arc", "ARC-Challenge", test="test",
-                                     validation="validation", shots=25),
+            "arc_challenge": _config(
+                "arc_challenge", "allenai/ai2_arc", "ARC-Challenge", test="test", validation="validation", shots=25
+            ),
             "hellaswag": _config("hellaswag", "Rowan/hellaswag", None, test=None, validation="validation", shots=10),
-            "mmlu_abstract_algebra": _config("mmlu_abstract_algebra", "hails/mmlu_no_train", "abstract_algebra",
-                                             test="test", validation="validation", shots=5),
-            "mmlu_anatomy": _config("mmlu_anatomy", "hails/mmlu_no_train", "anatomy", test="test",
-                                    validation="validation", shots=5),
-            "truthfulqa_mc2": _config("truthfulqa_mc2", "truthful_qa", "multiple_choice", test=None,
-                                      validation="validation", shots=0),
+            "mmlu_abstract_algebra": _config(
+                "mmlu_abstract_algebra",
+                "hails/mmlu_no_train",
+                "abstract_algebra",
+                test="test",
+                validation="validation",
+                shots=5,
+            ),
+            "mmlu_anatomy": _config(
+                "mmlu_anatomy", "hails/mmlu_no_train", "anatomy", test="test", validation="validation", shots=5
+            ),
+            "truthfulqa_mc2": _config(
+                "truthfulqa_mc2", "truthful_qa", "multiple_choice", test=None, validation="validation", shots=0
+            ),
             "gsm8k": _config("gsm8k", "gsm8k", "main", test="test", validation=None, shots=5),
             "piqa": _config("piqa", "baber/piqa", None, test=None, validation="validation", shots=0),
         },
         "versions": dict.fromkeys(results, 1.0),
-        "n-shot": {"arc_challenge": 25, "hellaswag": 10, "mmlu_abstract_algebra": 5, "mmlu_anatomy": 5,
-                   "truthfulqa_mc2": 0, "gsm8k": 5, "piqa": 0},
+        "n-shot": {
+            "arc_challenge": 25,
+            "hellaswag": 10,
+            "mmlu_abstract_algebra": 5,
+            "mmlu_anatomy": 5,
+            "truthfulqa_mc2": 0,
+            "gsm8k": 5,
+            "piqa": 0,
+        },
         "higher_is_better": {task: {"acc": True} for task in results},
         "n-samples": {"arc_challenge": {"original": 1172, "effective": 1172}},
         "config": {"model": "hf", "model_args": "pretrained=out/hf,dtype=bfloat16", "batch_size": "auto"},
@@ -215,19 +267,35 @@ def test_lm_eval_results_become_percent_benchmarks_with_datasets_and_shots(tmp_p
     run = load_lm_eval_results(write_lm_eval_results(tmp_path))
     assert run.label == "results_2024-05-01T10-00-00.123456.json (lm-evaluation-harness 0.4.2)"
     got = {b.name: b for b in run.benchmarks}
-    assert list(got) == ["AI2 Reasoning Challenge (25-shot)", "HellaSwag (10-shot)", "MMLU (5-shot)",
-                         "TruthfulQA (0-shot)", "GSM8k (5-shot)", "piqa (0-shot)"]  # MMLU subjects folded
+    assert list(got) == [
+        "AI2 Reasoning Challenge (25-shot)",
+        "HellaSwag (10-shot)",
+        "MMLU (5-shot)",
+        "TruthfulQA (0-shot)",
+        "GSM8k (5-shot)",
+        "piqa (0-shot)",
+    ]  # MMLU subjects folded
     arc = got["AI2 Reasoning Challenge (25-shot)"]
     assert (arc.dataset_type, arc.dataset_config, arc.dataset_split, arc.num_few_shot) == (
-        "allenai/ai2_arc", "ARC-Challenge", "test", 25)
+        "allenai/ai2_arc",
+        "ARC-Challenge",
+        "test",
+        25,
+    )
     assert arc.metrics == (Metric("acc_norm", 71.25, "normalized accuracy"), Metric("acc", 68.34, "accuracy"))
     mmlu = got["MMLU (5-shot)"]
     assert (mmlu.dataset_type, mmlu.dataset_config, mmlu.dataset_split, mmlu.metrics) == (
-        "cais/mmlu", "all", "test", (Metric("acc", 78.12, "accuracy"),))
+        "cais/mmlu",
+        "all",
+        "test",
+        (Metric("acc", 78.12, "accuracy"),),
+    )
     assert got["HellaSwag (10-shot)"].dataset_split == "validation"
     assert got["TruthfulQA (0-shot)"].metrics == (Metric("mc2", 51.23, None),)
-    assert got["GSM8k (5-shot)"].metrics == (Metric("exact_match", 76.04, "exact match (strict-match)"),
-                                             Metric("exact_match", 76.61, "exact match (flexible-extract)"))
+    assert got["GSM8k (5-shot)"].metrics == (
+        Metric("exact_match", 76.04, "exact match (strict-match)"),
+        Metric("exact_match", 76.61, "exact match (flexible-extract)"),
+    )
     assert all(b.source_name is None and b.task_type == "text-generation" for b in run.benchmarks)
 
 
@@ -239,17 +307,30 @@ def test_imported_results_override_the_card_values_for_the_same_benchmark(tmp_pa
     assert result.stdout == f"{out}\n"
     index = metadata_load(out)["model-index"][0]["results"]
     by_name = {entry["dataset"]["name"]: entry for entry in index}
-    assert list(by_name) == ["AI2 Reasoning Challenge (25-Shot)", "HellaSwag (10-Shot)", "MMLU (5-Shot)",
-                             "TruthfulQA (0-shot)", "Winogrande (5-shot)", "GSM8k (5-shot)", "piqa (0-shot)"]
+    assert list(by_name) == [
+        "AI2 Reasoning Challenge (25-Shot)",
+        "HellaSwag (10-Shot)",
+        "MMLU (5-Shot)",
+        "TruthfulQA (0-shot)",
+        "Winogrande (5-shot)",
+        "GSM8k (5-shot)",
+        "piqa (0-shot)",
+    ]
     arc = by_name["AI2 Reasoning Challenge (25-Shot)"]
     assert arc["dataset"]["type"] == "ai2_arc" and "source" not in arc  # card's names kept, measured values
-    assert arc["metrics"] == [{"type": "acc_norm", "value": 71.25, "name": "normalized accuracy"},
-                              {"type": "acc", "value": 68.34, "name": "accuracy"}]
+    assert arc["metrics"] == [
+        {"type": "acc_norm", "value": 71.25, "name": "normalized accuracy"},
+        {"type": "acc", "value": 68.34, "name": "accuracy"},
+    ]
     assert by_name["TruthfulQA (0-shot)"]["metrics"] == [{"type": "mc2", "value": 51.23}]
     assert by_name["Winogrande (5-shot)"]["metrics"][0]["value"] == 84.53  # not measured: published value kept
     assert by_name["Winogrande (5-shot)"]["source"]["name"] == "Open LLM Leaderboard"
-    assert by_name["piqa (0-shot)"]["dataset"] == {"name": "piqa (0-shot)", "type": "baber/piqa",
-                                                   "split": "validation", "args": {"num_few_shot": 0}}
+    assert by_name["piqa (0-shot)"]["dataset"] == {
+        "name": "piqa (0-shot)",
+        "type": "baber/piqa",
+        "split": "validation",
+        "args": {"num_few_shot": 0},
+    }
     text = out.read_text(encoding="utf-8")
     assert "Measured with lm-evaluation-harness: results_2024-05-01T10-00-00.123456.json" in text
     assert "|Winogrande(5-shot)|84.53|" in text.replace(" ", "")
@@ -271,7 +352,8 @@ def test_benchmarks_that_huggingface_hub_would_merge_are_refused() -> None:
     assert str(info.value) == (
         "results: 'MMLU (5-shot)' and 'MMLU (0-shot)' share task, dataset, config and split "
         "('text-generation', 'cais/mmlu', 'all', 'test'); a model-index cannot keep both "
-        "(use a different dataset config or drop one)")
+        "(use a different dataset config or drop one)"
+    )
 
 
 # --- Hub metadata rules -------------------------------------------------------------------------------------
@@ -279,9 +361,15 @@ def test_benchmarks_that_huggingface_hub_would_merge_are_refused() -> None:
 
 def _valid_meta() -> dict[str, Any]:
     return {
-        "license": "apache-2.0", "language": ["fr", "en"], "tags": ["moe"], "pipeline_tag": "text-generation",
-        "library_name": "transformers", "base_model": "mistral-community/Mixtral-8x7B-v0.1",
-        "base_model_relation": "finetune", "datasets": ["org/data"], "widget": [{"text": "Hello"}],
+        "license": "apache-2.0",
+        "language": ["fr", "en"],
+        "tags": ["moe"],
+        "pipeline_tag": "text-generation",
+        "library_name": "transformers",
+        "base_model": "mistral-community/Mixtral-8x7B-v0.1",
+        "base_model_relation": "finetune",
+        "datasets": ["org/data"],
+        "widget": [{"text": "Hello"}],
         "model-index": _golden(),
     }
 
@@ -291,36 +379,72 @@ def _result0(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 RULES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
-    ("config-int", lambda m: _result0(m)["dataset"].update(config=2019),
-     "model-index[0].results[0].dataset.config must be a string, got 2019"),
+    (
+        "config-int",
+        lambda m: _result0(m)["dataset"].update(config=2019),
+        "model-index[0].results[0].dataset.config must be a string, got 2019",
+    ),
     ("license-other", lambda m: m.update(license="other"), "license 'other' needs license_name and license_link"),
-    ("license-unknown", lambda m: m.update(license="Apache 2.0"),
-     "license must be a Hub license id such as 'apache-2.0' or 'other', got 'Apache 2.0'"),
-    ("license-name", lambda m: m.update(license="other", license_name="My License", license_link="LICENSE"),
-     "license_name must be a lowercase id like 'my-license-1.0', got 'My License'"),
-    ("relation", lambda m: m.update(base_model_relation="fine-tune"),
-     "base_model_relation must be one of adapter, finetune, merge, quantized, got 'fine-tune'"),
+    (
+        "license-unknown",
+        lambda m: m.update(license="Apache 2.0"),
+        "license must be a Hub license id such as 'apache-2.0' or 'other', got 'Apache 2.0'",
+    ),
+    (
+        "license-name",
+        lambda m: m.update(license="other", license_name="My License", license_link="LICENSE"),
+        "license_name must be a lowercase id like 'my-license-1.0', got 'My License'",
+    ),
+    (
+        "relation",
+        lambda m: m.update(base_model_relation="fine-tune"),
+        "base_model_relation must be one of adapter, finetune, merge, quantized, got 'fine-tune'",
+    ),
     ("relation-alone", lambda m: m.pop("base_model"), "base_model_relation 'finetune' needs base_model"),
-    ("base-model-id", lambda m: m.update(base_model="Mixtral 8x7B"),
-     "base_model must be a Hub model id like 'owner/name', got 'Mixtral 8x7B'"),
-    ("source-name", lambda m: _result0(m)["source"].pop("url"),
-     "model-index[0].results[0].source.name needs model-index[0].results[0].source.url"),
-    ("language", lambda m: m.update(language=["fr", "English"]),
-     "language[1] must be an ISO 639-1/2/3 code (2 or 3 lowercase letters) or 'code'/'multilingual', got 'English'"),
-    ("language-norway", lambda m: m.update(language=[False]),
-     "language[0] must be an ISO 639-1/2/3 code (2 or 3 lowercase letters) or 'code'/'multilingual', got False "
-     "(YAML reads an unquoted no/yes/on/off as a boolean: quote it)"),
-    ("pipeline", lambda m: m.update(pipeline_tag="text_generation"),
-     "pipeline_tag must be a Hub pipeline type such as 'text-generation', got 'text_generation'"),
+    (
+        "base-model-id",
+        lambda m: m.update(base_model="Mixtral 8x7B"),
+        "base_model must be a Hub model id like 'owner/name', got 'Mixtral 8x7B'",
+    ),
+    (
+        "source-name",
+        lambda m: _result0(m)["source"].pop("url"),
+        "model-index[0].results[0].source.name needs model-index[0].results[0].source.url",
+    ),
+    (
+        "language",
+        lambda m: m.update(language=["fr", "English"]),
+        "language[1] must be an ISO 639-1/2/3 code (2 or 3 lowercase letters) or 'code'/'multilingual', got 'English'",
+    ),
+    (
+        "language-norway",
+        lambda m: m.update(language=[False]),
+        "language[0] must be an ISO 639-1/2/3 code (2 or 3 lowercase letters) or 'code'/'multilingual', got False "
+        "(YAML reads an unquoted no/yes/on/off as a boolean: quote it)",
+    ),
+    (
+        "pipeline",
+        lambda m: m.update(pipeline_tag="text_generation"),
+        "pipeline_tag must be a Hub pipeline type such as 'text-generation', got 'text_generation'",
+    ),
     ("widget", lambda m: m.update(widget={"text": "Hello"}), "widget must be an array, got {'text': 'Hello'}"),
     ("tags", lambda m: m.update(tags=["moe", 3]), "tags[1] must be a non-empty string, got 3"),
     ("tags-string", lambda m: m.update(tags="moe"), "tags must be an array of strings, got 'moe'"),
-    ("metric-nan", lambda m: _result0(m)["metrics"][0].update(value=math.nan),
-     "model-index[0].results[0].metrics[0].value must be a finite number or a string, got nan"),
-    ("dataset-type", lambda m: _result0(m)["dataset"].pop("type"),
-     "model-index[0].results[0].dataset.type is required"),
-    ("metrics-empty", lambda m: _result0(m).update(metrics=[]),
-     "model-index[0].results[0].metrics must be a non-empty array, got []"),
+    (
+        "metric-nan",
+        lambda m: _result0(m)["metrics"][0].update(value=math.nan),
+        "model-index[0].results[0].metrics[0].value must be a finite number or a string, got nan",
+    ),
+    (
+        "dataset-type",
+        lambda m: _result0(m)["dataset"].pop("type"),
+        "model-index[0].results[0].dataset.type is required",
+    ),
+    (
+        "metrics-empty",
+        lambda m: _result0(m).update(metrics=[]),
+        "model-index[0].results[0].metrics must be a non-empty array, got []",
+    ),
 ]
 
 
@@ -338,8 +462,9 @@ def test_every_problem_is_reported_on_one_line() -> None:
     meta = _valid_meta() | {"license": "other", "widget": "hi"}
     with pytest.raises(CardError) as info:
         validate_metadata(meta)
-    assert str(info.value) == ("card metadata: license 'other' needs license_name and license_link; "
-                               "widget must be an array, got 'hi'")
+    assert str(info.value) == (
+        "card metadata: license 'other' needs license_name and license_link; widget must be an array, got 'hi'"
+    )
 
 
 def test_a_card_source_with_a_numeric_config_fails_before_anything_is_written(tmp_path: Path, run_cli) -> None:
@@ -374,25 +499,47 @@ def write_tiny_hf_model(folder: Path, *, chat_template: str | None = None) -> in
     """A 1-layer Mixtral in HF layout (4 experts, top-2); returns its parameter count."""
     hidden, inter, vocab, heads, kv_heads, head_dim, experts = 8, 12, 16, 2, 1, 4, 4
     folder.mkdir(parents=True)
-    config = {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": hidden,
-              "intermediate_size": inter, "num_hidden_layers": 1, "num_attention_heads": heads,
-              "num_key_value_heads": kv_heads, "head_dim": head_dim, "rms_norm_eps": 1e-5, "vocab_size": vocab,
-              "rope_theta": 1e6, "max_position_embeddings": 64, "sliding_window": None,
-              "num_local_experts": experts, "num_experts_per_tok": 2, "tie_word_embeddings": False,
-              "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2}
+    config = {
+        "architectures": ["MixtralForCausalLM"],
+        "model_type": "mixtral",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": 1,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": vocab,
+        "rope_theta": 1e6,
+        "max_position_embeddings": 64,
+        "sliding_window": None,
+        "num_local_experts": experts,
+        "num_experts_per_tok": 2,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,),
-              "lm_head.weight": (vocab, hidden), "model.layers.0.input_layernorm.weight": (hidden,),
-              "model.layers.0.post_attention_layernorm.weight": (hidden,),
-              "model.layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
-              "model.layers.0.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
-              "model.layers.0.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
-              "model.layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
-              "model.layers.0.block_sparse_moe.gate.weight": (experts, hidden)}
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+        "model.layers.0.input_layernorm.weight": (hidden,),
+        "model.layers.0.post_attention_layernorm.weight": (hidden,),
+        "model.layers.0.self_attn.q_proj.weight": (heads * head_dim, hidden),
+        "model.layers.0.self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+        "model.layers.0.self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+        "model.layers.0.self_attn.o_proj.weight": (hidden, heads * head_dim),
+        "model.layers.0.block_sparse_moe.gate.weight": (experts, hidden),
+    }
     for e in range(experts):
         prefix = f"model.layers.0.block_sparse_moe.experts.{e}."
-        shapes |= {prefix + "w1.weight": (inter, hidden), prefix + "w2.weight": (hidden, inter),
-                   prefix + "w3.weight": (inter, hidden)}
+        shapes |= {
+            prefix + "w1.weight": (inter, hidden),
+            prefix + "w2.weight": (hidden, inter),
+            prefix + "w3.weight": (inter, hidden),
+        }
     tensors = {name: torch.full(shape, 0.5, dtype=torch.bfloat16) for name, shape in shapes.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     tokenizer_config: dict[str, Any] = {"bos_token": {"content": "<s>", "special": True}, "eos_token": "</s>"}
@@ -402,8 +549,10 @@ def write_tiny_hf_model(folder: Path, *, chat_template: str | None = None) -> in
     return sum(t.numel() for t in tensors.values())
 
 
-V1_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-               "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+V1_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
 
 
 def test_memory_table_uses_the_real_parameter_count_of_the_model(tmp_path: Path) -> None:
@@ -417,15 +566,20 @@ def test_memory_table_uses_the_real_parameter_count_of_the_model(tmp_path: Path)
     assert "| 4-bit (bitsandbytes) | 0.5 | 828 B (828 B) |" in text
     assert "Computed from 1,656 parameters counted in the safetensors headers of the converted model." in text
     assert "1.66K (1,656), 1.08K active per token" in text
-    assert ("The chat template shipped in `tokenizer_config.json` renders the conversation of the usage example below "
-            "as:\n\n"
-            "```\n<s>[INST] What is your favourite condiment? [/INST]Well, I'm quite partial") in text
+    assert (
+        "The chat template shipped in `tokenizer_config.json` renders the conversation of the usage example below "
+        "as:\n\n"
+        "```\n<s>[INST] What is your favourite condiment? [/INST]Well, I'm quite partial"
+    ) in text
     assert "</s>[INST] Do you have mayonnaise recipes? [/INST]\n```" in text
 
 
 def test_memory_table_without_a_model_uses_the_card_source_count() -> None:
     assert [row["size"] for row in memory_rows(46_702_792_704)] == [
-        "93.4 GB (87.0 GiB)", "46.7 GB (43.5 GiB)", "23.4 GB (21.7 GiB)"]
+        "93.4 GB (87.0 GiB)",
+        "46.7 GB (43.5 GiB)",
+        "23.4 GB (21.7 GiB)",
+    ]
     text = render_card(load_card_source(ROOT / "cards" / "mixtral-8x7b-v0.1.md"))
     assert "Computed from 46,702,792,704 parameters as stated by the release." in text
     assert "12.9B active per token" in text
@@ -443,8 +597,11 @@ def test_chat_template_jinja_file_wins_over_tokenizer_config(tmp_path: Path) -> 
 def test_a_chat_template_that_fails_is_a_card_error(tmp_path: Path) -> None:
     write_tiny_hf_model(tmp_path / "hf", chat_template="{{ raise_exception('Conversation roles must alternate') }}")
     facts = read_model_facts(tmp_path / "hf")
-    with pytest.raises(CardError, match=r"tokenizer_config.json: chat template fails on the example conversation "
-                                        r"\(Conversation roles must alternate\)"):
+    with pytest.raises(
+        CardError,
+        match=r"tokenizer_config.json: chat template fails on the example conversation "
+        r"\(Conversation roles must alternate\)",
+    ):
         render_card(load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md"), model=facts)
 
 
@@ -452,30 +609,55 @@ def test_a_chat_template_that_fails_is_a_card_error(tmp_path: Path) -> None:
 
 
 def test_verify_summary_appears_with_report(tmp_path: Path, run_cli) -> None:
-    report = {"passed": True, "hubtools_version": "0.1.0", "checks": {
-        "structure": {"passed": True, "problems": [], "notes": []},
-        "tensors": {"passed": True, "compared": 995, "mismatched": []},
-        "tokenizer": {"passed": True, "agreement": 1.0, "sequences": 200},
-        "logits": {"passed": True, "dtype": "float32", "max_abs_dlogit": 3.1e-06, "nmse": 1.2e-12,
-                   "mean_kl": 2.0e-10, "max_kl": 4.5e-09, "top1_agreement": 1.0, "tokens": 512}}}
+    report = {
+        "passed": True,
+        "hubtools_version": "0.1.0",
+        "checks": {
+            "structure": {"passed": True, "problems": [], "notes": []},
+            "tensors": {"passed": True, "compared": 995, "mismatched": []},
+            "tokenizer": {"passed": True, "agreement": 1.0, "sequences": 200},
+            "logits": {
+                "passed": True,
+                "dtype": "float32",
+                "max_abs_dlogit": 3.1e-06,
+                "nmse": 1.2e-12,
+                "mean_kl": 2.0e-10,
+                "max_kl": 4.5e-09,
+                "top1_agreement": 1.0,
+                "tokens": 512,
+            },
+        },
+    }
     path = tmp_path / "verify.json"
     path.write_text(json.dumps(report), encoding="utf-8")
     out = tmp_path / "README.md"
     assert run_cli("card", CARD_8X22B, "-o", out, "--report", path).exit_code == 0
     text = out.read_text(encoding="utf-8")
-    assert ("`hubtools verify` (hubtools 0.1.0) compared this conversion with the original checkpoint: **passed**."
-            in text)
+    assert (
+        "`hubtools verify` (hubtools 0.1.0) compared this conversion with the original checkpoint: **passed**." in text
+    )
     assert "| tensors | passed | 995 tensors compared, 0 mismatched |" in text
     assert "| tokenizer | passed | 100.00% agreement over 200 sequences |" in text
-    assert ("| logits | passed | dtype float32, max abs dlogit 3.1e-06, NMSE 1.2e-12, mean KL 2e-10, max KL 4.5e-09, "
-            "top-1 agreement 100.00%, on 512 tokens |") in text
+    assert (
+        "| logits | passed | dtype float32, max abs dlogit 3.1e-06, NMSE 1.2e-12, mean KL 2e-10, max KL 4.5e-09, "
+        "top-1 agreement 100.00%, on 512 tokens |"
+    ) in text
     assert "## Conversion check" not in render_card(load_card_source(CARD_8X22B))
 
 
 def test_verify_summary_tolerates_missing_keys(tmp_path: Path) -> None:
     path = tmp_path / "verify.json"
-    path.write_text(json.dumps({"passed": False, "checks": {
-        "logits": {"passed": None, "skipped": "--no-logits"}, "tensors": {"passed": False, "mismatched": ["a"]}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "passed": False,
+                "checks": {
+                    "logits": {"passed": None, "skipped": "--no-logits"},
+                    "tensors": {"passed": False, "mismatched": ["a"]},
+                },
+            }
+        )
+    )
     text = render_card(load_card_source(CARD_8X22B), report=load_report(path))
     assert "compared this conversion with the original checkpoint: **FAILED**." in text
     assert "| tensors | FAILED |  |\n| logits | not run | skipped: --no-logits |" in text

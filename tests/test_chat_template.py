@@ -11,6 +11,8 @@ from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
+from hubtools.errors import ChatTemplateError
+from hubtools.testing import TOKENIZERS, mistral_common_data
 from hubtools.tokenization.chat_template import (
     TEMPLATE_MARKER,
     build_chat_template,
@@ -18,15 +20,17 @@ from hubtools.tokenization.chat_template import (
     mistral_template,
     template_flavour,
 )
-from hubtools.errors import ChatTemplateError
-from hubtools.testing import TOKENIZERS, mistral_common_data
 from hubtools.tokenization.files import write_hf_tokenizer
 from hubtools.tokenization.parity import hf_chat_ids
 
 DATA = mistral_common_data()
 NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7")}  # the files mistral-common ships
-SYSTEM_CHAT: list[dict[str, Any]] = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "a"},
-               {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+SYSTEM_CHAT: list[dict[str, Any]] = [
+    {"role": "system", "content": "SYS"},
+    {"role": "user", "content": "a"},
+    {"role": "assistant", "content": "b"},
+    {"role": "user", "content": "c"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +74,17 @@ def test_templates_exist_only_for_known_versions() -> None:
     assert build_chat_template("none", "v3", spm=True) is None
 
 
-@pytest.mark.parametrize(("version", "expected"), [
-    ("v1", "<s>▁[INST]▁SYS<0x0A><0x0A>a▁[/INST]▁b</s>▁[INST]▁c▁[/INST]"),
-    ("v3", "<s>[INST]▁a[/INST]▁b</s>[INST]▁SYS<0x0A><0x0A>c[/INST]"),
-    ("v7", "<s>[SYSTEM_PROMPT]▁SYS[/SYSTEM_PROMPT][INST]▁a[/INST]▁b</s>[INST]▁c[/INST]"),
-])
-def test_system_prompt_placement_follows_the_tokenizer_version(toks: dict[str, Any], version: str,
-                                                              expected: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("v1", "<s>▁[INST]▁SYS<0x0A><0x0A>a▁[/INST]▁b</s>▁[INST]▁c▁[/INST]"),
+        ("v3", "<s>[INST]▁a[/INST]▁b</s>[INST]▁SYS<0x0A><0x0A>c[/INST]"),
+        ("v7", "<s>[SYSTEM_PROMPT]▁SYS[/SYSTEM_PROMPT][INST]▁a[/INST]▁b</s>[INST]▁c[/INST]"),
+    ],
+)
+def test_system_prompt_placement_follows_the_tokenizer_version(
+    toks: dict[str, Any], version: str, expected: str
+) -> None:
     ids = hf_chat_ids(toks[version], SYSTEM_CHAT)
     assert ids == _reference(version, SYSTEM_CHAT)
     assert _pieces(version, ids) == expected
@@ -84,10 +92,14 @@ def test_system_prompt_placement_follows_the_tokenizer_version(toks: dict[str, A
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])
 def test_consecutive_messages_of_a_role_are_merged(toks: dict[str, Any], version: str) -> None:
-    messages: list[dict[str, Any]] = [{"role": "user", "content": "one"}, {"role": "user", "content": ""},
-                {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "three"}]},
-                {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"},
-                {"role": "user", "content": "z"}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "one"},
+        {"role": "user", "content": ""},
+        {"role": "user", "content": [{"type": "text", "text": "two"}, {"type": "text", "text": "three"}]},
+        {"role": "assistant", "content": "x"},
+        {"role": "assistant", "content": "y"},
+        {"role": "user", "content": "z"},
+    ]
     ids = hf_chat_ids(toks[version], messages)
     assert ids == _reference(version, messages)
     assert "one<0x0A><0x0A>two<0x0A><0x0A>three" in _pieces(version, ids)
@@ -95,28 +107,45 @@ def test_consecutive_messages_of_a_role_are_merged(toks: dict[str, Any], version
 
 @pytest.mark.parametrize(("version", "kept"), [("v1", True), ("v3", False), ("v7", False)])
 def test_assistant_text_is_right_stripped_from_v2_on(toks: dict[str, Any], version: str, kept: bool) -> None:
-    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a   "},
-                {"role": "user", "content": "r"}]
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a   "},
+        {"role": "user", "content": "r"},
+    ]
     ids = hf_chat_ids(toks[version], messages)
     assert ids == _reference(version, messages)
     assert ("a▁▁▁</s>" in _pieces(version, ids)) is kept
 
 
-@pytest.mark.parametrize(("messages", "message"), [
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-      {"role": "system", "content": "late"}, {"role": "user", "content": "u"}],
-     "Unexpected role 'system' after role 'assistant'"),
-    ([{"role": "assistant", "content": "a"}], "must be a user or system message"),
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-     "last message must be a user \\(or system\\) message"),
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "u"}],
-     "assistant message must have content"),
-    ([{"role": "critic", "content": "q"}, {"role": "user", "content": "u"}], "Unknown role 'critic'"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "Only text chunks"),
-])
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        (
+            [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+                {"role": "system", "content": "late"},
+                {"role": "user", "content": "u"},
+            ],
+            "Unexpected role 'system' after role 'assistant'",
+        ),
+        ([{"role": "assistant", "content": "a"}], "must be a user or system message"),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+            "last message must be a user \\(or system\\) message",
+        ),
+        (
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "u"}],
+            "assistant message must have content",
+        ),
+        ([{"role": "critic", "content": "q"}, {"role": "user", "content": "u"}], "Unknown role 'critic'"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "Only text chunks"),
+    ],
+)
 @pytest.mark.parametrize("version", ["v1", "v7"])
 def test_conversations_mistral_common_rejects_raise_a_chat_template_error(
-        toks: dict[str, Any], version: str, messages: list[dict[str, Any]], message: str) -> None:
+    toks: dict[str, Any], version: str, messages: list[dict[str, Any]], message: str
+) -> None:
     with pytest.raises(Exception):  # noqa: B017 - the reference rejects it, whatever its exception type
         _reference(version, messages)
     with pytest.raises(ChatTemplateError, match=f"conversation rejected by the chat template: .*{message}"):
@@ -125,15 +154,19 @@ def test_conversations_mistral_common_rejects_raise_a_chat_template_error(
 
 def test_tool_calls_are_refused_rather_than_rendered_wrongly(toks: dict[str, Any]) -> None:
     call = {"id": "abcdefghi", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages: list[dict[str, Any]] = [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [call]},
-                                      {"role": "tool", "tool_call_id": "abcdefghi", "content": "1"}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "abcdefghi", "content": "1"},
+    ]
     with pytest.raises(ChatTemplateError, match="Tool calls and tool results are not supported"):
         hf_chat_ids(toks["v3"], messages)
 
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])
-def test_without_a_generation_prompt_a_final_assistant_turn_renders_like_finetuning(toks: dict[str, Any],
-                                                                                      version: str) -> None:
+def test_without_a_generation_prompt_a_final_assistant_turn_renders_like_finetuning(
+    toks: dict[str, Any], version: str
+) -> None:
     messages = [*SYSTEM_CHAT, {"role": "assistant", "content": "final "}]
     ids = toks[version].apply_chat_template(messages, tokenize=True, add_generation_prompt=False, return_dict=False)
     assert ids == _reference(version, messages, ValidationMode.finetuning)
@@ -143,7 +176,8 @@ def test_chatml_renders_bos_then_chatml_text(toks: dict[str, Any]) -> None:
     tok = toks["chatml"]
     messages = [{"role": "system", "content": "You are DiscoLM."}, {"role": "user", "content": "Hi"}]
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == ("<s><|im_start|>system\nYou are DiscoLM.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<s><|im_start|>system\nYou are DiscoLM.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     raw = MistralTokenizer.from_file(str(NATIVE["v1"])).instruct_tokenizer.tokenizer
     assert hf_chat_ids(tok, messages) == raw.encode(text.removeprefix("<s>"), bos=True, eos=False)

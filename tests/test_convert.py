@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubtools.converter import convert
 from hubtools.checkpoint.reader import open_checkpoint
-from hubtools.testing import LAYOUTS, synthetic_tensors, tiny_params
+from hubtools.converter import convert
 from hubtools.model.transforms import interleaved_to_half
+from hubtools.testing import LAYOUTS, synthetic_tensors, tiny_params
 
 
 def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
@@ -70,8 +70,9 @@ def test_conversion_is_deterministic(make_native: Callable[..., Path], tmp_path:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
-def test_untouched_tensors_are_byte_copies_and_qk_are_permuted(make_native: Callable[..., Path],
-                                                                tmp_path: Path) -> None:
+def test_untouched_tensors_are_byte_copies_and_qk_are_permuted(
+    make_native: Callable[..., Path], tmp_path: Path
+) -> None:
     params = tiny_params(n_heads=4, n_kv_heads=1)
     native = make_native(params=params, tokenizer=None)
     result = convert(native, tmp_path / "hf")
@@ -92,8 +93,9 @@ def test_dtype_cast_and_config(make_native: Callable[..., Path], tmp_path: Path)
 
 
 @pytest.mark.parametrize("moe", [True, False])
-def test_transformers_loads_the_output_and_matches_the_expected_weights(make_native: Callable[..., Path],
-                                                                         tmp_path: Path, moe: bool) -> None:
+def test_transformers_loads_the_output_and_matches_the_expected_weights(
+    make_native: Callable[..., Path], tmp_path: Path, moe: bool
+) -> None:
     from transformers import AutoModelForCausalLM
 
     native = make_native(params=tiny_params(moe=moe), tokenizer=None)
@@ -106,14 +108,14 @@ def test_transformers_loads_the_output_and_matches_the_expected_weights(make_nat
     assert model(torch.tensor([[1, 5, 9]])).logits.shape == (1, 3, 32000)
 
 
-def test_to_native_splits_above_the_shard_size_and_reads_back(make_native: Callable[..., Path],
-                                                              tmp_path: Path) -> None:
+def test_to_native_splits_above_the_shard_size_and_reads_back(make_native: Callable[..., Path], tmp_path: Path) -> None:
     native = make_native(tokenizer="v3", params=tiny_params(vocab_size=32768))
     convert(native, tmp_path / "hf")
     result = convert(tmp_path / "hf", tmp_path / "back", to="native", max_shard_size=3_000_000)
     shards = sorted(p.name for p in (tmp_path / "back").glob("consolidated*.safetensors"))
-    assert len(shards) > 1 and shards == [f"consolidated-{i:05d}-of-{len(shards):05d}.safetensors"
-                                          for i in range(1, len(shards) + 1)]
+    assert len(shards) > 1 and shards == [
+        f"consolidated-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)
+    ]
     assert set(result.files) >= {"params.json", "tokenizer.model.v3", *shards}
     original, back = tensors_of(native), tensors_of(tmp_path / "back")
     assert all(same_bytes(original[n], back[n]) for n in original)
@@ -138,10 +140,12 @@ def test_converting_without_a_cast_never_imports_torch(make_native: Callable[...
     import sys
 
     native = make_native(layout="pth-split", tokenizer="v1")
-    script = (f"import sys; from hubtools.converter import convert; from pathlib import Path; "
-              f"convert(Path({str(native)!r}), Path({str(tmp_path / 'hf')!r})); "
-              f"from hubtools.inspection import summarize; summarize(Path({str(tmp_path / 'hf')!r})); "
-              "print('torch' in sys.modules)")
+    script = (
+        f"import sys; from hubtools.converter import convert; from pathlib import Path; "
+        f"convert(Path({str(native)!r}), Path({str(tmp_path / 'hf')!r})); "
+        f"from hubtools.inspection import summarize; summarize(Path({str(tmp_path / 'hf')!r})); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
     original, converted = tensors_of(native), tensors_of(tmp_path / "hf")

@@ -12,10 +12,16 @@ def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp
     result = run_cli("demo", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for step in ("1. wrote a tiny native Mixtral", "2. converted to the HF layout",
-                 "3. transformers MixtralForCausalLM",
-                 "bit-exact for all 41 tensors", "4. verified", "PASSED", "5. rendered the model card",
-                 "6. publish plan (dry run"):
+    for step in (
+        "1. wrote a tiny native Mixtral",
+        "2. converted to the HF layout",
+        "3. transformers MixtralForCausalLM",
+        "bit-exact for all 41 tensors",
+        "4. verified",
+        "PASSED",
+        "5. rendered the model card",
+        "6. publish plan (dry run",
+    ):
         assert step in out, step
     assert (tmp_path / "demo" / "hf" / "README.md").read_text().startswith("---")
     again = run_cli("demo", tmp_path / "demo")  # its own folder: re-running needs no --force

@@ -35,14 +35,20 @@ def test_missing_params_json(make_native: Callable[..., Path], run_cli: RunCli, 
     nothing_left(tmp_path / "out")
 
 
-@pytest.mark.parametrize("content,fragment", [
-    ("{not json", "not valid JSON"),
-    ('{"dim": 64}', "missing required field(s) n_layers, n_heads, norm_eps, vocab_size"),
-    ('{"dim": 64, "n_layers": "2", "n_heads": 4, "norm_eps": 1e-5, "vocab_size": 32000, "hidden_dim": 128}',
-     "field 'n_layers' must be a positive integer, got '2'"),
-])
-def test_invalid_params_json(make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path,
-                             content: str, fragment: str) -> None:
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"dim": 64}', "missing required field(s) n_layers, n_heads, norm_eps, vocab_size"),
+        (
+            '{"dim": 64, "n_layers": "2", "n_heads": 4, "norm_eps": 1e-5, "vocab_size": 32000, "hidden_dim": 128}',
+            "field 'n_layers' must be a positive integer, got '2'",
+        ),
+    ],
+)
+def test_invalid_params_json(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path, content: str, fragment: str
+) -> None:
     src = make_native(tokenizer=None)
     (src / "params.json").write_text(content)
     assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "params.json", fragment)
@@ -53,8 +59,12 @@ def test_params_inconsistent_with_shapes(make_native: Callable[..., Path], run_c
     params = json.loads((src / "params.json").read_text())
     params["n_kv_heads"] = 4
     (src / "params.json").write_text(json.dumps(params))
-    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "'layers.0.attention.wk.weight'",
-                          "shape [32, 64]", "implies [64, 64]")
+    assert_one_line_error(
+        run_cli("convert", src, tmp_path / "out"),
+        "'layers.0.attention.wk.weight'",
+        "shape [32, 64]",
+        "implies [64, 64]",
+    )
 
 
 def _rewrite_safetensors(src: Path, edit: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> None:
@@ -112,15 +122,17 @@ def test_truncated_pth_and_missing_split(make_native: Callable[..., Path], run_c
     assert_one_line_error(run_cli("convert", split, tmp_path / "out"), "missing -split2")
 
 
-def test_ambiguous_folder_with_two_weight_formats(make_native: Callable[..., Path], run_cli: RunCli,
-                                                  tmp_path: Path) -> None:
+def test_ambiguous_folder_with_two_weight_formats(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
     src = make_native(tokenizer=None)
     torch.save({"x": torch.zeros(1)}, src / "consolidated.00.pth")
     assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "ambiguous", "safetensors and pth")
 
 
-def test_pickle_carrying_code_is_refused_and_never_run(make_native: Callable[..., Path], run_cli: RunCli,
-                                                       tmp_path: Path) -> None:
+def test_pickle_carrying_code_is_refused_and_never_run(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
     src = make_native("evil", layout="pth", tokenizer=None)
     marker = tmp_path / "pwned"
 
@@ -164,19 +176,23 @@ def test_interrupted_conversion_leaves_nothing(make_native: Callable[..., Path],
 
 
 def _run_limited(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path) -> None:
     src = make_native(tokenizer=None)
-    result = _run_limited(f"""
+    result = _run_limited(
+        f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
         from hubtools.cli import main
         sys.argv = ["hubtools", "convert", {str(src)!r}, {str(tmp_path / "out")!r}, "--quiet"]
         main()
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "write failed" in lines[0], result.stderr
@@ -207,8 +223,12 @@ def test_sigint_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path)
 def test_debug_shows_the_traceback(make_native: Callable[..., Path], tmp_path: Path) -> None:
     src = make_native(tokenizer=None)
     (src / "params.json").unlink()
-    result = subprocess.run([sys.executable, "-m", "hubtools.cli", "--debug", "convert", str(src),
-                             str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "hubtools.cli", "--debug", "convert", str(src), str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr and "ParamsError" in result.stderr
 
 
@@ -217,20 +237,18 @@ def test_destination_inside_source_is_refused(make_native: Callable[..., Path], 
     assert_one_line_error(run_cli("convert", src, src / "hf"), "inside it")
 
 
-def test_tokenizer_vocab_must_match_the_embedding(make_native: Callable[..., Path], run_cli: RunCli,
-                                                  tmp_path: Path) -> None:
+def test_tokenizer_vocab_must_match_the_embedding(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
     src = make_native(tokenizer="v3")  # 32768-token tokenizer beside a 32000-row embedding
-    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "tokenizer.model.v3", "32768 tokens",
-                          "32000 rows")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "tokenizer.model.v3", "32768 tokens", "32000 rows")
 
 
 def test_header_only_helper_builds_valid_files(tmp_path: Path) -> None:
     from safetensors import safe_open
 
     header = build_header([("a", torch.bfloat16, (2, 3)), ("b", torch.float32, (4,))], {"format": "pt"})
-    data = torch.arange(6, dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes() + \
-        torch.ones(4).numpy().tobytes()
+    data = torch.arange(6, dtype=torch.bfloat16).view(torch.uint8).numpy().tobytes() + torch.ones(4).numpy().tobytes()
     (tmp_path / "x.safetensors").write_bytes(header + data)
     with safe_open(tmp_path / "x.safetensors", framework="pt") as f:
         assert f.get_tensor("a").tolist() == [[0, 1, 2], [3, 4, 5]] and f.get_tensor("b").sum() == 4
-

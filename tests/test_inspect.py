@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from click.testing import Result
 
+from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.converter import convert
 from hubtools.inspection import summarize
 from hubtools.model.names import tensor_specs
 from hubtools.model.params import ModelParams
-from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.testing import tiny_params
 
 
@@ -42,8 +42,17 @@ def sparse_native(folder: Path, params: ModelParams) -> Path:
 
 
 def test_inspect_is_instant_on_a_281_gb_mixtral_8x22b(run_cli: Callable[..., Result], tmp_path: Path) -> None:
-    params = tiny_params(dim=6144, n_layers=56, n_heads=48, n_kv_heads=8, head_dim=128, hidden_dim=16384,
-                         num_experts=8, top_k=2, vocab_size=32000)
+    params = tiny_params(
+        dim=6144,
+        n_layers=56,
+        n_heads=48,
+        n_kv_heads=8,
+        head_dim=128,
+        hidden_dim=16384,
+        num_experts=8,
+        top_k=2,
+        vocab_size=32000,
+    )
     native = sparse_native(tmp_path / "8x22b", params)
     result = run_cli("inspect", native, "--json")
     assert result.exit_code == 0, result.output

@@ -41,5 +41,4 @@ def test_unknown_name_is_a_mapping_error_naming_it() -> None:
     with pytest.raises(MappingError, match="unknown tensor 'layers.2.attention.wq.weight'"):
         table.spec("layers.2.attention.wq.weight", layout="native")
     with pytest.raises(MappingError, match="missing tensor 'norm.weight'"):
-        table.check_complete([s.native for s in table.specs if s.native != "norm.weight"], layout="native",
-                             where="x")
+        table.check_complete([s.native for s in table.specs if s.native != "norm.weight"], layout="native", where="x")

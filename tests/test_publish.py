@@ -84,8 +84,9 @@ def model(tmp_path: Path) -> Path:
         name = f"model.layers.{i}.mlp.weight"
         save_file({name: torch.full((16, 32), float(i + 1))}, str(out / shard))
         weight_map[name] = shard
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 3 * 2048},
-                                                                  "weight_map": weight_map}))
+    (out / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 3 * 2048}, "weight_map": weight_map})
+    )
     (out / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 32}))
     (out / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32768}))
     shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", out / "tokenizer.model")
@@ -107,8 +108,14 @@ def lfs_bytes(folder: Path, names: list[str]) -> int:
 
 def test_plan_puts_weights_first_card_last_and_leaves_out_other_files(model: Path) -> None:
     plan = plan_upload(model)
-    assert [f.path for f in plan.files] == [*SHARDS, "model.safetensors.index.json", "config.json",
-                                            "tokenizer.model", "tokenizer_config.json", "README.md"]
+    assert [f.path for f in plan.files] == [
+        *SHARDS,
+        "model.safetensors.index.json",
+        "config.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
+        "README.md",
+    ]
     assert [f.path for f in plan.files if f.lfs] == [*SHARDS, "tokenizer.model"]
     assert plan.ignored == ("notes.txt",)
     assert plan.total_bytes == sum(f.size for f in plan.files)
@@ -129,8 +136,9 @@ def test_plan_refuses_an_index_naming_a_missing_shard(model: Path) -> None:
 
 def test_plan_refuses_shards_the_index_does_not_name(model: Path) -> None:
     shutil.copy(model / SHARDS[0], model / "model-00001-of-00002.safetensors")
-    with pytest.raises(PublishError, match="weight files not named in model.safetensors.index.json: "
-                                           "model-00001-of-00002.safetensors"):
+    with pytest.raises(
+        PublishError, match="weight files not named in model.safetensors.index.json: model-00001-of-00002.safetensors"
+    ):
         plan_upload(model)
 
 
@@ -138,7 +146,8 @@ def test_plan_refuses_shards_the_index_does_not_name(model: Path) -> None:
 
 
 def test_first_publish_uploads_every_file_and_the_remote_bytes_equal_the_local_bytes(
-        hub: FakeHub, api: HfApi, model: Path) -> None:
+    hub: FakeHub, api: HfApi, model: Path
+) -> None:
     result = publish(model, REPO, api=api, private=True, retry=FAST)
     remote = hub.files(REPO)
     assert hub.repos[REPO].private
@@ -179,8 +188,12 @@ def test_an_interrupted_upload_resumes_with_only_the_missing_shards(hub: FakeHub
 def test_a_killed_cli_upload_resumes_with_only_the_rest(hub: FakeHub, api: HfApi, model: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
     hub.on_lfs_put = lambda n: os.kill(proc.pid, signal.SIGKILL) if n == 2 else None  # 2nd shard stored, unanswered
-    proc = subprocess.Popen([sys.executable, "-m", "hubtools.cli", "publish", str(model), REPO, "--quiet"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubtools.cli", "publish", str(model), REPO, "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     hub.on_lfs_put = None
@@ -221,9 +234,13 @@ def test_cli_create_pr_prints_the_pull_request_and_leaves_main_alone(hub: FakeHu
 
 
 def test_transient_429_5xx_and_dropped_connections_are_retried(hub: FakeHub, api: HfApi, model: Path) -> None:
-    hub.faults += [Fault("POST", "/paths-info/", 429, times=2), Fault("PUT", "^/lfs-upload/", 500),
-                   Fault("POST", "/preupload/", 503), Fault("POST", "/commit/", 429),
-                   Fault("GET", "^/api/models/", 0)]  # 0: the connection drops without an answer
+    hub.faults += [
+        Fault("POST", "/paths-info/", 429, times=2),
+        Fault("PUT", "^/lfs-upload/", 500),
+        Fault("POST", "/preupload/", 503),
+        Fault("POST", "/commit/", 429),
+        Fault("GET", "^/api/models/", 0),
+    ]  # 0: the connection drops without an answer
     result = publish(model, REPO, api=api, retry=FAST)
     assert all(f.fired == f.skip + f.times for f in hub.faults)
     assert {k: v for k, v in hub.files(REPO).items() if k != ".gitattributes"} == local_files(model)
@@ -233,14 +250,18 @@ def test_transient_429_5xx_and_dropped_connections_are_retried(hub: FakeHub, api
 def test_retries_are_bounded_and_the_error_names_the_step(hub: FakeHub, api: HfApi, model: Path) -> None:
     hub.faults.append(Fault("GET", "^/api/models/", 500, times=100))
     slept: list[float] = []
-    with pytest.raises(PublishError, match=f"^read revision 'main' failed for '{REPO}': HTTP 500 on GET .*"
-                                           "; gave up after 4 attempts, re-run to resume$"):
+    with pytest.raises(
+        PublishError,
+        match=f"^read revision 'main' failed for '{REPO}': HTTP 500 on GET .*"
+        "; gave up after 4 attempts, re-run to resume$",
+    ):
         publish(model, REPO, api=api, retry=RetryPolicy(attempts=4, base_delay=1.0, sleep=slept.append))
     assert hub.count("GET", "^/api/models/") == 4 and slept == [0.0, 0.0, 0.0]  # Retry-After: 0 honoured
 
 
 def test_a_commit_answered_500_is_not_blindly_retried_and_a_rerun_finishes_without_resending(
-        hub: FakeHub, api: HfApi, model: Path) -> None:
+    hub: FakeHub, api: HfApi, model: Path
+) -> None:
     hub.faults.append(Fault("POST", "/commit/", 500))
     with pytest.raises(PublishError, match=r"^commit failed for '.*': HTTP 500 on POST .*/commit/main"):
         publish(model, REPO, api=api, retry=FAST)
@@ -250,8 +271,9 @@ def test_a_commit_answered_500_is_not_blindly_retried_and_a_rerun_finishes_witho
     assert hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 1
 
 
-def test_offline_mode_fails_at_once_without_retrying(hub: FakeHub, api: HfApi, model: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_mode_fails_at_once_without_retrying(
+    hub: FakeHub, api: HfApi, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     slept: list[float] = []
     with pytest.raises(PublishError, match="^create repo failed for .*offline mode is enabled"):
@@ -265,14 +287,16 @@ def test_a_corrupted_remote_object_fails_verification_naming_the_file(hub: FakeH
     with pytest.raises(PublishError) as err:
         publish(model, REPO, api=api, retry=FAST)
     message = str(err.value)
-    assert message.startswith(f"remote file '{SHARDS[1]}' does not match the local file after upload "
-                              f"(expected size {local.size}, sha256 ")
+    assert message.startswith(
+        f"remote file '{SHARDS[1]}' does not match the local file after upload (expected size {local.size}, sha256 "
+    )
     found_sha = hub.files(REPO)[SHARDS[1]]
     assert f"found size {local.size}, sha256 {__import__('hashlib').sha256(found_sha).hexdigest()}" in message
 
 
 def test_tag_and_branch_are_created_and_a_rerun_with_the_same_tag_succeeds(
-        hub: FakeHub, api: HfApi, model: Path) -> None:
+    hub: FakeHub, api: HfApi, model: Path
+) -> None:
     result = publish(model, REPO, api=api, revision="release", tag="v0.1", retry=FAST)
     repo = hub.repos[REPO]
     assert repo.tags["v0.1"] == repo.branches["release"] == result.commit_oid
@@ -315,19 +339,34 @@ def test_dry_run_prints_the_plan_and_makes_zero_requests(hub: FakeHub, model: Pa
 
 def test_cli_publishes_with_env_endpoint_and_token_and_never_prints_the_token(hub: FakeHub, model: Path) -> None:
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
-    ok = subprocess.run([sys.executable, "-m", "hubtools.cli", "--debug", "publish", str(model), REPO, "--json"],
-                        env=env, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "hubtools.cli", "--debug", "publish", str(model), REPO, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["commit_oid"] == hub.repos[REPO].branches["main"]
     assert hub.unauthorized == 0, hub.unauthorized_paths
     env["HF_TOKEN"] = TOKEN + "-revoked"
-    bad = subprocess.run([sys.executable, "-m", "hubtools.cli", "publish", str(model), "acme/other"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hubtools.cli", "publish", str(model), "acme/other"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and bad.stderr.startswith("error: create repo failed for 'acme/other': HTTP 401 ")
     assert "Check HF_TOKEN" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
-    debug = subprocess.run([sys.executable, "-m", "hubtools.cli", "--debug", "publish", str(model), "acme/other"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    debug = subprocess.run(
+        [sys.executable, "-m", "hubtools.cli", "--debug", "publish", str(model), "acme/other"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     for out in (ok.stdout, ok.stderr, bad.stdout, bad.stderr, debug.stdout, debug.stderr):
         assert TOKEN not in out

@@ -7,16 +7,21 @@ import pytest
 import yaml
 from click.testing import Result
 
-from hubtools.errors import RecipeError
 from hubtools.checkpoint.reader import open_checkpoint
+from hubtools.errors import RecipeError
 from hubtools.recipe import check_source, load_recipe, parse_recipe
 from hubtools.testing import tiny_params
 from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "converters").glob("*.yaml"))
-SEED_RELEASES = {"mistral-7b-v0.1", "mixtral-8x7b-v0.1", "mixtral-8x7b-instruct-v0.1", "mixtral-8x22b-v0.1",
-                 "mixtral-8x22b-instruct-v0.1"}
+SEED_RELEASES = {
+    "mistral-7b-v0.1",
+    "mixtral-8x7b-v0.1",
+    "mixtral-8x7b-instruct-v0.1",
+    "mixtral-8x22b-v0.1",
+    "mixtral-8x22b-instruct-v0.1",
+}
 
 
 def test_one_recipe_per_seed_release() -> None:
@@ -41,33 +46,40 @@ def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
     assert base.config_overrides().max_position_embeddings == 65536
 
 
-@pytest.mark.parametrize("edit,message", [
-    ({"dtype": "int4"}, "'dtype' is 'int4' (expected one of bfloat16, float16, float32)"),
-    ({"architecture": "LlamaForCausalLM"}, "'architecture' is 'LlamaForCausalLM'"),
-    ({"colour": "red"}, "unknown key 'colour'"),
-    ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),
-    ({"max_shard_size": "lots"}, "invalid size 'lots'"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"dtype": "int4"}, "'dtype' is 'int4' (expected one of bfloat16, float16, float32)"),
+        ({"architecture": "LlamaForCausalLM"}, "'architecture' is 'LlamaForCausalLM'"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),
+        ({"max_shard_size": "lots"}, "invalid size 'lots'"),
+    ],
+)
 def test_invalid_recipes_name_the_key(edit: dict[str, object], message: str) -> None:
     raw = yaml.safe_load((ROOT / "converters/mixtral-8x7b-v0.1.yaml").read_text())
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_recipe({**raw, **edit}, where="r.yaml")
 
 
-def test_recipe_rejects_a_wrong_source(make_native: Callable[..., Path], run_cli: Callable[..., Result],
-                                       tmp_path: Path) -> None:
+def test_recipe_rejects_a_wrong_source(
+    make_native: Callable[..., Path], run_cli: Callable[..., Result], tmp_path: Path
+) -> None:
     dense = make_native("dense", params=tiny_params(moe=False), tokenizer=None)
     recipe = ROOT / "converters/mixtral-8x7b-v0.1.yaml"
-    assert_one_line_error(run_cli("convert", dense, tmp_path / "o", "--recipe", recipe),
-                          "architecture is MistralForCausalLM, recipe expects MixtralForCausalLM")
+    assert_one_line_error(
+        run_cli("convert", dense, tmp_path / "o", "--recipe", recipe),
+        "architecture is MistralForCausalLM, recipe expects MixtralForCausalLM",
+    )
     moe = make_native("moe", tokenizer=None)
     with open_checkpoint(moe) as ckpt, pytest.raises(RecipeError, match="params 'dim' is 64, recipe expects 4096"):
         check_source(load_recipe(recipe), ckpt)
     assert not (tmp_path / "o").exists()
 
 
-def test_recipe_supplies_overrides_dtype_and_shard_size(make_native: Callable[..., Path],
-                                                        run_cli: Callable[..., Result], tmp_path: Path) -> None:
+def test_recipe_supplies_overrides_dtype_and_shard_size(
+    make_native: Callable[..., Path], run_cli: Callable[..., Result], tmp_path: Path
+) -> None:
     import json
 
     src = make_native(tokenizer="v1")

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubtools.verification import reference
-from hubtools.converter import convert
-from hubtools.verification.hf_forward import LayeredModel, load_config, whole_model_logits
-from hubtools.model.params import ModelParams, default_rope_theta
 from hubtools.checkpoint.reader import open_checkpoint
-from hubtools.testing import synthetic_tensors, tiny_params, write_native_checkpoint
+from hubtools.converter import convert
+from hubtools.model.params import ModelParams, default_rope_theta
 from hubtools.model.transforms import interleaved_to_half
+from hubtools.testing import synthetic_tensors, tiny_params, write_native_checkpoint
+from hubtools.verification import reference
+from hubtools.verification.hf_forward import LayeredModel, load_config, whole_model_logits
 
 VOCAB = 512
 MODELS = {
@@ -84,8 +84,9 @@ def test_interleaved_rotary_equals_rotate_half_after_the_conversion_permutation(
     angles = torch.outer(torch.arange(seq).float(), freqs)
     cos, sin = torch.cat([angles, angles], -1).cos()[None], torch.cat([angles, angles], -1).sin()[None]
     hf_rotated, _ = apply_rotary_pos_emb(hf, hf, cos, sin)
-    assert torch.allclose(interleaved_to_half(rotated.reshape(seq, -1).T, heads).T,
-                          hf_rotated.transpose(1, 2).reshape(seq, -1), atol=1e-6)
+    assert torch.allclose(
+        interleaved_to_half(rotated.reshape(seq, -1).T, heads).T, hf_rotated.transpose(1, 2).reshape(seq, -1), atol=1e-6
+    )
 
 
 def test_sliding_window_keeps_the_last_w_keys_including_the_query() -> None:

@@ -14,7 +14,6 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
 from hubtools.errors import DestinationError, LayoutError, TokenizerError
-from hubtools.tokenization.sentencepiece_model import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, read_sentencepiece_model
 from hubtools.tokenization.files import (
     find_native_tokenizer,
     instruct_version,
@@ -24,6 +23,14 @@ from hubtools.tokenization.files import (
     write_hf_tokenizer,
 )
 from hubtools.tokenization.hf_json import spm_tokenizer
+from hubtools.tokenization.sentencepiece_model import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    UNKNOWN,
+    USER_DEFINED,
+    read_sentencepiece_model,
+)
 
 DATA = Path(mistral_common.__file__).parent / "data"
 V1, V2 = DATA / "tokenizer.model.v1", DATA / "mistral_instruct_tokenizer_240216.model.v2"
@@ -104,7 +111,10 @@ def test_the_sentencepiece_reader_agrees_with_sentencepiece() -> None:
     for i, piece in enumerate(model.pieces):
         assert (piece.piece, piece.score) == (sp.id_to_piece(i), sp.get_score(i))
         assert (piece.type == CONTROL, piece.type == BYTE, piece.type == UNKNOWN) == (
-            sp.is_control(i), sp.is_byte(i), sp.is_unknown(i))
+            sp.is_control(i),
+            sp.is_byte(i),
+            sp.is_unknown(i),
+        )
         kinds[piece.type] += 1
     assert kinds[USER_DEFINED] == 22 and (model.add_dummy_prefix, model.remove_extra_whitespaces) == (True, False)
 
@@ -112,7 +122,8 @@ def test_the_sentencepiece_reader_agrees_with_sentencepiece() -> None:
 def test_write_hf_tokenizer_writes_the_files_and_keeps_the_native_file(converted: dict[str, Path]) -> None:
     folder = converted["v3"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", V3.name])
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", V3.name]
+    )
     assert (folder / V3.name).read_bytes() == V3.read_bytes()
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["add_bos_token"] is True
@@ -121,8 +132,9 @@ def test_write_hf_tokenizer_writes_the_files_and_keeps_the_native_file(converted
 
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])
-def test_round_trip_restores_the_native_file_byte_identical(converted: dict[str, Path], tmp_path: Path,
-                                                            version: str) -> None:
+def test_round_trip_restores_the_native_file_byte_identical(
+    converted: dict[str, Path], tmp_path: Path, version: str
+) -> None:
     restored = restore_native_tokenizer(converted[version], tmp_path)
     assert restored == tmp_path / SPM[version].name
     assert restored.read_bytes() == SPM[version].read_bytes()
@@ -135,8 +147,9 @@ def test_restore_returns_none_when_the_hf_folder_keeps_no_native_file(tmp_path: 
 
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])
-def test_autotokenizer_loads_a_fast_tokenizer_that_adds_bos_like_mistral_common(converted: dict[str, Path],
-                                                                                version: str) -> None:
+def test_autotokenizer_loads_a_fast_tokenizer_that_adds_bos_like_mistral_common(
+    converted: dict[str, Path], version: str
+) -> None:
     tok = AutoTokenizer.from_pretrained(str(converted[version]))
     reference = MistralTokenizer.from_file(str(SPM[version])).instruct_tokenizer.tokenizer
     assert tok.is_fast

@@ -41,19 +41,24 @@ def reports(converted: dict[str, Path]) -> dict[str, TokenizerReport]:
 
 
 @pytest.mark.parametrize("kind", ["v1", "v3", "v7", "tekken"])
-def test_every_builtin_text_and_conversation_matches_mistral_common(reports: dict[str, TokenizerReport],
-                                                                    kind: str) -> None:
+def test_every_builtin_text_and_conversation_matches_mistral_common(
+    reports: dict[str, TokenizerReport], kind: str
+) -> None:
     report = reports[kind]
     assert report.misses == ()
     assert (report.texts, report.conversations) == (len(BUILTIN_TEXTS), len(BUILTIN_CONVERSATIONS))
     assert report.passed and report.agreement == 1.0 and report.chat_template == "mistral"
-    assert report.hf_vocab_size == report.native_vocab_size == (131072 if kind == "tekken" else
-                                                                 32000 if kind == "v1" else 32768)
+    assert (
+        report.hf_vocab_size
+        == report.native_vocab_size
+        == (131072 if kind == "tekken" else 32000 if kind == "v1" else 32768)
+    )
 
 
 @pytest.mark.parametrize("kind", ["v1", "v3", "v7", "tekken"])
-def test_divergences_are_only_texts_holding_special_token_strings(reports: dict[str, TokenizerReport],
-                                                                  kind: str) -> None:
+def test_divergences_are_only_texts_holding_special_token_strings(
+    reports: dict[str, TokenizerReport], kind: str
+) -> None:
     divergent = [d.sample for d in reports[kind].divergences]
     assert "'<s>'" in divergent and "'text with <s> and </s> inside'" in divergent
     assert all(d.kind == "text" and any(s in d.sample for s in ("<", "[")) for d in reports[kind].divergences)
@@ -66,8 +71,7 @@ def test_the_report_serialises_with_what_verify_reads(reports: dict[str, Tokeniz
     assert data["misses"] == [] and data["version"] == "v1"
 
 
-def test_tekken_round_trip_restores_the_native_file_byte_identical(converted: dict[str, Path],
-                                                                   tmp_path: Path) -> None:
+def test_tekken_round_trip_restores_the_native_file_byte_identical(converted: dict[str, Path], tmp_path: Path) -> None:
     restored = restore_native_tokenizer(converted["tekken"], tmp_path)
     assert restored is not None and restored.read_bytes() == NATIVE["tekken"].read_bytes()
 
@@ -88,12 +92,16 @@ def test_a_planted_fault_fails_the_check_and_names_the_miss(converted: dict[str,
     assert any(m.kind == "chat" for m in report.misses)
 
 
-def test_prompts_add_texts_and_conversations_and_one_sided_rejections_are_misses(converted: dict[str, Path],
-                                                                                 tmp_path: Path) -> None:
+def test_prompts_add_texts_and_conversations_and_one_sided_rejections_are_misses(
+    converted: dict[str, Path], tmp_path: Path
+) -> None:
     prompts_file = tmp_path / "prompts.jsonl"
-    lines = ["Bonjour  le monde", [{"role": "user", "content": "hi"}],
-             {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-             [{"role": "user", "content": "q", "name": "bob"}]]
+    lines = [
+        "Bonjour  le monde",
+        [{"role": "user", "content": "hi"}],
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        [{"role": "user", "content": "q", "name": "bob"}],
+    ]
     prompts_file.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     prompts = load_prompts(prompts_file)
     assert len(prompts) == 4
@@ -118,8 +126,12 @@ def test_a_rejected_conversation_surfaces_as_a_clear_chat_template_error(convert
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(converted["v3"]))
-    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                {"role": "system", "content": "late system prompt"}, {"role": "user", "content": "u"}]
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+        {"role": "system", "content": "late system prompt"},
+        {"role": "user", "content": "u"},
+    ]
     with pytest.raises(ChatTemplateError, match="Unexpected role 'system' after role 'assistant'"):
         hf_chat_ids(tok, messages)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hubtools.testing import tiny_params
 from hubtools.model.transforms import half_to_interleaved, interleaved_to_half, to_hf, to_native
+from hubtools.testing import tiny_params
 
 
 @pytest.mark.parametrize("n_heads,head_dim", [(1, 2), (4, 8), (8, 16)])

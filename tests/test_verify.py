@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from hubtools.converter import convert
 from hubtools.errors import VerifyError
-from hubtools.testing import tiny_params, write_native_checkpoint
 from hubtools.model.transforms import half_to_interleaved
+from hubtools.testing import tiny_params, write_native_checkpoint
 from hubtools.verification.run import format_report, verify
 from tests.conftest import assert_one_line_error
 
@@ -91,8 +91,9 @@ def test_bfloat16_conversion_passes_bfloat16_thresholds(tmp_path: Path) -> None:
 
 
 def test_a_dtype_changing_conversion_is_compared_against_the_cast(tmp_path: Path) -> None:
-    native = write_native_checkpoint(tmp_path / "native", tiny_params(vocab_size=1000), tokenizer=None,
-                                     dtype=torch.float32)
+    native = write_native_checkpoint(
+        tmp_path / "native", tiny_params(vocab_size=1000), tokenizer=None, dtype=torch.float32
+    )
     convert(native, tmp_path / "hf", dtype=torch.bfloat16)
     report = verify(native, tmp_path / "hf", check_logits=False)
     assert report.passed, format_report(report)
@@ -112,8 +113,9 @@ def test_one_flipped_value_in_one_expert_is_named(pair: tuple[Path, Path], broke
     assert EXPERT in format_report(report)
 
 
-def test_q_proj_without_rotary_permutation_fails_tensors_and_logits_from_layer_0(pair: tuple[Path, Path],
-                                                                                 broken: Path) -> None:
+def test_q_proj_without_rotary_permutation_fails_tensors_and_logits_from_layer_0(
+    pair: tuple[Path, Path], broken: Path
+) -> None:
     names = [f"model.layers.{i}.self_attn.q_proj.weight" for i in range(2)]
     for name in names:
         edit_tensor(broken, name, lambda t: half_to_interleaved(t, 4))  # what a converter without permute writes
@@ -130,26 +132,32 @@ def test_wrong_rope_theta_in_config_fails_structure_and_logits(pair: tuple[Path,
     report = verify(pair[0], broken)
     assert not report.passed and report.tensors.passed
     assert report.structure.problems == (
-        "config.json rope_theta: expected 1e+06 (default rule: no sliding window), found 10000",)
+        "config.json rope_theta: expected 1e+06 (default rule: no sliding window), found 10000",
+    )
     assert not report.logits.passed and report.logits.layers[0].max_abs_dh > 1e-4
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("rms_norm_eps", 1e-6, "config.json rms_norm_eps: expected 1e-05, found 1e-06"),
-    ("sliding_window", 4096, "config.json sliding_window: expected null, found 4096"),
-    ("num_experts_per_tok", 1, "config.json num_experts_per_tok: expected 2, found 1"),
-    ("num_key_value_heads", 4, "config.json num_key_value_heads: expected 2, found 4"),
-])
-def test_each_config_field_is_compared_and_named(pair: tuple[Path, Path], broken: Path, field: str, value: Any,
-                                                 expected: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("rms_norm_eps", 1e-6, "config.json rms_norm_eps: expected 1e-05, found 1e-06"),
+        ("sliding_window", 4096, "config.json sliding_window: expected null, found 4096"),
+        ("num_experts_per_tok", 1, "config.json num_experts_per_tok: expected 2, found 1"),
+        ("num_key_value_heads", 4, "config.json num_key_value_heads: expected 2, found 4"),
+    ],
+)
+def test_each_config_field_is_compared_and_named(
+    pair: tuple[Path, Path], broken: Path, field: str, value: Any, expected: str
+) -> None:
     edit_json(broken / "config.json", lambda c: c.update({field: value}))
     report = verify(pair[0], broken)
     assert expected in report.structure.problems
     assert not report.passed
 
 
-def test_a_hub_style_repo_with_other_shard_names_and_new_config_keys_is_audited(pair: tuple[Path, Path],
-                                                                               broken: Path) -> None:
+def test_a_hub_style_repo_with_other_shard_names_and_new_config_keys_is_audited(
+    pair: tuple[Path, Path], broken: Path
+) -> None:
     weight_map = json.loads((broken / INDEX).read_text())["weight_map"]
     renames = {f: f"weights-part{i}.safetensors" for i, f in enumerate(sorted(set(weight_map.values())))}
     for old, new in renames.items():
@@ -171,10 +179,14 @@ def test_index_faults_are_reported_not_raised(pair: tuple[Path, Path], broken: P
     name = "model.layers.0.self_attn.k_proj.weight"
     edit_json(broken / INDEX, lambda d: d["weight_map"].update({name: "model-00009-of-00009.safetensors"}))
     report = verify(pair[0], broken)
-    assert f"{INDEX}: maps 1 tensor(s) to 'model-00009-of-00009.safetensors', which is missing" \
+    assert (
+        f"{INDEX}: maps 1 tensor(s) to 'model-00009-of-00009.safetensors', which is missing"
         in report.structure.problems
-    assert f"{INDEX}: tensor '{name}' is mapped to 'model-00009-of-00009.safetensors' but stored in " \
+    )
+    assert (
+        f"{INDEX}: tensor '{name}' is mapped to 'model-00009-of-00009.safetensors' but stored in "
         f"'{shard_of(pair[1], name).name}'" in report.structure.problems
+    )
     assert not report.passed
 
 
@@ -210,8 +222,9 @@ def test_swapped_vocab_ids_fail_the_tokenizer_check(pair: tuple[Path, Path], bro
     assert report.structure.passed and report.tensors.passed
 
 
-def test_cli_exit_codes_table_and_json(pair: tuple[Path, Path], broken: Path, tmp_path: Path,
-                                       run_cli: Callable[..., Result]) -> None:
+def test_cli_exit_codes_table_and_json(
+    pair: tuple[Path, Path], broken: Path, tmp_path: Path, run_cli: Callable[..., Result]
+) -> None:
     ok = run_cli("verify", pair[0], pair[1], "--json", tmp_path / "ok.json", "--quiet")
     assert ok.exit_code == 0 and ok.output == ""
     assert json.loads((tmp_path / "ok.json").read_text())["passed"] is True

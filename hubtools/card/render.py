@@ -21,9 +21,6 @@ from typing import Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
-from hubtools.card.rules import validate_card_text
-from hubtools.card.source import CardSource, load_card_source, resolve_card_source
-from hubtools.errors import CardError, DestinationError
 from hubtools.card.eval_results import (
     Benchmark,
     EvalRun,
@@ -32,6 +29,9 @@ from hubtools.card.eval_results import (
     merge_benchmarks,
     to_eval_results,
 )
+from hubtools.card.rules import validate_card_text
+from hubtools.card.source import CardSource, load_card_source, resolve_card_source
+from hubtools.errors import CardError, DestinationError
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
             raise CardError(f"{config_path}: not valid JSON ({exc})") from exc
     template, where = _chat_template(model_dir, config)
     return ModelFacts(
-        parameters=total, active_parameters=active if active != total else None, chat_template=template,
-        chat_template_file=where, bos_token=_token(config.get("bos_token"), "<s>"),
+        parameters=total,
+        active_parameters=active if active != total else None,
+        chat_template=template,
+        chat_template_file=where,
+        bos_token=_token(config.get("bos_token"), "<s>"),
         eos_token=_token(config.get("eos_token"), "</s>"),
     )
 
@@ -113,8 +116,11 @@ def render_chat_example(facts: ModelFacts) -> str | None:
     try:
         # transformers annotates `-> str`, but it returns (rendered chats, generation indices)
         rendered, _ = render_jinja_template(  # type: ignore[str-unpack]
-            conversations=[list(EXAMPLE_CONVERSATION)], chat_template=facts.chat_template,
-            add_generation_prompt=True, bos_token=facts.bos_token, eos_token=facts.eos_token,
+            conversations=[list(EXAMPLE_CONVERSATION)],
+            chat_template=facts.chat_template,
+            add_generation_prompt=True,
+            bos_token=facts.bos_token,
+            eos_token=facts.eos_token,
         )
     except Exception as exc:  # jinja2 errors and the template's own raise_exception
         raise CardError(f"{facts.chat_template_file}: chat template fails on the example conversation ({exc})") from exc
@@ -128,8 +134,10 @@ def reference_prompt(tokenizer: str) -> str:
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     messages: list[UserMessage | AssistantMessage] = [
-        UserMessage(content="Instruction"), AssistantMessage(content="Model answer"),
-        UserMessage(content="Follow-up instruction")]
+        UserMessage(content="Instruction"),
+        AssistantMessage(content="Model answer"),
+        UserMessage(content="Follow-up instruction"),
+    ]
     encoded = getattr(MistralTokenizer, tokenizer)().encode_chat_completion(ChatCompletionRequest(messages=messages))
     return str(encoded.text).replace("▁", " ")
 
@@ -159,13 +167,14 @@ def render_card(
     benchmarks = merge_benchmarks(source.benchmarks, [b for run in runs for b in run.benchmarks])
     try:
         card_data = ModelCardData(
-            **dict(source.metadata), eval_results=to_eval_results(benchmarks) or None,
+            **dict(source.metadata),
+            eval_results=to_eval_results(benchmarks) or None,
             model_name=source.model_name if benchmarks else None,
         )
     except (TypeError, ValueError) as exc:
         raise CardError(f"{source.path}: metadata cannot be turned into a model card ({exc})") from exc
-    body = _environment().get_template("model_card.md.jinja").render(
-        **_context(source, benchmarks, runs, model, report)
+    body = (
+        _environment().get_template("model_card.md.jinja").render(**_context(source, benchmarks, runs, model, report))
     )
     text = f"---\n{card_data.to_yaml()}\n---\n\n{body.strip()}\n"
     validate_card_text(text, where=str(source.path))
@@ -178,13 +187,20 @@ def render_card(
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("hubtools.card", "templates"), trim_blocks=True, lstrip_blocks=True,
-        keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False,
+        loader=jinja2.PackageLoader("hubtools.card", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
     )
 
 
 def _context(
-    source: CardSource, benchmarks: Sequence[Benchmark], runs: Sequence[EvalRun], model: ModelFacts | None,
+    source: CardSource,
+    benchmarks: Sequence[Benchmark],
+    runs: Sequence[EvalRun],
+    model: ModelFacts | None,
     report: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     total = model.parameters if model else source.parameters
@@ -194,11 +210,22 @@ def _context(
     origin = "counted in the safetensors headers of the converted model" if model else "as stated by the release"
     instruct = source.kind == "instruct"
     return {
-        "title": source.title, "description": source.description, "sections": source.sections,
-        "repo_id": source.repo_id, "architecture": source.architecture, "tokenizer": source.tokenizer,
-        "context_length": source.context_length, "sliding_window": source.sliding_window, "instruct": instruct,
-        "params": {"total_exact": f"{total:,}", "total_short": short_count(total), "origin": origin,
-                   "active": active, "active_short": short_count(active) if active else None},
+        "title": source.title,
+        "description": source.description,
+        "sections": source.sections,
+        "repo_id": source.repo_id,
+        "architecture": source.architecture,
+        "tokenizer": source.tokenizer,
+        "context_length": source.context_length,
+        "sliding_window": source.sliding_window,
+        "instruct": instruct,
+        "params": {
+            "total_exact": f"{total:,}",
+            "total_short": short_count(total),
+            "origin": origin,
+            "active": active,
+            "active_short": short_count(active) if active else None,
+        },
         "conversation": [json.dumps(message, ensure_ascii=False) for message in EXAMPLE_CONVERSATION],
         "reference_prompt": reference_prompt(source.tokenizer) if instruct else None,
         "chat_example": render_chat_example(model) if model else None,
@@ -253,13 +280,17 @@ def results_tables(
         mean = average(members)
         measured = f"Measured with lm-evaluation-harness: {', '.join(run.label for run in runs)}."
         notes = [measured] if runs and not name else []
-        tables.append({
-            "title": f"{name} Evaluation Results" if name else "Evaluation Results",
-            "url": url.split("?", 1)[0] if url else None, "details_url": details_urls.get(name or ""),
-            "notes": notes, "average": None if mean is None else f"{mean:.2f}",
-            "rows": [(bench.name, _value(bench.metrics[0].value)) for bench in members],
-            "width": max(len(bench.name) for bench in members),
-        })
+        tables.append(
+            {
+                "title": f"{name} Evaluation Results" if name else "Evaluation Results",
+                "url": url.split("?", 1)[0] if url else None,
+                "details_url": details_urls.get(name or ""),
+                "notes": notes,
+                "average": None if mean is None else f"{mean:.2f}",
+                "rows": [(bench.name, _value(bench.metrics[0].value)) for bench in members],
+                "width": max(len(bench.name) for bench in members),
+            }
+        )
     return tables
 
 
@@ -294,8 +325,14 @@ def _check_details(name: str, check: Mapping[str, Any]) -> str:
     if "agreement" in present:
         sequences = f" over {present['sequences']} sequences" if "sequences" in present else ""
         parts.append(f"{_percent(present['agreement'])} agreement{sequences}")
-    labels = (("dtype", "dtype"), ("max_abs_dlogit", "max abs dlogit"), ("nmse", "NMSE"), ("mean_kl", "mean KL"),
-              ("max_kl", "max KL"), ("top1_agreement", "top-1 agreement"))
+    labels = (
+        ("dtype", "dtype"),
+        ("max_abs_dlogit", "max abs dlogit"),
+        ("nmse", "NMSE"),
+        ("mean_kl", "mean KL"),
+        ("max_kl", "max KL"),
+        ("top1_agreement", "top-1 agreement"),
+    )
     for key, label in labels:
         if key in present:
             value = _percent(present[key]) if key == "top1_agreement" else _number(present[key])

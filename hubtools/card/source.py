@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from hubtools.errors import CardError
 from hubtools.card.eval_results import Benchmark, benchmarks_from_source
+from hubtools.errors import CardError
 
 KINDS = ("base", "instruct")
 TOKENIZERS = ("v1", "v2", "v3", "v7")
@@ -62,8 +62,10 @@ def resolve_card_source(spec: str, *, cards_dir: Path) -> Path:
     found = sorted(p for p in cards_dir.glob("*") if p.is_file() and p.stem == spec)
     if len(found) != 1:
         what = "no card source" if not found else f"{len(found)} card sources ({', '.join(p.name for p in found)})"
-        raise CardError(f"release '{spec}': {what} in {cards_dir}/ (expected exactly one {spec}.<ext>; "
-                        "run from the repository root or pass the card source path)")
+        raise CardError(
+            f"release '{spec}': {what} in {cards_dir}/ (expected exactly one {spec}.<ext>; "
+            "run from the repository root or pass the card source path)"
+        )
     return found[0]
 
 
@@ -87,16 +89,26 @@ def load_card_source(path: Path) -> CardSource:
     _check_source(data, path)
     description, _, rest = ("\n" + match.group(2).strip()).partition("\n## ")
     return CardSource(
-        path=path, title=data["title"], repo_id=data["repo_id"], kind=data["kind"], tokenizer=data["tokenizer"],
-        parameters=data["parameters"], metadata=data["metadata"],
+        path=path,
+        title=data["title"],
+        repo_id=data["repo_id"],
+        kind=data["kind"],
+        tokenizer=data["tokenizer"],
+        parameters=data["parameters"],
+        metadata=data["metadata"],
         model_name=data.get("model_name", data["repo_id"].rsplit("/", 1)[-1]),
         architecture=data.get("architecture", "MixtralForCausalLM"),
-        active_parameters=data.get("active_parameters"), context_length=data.get("context_length"),
+        active_parameters=data.get("active_parameters"),
+        context_length=data.get("context_length"),
         sliding_window=data.get("sliding_window"),
         benchmarks=benchmarks_from_source(data.get("results"), where=str(path)),
-        details_urls={g.get("source") or "": g["details_url"] for g in data.get("results") or ()
-                      if isinstance(g, Mapping) and g.get("details_url")},
-        description=description.strip(), sections=f"## {rest.strip()}" if rest.strip() else "",
+        details_urls={
+            g.get("source") or "": g["details_url"]
+            for g in data.get("results") or ()
+            if isinstance(g, Mapping) and g.get("details_url")
+        },
+        description=description.strip(),
+        sections=f"## {rest.strip()}" if rest.strip() else "",
     )
 
 

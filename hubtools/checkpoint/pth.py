@@ -18,14 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubtools.errors import CorruptFileError, UnsafePickleError
 from hubtools.checkpoint.safetensors_format import itemsize
+from hubtools.errors import CorruptFileError, UnsafePickleError
 
 Segment = tuple[Path, int, int]  # (file, offset, length)
 
 _STORAGE_CODES = {  # torch storage class -> safetensors dtype code
-    "FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
-    "LongStorage": "I64", "IntStorage": "I32", "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8",
+    "FloatStorage": "F32",
+    "HalfStorage": "F16",
+    "BFloat16Storage": "BF16",
+    "DoubleStorage": "F64",
+    "LongStorage": "I64",
+    "IntStorage": "I32",
+    "ShortStorage": "I16",
+    "CharStorage": "I8",
+    "ByteStorage": "U8",
     "BoolStorage": "BOOL",
 }
 
@@ -60,7 +67,7 @@ class ConcatFile(io.RawIOBase):
         done = 0
         for path, offset, length in self.segments(self.pos, min(len(view), self.size - self.pos)):
             chunk = os.pread(self._fds[self.parts.index(path)], length, offset)
-            view[done:done + len(chunk)] = chunk
+            view[done : done + len(chunk)] = chunk
             done += len(chunk)
         self.pos += done
         return done
@@ -106,8 +113,9 @@ class TensorRef:
         return tuple(reversed(expected)) == self.stride or math.prod(self.shape) <= 1
 
 
-def _rebuild_tensor_v2(storage: StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
-                       *_: Any) -> TensorRef:
+def _rebuild_tensor_v2(
+    storage: StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
+) -> TensorRef:
     return TensorRef(storage, int(offset), tuple(size), tuple(stride))
 
 
@@ -130,8 +138,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return OrderedDict
         if module == "torch" and name in _STORAGE_CODES:
             return _StorageType(_STORAGE_CODES[name])
-        raise UnsafePickleError(f"{self.where}: refusing to unpickle global '{module}.{name}' "
-                                "(only tensor data is accepted; the file was not executed)")
+        raise UnsafePickleError(
+            f"{self.where}: refusing to unpickle global '{module}.{name}' "
+            "(only tensor data is accepted; the file was not executed)"
+        )
 
     def persistent_load(self, pid: Any) -> StorageRef:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -183,8 +193,15 @@ def read_pth_index(parts: list[Path]) -> list[PthTensor]:
         stream.close()
 
 
-def _locate(stream: ConcatFile, archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], prefix: str,
-            name: str, ref: TensorRef, where: str) -> PthTensor:
+def _locate(
+    stream: ConcatFile,
+    archive: zipfile.ZipFile,
+    entries: dict[str, zipfile.ZipInfo],
+    prefix: str,
+    name: str,
+    ref: TensorRef,
+    where: str,
+) -> PthTensor:
     info = entries.get(f"{prefix}data/{ref.storage.key}")
     if info is None:
         raise CorruptFileError(f"{where}: tensor '{name}' refers to missing storage {ref.storage.key}")
@@ -198,6 +215,7 @@ def _locate(stream: ConcatFile, archive: zipfile.ZipFile, entries: dict[str, zip
     data_start = info.header_offset + 30 + name_len + extra_len
     length = ref.storage.numel * itemsize(ref.storage.code)
     if data_start + length > stream.size or info.file_size != length:
-        raise CorruptFileError(f"{where}: truncated: tensor '{name}' needs bytes up to {data_start + length}, "
-                               f"archive has {stream.size}")
+        raise CorruptFileError(
+            f"{where}: truncated: tensor '{name}' needs bytes up to {data_start + length}, archive has {stream.size}"
+        )
     return PthTensor(name, ref.storage.code, ref.shape, ref, tuple(stream.segments(data_start, length)))

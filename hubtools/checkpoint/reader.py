@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubtools.model.hf_config import from_hf_config
-from hubtools.errors import CorruptFileError, LayoutError, MappingError
-from hubtools.model.params import ModelParams, load_params
 from hubtools.checkpoint.pth import Segment, TensorRef, read_pth_index
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
+from hubtools.errors import CorruptFileError, LayoutError, MappingError
+from hubtools.model.hf_config import from_hf_config
+from hubtools.model.params import ModelParams, load_params
 
 if TYPE_CHECKING:
     import torch
@@ -74,20 +74,26 @@ def detect_weights(folder: Path, *, layout: str | None = None) -> WeightFiles:
     hf = [n for n in names if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", n)]
     found = {"native": bool(native_st or pth or splits), "hf": bool(hf)}
     if layout is None and all(found.values()):
-        raise LayoutError(f"{folder}: holds both native (consolidated.*) and HF (model*.safetensors) weights; "
-                          "say which to read (--to hf reads the native ones)")
+        raise LayoutError(
+            f"{folder}: holds both native (consolidated.*) and HF (model*.safetensors) weights; "
+            "say which to read (--to hf reads the native ones)"
+        )
     chosen = layout or ("native" if found["native"] else "hf" if found["hf"] else None)
     if chosen is None or not found[chosen]:
         bins = [n for n in names if n.endswith(".bin")]
         hint = " (.bin weights are not supported: convert them to safetensors first)" if bins else ""
-        raise LayoutError(f"{folder}: no {chosen or 'native or HF'} weights found (expected consolidated*.safetensors, "
-                          f"consolidated.00.pth[-splitN] or model*.safetensors){hint}")
+        raise LayoutError(
+            f"{folder}: no {chosen or 'native or HF'} weights found (expected consolidated*.safetensors, "
+            f"consolidated.00.pth[-splitN] or model*.safetensors){hint}"
+        )
     if chosen == "hf":
         return WeightFiles("hf", "safetensors", tuple(folder / n for n in hf))
     kinds = [k for k, v in (("safetensors", native_st), ("pth", pth), ("pth-split", splits)) if v]
     if len(kinds) > 1:
-        raise LayoutError(f"{folder}: ambiguous native checkpoint, holds {' and '.join(kinds)} weights "
-                          "(expected one format; remove the others)")
+        raise LayoutError(
+            f"{folder}: ambiguous native checkpoint, holds {' and '.join(kinds)} weights "
+            "(expected one format; remove the others)"
+        )
     if kinds[0] == "safetensors":
         return WeightFiles("native", "safetensors", tuple(folder / n for n in _check_shards(folder, native_st)))
     if kinds[0] == "pth":
@@ -106,8 +112,10 @@ def _check_shards(folder: Path, names: list[str]) -> list[str]:
     expected = [f"consolidated-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
     missing = [n for n in expected if n not in names]
     if missing or len(names) != total:
-        raise LayoutError(f"{folder}: incomplete shards: missing {missing[0] if missing else 'none'} "
-                          f"(expected {total} files, found {len(names)})")
+        raise LayoutError(
+            f"{folder}: incomplete shards: missing {missing[0] if missing else 'none'} "
+            f"(expected {total} files, found {len(names)})"
+        )
     return expected
 
 
@@ -117,8 +125,9 @@ def _check_splits(folder: Path, names: list[str]) -> list[str]:
     numbers = [int(PTH_SPLIT.fullmatch(n).group(2)) for n in ordered]  # type: ignore[union-attr]
     if len(stems) > 1 or numbers != list(range(len(numbers))):
         gap = next((i for i, n in enumerate(numbers) if n != i), len(numbers))
-        raise LayoutError(f"{folder}: split parts are not a sequence -split0..-split{len(numbers) - 1}: "
-                          f"missing -split{gap}")
+        raise LayoutError(
+            f"{folder}: split parts are not a sequence -split0..-split{len(numbers) - 1}: missing -split{gap}"
+        )
     return ordered
 
 
@@ -158,8 +167,10 @@ def _check_index(folder: Path, files: tuple[Path, ...], tensors: dict[str, Tenso
             raise LayoutError(f"{index_path}: tensor '{name}' is mapped to '{file}', which is missing")
         source = tensors.get(name)
         if source is None or source.segments[0][0].name != file:
-            raise MappingError(f"{index_path}: tensor '{name}' is mapped to '{file}' but "
-                               + (f"stored in '{source.segments[0][0].name}'" if source else "no shard holds it"))
+            raise MappingError(
+                f"{index_path}: tensor '{name}' is mapped to '{file}' but "
+                + (f"stored in '{source.segments[0][0].name}'" if source else "no shard holds it")
+            )
     extra = sorted(set(tensors) - set(weight_map))
     if extra:
         raise MappingError(f"{index_path}: tensor '{extra[0]}' is in a shard but not in the index")
@@ -173,8 +184,14 @@ class Checkpoint:
         ...     w = ckpt.read("tok_embeddings.weight")
     """
 
-    def __init__(self, folder: Path, weights: WeightFiles, params: ModelParams,
-                 tensors: dict[str, TensorSource], tokenizer_file: Path | None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        weights: WeightFiles,
+        params: ModelParams,
+        tensors: dict[str, TensorSource],
+        tokenizer_file: Path | None,
+    ) -> None:
         self.folder = folder
         self.layout = weights.layout
         self.format = weights.fmt
@@ -195,7 +212,7 @@ class Checkpoint:
         view, done = buf.data, 0
         for path, offset, length in segments:
             while length:
-                got = os.preadv(self.fd(path), [view[done:done + length]], offset)
+                got = os.preadv(self.fd(path), [view[done : done + length]], offset)
                 if got == 0:
                     raise CorruptFileError(f"{path}: truncated while reading (offset {offset})")
                 done, offset, length = done + got, offset + got, length - got

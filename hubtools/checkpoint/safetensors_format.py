@@ -22,9 +22,18 @@ if TYPE_CHECKING:
 # (safetensors code, torch name, bytes per element). Codes, not torch objects, travel through the
 # byte-copy path, so converting never needs to import torch unless a tensor is cast.
 _DTYPES: tuple[tuple[str, str, int], ...] = (
-    ("F64", "float64", 8), ("F32", "float32", 4), ("F16", "float16", 2), ("BF16", "bfloat16", 2),
-    ("I64", "int64", 8), ("I32", "int32", 4), ("I16", "int16", 2), ("I8", "int8", 1),
-    ("U8", "uint8", 1), ("BOOL", "bool", 1), ("F8_E4M3", "float8_e4m3fn", 1), ("F8_E5M2", "float8_e5m2", 1),
+    ("F64", "float64", 8),
+    ("F32", "float32", 4),
+    ("F16", "float16", 2),
+    ("BF16", "bfloat16", 2),
+    ("I64", "int64", 8),
+    ("I32", "int32", 4),
+    ("I16", "int16", 2),
+    ("I8", "int8", 1),
+    ("U8", "uint8", 1),
+    ("BOOL", "bool", 1),
+    ("F8_E4M3", "float8_e4m3fn", 1),
+    ("F8_E5M2", "float8_e5m2", 1),
 )
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -106,8 +115,10 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     cursor = 8 + n
     for e in entries:
         if e.offset != cursor:
-            raise CorruptFileError(f"{path}: tensor '{e.name}' starts at byte {e.offset - 8 - n} of the data, "
-                                   f"expected {cursor - 8 - n} (overlapping or gapped offsets)")
+            raise CorruptFileError(
+                f"{path}: tensor '{e.name}' starts at byte {e.offset - 8 - n} of the data, "
+                f"expected {cursor - 8 - n} (overlapping or gapped offsets)"
+            )
         cursor += e.length
     if cursor > size:
         raise CorruptFileError(f"{path}: truncated (header needs {cursor} bytes, file has {size})")
@@ -125,8 +136,10 @@ def _entry(path: Path, name: str, info: object, base: int) -> HeaderEntry:
     except (AssertionError, KeyError, TypeError, ValueError):
         raise CorruptFileError(f"{path}: corrupt header entry for tensor '{name}'") from None
     if end - begin != nbytes(code, shape):
-        raise CorruptFileError(f"{path}: tensor '{name}' has {end - begin} bytes, "
-                               f"expected {nbytes(code, shape)} for {dtype_name(code)} {list(shape)}")
+        raise CorruptFileError(
+            f"{path}: tensor '{name}' has {end - begin} bytes, "
+            f"expected {nbytes(code, shape)} for {dtype_name(code)} {list(shape)}"
+        )
     return HeaderEntry(name, code, shape, base + begin, end - begin)
 
 

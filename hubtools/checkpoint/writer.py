@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubtools.errors import DestinationError
 from hubtools.checkpoint.pth import Segment
 from hubtools.checkpoint.safetensors_format import build_header, nbytes, torch_dtype
+from hubtools.errors import DestinationError
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +52,22 @@ def parse_size(text: str | int) -> int:
     """'5GB' -> 5_000_000_000; '500MiB' -> 524_288_000; plain integers are bytes."""
     if isinstance(text, int):
         return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     s = text.strip().upper()
     number = s.rstrip("KMGTIB")
     try:
-        value = float(number) * units[s[len(number):]]
+        value = float(number) * units[s[len(number) :]]
     except (KeyError, ValueError):
         raise ValueError(f"invalid size '{text}' (expected e.g. 5GB, 500MB, 2GiB)") from None
     if value <= 0:
@@ -65,8 +75,9 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
-def plan_shards(tensors: Sequence[PlannedTensor], *, max_shard_size: int, stem: str,
-                single_name: str | None = None) -> list[Shard]:
+def plan_shards(
+    tensors: Sequence[PlannedTensor], *, max_shard_size: int, stem: str, single_name: str | None = None
+) -> list[Shard]:
     """Split tensors, in order, into shards of at most `max_shard_size` bytes (a bigger tensor gets its own).
 
     Files are named `{stem}-0000K-of-0000N.safetensors`, or `single_name` when one shard suffices.
@@ -91,8 +102,9 @@ def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:
         try:
             written = os.write(fd, view)
         except OSError as exc:
-            raise DestinationError(f"{where}: write failed: {exc.strerror or exc} "
-                                   "(disk full or file-size limit?)") from None
+            raise DestinationError(
+                f"{where}: write failed: {exc.strerror or exc} (disk full or file-size limit?)"
+            ) from None
         view = view[written:]
 
 
@@ -107,8 +119,9 @@ def copy_segments(fd: int, segments: Sequence[Segment], where: Path, open_source
                 if exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: plain copy
                     done = len(_pread_write(src, fd, offset, min(length, COPY_CHUNK), where))
                 else:
-                    raise DestinationError(f"{where}: write failed: {exc.strerror or exc} "
-                                           "(disk full or file-size limit?)") from None
+                    raise DestinationError(
+                        f"{where}: write failed: {exc.strerror or exc} (disk full or file-size limit?)"
+                    ) from None
             if done == 0:
                 raise DestinationError(f"{where}: source {path} ended early at byte {offset}")
             offset, length = offset + done, length - done
@@ -151,7 +164,8 @@ def write_shard(path: Path, shard: Shard, fill: Callable[[int, PlannedTensor], N
             expected += t.nbytes
             position = os.lseek(fd, 0, os.SEEK_CUR)
             if position != expected:
-                raise DestinationError(f"{path}: tensor '{t.name}' wrote {position - expected + t.nbytes} bytes, "
-                                       f"expected {t.nbytes}")
+                raise DestinationError(
+                    f"{path}: tensor '{t.name}' wrote {position - expected + t.nbytes} bytes, expected {t.nbytes}"
+                )
     finally:
         os.close(fd)

@@ -72,19 +72,33 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
     config: dict[str, Any] = {
         "architectures": [params.architecture],
         "model_type": "mixtral" if params.is_moe else "mistral",
-        "hidden_size": params.dim, "intermediate_size": params.hidden_dim,
-        "num_hidden_layers": params.n_layers, "num_attention_heads": params.n_heads,
-        "num_key_value_heads": params.n_kv_heads, "head_dim": params.head_dim,
-        "rms_norm_eps": params.norm_eps, "vocab_size": params.vocab_size, "rope_theta": theta,
-        "max_position_embeddings": positions, "sliding_window": params.sliding_window,
-        "hidden_act": "silu", "initializer_range": 0.02, "attention_dropout": 0.0,
-        "tie_word_embeddings": False, "use_cache": True,
-        "bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id,
+        "hidden_size": params.dim,
+        "intermediate_size": params.hidden_dim,
+        "num_hidden_layers": params.n_layers,
+        "num_attention_heads": params.n_heads,
+        "num_key_value_heads": params.n_kv_heads,
+        "head_dim": params.head_dim,
+        "rms_norm_eps": params.norm_eps,
+        "vocab_size": params.vocab_size,
+        "rope_theta": theta,
+        "max_position_embeddings": positions,
+        "sliding_window": params.sliding_window,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "bos_token_id": overrides.bos_token_id,
+        "eos_token_id": overrides.eos_token_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
     if params.is_moe:
-        config.update(num_local_experts=params.num_experts, num_experts_per_tok=params.num_experts_per_tok,
-                      router_aux_loss_coef=ROUTER_AUX_LOSS_COEF, output_router_logits=False)
+        config.update(
+            num_local_experts=params.num_experts,
+            num_experts_per_tok=params.num_experts_per_tok,
+            router_aux_loss_coef=ROUTER_AUX_LOSS_COEF,
+            output_router_logits=False,
+        )
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     return HfConfig(dict(sorted(config.items())), generation, (theta_rule, positions_rule))
 
@@ -102,10 +116,12 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
         raise ParamsError(f"{source}: model_type '{model_type}' is not supported (expected 'mistral' or 'mixtral')")
     try:
         raw: dict[str, Any] = {
-            "dim": config["hidden_size"], "n_layers": config["num_hidden_layers"],
+            "dim": config["hidden_size"],
+            "n_layers": config["num_hidden_layers"],
             "n_heads": config["num_attention_heads"],
             "n_kv_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
-            "hidden_dim": config["intermediate_size"], "norm_eps": config["rms_norm_eps"],
+            "hidden_dim": config["intermediate_size"],
+            "norm_eps": config["rms_norm_eps"],
             "vocab_size": config["vocab_size"],
         }
     except KeyError as exc:
@@ -117,8 +133,10 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
     if config.get("sliding_window"):
         raw["sliding_window"] = config["sliding_window"]
     if model_type == "mixtral":
-        raw["moe"] = {"num_experts": config.get("num_local_experts"),
-                      "num_experts_per_tok": config.get("num_experts_per_tok")}
+        raw["moe"] = {
+            "num_experts": config.get("num_local_experts"),
+            "num_experts_per_tok": config.get("num_experts_per_tok"),
+        }
     return parse_params(raw, source=source)
 
 

@@ -15,36 +15,86 @@ from hubtools.errors import MappingError
 from hubtools.model.params import ModelParams
 
 # (native template, HF template, transform, shape recipe). Shapes are symbolic in params fields.
-MODEL_ROWS = (
-    ("tok_embeddings.weight", "model.embed_tokens.weight", "identity", ("vocab_size", "dim")),
-)
+MODEL_ROWS = (("tok_embeddings.weight", "model.embed_tokens.weight", "identity", ("vocab_size", "dim")),)
 FINAL_ROWS = (
     ("norm.weight", "model.norm.weight", "identity", ("dim",)),
     ("output.weight", "lm_head.weight", "identity", ("vocab_size", "dim")),
 )
 ATTENTION_ROWS = (
     ("layers.{layer}.attention_norm.weight", "model.layers.{layer}.input_layernorm.weight", "identity", ("dim",)),
-    ("layers.{layer}.attention.wq.weight", "model.layers.{layer}.self_attn.q_proj.weight", "rotary_q", ("q_out", "dim")),
-    ("layers.{layer}.attention.wk.weight", "model.layers.{layer}.self_attn.k_proj.weight", "rotary_k", ("kv_out", "dim")),
-    ("layers.{layer}.attention.wv.weight", "model.layers.{layer}.self_attn.v_proj.weight", "identity", ("kv_out", "dim")),
-    ("layers.{layer}.attention.wo.weight", "model.layers.{layer}.self_attn.o_proj.weight", "identity", ("dim", "q_out")),
+    (
+        "layers.{layer}.attention.wq.weight",
+        "model.layers.{layer}.self_attn.q_proj.weight",
+        "rotary_q",
+        ("q_out", "dim"),
+    ),
+    (
+        "layers.{layer}.attention.wk.weight",
+        "model.layers.{layer}.self_attn.k_proj.weight",
+        "rotary_k",
+        ("kv_out", "dim"),
+    ),
+    (
+        "layers.{layer}.attention.wv.weight",
+        "model.layers.{layer}.self_attn.v_proj.weight",
+        "identity",
+        ("kv_out", "dim"),
+    ),
+    (
+        "layers.{layer}.attention.wo.weight",
+        "model.layers.{layer}.self_attn.o_proj.weight",
+        "identity",
+        ("dim", "q_out"),
+    ),
     ("layers.{layer}.ffn_norm.weight", "model.layers.{layer}.post_attention_layernorm.weight", "identity", ("dim",)),
 )
 DENSE_FFN_ROWS = (
-    ("layers.{layer}.feed_forward.w1.weight", "model.layers.{layer}.mlp.gate_proj.weight", "identity", ("hidden_dim", "dim")),
-    ("layers.{layer}.feed_forward.w2.weight", "model.layers.{layer}.mlp.down_proj.weight", "identity", ("dim", "hidden_dim")),
-    ("layers.{layer}.feed_forward.w3.weight", "model.layers.{layer}.mlp.up_proj.weight", "identity", ("hidden_dim", "dim")),
+    (
+        "layers.{layer}.feed_forward.w1.weight",
+        "model.layers.{layer}.mlp.gate_proj.weight",
+        "identity",
+        ("hidden_dim", "dim"),
+    ),
+    (
+        "layers.{layer}.feed_forward.w2.weight",
+        "model.layers.{layer}.mlp.down_proj.weight",
+        "identity",
+        ("dim", "hidden_dim"),
+    ),
+    (
+        "layers.{layer}.feed_forward.w3.weight",
+        "model.layers.{layer}.mlp.up_proj.weight",
+        "identity",
+        ("hidden_dim", "dim"),
+    ),
 )
 MOE_GATE_ROWS = (
-    ("layers.{layer}.feed_forward.gate.weight", "model.layers.{layer}.block_sparse_moe.gate.weight", "identity", ("num_experts", "dim")),
+    (
+        "layers.{layer}.feed_forward.gate.weight",
+        "model.layers.{layer}.block_sparse_moe.gate.weight",
+        "identity",
+        ("num_experts", "dim"),
+    ),
 )
 EXPERT_ROWS = (
-    ("layers.{layer}.feed_forward.experts.{expert}.w1.weight",
-     "model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight", "identity", ("hidden_dim", "dim")),
-    ("layers.{layer}.feed_forward.experts.{expert}.w2.weight",
-     "model.layers.{layer}.block_sparse_moe.experts.{expert}.w2.weight", "identity", ("dim", "hidden_dim")),
-    ("layers.{layer}.feed_forward.experts.{expert}.w3.weight",
-     "model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight", "identity", ("hidden_dim", "dim")),
+    (
+        "layers.{layer}.feed_forward.experts.{expert}.w1.weight",
+        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight",
+        "identity",
+        ("hidden_dim", "dim"),
+    ),
+    (
+        "layers.{layer}.feed_forward.experts.{expert}.w2.weight",
+        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w2.weight",
+        "identity",
+        ("dim", "hidden_dim"),
+    ),
+    (
+        "layers.{layer}.feed_forward.experts.{expert}.w3.weight",
+        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight",
+        "identity",
+        ("hidden_dim", "dim"),
+    ),
 )
 
 
@@ -62,17 +112,30 @@ class TensorSpec:
 
 def _dims(params: ModelParams) -> dict[str, int]:
     return {
-        "vocab_size": params.vocab_size, "dim": params.dim, "hidden_dim": params.hidden_dim,
-        "q_out": params.n_heads * params.head_dim, "kv_out": params.n_kv_heads * params.head_dim,
+        "vocab_size": params.vocab_size,
+        "dim": params.dim,
+        "hidden_dim": params.hidden_dim,
+        "q_out": params.n_heads * params.head_dim,
+        "kv_out": params.n_kv_heads * params.head_dim,
         "num_experts": params.num_experts,
     }
 
 
-def _expand(rows: Iterable[tuple[str, str, str, tuple[str, ...]]], dims: dict[str, int],
-            layer: int | None = None, expert: int | None = None) -> Iterator[TensorSpec]:
+def _expand(
+    rows: Iterable[tuple[str, str, str, tuple[str, ...]]],
+    dims: dict[str, int],
+    layer: int | None = None,
+    expert: int | None = None,
+) -> Iterator[TensorSpec]:
     for native, hf, transform, shape in rows:
-        yield TensorSpec(native=native.format(layer=layer, expert=expert), hf=hf.format(layer=layer, expert=expert),
-                         shape=tuple(dims[s] for s in shape), transform=transform, layer=layer, expert=expert)
+        yield TensorSpec(
+            native=native.format(layer=layer, expert=expert),
+            hf=hf.format(layer=layer, expert=expert),
+            shape=tuple(dims[s] for s in shape),
+            transform=transform,
+            layer=layer,
+            expert=expert,
+        )
 
 
 def tensor_specs(params: ModelParams) -> list[TensorSpec]:
@@ -120,9 +183,11 @@ class NameTable:
         try:
             return index[name]
         except KeyError:
-            raise MappingError(f"unknown tensor '{name}' for a {layout} {self.params.architecture} "
-                               f"with {self.params.n_layers} layers"
-                               + (f" and {self.params.num_experts} experts" if self.params.is_moe else "")) from None
+            raise MappingError(
+                f"unknown tensor '{name}' for a {layout} {self.params.architecture} "
+                f"with {self.params.n_layers} layers"
+                + (f" and {self.params.num_experts} experts" if self.params.is_moe else "")
+            ) from None
 
     def check_complete(self, names: Iterable[str], *, layout: str, where: str) -> None:
         """Check that `names` are exactly this model's tensors.

@@ -85,17 +85,27 @@ def parse_params(raw: Any, *, source: str = "params.json") -> ModelParams:
     if moe and not ({"num_experts", "num_experts_per_tok"} <= set(moe)):
         raise ParamsError(f"{source}: 'moe' needs num_experts and num_experts_per_tok, got {sorted(moe)}")
     if moe and not 0 < moe["num_experts_per_tok"] <= moe["num_experts"]:
-        raise ParamsError(f"{source}: moe.num_experts_per_tok {moe['num_experts_per_tok']} "
-                          f"must be in 1..num_experts ({moe['num_experts']})")
+        raise ParamsError(
+            f"{source}: moe.num_experts_per_tok {moe['num_experts_per_tok']} "
+            f"must be in 1..num_experts ({moe['num_experts']})"
+        )
     window = raw.get("sliding_window")
     if window is not None and (not isinstance(window, int) or window <= 0):
         raise ParamsError(f"{source}: sliding_window must be a positive integer or absent, got {window!r}")
     return ModelParams(
-        dim=raw["dim"], n_layers=raw["n_layers"], head_dim=head_dim, hidden_dim=raw["hidden_dim"],
-        n_heads=n_heads, n_kv_heads=n_kv, norm_eps=float(raw["norm_eps"]), vocab_size=raw["vocab_size"],
+        dim=raw["dim"],
+        n_layers=raw["n_layers"],
+        head_dim=head_dim,
+        hidden_dim=raw["hidden_dim"],
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        norm_eps=float(raw["norm_eps"]),
+        vocab_size=raw["vocab_size"],
         rope_theta=float(raw["rope_theta"]) if raw.get("rope_theta") is not None else None,
-        sliding_window=window, max_seq_len=raw.get("max_seq_len"),
-        num_experts=int(moe.get("num_experts", 0)), num_experts_per_tok=int(moe.get("num_experts_per_tok", 0)),
+        sliding_window=window,
+        max_seq_len=raw.get("max_seq_len"),
+        num_experts=int(moe.get("num_experts", 0)),
+        num_experts_per_tok=int(moe.get("num_experts_per_tok", 0)),
     )
 
 

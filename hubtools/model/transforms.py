@@ -47,8 +47,10 @@ def transform_pair(name: str) -> tuple[Transform, Transform]:
     pairs: dict[str, tuple[Transform, Transform]] = {
         "identity": (_identity, _identity),
         "rotary_q": (lambda w, p: interleaved_to_half(w, p.n_heads), lambda w, p: half_to_interleaved(w, p.n_heads)),
-        "rotary_k": (lambda w, p: interleaved_to_half(w, p.n_kv_heads),
-                     lambda w, p: half_to_interleaved(w, p.n_kv_heads)),
+        "rotary_k": (
+            lambda w, p: interleaved_to_half(w, p.n_kv_heads),
+            lambda w, p: half_to_interleaved(w, p.n_kv_heads),
+        ),
     }
     return pairs[name]
 

@@ -40,17 +40,26 @@ T = TypeVar("T")
 
 INDEX_NAME = "model.safetensors.index.json"
 KNOWN_FILES = {
-    INDEX_NAME: "index", "config.json": "config", "generation_config.json": "config",
-    "tokenizer.json": "tokenizer", "tokenizer_config.json": "tokenizer", "special_tokens_map.json": "tokenizer",
-    "tekken.json": "tokenizer", "chat_template.jinja": "tokenizer", "README.md": "card",
+    INDEX_NAME: "index",
+    "config.json": "config",
+    "generation_config.json": "config",
+    "tokenizer.json": "tokenizer",
+    "tokenizer_config.json": "tokenizer",
+    "special_tokens_map.json": "tokenizer",
+    "tekken.json": "tokenizer",
+    "chat_template.jinja": "tokenizer",
+    "README.md": "card",
 }
 ROLE_ORDER = ("weights", "index", "config", "tokenizer", "other", "card")
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores files from 10 MiB (and binaries) through LFS
 OTHER_MAX_SIZE = 10 * 1024 * 1024  # "other" json/md files above this are left out of the plan
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 COMMIT_RETRY_STATUS = frozenset({429, 503})  # a commit answered 500/502/504 may have been applied
-HINTS = {401: ". Check HF_TOKEN (or `hf auth login`)", 403: ". The token cannot write to this repo",
-         429: ". Rate limited by the Hub"}
+HINTS = {
+    401: ". Check HF_TOKEN (or `hf auth login`)",
+    403: ". The token cannot write to this repo",
+    429: ". Rate limited by the Hub",
+}
 PATHS_PER_REQUEST = 100
 HASH_CHUNK = 8 * 1024 * 1024
 
@@ -82,8 +91,13 @@ class UploadPlan:
         return sum(f.size for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "files": [f.to_dict() for f in self.files],
-                "ignored": list(self.ignored), "total_bytes": self.total_bytes, "file_count": len(self.files)}
+        return {
+            "folder": str(self.folder),
+            "files": [f.to_dict() for f in self.files],
+            "ignored": list(self.ignored),
+            "total_bytes": self.total_bytes,
+            "file_count": len(self.files),
+        }
 
 
 @dataclass(frozen=True)
@@ -124,9 +138,14 @@ class PublishResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(files=list(out["files"]), uploaded_bytes=self.uploaded_bytes, skipped_bytes=self.skipped_bytes,
-                   uploaded_files=sum(f.action == "uploaded" for f in self.files),
-                   skipped_files=sum(f.action == "skipped" for f in self.files), verified=True)
+        out.update(
+            files=list(out["files"]),
+            uploaded_bytes=self.uploaded_bytes,
+            skipped_bytes=self.skipped_bytes,
+            uploaded_files=sum(f.action == "uploaded" for f in self.files),
+            skipped_files=sum(f.action == "skipped" for f in self.files),
+            verified=True,
+        )
         return out
 
 
@@ -211,9 +230,18 @@ def _check_weights(folder: Path, shards: set[str]) -> None:
         raise PublishError(f"weight files not named in {INDEX_NAME}: {', '.join(extra)} (remove them or re-convert)")
 
 
-def publish(folder: Path, repo_id: str, *, api: HfApi, revision: str | None = None, create_pr: bool = False,
-            private: bool = False, tag: str | None = None, progress: Callable[[ProgressEvent], None] | None = None,
-            retry: RetryPolicy | None = None) -> PublishResult:
+def publish(
+    folder: Path,
+    repo_id: str,
+    *,
+    api: HfApi,
+    revision: str | None = None,
+    create_pr: bool = False,
+    private: bool = False,
+    tag: str | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    retry: RetryPolicy | None = None,
+) -> PublishResult:
     """Upload `folder` to `repo_id`, skipping what the Hub already has, then verify every remote file.
 
     Args:
@@ -247,8 +275,10 @@ def publish(folder: Path, repo_id: str, *, api: HfApi, revision: str | None = No
         hub.call(f"create branch '{revision}'", lambda: api.create_branch(repo_id, branch=revision, exist_ok=True))
     head = hub.call(f"read revision '{target}'", lambda: api.repo_info(repo_id, revision=target).sha)
     if head is None:
-        raise PublishError(f"read revision '{target}' failed for '{repo_id}': the Hub answered without a commit sha "
-                           "(expected the head commit id)")
+        raise PublishError(
+            f"read revision '{target}' failed for '{repo_id}': the Hub answered without a commit sha "
+            "(expected the head commit id)"
+        )
     digests = _hash_files(plan, progress)
     remote = hub.remote_files([f.path for f in plan.files], head)
     todo = [f for f in plan.files if _difference(f, digests[f.path], remote.get(f.path))]
@@ -262,11 +292,20 @@ def publish(folder: Path, repo_id: str, *, api: HfApi, revision: str | None = No
         hub.tag(tag, verified_at)
     uploaded = {f.path for f in todo}
     return PublishResult(
-        repo_id=repo_id, repo_url=repo_url, revision=target, commit_oid=None if commit is None else commit.oid,
-        commit_url=None if commit is None else commit.commit_url, pr_url=None if commit is None else commit.pr_url,
-        pr_revision=None if commit is None else commit.pr_revision, tag=tag, verified_at=verified_at,
-        files=tuple(FileResult(f.path, f.size, digests[f.path], "uploaded" if f.path in uploaded else "skipped")
-                    for f in plan.files))
+        repo_id=repo_id,
+        repo_url=repo_url,
+        revision=target,
+        commit_oid=None if commit is None else commit.oid,
+        commit_url=None if commit is None else commit.commit_url,
+        pr_url=None if commit is None else commit.pr_url,
+        pr_revision=None if commit is None else commit.pr_revision,
+        tag=tag,
+        verified_at=verified_at,
+        files=tuple(
+            FileResult(f.path, f.size, digests[f.path], "uploaded" if f.path in uploaded else "skipped")
+            for f in plan.files
+        ),
+    )
 
 
 def _hash_files(plan: UploadPlan, progress: Callable[[ProgressEvent], None] | None) -> dict[str, str]:
@@ -305,20 +344,33 @@ def _difference(f: PlannedFile, sha256: str, remote: Any) -> tuple[str, str] | N
 def _verify(plan: UploadPlan, digests: dict[str, str], remote: dict[str, Any]) -> None:
     for f in plan.files:
         if difference := _difference(f, digests[f.path], remote.get(f.path)):
-            raise PublishError(f"remote file '{f.path}' does not match the local file after upload "
-                               f"(expected {difference[0]}; found {difference[1]}). Re-run to re-upload.")
+            raise PublishError(
+                f"remote file '{f.path}' does not match the local file after upload "
+                f"(expected {difference[0]}; found {difference[1]}). Re-run to re-upload."
+            )
 
 
-def _upload(hub: _Hub, todo: list[PlannedFile], digests: dict[str, str], *, revision: str, create_pr: bool,
-            progress: Callable[[ProgressEvent], None] | None) -> list[CommitOperationAdd]:
+def _upload(
+    hub: _Hub,
+    todo: list[PlannedFile],
+    digests: dict[str, str],
+    *,
+    revision: str,
+    create_pr: bool,
+    progress: Callable[[ProgressEvent], None] | None,
+) -> list[CommitOperationAdd]:
     total, done, ops = sum(f.size for f in todo), 0, []
     large = [[f] for f in todo if f.lfs]
     small = [f for f in todo if not f.lfs]
     for group in large + ([small] if small else []):
         batch = [_operation(f, digests[f.path]) for f in group]
         name = group[0].path if len(group) == 1 else f"{len(group)} small files"
-        hub.call(f"upload of '{name}'", lambda: hub.api.preupload_lfs_files(
-            hub.repo_id, batch, revision=revision, create_pr=create_pr, free_memory=False))
+        hub.call(
+            f"upload of '{name}'",
+            lambda: hub.api.preupload_lfs_files(
+                hub.repo_id, batch, revision=revision, create_pr=create_pr, free_memory=False
+            ),
+        )
         ops += batch
         done += sum(f.size for f in group)
         if progress:
@@ -340,11 +392,17 @@ class _Hub:
     repo_id: str
     retry: RetryPolicy
 
-    def call(self, step: str, fn: Callable[[], T], retry_on: frozenset[int] = TRANSIENT_STATUS,
-             retry_dropped: bool = True) -> T:
+    def call(
+        self, step: str, fn: Callable[[], T], retry_on: frozenset[int] = TRANSIENT_STATUS, retry_dropped: bool = True
+    ) -> T:
         """Run `fn`, retrying answers in `retry_on` (and dropped connections if `retry_dropped`)."""
-        caught: tuple[type[BaseException], ...] = (HfHubHTTPError, OSError, ValueError, RuntimeError,
-                                                   *_transport_errors())
+        caught: tuple[type[BaseException], ...] = (
+            HfHubHTTPError,
+            OSError,
+            ValueError,
+            RuntimeError,
+            *_transport_errors(),
+        )
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return fn()
@@ -355,27 +413,46 @@ class _Hub:
                     raise PublishError(f"{step} failed for '{self.repo_id}': {self._describe(exc, attempt)}") from exc
                 delay = retry_after if retry_after is not None else self.retry.base_delay * 2 ** (attempt - 1)
                 delay = min(delay, self.retry.max_delay)
-                logger.warning("%s: %s; retry %d/%d in %.1fs", step, status or type(exc).__name__,
-                               attempt, self.retry.attempts - 1, delay)
+                logger.warning(
+                    "%s: %s; retry %d/%d in %.1fs",
+                    step,
+                    status or type(exc).__name__,
+                    attempt,
+                    self.retry.attempts - 1,
+                    delay,
+                )
                 self.retry.sleep(delay)
         raise AssertionError("unreachable")
 
     def remote_files(self, paths: list[str], revision: str) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for start in range(0, len(paths), PATHS_PER_REQUEST):
-            chunk = paths[start:start + PATHS_PER_REQUEST]
-            infos = self.call(f"read remote files at '{revision[:12]}'",
-                              lambda: self.api.get_paths_info(self.repo_id, chunk, revision=revision))
+            chunk = paths[start : start + PATHS_PER_REQUEST]
+            infos = self.call(
+                f"read remote files at '{revision[:12]}'",
+                lambda: self.api.get_paths_info(self.repo_id, chunk, revision=revision),
+            )
             found.update((info.path, info) for info in infos)
         return found
 
-    def commit(self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool,
-               parent: str | None) -> CommitInfo:
+    def commit(
+        self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool, parent: str | None
+    ) -> CommitInfo:
         summary = f"Upload {len(ops)} file(s) with hubtools {__version__}"
-        return self.call("commit", lambda: self.api.create_commit(
-            self.repo_id, ops, commit_message=summary, commit_description="\n".join(op.path_in_repo for op in ops),
-            revision=revision, create_pr=create_pr, parent_commit=parent),
-            retry_on=COMMIT_RETRY_STATUS, retry_dropped=False)  # the commit may have landed: a re-run checks
+        return self.call(
+            "commit",
+            lambda: self.api.create_commit(
+                self.repo_id,
+                ops,
+                commit_message=summary,
+                commit_description="\n".join(op.path_in_repo for op in ops),
+                revision=revision,
+                create_pr=create_pr,
+                parent_commit=parent,
+            ),
+            retry_on=COMMIT_RETRY_STATUS,
+            retry_dropped=False,
+        )  # the commit may have landed: a re-run checks
 
     def tag(self, tag: str, target: str) -> None:
         refs = self.call("list refs", lambda: self.api.list_repo_refs(self.repo_id))

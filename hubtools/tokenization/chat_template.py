@@ -152,17 +152,17 @@ _ENCODE = r"""
 
 _USER = {
     "v1": "{%- set content = system ~ '\\n\\n' ~ message['content'] if loop.index0 == users.first and system\n"
-          "                             else message['content'] -%}\n"
-          "        {{- (' ' if state.after_text else '') ~ '[INST] ' ~ content ~ ' [/INST]' -}}\n"
-          "        {%- set state.after_text = true -%}",
+    "                             else message['content'] -%}\n"
+    "        {{- (' ' if state.after_text else '') ~ '[INST] ' ~ content ~ ' [/INST]' -}}\n"
+    "        {%- set state.after_text = true -%}",
     "v2": "{%- set content = system ~ '\\n\\n' ~ message['content'] if loop.index0 == users.last and system\n"
-          "                             else message['content'] -%}\n"
-          "        {{- '[INST]' ~ content ~ '[/INST]' -}}",
+    "                             else message['content'] -%}\n"
+    "        {{- '[INST]' ~ content ~ '[/INST]' -}}",
     "v7": "{{- '[INST]' ~ message['content'] ~ '[/INST]' -}}",
 }
 _ASSISTANT = {
     "v1": "{{- (' ' if state.after_text else '') ~ message['content'] ~ eos_token -}}\n"
-          "        {%- set state.after_text = false -%}",
+    "        {%- set state.after_text = false -%}",
     "v2": "{{- message['content'].rstrip(' ') ~ eos_token -}}",
 }
 
@@ -200,11 +200,15 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
     """
     if version not in MISTRAL_VERSIONS or (version == "v1" and not spm):
         kind = "SentencePiece" if spm else "tekken"
-        raise ChatTemplateError(f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
-                                f"(expected one of {', '.join(MISTRAL_VERSIONS)}). Use chat_template='none'.")
+        raise ChatTemplateError(
+            f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
+            f"(expected one of {', '.join(MISTRAL_VERSIONS)}). Use chat_template='none'."
+        )
     key = "v2" if version == "v3" else version
-    header = (f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
-              "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}")
+    header = (
+        f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
+        "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}"
+    )
     aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if version == "v7" else _SYSTEM_PROMPT)
     aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if version == "v7" else "or agg.out[0]['role'] != 'user'")
     encode = _ENCODE.replace("@USER@", _USER[key]).replace("@ASSISTANT@", _ASSISTANT["v1" if key == "v1" else "v2"])
@@ -239,7 +243,7 @@ def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
 
 
 def template_flavour(template: str | None) -> str:
-    """"mistral", "chatml" or "none" for a hubtools template (or none); "foreign" for any other template.
+    """ "mistral", "chatml" or "none" for a hubtools template (or none); "foreign" for any other template.
 
     Example:
         >>> template_flavour(chatml_template()), template_flavour(None), template_flavour("{{ x }}")

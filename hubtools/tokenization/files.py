@@ -39,10 +39,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.errors import DestinationError, LayoutError, TokenizerError
-from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
+from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
+from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 CHAT_TEMPLATE_CHOICES = ("auto", "mistral", "chatml", "none")
@@ -85,19 +85,25 @@ def find_native_tokenizer(folder: Path) -> Path | None:
     """
     if folder.is_file():
         if not _is_native_name(folder.name):
-            raise LayoutError(f"not a native tokenizer file: '{folder}' "
-                              "(expected tokenizer.model[.vN] or tekken*.json)")
+            raise LayoutError(
+                f"not a native tokenizer file: '{folder}' (expected tokenizer.model[.vN] or tekken*.json)"
+            )
         return folder
     if not folder.is_dir():
         return None
-    found = sorted((p for p in folder.iterdir() if p.is_file() and _is_native_name(p.name)),
-                   key=lambda p: (_specificity(p), p.name), reverse=True)
+    found = sorted(
+        (p for p in folder.iterdir() if p.is_file() and _is_native_name(p.name)),
+        key=lambda p: (_specificity(p), p.name),
+        reverse=True,
+    )
     if len(found) > 1:
         first = found[0].read_bytes()
         other = next((p for p in found[1:] if p.read_bytes() != first), None)
         if other is not None:
-            raise LayoutError(f"ambiguous tokenizer in '{folder}': '{found[0].name}' and '{other.name}' differ "
-                              "(expected one native tokenizer). Remove one or pass the file itself.")
+            raise LayoutError(
+                f"ambiguous tokenizer in '{folder}': '{found[0].name}' and '{other.name}' differ "
+                "(expected one native tokenizer). Remove one or pass the file itself."
+            )
     return found[0] if found else None
 
 
@@ -191,9 +197,13 @@ def hf_tokenizer_config(names: SpecialTokens, template: str | None) -> dict[str,
     """The tokenizer_config.json written beside tokenizer.json (a generic fast tokenizer, BOS added)."""
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": names.bos, "eos_token": names.eos, "unk_token": names.unk,
-        "add_bos_token": True, "add_eos_token": False,
-        "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "bos_token": names.bos,
+        "eos_token": names.eos,
+        "unk_token": names.unk,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
     }
     if names.pad:
         config["pad_token"] = names.pad

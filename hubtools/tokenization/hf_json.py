@@ -60,8 +60,10 @@ def _check_supported(model: SentencePieceModel, source: str) -> None:
     if not model.byte_fallback:
         problems.append("byte_fallback=false (expected true)")
     if problems:
-        raise TokenizerError(f"unsupported SentencePiece model: '{source}' ({'; '.join(problems)}). "
-                             "hubtools converts BPE models with byte fallback as Mistral ships them.")
+        raise TokenizerError(
+            f"unsupported SentencePiece model: '{source}' ({'; '.join(problems)}). "
+            "hubtools converts BPE models with byte fallback as Mistral ships them."
+        )
 
 
 def _spm_merges(model: SentencePieceModel) -> list[tuple[str, str]]:
@@ -95,10 +97,10 @@ def _first_boundary_split(bpe: Any, words: list[str]) -> list[Any]:
         return []
 
     def depth(word: str) -> int:
-        rest = word[len(cuts[word]):]
+        rest = word[len(cuts[word]) :]
         return 1 + depth(rest) if rest in cuts else 1
 
-    alternatives = "|".join(f"{re.escape(first)}(?={re.escape(word[len(first):])}\\z)" for word, first in cuts.items())
+    alternatives = "|".join(f"{re.escape(first)}(?={re.escape(word[len(first) :])}\\z)" for word, first in cuts.items())
     split = pre_tokenizers.Split(Regex(f"\\A(?:{alternatives})"), behavior="isolated")
     return [split] * max(depth(w) for w in cuts)
 
@@ -120,11 +122,15 @@ def spm_tokenizer(model: SentencePieceModel, *, source: str) -> tuple[Tokenizer,
     vocab = {p.piece: i for i, p in enumerate(model.pieces)}
     if len(vocab) != len(model.pieces):
         raise TokenizerError(f"duplicate pieces in SentencePiece model: '{source}'")
-    names = SpecialTokens(bos=model.pieces[model.bos_id].piece, eos=model.pieces[model.eos_id].piece,
-                          unk=model.pieces[model.unk_id].piece,
-                          pad=model.pieces[model.pad_id].piece if model.pad_id >= 0 else None)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=_spm_merges(model), unk_token=names.unk, byte_fallback=True,
-                               fuse_unk=True))
+    names = SpecialTokens(
+        bos=model.pieces[model.bos_id].piece,
+        eos=model.pieces[model.eos_id].piece,
+        unk=model.pieces[model.unk_id].piece,
+        pad=model.pieces[model.pad_id].piece if model.pad_id >= 0 else None,
+    )
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=_spm_merges(model), unk_token=names.unk, byte_fallback=True, fuse_unk=True)
+    )
     steps = [normalizers.Prepend(SPACE)] if model.add_dummy_prefix else []
     tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", SPACE)])
     user = sorted((p.piece for p in model.pieces if p.type == USER_DEFINED), key=len, reverse=True)
@@ -133,8 +139,9 @@ def spm_tokenizer(model: SentencePieceModel, *, source: str) -> tuple[Tokenizer,
         words = [p.piece for p in model.pieces if p.type != USER_DEFINED]
         tok.pre_tokenizer = pre_tokenizers.Sequence([matched, *_first_boundary_split(tok.model, words)])
         tok.model.ignore_merges = True
-    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     special = [p.piece for i, p in enumerate(model.pieces) if p.type == CONTROL or i == model.unk_id]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
     _add_bos(tok, names.bos, model.bos_id)
@@ -143,7 +150,8 @@ def spm_tokenizer(model: SentencePieceModel, *, source: str) -> tuple[Tokenizer,
 
 def _add_bos(tok: Tokenizer, bos: str, bos_id: int) -> None:
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)])
+        single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+    )
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -167,8 +175,9 @@ def tekken_specials(data: dict[str, Any], default: list[str]) -> list[str]:
     return names + [f"<SPECIAL_{i}>" for i in range(len(names), count)]
 
 
-def tekken_tokenizer(data: dict[str, Any], *, default_specials: list[str],
-                     source: str) -> tuple[Tokenizer, SpecialTokens]:
+def tekken_tokenizer(
+    data: dict[str, Any], *, default_specials: list[str], source: str
+) -> tuple[Tokenizer, SpecialTokens]:
     """A `Tokenizer` equivalent to mistral-common's Tekkenizer for a parsed `tekken.json`.
 
     Args:
@@ -191,19 +200,28 @@ def tekken_tokenizer(data: dict[str, Any], *, default_specials: list[str],
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise TokenizerError(f"malformed tekken file: '{source}' (missing or bad field: {exc})") from exc
     if len(tokens) != inner or any(tokens[i] != bytes([i]) for i in range(min(256, inner))):
-        raise TokenizerError(f"malformed tekken file: '{source}' (expected {inner} tokens, the first 256 "
-                             f"being the single bytes; got {len(tokens)})")
+        raise TokenizerError(
+            f"malformed tekken file: '{source}' (expected {inner} tokens, the first 256 "
+            f"being the single bytes; got {len(tokens)})"
+        )
     to_char = _bytes_to_unicode()
     text = ["".join(to_char[b] for b in t) for t in tokens]
     rank = {t: i for i, t in enumerate(tokens)}
     vocab = {s: i for i, s in enumerate(specials)} | {s: i + len(specials) for i, s in enumerate(text)}
-    ranked = [(r, k, text[rank[t[:k]]], text[rank[t[k:]]])
-              for r, t in enumerate(tokens) for k in range(1, len(t)) if t[:k] in rank and t[k:] in rank]
+    ranked = [
+        (r, k, text[rank[t[:k]]], text[rank[t[k:]]])
+        for r, t in enumerate(tokens)
+        for k in range(1, len(t))
+        if t[:k] in rank and t[k:] in rank
+    ]
     ranked.sort()
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in ranked], ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     names = SpecialTokens(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>" if "<pad>" in specials else None)

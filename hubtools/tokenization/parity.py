@@ -24,13 +24,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtools.tokenization.chat_template import template_flavour
 from hubtools.errors import ChatTemplateError, TokenizerError
-from hubtools.tokenization.files import tokenizer_version
+from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
+from hubtools.tokenization.files import tokenizer_version
 
-__all__ = ["BUILTIN_CONVERSATIONS", "BUILTIN_TEXTS", "Miss", "TokenizerReport", "check_tokenizer", "hf_chat_ids",
-           "load_prompts"]
+__all__ = [
+    "BUILTIN_CONVERSATIONS",
+    "BUILTIN_TEXTS",
+    "Miss",
+    "TokenizerReport",
+    "check_tokenizer",
+    "hf_chat_ids",
+    "load_prompts",
+]
 
 WINDOW = 4
 
@@ -85,12 +92,22 @@ class TokenizerReport:
         return self.sequences > 0 and self.agreed == self.sequences and self.hf_vocab_size == self.native_vocab_size
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hf_dir": self.hf_dir, "native_file": self.native_file, "version": self.version,
-                "chat_template": self.chat_template, "texts": self.texts, "conversations": self.conversations,
-                "sequences": self.sequences, "agreed": self.agreed, "agreement": self.agreement,
-                "passed": self.passed, "hf_vocab_size": self.hf_vocab_size,
-                "native_vocab_size": self.native_vocab_size, "misses": [asdict(m) for m in self.misses],
-                "special_token_divergences": [asdict(m) for m in self.divergences]}
+        return {
+            "hf_dir": self.hf_dir,
+            "native_file": self.native_file,
+            "version": self.version,
+            "chat_template": self.chat_template,
+            "texts": self.texts,
+            "conversations": self.conversations,
+            "sequences": self.sequences,
+            "agreed": self.agreed,
+            "agreement": self.agreement,
+            "passed": self.passed,
+            "hf_vocab_size": self.hf_vocab_size,
+            "native_vocab_size": self.native_vocab_size,
+            "misses": [asdict(m) for m in self.misses],
+            "special_token_divergences": [asdict(m) for m in self.divergences],
+        }
 
 
 def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
@@ -118,8 +135,10 @@ def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
         if isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item)):
             prompts.append(item)
         else:
-            raise TokenizerError(f"bad prompt in '{path}' line {number} (expected a string or a list of "
-                                 f"{{role, content}} messages, got {type(item).__name__})")
+            raise TokenizerError(
+                f"bad prompt in '{path}' line {number} (expected a string or a list of "
+                f"{{role, content}} messages, got {type(item).__name__})"
+            )
     return prompts
 
 
@@ -135,8 +154,9 @@ def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
     if not getattr(tok, "chat_template", None):
         raise TokenizerError("the tokenizer has no chat template (tokenizer_config.json 'chat_template')")
     try:
-        ids = tok.apply_chat_template(copy.deepcopy(list(messages)), tokenize=True, add_generation_prompt=True,
-                                      return_dict=False)
+        ids = tok.apply_chat_template(
+            copy.deepcopy(list(messages)), tokenize=True, add_generation_prompt=True, return_dict=False
+        )
     except TemplateSyntaxError as exc:
         raise TokenizerError(f"invalid chat template: {exc}") from exc
     except (TemplateError, TypeError, ValueError, KeyError) as exc:
@@ -152,8 +172,10 @@ def _load_hf(hf_dir: Path) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a bad folder
-        raise TokenizerError(f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise TokenizerError(
+            f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
 
 
 def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
@@ -175,8 +197,9 @@ def _window(ids: Sequence[int], start: int, piece: Any) -> tuple[str, ...]:
     return tuple(piece(i) for i in ids[start : start + WINDOW])
 
 
-def _compare(kind: str, source: str, index: int, sample: Any, hf: list[int] | str, ref: list[int] | str,
-             piece: Any) -> Miss | None:
+def _compare(
+    kind: str, source: str, index: int, sample: Any, hf: list[int] | str, ref: list[int] | str, piece: Any
+) -> Miss | None:
     """None when both sides agree (same ids, or both rejected); else the Miss. Strings are rejections."""
     if isinstance(hf, str) and isinstance(ref, str):
         return None
@@ -187,8 +210,16 @@ def _compare(kind: str, source: str, index: int, sample: Any, hf: list[int] | st
     if hf == ref:
         return None
     pos = next((i for i, (a, b) in enumerate(zip(hf, ref, strict=False)) if a != b), min(len(hf), len(ref)))
-    return Miss(kind, source, index, shown, pos, _window(hf, pos, piece), _window(ref, pos, piece),
-                f"{len(hf)} vs {len(ref)} tokens; ids {hf[pos:pos + WINDOW]} vs {ref[pos:pos + WINDOW]}")
+    return Miss(
+        kind,
+        source,
+        index,
+        shown,
+        pos,
+        _window(hf, pos, piece),
+        _window(ref, pos, piece),
+        f"{len(hf)} vs {len(ref)} tokens; ids {hf[pos : pos + WINDOW]} vs {ref[pos : pos + WINDOW]}",
+    )
 
 
 def _reference_chat(mt: Any, messages: Sequence[dict[str, Any]], flavour: str) -> list[int] | str:
@@ -218,8 +249,9 @@ def _has_special(value: Any, specials: Sequence[str]) -> bool:
     return any(s in text for s in specials)
 
 
-def check_tokenizer(hf_dir: Path, native_file: Path, *, prompts: list[Any] | None = None,
-                    chat: bool = True) -> TokenizerReport:
+def check_tokenizer(
+    hf_dir: Path, native_file: Path, *, prompts: list[Any] | None = None, chat: bool = True
+) -> TokenizerReport:
     """Compare the HF tokenizer in `hf_dir` with mistral-common on `native_file`.
 
     Args:
@@ -253,19 +285,37 @@ def check_tokenizer(hf_dir: Path, native_file: Path, *, prompts: list[Any] | Non
         raw = mt.instruct_tokenizer.tokenizer
         for source, index, text in texts:
             ref = list(raw.encode(text, bos=True, eos=False))
-            exact = _compare("text", source, index, text, tok(text, split_special_tokens=True)["input_ids"], ref,
-                             raw.id_to_piece)
+            exact = _compare(
+                "text", source, index, text, tok(text, split_special_tokens=True)["input_ids"], ref, raw.id_to_piece
+            )
             default = _compare("text", source, index, text, tok(text)["input_ids"], ref, raw.id_to_piece)
             if exact is not None or (default is not None and not _has_special(text, specials)):
                 misses.append(exact or default)  # type: ignore[arg-type]
             elif default is not None:
                 divergences.append(default)
         for source, index, messages in convs:
-            miss = _compare("chat", source, index, messages, _hf_chat(tok, messages),
-                            _reference_chat(mt, messages, flavour), raw.id_to_piece)
+            miss = _compare(
+                "chat",
+                source,
+                index,
+                messages,
+                _hf_chat(tok, messages),
+                _reference_chat(mt, messages, flavour),
+                raw.id_to_piece,
+            )
             if miss is not None:
                 (divergences if miss.position is not None and _has_special(messages, specials) else misses).append(miss)
     total = len(texts) + len(convs)
-    return TokenizerReport(str(hf_dir), str(native_file), version, flavour, texts=len(texts),
-                           conversations=len(convs), agreed=total - len(misses), misses=tuple(misses),
-                           divergences=tuple(divergences), hf_vocab_size=len(tok), native_vocab_size=raw.n_words)
+    return TokenizerReport(
+        str(hf_dir),
+        str(native_file),
+        version,
+        flavour,
+        texts=len(texts),
+        conversations=len(convs),
+        agreed=total - len(misses),
+        misses=tuple(misses),
+        divergences=tuple(divergences),
+        hf_vocab_size=len(tok),
+        native_vocab_size=raw.n_words,
+    )

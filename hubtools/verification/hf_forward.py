@@ -39,8 +39,9 @@ def load_config(folder: Path) -> Any:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VerifyError(f"{folder / 'config.json'}: transformers cannot load it ({exc})") from None
     if config.model_type not in ("mistral", "mixtral"):
-        raise VerifyError(f"{folder / 'config.json'}: model_type '{config.model_type}' "
-                          "(expected 'mistral' or 'mixtral')")
+        raise VerifyError(
+            f"{folder / 'config.json'}: model_type '{config.model_type}' (expected 'mistral' or 'mixtral')"
+        )
     config._attn_implementation = IMPLEMENTATION
     config._experts_implementation = IMPLEMENTATION
     return config
@@ -107,8 +108,9 @@ class LayeredModel:
 
             positions = torch.arange(h.shape[1])[None]
             make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
-            mask = make_mask(config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=None,
-                             position_ids=positions)
+            mask = make_mask(
+                config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=None, position_ids=positions
+            )
             self._cache = (h.shape[1], mask, (self.rotary(h, positions), positions))
         _, mask, (rope, positions) = self._cache
         return mask, rope, positions
@@ -130,8 +132,14 @@ class LayeredModel:
 
 
 @torch.no_grad()
-def whole_model_logits(folder: Path, tokens: torch.Tensor, dtype: torch.dtype, *,
-                       attention: str | None = IMPLEMENTATION, experts: str | None = IMPLEMENTATION) -> torch.Tensor:
+def whole_model_logits(
+    folder: Path,
+    tokens: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    attention: str | None = IMPLEMENTATION,
+    experts: str | None = IMPLEMENTATION,
+) -> torch.Tensor:
     """Logits from `AutoModelForCausalLM.from_pretrained` (the whole model in memory): the cross-check.
 
     Args:
@@ -140,6 +148,7 @@ def whole_model_logits(folder: Path, tokens: torch.Tensor, dtype: torch.dtype, *
     from transformers import AutoModelForCausalLM
 
     chosen = {"attn_implementation": attention, "experts_implementation": experts}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
-                                                 **{k: v for k, v in chosen.items() if v is not None})
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=dtype, local_files_only=True, **{k: v for k, v in chosen.items() if v is not None}
+    )
     return model(input_ids=tokens).logits

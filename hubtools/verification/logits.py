@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
+from hubtools.checkpoint.reader import Checkpoint
+from hubtools.model.params import ModelParams
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import LayeredModel
-from hubtools.model.params import ModelParams
-from hubtools.checkpoint.reader import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,21 @@ class LogitsCheck:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("passed", "dtype", "max_abs_dlogit", "nmse", "mean_kl", "max_kl", "top1_agreement",
-                "top1_near_tie_agreement", "near_tie", "sequences", "tokens", "prompts", "thresholds")
+        keys = (
+            "passed",
+            "dtype",
+            "max_abs_dlogit",
+            "nmse",
+            "mean_kl",
+            "max_kl",
+            "top1_agreement",
+            "top1_near_tie_agreement",
+            "near_tie",
+            "sequences",
+            "tokens",
+            "prompts",
+            "thresholds",
+        )
         out: dict[str, Any] = {k: getattr(self, k) for k in keys}
         out["layers"] = [d.to_dict() for d in self.layers]
         if self.skipped:
@@ -97,7 +110,7 @@ class LogitsCheck:
 def _pad(rows: list[list[int]], source: str) -> Prompts:
     tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
     for i, row in enumerate(rows):
-        tokens[i, :len(row)] = torch.tensor(row)
+        tokens[i, : len(row)] = torch.tensor(row)
     return Prompts(tokens, tuple(map(len, rows)), source)
 
 
@@ -132,8 +145,9 @@ def layer_diff(layer: int, h_ref: torch.Tensor, h_hf: torch.Tensor, valid: torch
     return LayerDiff(layer, float(delta.abs().max()), float(delta.norm() / ref.norm().clamp_min(1e-30)))
 
 
-def logit_metrics(ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor, *,
-                  near_tie: float = 0.0) -> dict[str, float]:
+def logit_metrics(
+    ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor, *, near_tie: float = 0.0
+) -> dict[str, float]:
     """max |dlogit|, NMSE, mean / max KL(ref || hf) and top-1 agreement over the real positions.
 
     `top1_near_tie_agreement` also counts a flip to a token whose reference logit is within `near_tie`
@@ -143,15 +157,20 @@ def logit_metrics(ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor, *,
     for row in range(ref.shape[0]):  # one sequence at a time: [seq, vocab] in float64 stays small
         r, h = ref[row][valid[row]].double(), hf[row][valid[row]].double()
         max_abs = max(max_abs, float((r - h).abs().max()))
-        err, norm = err + float(((r - h) ** 2).sum()), norm + float((r ** 2).sum())
+        err, norm = err + float(((r - h) ** 2).sum()), norm + float((r**2).sum())
         log_r, log_h = torch.log_softmax(r, -1), torch.log_softmax(h, -1)
         kls.append((log_r.exp() * (log_r - log_h)).sum(-1))
         same += int((r.argmax(-1) == h.argmax(-1)).sum())
         close += int((r.gather(-1, h.argmax(-1, keepdim=True))[:, 0] >= r.max(-1).values - near_tie).sum())
     kl = torch.cat(kls).clamp_min(0.0)
-    return {"max_abs_dlogit": max_abs, "nmse": err / max(norm, 1e-30), "mean_kl": float(kl.mean()),
-            "max_kl": float(kl.max()), "top1_agreement": same / kl.numel(),
-            "top1_near_tie_agreement": close / kl.numel()}
+    return {
+        "max_abs_dlogit": max_abs,
+        "nmse": err / max(norm, 1e-30),
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+        "top1_agreement": same / kl.numel(),
+        "top1_near_tie_agreement": close / kl.numel(),
+    }
 
 
 def passes(metrics: dict[str, float], thresholds: dict[str, float]) -> bool:
@@ -159,14 +178,23 @@ def passes(metrics: dict[str, float], thresholds: dict[str, float]) -> bool:
     return all(metrics[k] >= v if k.startswith("top1") else metrics[k] <= v for k, v in thresholds.items())
 
 
-def run_layered(native: Checkpoint, hf: Checkpoint, config: Any, params: ModelParams, prompts: Prompts, *,
-                dtype: torch.dtype, rope_theta: float,
-                progress: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor, list[LayerDiff]]:
+def run_layered(
+    native: Checkpoint,
+    hf: Checkpoint,
+    config: Any,
+    params: ModelParams,
+    prompts: Prompts,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    progress: Callable[[str], None],
+) -> tuple[torch.Tensor, torch.Tensor, list[LayerDiff]]:
     """Both forwards in lockstep, one layer's weights at a time on each side.
 
     Returns:
         Reference logits, transformers logits, and the hidden-state difference after every layer.
     """
+
     def get(name: str) -> torch.Tensor:
         return native.read(name).to(dtype)
 
@@ -187,17 +215,35 @@ def run_layered(native: Checkpoint, hf: Checkpoint, config: Any, params: ModelPa
         return reference.head(h_ref, get, params).float(), model.head(h_hf).float(), diffs
 
 
-def compare_logits(native: Checkpoint, hf: Checkpoint, config: Any, *, dtype: torch.dtype, rope_theta: float,
-                   progress: Callable[[str], None]) -> LogitsCheck:
+def compare_logits(
+    native: Checkpoint,
+    hf: Checkpoint,
+    config: Any,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    progress: Callable[[str], None],
+) -> LogitsCheck:
     """Run both forwards on the built-in prompts and judge the logits by the thresholds for `dtype`."""
     name = str(dtype).removeprefix("torch.")
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
-    ref, out, diffs = run_layered(native, hf, config, native.params, prompts, dtype=dtype,
-                                  rope_theta=rope_theta, progress=progress)
+    ref, out, diffs = run_layered(
+        native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
+    )
     metrics = logit_metrics(ref, out, prompts.valid, near_tie=NEAR_TIE[name])
-    return LogitsCheck(passed=passes(metrics, THRESHOLDS[name]), dtype=name, near_tie=NEAR_TIE[name],
-                       max_abs_dlogit=metrics["max_abs_dlogit"], nmse=metrics["nmse"], mean_kl=metrics["mean_kl"],
-                       max_kl=metrics["max_kl"], top1_agreement=metrics["top1_agreement"],
-                       top1_near_tie_agreement=metrics["top1_near_tie_agreement"], layers=tuple(diffs),
-                       sequences=len(prompts.lengths), tokens=sum(prompts.lengths), prompts=prompts.source,
-                       thresholds=THRESHOLDS[name])
+    return LogitsCheck(
+        passed=passes(metrics, THRESHOLDS[name]),
+        dtype=name,
+        near_tie=NEAR_TIE[name],
+        max_abs_dlogit=metrics["max_abs_dlogit"],
+        nmse=metrics["nmse"],
+        mean_kl=metrics["mean_kl"],
+        max_kl=metrics["max_kl"],
+        top1_agreement=metrics["top1_agreement"],
+        top1_near_tie_agreement=metrics["top1_near_tie_agreement"],
+        layers=tuple(diffs),
+        sequences=len(prompts.lengths),
+        tokens=sum(prompts.lengths),
+        prompts=prompts.source,
+        thresholds=THRESHOLDS[name],
+    )

@@ -59,8 +59,9 @@ def attention_mask(positions: torch.Tensor, window: int | None) -> torch.Tensor:
     return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
 
 
-def attention(x: torch.Tensor, prefix: str, get: Getter, params: ModelParams,
-              cis: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attention(
+    x: torch.Tensor, prefix: str, get: Getter, params: ModelParams, cis: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Grouped-query self-attention of one layer (`prefix` = "layers.N.attention.")."""
     batch, seq, _ = x.shape
     heads, kv_heads, head_dim = params.n_heads, params.n_kv_heads, params.head_dim
@@ -70,7 +71,7 @@ def attention(x: torch.Tensor, prefix: str, get: Getter, params: ModelParams,
     q, k = apply_rotary(q, cis), apply_rotary(k, cis)
     k = k.repeat_interleave(heads // kv_heads, dim=2)
     v = v.repeat_interleave(heads // kv_heads, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * head_dim ** -0.5
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * head_dim**-0.5
     probs = torch.softmax(scores.float() + mask, dim=-1).type_as(x)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, heads * head_dim)
     return F.linear(out, get(prefix + "wo.weight"))
@@ -102,8 +103,9 @@ def embed(tokens: torch.Tensor, get: Getter) -> torch.Tensor:
     return get("tok_embeddings.weight")[tokens]
 
 
-def layer_forward(h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor,
-                  *, rope_theta: float) -> torch.Tensor:
+def layer_forward(
+    h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor, *, rope_theta: float
+) -> torch.Tensor:
     """One pre-norm decoder block: `h + attn(norm(h))`, then `+ ffn(norm(.))`.
 
     Args:

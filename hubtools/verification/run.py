@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from hubtools import __version__
+from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
-from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.model.transforms import to_hf
 from hubtools.verification.logits import THRESHOLDS, LogitsCheck, compare_logits
 from hubtools.verification.structure import (
@@ -51,8 +51,14 @@ class TensorsCheck:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "compared": self.compared, "expected": self.expected,
-                "mismatched": list(self.mismatched), "differences": self.differences, "notes": list(self.notes)}
+        return {
+            "passed": self.passed,
+            "compared": self.compared,
+            "expected": self.expected,
+            "mismatched": list(self.mismatched),
+            "differences": self.differences,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,19 @@ class VerifyReport:
         return all(c.passed for c in (self.structure, self.tensors, self.tokenizer, self.logits))
 
     def to_dict(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {"structure": self.structure, "tensors": self.tensors, "tokenizer": self.tokenizer,
-                  "logits": self.logits}
-        return {"passed": self.passed, "hubtools_version": self.hubtools_version, "native": self.native,
-                "hf": self.hf, "checks": {k: v.to_dict() for k, v in checks.items()}}
+        checks: dict[str, Any] = {
+            "structure": self.structure,
+            "tensors": self.tensors,
+            "tokenizer": self.tokenizer,
+            "logits": self.logits,
+        }
+        return {
+            "passed": self.passed,
+            "hubtools_version": self.hubtools_version,
+            "native": self.native,
+            "hf": self.hf,
+            "checks": {k: v.to_dict() for k, v in checks.items()},
+        }
 
 
 def _layouts(folder: Path) -> set[str]:
@@ -120,23 +135,28 @@ def assign_folders(first: Path, second: Path) -> tuple[Path, Path]:
         return second, first
     for folder, found in ((first, a), (second, b)):
         if not found:
-            raise VerifyError(f"{folder}: not a checkpoint (expected params.json with consolidated weights, "
-                              "or config.json with model*.safetensors)")
+            raise VerifyError(
+                f"{folder}: not a checkpoint (expected params.json with consolidated weights, "
+                "or config.json with model*.safetensors)"
+            )
     layout = next(iter(a | b))
-    raise VerifyError(f"{first} and {second} are both {layout} checkpoints "
-                      "(expected a native folder and its HF conversion)")
+    raise VerifyError(
+        f"{first} and {second} are both {layout} checkpoints (expected a native folder and its HF conversion)"
+    )
 
 
-def check_structure(native: Checkpoint, hf: HfFolder, table: NameTable, *,
-                    rope_theta: float | None = None) -> StructureCheck:
+def check_structure(
+    native: Checkpoint, hf: HfFolder, table: NameTable, *, rope_theta: float | None = None
+) -> StructureCheck:
     """Config vs params, both sides' tensors against the name table, dtypes and the index."""
     problems = list(hf.problems)
     if hf.config is not None:
         problems += config_problems(hf.config, native.params, rope_theta=rope_theta)
         problems += dtype_problems(hf.config, hf.tensors)
     for ckpt_layout, tensors, where in (("native", native.tensors, "native"), ("hf", hf.tensors, "HF")):
-        problems += mapping_problems(table, list(tensors), {n: t.shape for n, t in tensors.items()},
-                                     layout=ckpt_layout, where=where)
+        problems += mapping_problems(
+            table, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
+        )
     notes = list(hf.notes)
     native_dtypes = _dtype_names(t.dtype for t in native.tensors.values())
     hf_dtypes = _dtype_names(t.dtype for t in hf.tensors.values())
@@ -151,8 +171,13 @@ def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
 
 def forward_ready(native: Checkpoint, hf: HfFolder, table: NameTable) -> bool:
     """Every tensor present with its expected shape on both sides (a forward can run)."""
-    return all(s.native in native.tensors and native.tensors[s.native].shape == s.shape
-               and s.hf in hf.tensors and hf.tensors[s.hf].shape == s.shape for s in table.specs)
+    return all(
+        s.native in native.tensors
+        and native.tensors[s.native].shape == s.shape
+        and s.hf in hf.tensors
+        and hf.tensors[s.hf].shape == s.shape
+        for s in table.specs
+    )
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -180,14 +205,22 @@ def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progre
     notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(casts)]
     if compared < len(table.specs):
         notes.append(f"{len(table.specs) - compared} tensor(s) missing or misshapen on a side (see structure)")
-    return TensorsCheck(not mismatched and compared == len(table.specs), compared, len(table.specs),
-                        tuple(mismatched), differences, tuple(notes))
+    return TensorsCheck(
+        not mismatched and compared == len(table.specs),
+        compared,
+        len(table.specs),
+        tuple(mismatched),
+        differences,
+        tuple(notes),
+    )
 
 
 def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
     if actual.dtype != expected.dtype:
-        return {"dtype": str(actual.dtype).removeprefix("torch."),
-                "expected_dtype": str(expected.dtype).removeprefix("torch.")}
+        return {
+            "dtype": str(actual.dtype).removeprefix("torch."),
+            "expected_dtype": str(expected.dtype).removeprefix("torch."),
+        }
     differ = _bits(expected).view(-1, expected.element_size()).ne(_bits(actual).view(-1, actual.element_size()))
     delta = (expected.float() - actual.float()).abs()
     return {"elements": int(differ.any(-1).sum()), "of": expected.numel(), "max_abs": float(delta.nan_to_num().max())}
@@ -211,8 +244,17 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     return TokenizerCheck(bool(report.passed), report.to_dict())
 
 
-def _logits(native: Checkpoint, hf_folder: Path, hf: Checkpoint, ready: bool, *, dtype: torch.dtype,
-            rope_theta: float, enabled: bool, progress: Progress) -> LogitsCheck:
+def _logits(
+    native: Checkpoint,
+    hf_folder: Path,
+    hf: Checkpoint,
+    ready: bool,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    enabled: bool,
+    progress: Progress,
+) -> LogitsCheck:
     name = str(dtype).removeprefix("torch.")
     if not enabled:
         return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
@@ -230,9 +272,16 @@ def _logits(native: Checkpoint, hf_folder: Path, hf: Checkpoint, ready: bool, *,
         return LogitsCheck(False, name, error=f"transformers cannot run the HF model: {str(exc).splitlines()[0]}")
 
 
-def verify(native: Path, hf: Path, *, dtype: torch.dtype = torch.float32, prompts_path: Path | None = None,
-           check_logits: bool = True, rope_theta: float | None = None,
-           progress: Progress | None = None) -> VerifyReport:
+def verify(
+    native: Path,
+    hf: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    prompts_path: Path | None = None,
+    check_logits: bool = True,
+    rope_theta: float | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
     """Verify that an HF folder is an exact conversion of a native checkpoint (arguments in either order).
 
     Args:
@@ -268,8 +317,16 @@ def verify(native: Path, hf: Path, *, dtype: torch.dtype = torch.float32, prompt
             say("tokenizer")
             tokenizer = check_tokenizer_parity(src, hf, prompts_path)
             theta = rope_theta if rope_theta is not None else default_rope_theta(src.params)
-            logits = _logits(src, hf, dst, forward_ready(src, audit, table), dtype=dtype, rope_theta=theta,
-                             enabled=check_logits, progress=say)
+            logits = _logits(
+                src,
+                hf,
+                dst,
+                forward_ready(src, audit, table),
+                dtype=dtype,
+                rope_theta=theta,
+                enabled=check_logits,
+                progress=say,
+            )
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
 
 
@@ -284,9 +341,11 @@ def _logits_line(c: LogitsCheck) -> str:
         return str(c.skipped or c.error)
     limits = ", ".join(f"{k} {'>=' if k.startswith('top1') else '<='} {v:g}" for k, v in c.thresholds.items())
     ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
-    return (f"{c.dtype}: max|dlogit| {c.max_abs_dlogit:.2e}, NMSE {c.nmse:.2e}, KL mean {c.mean_kl:.2e} "
-            f"max {c.max_kl:.2e}, top-1 {100 * (c.top1_agreement or 0):.1f}%{ties} on {c.tokens} tokens; "
-            f"limits: {limits}")
+    return (
+        f"{c.dtype}: max|dlogit| {c.max_abs_dlogit:.2e}, NMSE {c.nmse:.2e}, KL mean {c.mean_kl:.2e} "
+        f"max {c.max_kl:.2e}, top-1 {100 * (c.top1_agreement or 0):.1f}%{ties} on {c.tokens} tokens; "
+        f"limits: {limits}"
+    )
 
 
 def _tokenizer_line(c: TokenizerCheck) -> str:
@@ -300,18 +359,25 @@ def _tokenizer_line(c: TokenizerCheck) -> str:
 def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
     """The report as a readable terminal table (checks, per-layer differences, problems)."""
     s, t = report.structure, report.tensors
-    rows = [("structure", _status(s), f"{len(s.problems)} problem(s)"),
-            ("tensors", _status(t), f"{t.compared - len(t.mismatched)}/{t.expected} bit-identical"),
-            ("tokenizer", _status(report.tokenizer), _tokenizer_line(report.tokenizer)),
-            ("logits", _status(report.logits), _logits_line(report.logits))]
-    lines = [f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",
-             f"  native: {report.native}", f"  hf:     {report.hf}", ""]
+    rows = [
+        ("structure", _status(s), f"{len(s.problems)} problem(s)"),
+        ("tensors", _status(t), f"{t.compared - len(t.mismatched)}/{t.expected} bit-identical"),
+        ("tokenizer", _status(report.tokenizer), _tokenizer_line(report.tokenizer)),
+        ("logits", _status(report.logits), _logits_line(report.logits)),
+    ]
+    lines = [
+        f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",
+        f"  native: {report.native}",
+        f"  hf:     {report.hf}",
+        "",
+    ]
     lines += [f"  {name:<10} {status:<5} {detail}" for name, status, detail in rows]
     if report.logits.layers:
         lines += ["", f"  {'layer':>5}  {'max|dh|':>10}  {'rel dh':>10}"]
         lines += [f"  {d.layer:>5}  {d.max_abs_dh:>10.2e}  {d.rel_dh:>10.2e}" for d in report.logits.layers]
-    findings = list(s.problems) + [f"tensor differs: '{n}' ({_describe(t.differences.get(n, {}))})"
-                                   for n in t.mismatched]
+    findings = list(s.problems) + [
+        f"tensor differs: '{n}' ({_describe(t.differences.get(n, {}))})" for n in t.mismatched
+    ]
     if findings:
         lines += ["", "  problems:"] + [f"    - {p}" for p in findings[:max_names]]
         if len(findings) > max_names:

@@ -16,18 +16,32 @@ from typing import Any
 
 import torch
 
-from hubtools.model.hf_config import ConfigOverrides, to_hf_config
-from hubtools.errors import CorruptFileError
-from hubtools.model.names import NameTable
-from hubtools.model.params import ModelParams
 from hubtools.checkpoint.reader import Checkpoint, TensorSource, WeightFiles
 from hubtools.checkpoint.safetensors_format import read_header
+from hubtools.errors import CorruptFileError
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config
+from hubtools.model.names import NameTable
+from hubtools.model.params import ModelParams
 
 INDEX = "model.safetensors.index.json"
 MAX_NAMED = 20  # per kind of problem; the rest are counted
-COMPARED_FIELDS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
-                   "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "vocab_size",
-                   "rope_theta", "sliding_window", "num_local_experts", "num_experts_per_tok", "tie_word_embeddings")
+COMPARED_FIELDS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "vocab_size",
+    "rope_theta",
+    "sliding_window",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "tie_word_embeddings",
+)
 
 
 @dataclass(frozen=True)
@@ -118,15 +132,17 @@ def _index_tensors(files: list[Path], problems: list[str]) -> tuple[list[Path], 
         readable.append(path)
         for e in entries:
             if e.name in tensors:
-                problems.append(f"tensor '{e.name}' is stored twice: in '{tensors[e.name].segments[0][0].name}' "
-                                f"and '{path.name}'")
+                problems.append(
+                    f"tensor '{e.name}' is stored twice: in '{tensors[e.name].segments[0][0].name}' and '{path.name}'"
+                )
                 continue
             tensors[e.name] = TensorSource(e.name, e.code, e.shape, ((path, e.offset, e.length),))
     return readable, tensors
 
 
-def _index_consistency(folder: Path, weight_map: dict[str, str], tensors: dict[str, TensorSource],
-                       problems: list[str], notes: list[str]) -> None:
+def _index_consistency(
+    folder: Path, weight_map: dict[str, str], tensors: dict[str, TensorSource], problems: list[str], notes: list[str]
+) -> None:
     for name, file in weight_map.items():
         source = tensors.get(name)
         stored = source.segments[0][0].name if source else None
@@ -221,22 +237,25 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got)}")
     rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
     if rope_type != "default" or config.get("rope_scaling"):
-        problems.append(f"config.json rope_parameters.rope_type: expected \"default\", found {_fmt(rope_type)}")
+        problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
     return problems
 
 
-def mapping_problems(table: NameTable, names: list[str], shapes: dict[str, tuple[int, ...]], *,
-                     layout: str, where: str) -> list[str]:
+def mapping_problems(
+    table: NameTable, names: list[str], shapes: dict[str, tuple[int, ...]], *, layout: str, where: str
+) -> list[str]:
     """Unknown and missing tensors, and shapes the params contradict, for one side."""
     key = "native" if layout == "native" else "hf"
     index = table.by_native if layout == "native" else table.by_hf
     problems = _named([n for n in names if n not in index], f"{where}: unknown tensor '{{}}'")
     present = set(names)
-    problems += _named([getattr(s, key) for s in table.specs if getattr(s, key) not in present],
-                       f"{where}: missing tensor '{{}}'")
+    problems += _named(
+        [getattr(s, key) for s in table.specs if getattr(s, key) not in present], f"{where}: missing tensor '{{}}'"
+    )
     wrong = [n for n in names if n in index and shapes[n] != index[n].shape]
-    problems += [f"{where}: tensor '{n}' has shape {list(shapes[n])}, expected {list(index[n].shape)}"
-                 for n in wrong[:MAX_NAMED]]
+    problems += [
+        f"{where}: tensor '{n}' has shape {list(shapes[n])}, expected {list(index[n].shape)}" for n in wrong[:MAX_NAMED]
+    ]
     return problems
 
 
@@ -249,5 +268,5 @@ def dtype_problems(config: dict[str, Any], tensors: dict[str, TensorSource]) -> 
     declared = config.get("dtype") or config.get("torch_dtype")
     if isinstance(declared, str) and dtypes and declared not in dtypes:
         key = "dtype" if config.get("dtype") else "torch_dtype"
-        problems.append(f"config.json {key}: declares \"{declared}\", the tensors are {', '.join(dtypes)}")
+        problems.append(f'config.json {key}: declares "{declared}", the tensors are {", ".join(dtypes)}')
     return problems
