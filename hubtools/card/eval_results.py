@@ -149,9 +149,18 @@ def load_lm_eval_results(path: Path) -> EvalRun:
         `CardError`: unreadable JSON, no `results`, or a task whose dataset cannot be determined.
 
     Example:
-        >>> run = load_lm_eval_results(Path("results_2024-05-01T10-00-00.json"))
-        >>> run.benchmarks[0].metrics[0]
-        Metric(type='acc_norm', value=70.48, name='normalized accuracy')
+        >>> import tempfile
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> path = Path(folder.name) / "results_2024-05-01T10-00-00.json"
+        >>> _ = path.write_text(json.dumps({
+        ...     "results": {"arc_challenge": {"acc_norm,none": 0.70477, "acc_norm_stderr,none": 0.0133}},
+        ...     "configs": {"arc_challenge": {"dataset_path": "allenai/ai2_arc", "test_split": "test"}},
+        ...     "n-shot": {"arc_challenge": 25},
+        ... }))
+        >>> run = load_lm_eval_results(path)
+        >>> run.benchmarks[0].name, run.benchmarks[0].metrics[0]
+        ('AI2 Reasoning Challenge (25-shot)', Metric(type='acc_norm', value=70.48, name='normalized accuracy'))
+        >>> folder.cleanup()
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
