@@ -18,6 +18,7 @@ import click
 
 from hubtools import __version__
 from hubtools.errors import HubtoolsError
+from hubtools.tokenization.choices import ChatTemplate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,12 +95,12 @@ def _byte_progress(total: int, quiet: bool, desc: str) -> Any:
 @click.option("--to", "to", type=click.Choice(["hf", "native"]), help="Target layout (default: the other one).")
 @click.option("--dtype", type=DTYPE_CHOICES, help="Cast tensors (default: keep; the recipe's dtype with --recipe).")
 @click.option("--max-shard-size", default=None, help="Shard budget, e.g. 5GB (default 5GB or the recipe's).")
-@click.option("--recipe", type=click.Path(path_type=Path), help="converters/NAME.yaml: validate SRC against it.")
+@click.option("--recipe", help="converters/NAME.yaml or a release name: validate SRC against it, use its settings.")
 @click.option("--rope-theta", type=float, help="Override rope_theta in config.json.")
 @click.option("--max-position-embeddings", type=int, help="Override max_position_embeddings.")
 @click.option(
     "--chat-template",
-    type=click.Choice(["auto", "mistral", "chatml", "none"]),
+    type=click.Choice(ChatTemplate.values()),
     default=None,
     help="Chat template for the HF tokenizer (default: the recipe's, else auto).",
 )
@@ -113,7 +114,7 @@ def convert(
     to: str | None,
     dtype: str | None,
     max_shard_size: str | None,
-    recipe: Path | None,
+    recipe: str | None,
     rope_theta: float | None,
     max_position_embeddings: int | None,
     chat_template: str | None,
@@ -122,34 +123,30 @@ def convert(
     as_json: bool,
 ) -> None:
     """Convert SRC (native or HF layout) into DST in the other layout, streaming."""
-    from hubtools.checkpoint.reader import detect_weights
-    from hubtools.checkpoint.writer import parse_size
+    from hubtools.checkpoint.layout import Layout, detect_layout
     from hubtools.converter import convert as run_convert
-    from hubtools.inspection import human_bytes
-    from hubtools.model.hf_config import ConfigOverrides
-    from hubtools.recipe import check_source, load_recipe
+    from hubtools.recipe import check_source, convert_options, load_recipe
+    from hubtools.units import human_bytes
 
     rec = load_recipe(recipe) if recipe else None
-    base = rec.config_overrides() if rec else ConfigOverrides()
-    overrides = ConfigOverrides(
-        rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
-        max_position_embeddings=max_position_embeddings or base.max_position_embeddings,
+    options = convert_options(
+        rec,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        rope_theta=rope_theta,
+        max_position_embeddings=max_position_embeddings,
+        chat_template=chat_template,
     )
-    try:
-        shard = parse_size(max_shard_size) if max_shard_size else (rec.max_shard_size if rec else 5 * 10**9)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
-    weights = detect_weights(src, layout={"hf": "native", "native": "hf", None: None}[to]) if src.is_dir() else None
-    total = sum(p.stat().st_size for p in weights.files) if weights else 0
+    total = detect_layout(src, layout=Layout.parse(to).other if to else None).total_bytes
     with _byte_progress(total, quiet or as_json, "convert") as bar:
         result = run_convert(
             src,
             dst,
             to=to,
-            dtype=dtype or (rec.dtype if rec else None),
-            max_shard_size=shard,
-            overrides=overrides,
-            chat_template=chat_template or (rec.chat_template if rec else "auto"),
+            dtype=options.dtype,
+            max_shard_size=options.max_shard_size,
+            overrides=options.overrides,
+            chat_template=options.chat_template,
             force=force,
             progress=bar.update,
             check=(lambda ckpt: check_source(rec, ckpt)) if rec else None,

@@ -8,6 +8,7 @@ params.json and the native tokenizer file, in the layout mistral-inference loads
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,10 +31,11 @@ from hubtools.checkpoint.writer import (
     write_index,
     write_shard,
 )
-from hubtools.errors import DestinationError, MappingError, ParamsError, TokenizerError
+from hubtools.errors import DestinationError, ParamsError, TokenizerError
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
-from hubtools.model.names import NameTable, TensorSpec
-from hubtools.model.transforms import to_hf, to_native
+from hubtools.model.names import Layout, NameTable, TensorSpec
+from hubtools.model.params import ModelParams
+from hubtools.model.transforms import Transform
 
 DEFAULT_SHARD_SIZE = 5 * 10**9
 Progress = Callable[[int], None]
@@ -46,23 +48,34 @@ class Step:
     spec: TensorSpec
     source: TensorSource
     out: PlannedTensor
-    transform: str
+    target: Layout
 
     @property
     def is_copy(self) -> bool:
-        return self.transform == "identity" and self.out.code == self.source.code and self.source.view is None
+        return (
+            self.spec.transform is Transform.IDENTITY and self.out.code == self.source.code and self.source.view is None
+        )
 
 
 @dataclass(frozen=True)
 class ConversionPlan:
-    source_layout: str
-    target_layout: str
-    params: Any
+    """Every output tensor, shard and config value of a conversion, decided from headers alone."""
+
+    direction: Layout  # the target layout; the source is `direction.other`
+    params: ModelParams
     shards: tuple[Shard, ...]
     steps: dict[str, Step]
     config: dict[str, Any] | None
     generation: dict[str, Any] | None
     rules: tuple[str, ...] = field(default=())
+
+    @property
+    def source_layout(self) -> Layout:
+        return self.direction.other
+
+    @property
+    def target_layout(self) -> Layout:
+        return self.direction
 
     @property
     def total_bytes(self) -> int:
@@ -81,7 +94,7 @@ def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
     for name, src in ckpt.tensors.items():
         spec = table.spec(name, layout=ckpt.layout)
         if src.shape != spec.shape:
-            origin = "params.json" if ckpt.layout == "native" else "config.json"
+            origin = Layout.parse(ckpt.layout).metadata_file
             raise ParamsError(
                 f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
                 f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
@@ -121,24 +134,24 @@ def plan(
     table = NameTable(ckpt.params)
     check_tensors(ckpt, table)
     check_tokenizer_vocab(ckpt)
-    to_layout = "hf" if ckpt.layout == "native" else "native"
-    key_in, key_out = ("native", "hf") if to_layout == "hf" else ("hf", "native")
+    target = Layout.parse(ckpt.layout).other
+    key_in, key_out = target.other.value, target.value
     cast = dtype_code(dtype) if dtype is not None else None
     steps: dict[str, Step] = {}
     for spec in table.specs:
         src = ckpt.tensors[getattr(spec, key_in)]
         out = PlannedTensor(getattr(spec, key_out), cast or src.code, spec.shape)
-        steps[out.name] = Step(spec, src, out, spec.transform)
+        steps[out.name] = Step(spec, src, out, target)
     planned = [s.out for s in steps.values()]
-    if to_layout == "hf":
+    if target is Layout.HF:
         shards = plan_shards(planned, max_shard_size=max_shard_size, stem="model")
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
-        return ConversionPlan("native", "hf", ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
+        return ConversionPlan(Layout.HF, ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
     shards = plan_shards(
         planned, max_shard_size=max_shard_size, stem="consolidated", single_name="consolidated.safetensors"
     )
-    return ConversionPlan("hf", "native", ckpt.params, tuple(shards), steps, None, None)
+    return ConversionPlan(Layout.NATIVE, ckpt.params, tuple(shards), steps, None, None)
 
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
@@ -147,19 +160,19 @@ def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
     if step.is_copy:
         copy_segments(fd, src.segments, path, ckpt.fd)
         return
-    direction = to_hf if step.spec.hf == step.out.name else to_native
+    transform = step.spec.transform
     if step.out.code == src.code and src.view is None and len(src.shape) == 2:
         rows = ckpt.read_bytes(src.segments).reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
-        write_all(fd, np.ascontiguousarray(direction(step.transform, rows, ckpt.params)).data, path)
+        write_all(fd, np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data, path)
         return
-    tensor = direction(step.transform, ckpt.read(src.name), ckpt.params).to(step.out.dtype)
+    tensor = transform.towards(step.target, ckpt.read(src.name), ckpt.params).to(step.out.dtype)
     write_all(fd, tensor_bytes(tensor), path)
 
 
-def _write_tokenizer(ckpt: Checkpoint, target: str, out: Path, chat_template: str) -> list[str]:
+def _write_tokenizer(ckpt: Checkpoint, target: Layout, out: Path, chat_template: str) -> list[str]:
     from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
 
-    if target == "hf":
+    if target is Layout.HF:
         return write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template) if ckpt.tokenizer_file else []
     restored = restore_native_tokenizer(ckpt.folder, out)
     return [restored.name] if restored is not None else []
@@ -191,7 +204,7 @@ def write_plan(
 
             write_shard(path, shard, fill)
             written.append(shard.file)
-        if conversion.target_layout == "hf":
+        if conversion.target_layout is Layout.HF:
             write_index(out / "model.safetensors.index.json", conversion.shards)
             _write_json(out / "config.json", conversion.config)
             _write_json(out / "generation_config.json", conversion.generation)
@@ -203,7 +216,7 @@ def write_plan(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @dataclass(frozen=True)
@@ -259,10 +272,10 @@ def commit_destination(tmp: Path, dst: Path) -> None:
 
 
 def convert(
-    src: Path,
-    dst: Path,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
     *,
-    to: str | None = None,
+    to: Layout | str | None = None,
     dtype: Any = None,
     max_shard_size: int = DEFAULT_SHARD_SIZE,
     overrides: ConfigOverrides | None = None,
@@ -286,18 +299,13 @@ def convert(
         HubtoolsError subclasses naming the file or tensor at fault.
 
     Example:
-        >>> convert(Path("mixtral-native"), Path("mixtral-hf"))  # doctest: +SKIP
+        >>> result = convert("mixtral-native", "mixtral-hf")  # doctest: +SKIP
+        >>> result.target_layout, result.files[-1]  # doctest: +SKIP
+        ('hf', 'tokenizer_config.json')
     """
     started = time.monotonic()
-    if to not in (None, "hf", "native"):
-        raise ValueError(f"to must be 'hf' or 'native', got {to!r}")
-    layout = {"hf": "native", "native": "hf", None: None}[to]
-    if not src.is_dir():
-        raise (
-            DestinationError(f"{src}: source folder does not exist")
-            if not src.exists()
-            else MappingError(f"{src}: source is a file; pass the checkpoint folder")
-        )
+    src, dst = Path(src), Path(dst)
+    layout = Layout.parse(to).other if to is not None else None
     with open_checkpoint(src, layout=layout) as ckpt:
         if check:
             check(ckpt)
@@ -313,8 +321,8 @@ def convert(
     return ConversionResult(
         str(src),
         str(dst),
-        conversion.source_layout,
-        conversion.target_layout,
+        conversion.source_layout.value,
+        conversion.target_layout.value,
         conversion.params.architecture,
         len(conversion.steps),
         copies,

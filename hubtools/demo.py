@@ -143,8 +143,8 @@ def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
 
 
 def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
-    from hubtools.inspection import human_bytes
     from hubtools.publishing.upload import plan_upload
+    from hubtools.units import human_bytes
 
     plan = plan_upload(hf)
     say(

@@ -1,4 +1,7 @@
-"""Typed errors. The library raises these; only `cli.py` turns them into one line and an exit code."""
+"""Typed errors. The library raises these; only `cli.py` turns them into one line and an exit code.
+
+No other exception type is part of the API: `ValueError`s of bad arguments are `InvalidValueError`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,16 @@ from __future__ import annotations
 class HubtoolsError(Exception):
     """Base class: a user-facing failure whose message is one line.
 
-    Messages read "what failed: 'value' (expected X, got Y). Hint."
+    One message form everywhere, the path (or value) at fault first:
+    "{path}: expected {what was expected}, found {what was found}" (a hint may follow in parentheses).
+    The library raises these and never prints or exits; `cli.py` prints "error: {message}".
     """
 
     exit_code = 1
+
+
+class InvalidValueError(HubtoolsError, ValueError):
+    """A value given by the user (a flag, a recipe field, an argument) is malformed or out of range."""
 
 
 class LayoutError(HubtoolsError):

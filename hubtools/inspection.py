@@ -8,6 +8,7 @@ from typing import Any
 
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name, itemsize
+from hubtools.units import human_bytes, human_count
 
 
 @dataclass(frozen=True)
@@ -91,20 +92,6 @@ def summarize(folder: Path) -> Summary:
             ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
             p.vocab_size,
         )
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
 
 
 def format_summary(s: Summary) -> str:

@@ -13,14 +13,15 @@ from typing import Any
 import yaml
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.checkpoint.writer import parse_size
-from hubtools.errors import RecipeError
+from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.model.hf_config import ConfigOverrides
+from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
+from hubtools.units import parse_size
 
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
 DTYPES = ("bfloat16", "float16", "float32")
-CHAT_TEMPLATES = ("mistral", "chatml", "none")
-TOKENIZERS = ("v1", "v2", "v3", "v7", "tekken")
+CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
+TOKENIZERS = tuple(v.value for v in TokenizerVersion)
 _KEYS = {
     "name",
     "description",
@@ -36,6 +37,7 @@ _KEYS = {
     "tags",
 }
 _OVERRIDES = {"rope_theta", "max_position_embeddings"}
+DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Recipe:
     repo_id: str
     card: str
     dtype: str = "bfloat16"
-    max_shard_size: int = 5 * 10**9
+    max_shard_size: int = DEFAULT_SHARD_SIZE
     chat_template: str = "none"
     tokenizer: str | None = None
     description: str = ""
@@ -96,9 +98,13 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     if bad:
         raise RecipeError(f"{where}: unknown override '{bad[0]}' (expected {', '.join(sorted(_OVERRIDES))})")
     try:
+        ConfigOverrides(**overrides)
+    except InvalidValueError as exc:
+        raise RecipeError(f"{where}: overrides.{exc}") from None
+    try:
         shard = parse_size(raw.get("max_shard_size", "5GB"))
-    except ValueError as exc:
-        raise RecipeError(f"{where}: max_shard_size: {exc}") from None
+    except InvalidValueError as exc:
+        raise RecipeError(f"{where}: max_shard_size {exc}") from None
     tokenizer = expect.get("tokenizer")
     if tokenizer is not None:
         _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
@@ -120,12 +126,13 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     )
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and validate `converters/NAME.yaml`.
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate `converters/NAME.yaml` (a path, or a release name looked up in converters/).
 
     Raises:
         RecipeError: missing file, invalid YAML, or invalid content.
     """
+    path = find_recipe(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe not found")
     try:
@@ -162,9 +169,61 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
             )
 
 
-def find_recipe(name_or_path: str, *, root: Path) -> Path:
-    """Resolve a release name (`mixtral-8x7b-v0.1`) or a path to its recipe file."""
+def find_recipe(name_or_path: str | Path, *, root: Path = Path(".")) -> Path:
+    """A recipe file from a path, or from a release name (`mixtral-8x7b-v0.1` -> converters/NAME.yaml).
+
+    Example:
+        >>> find_recipe("mixtral-8x7b-v0.1")
+        PosixPath('converters/mixtral-8x7b-v0.1.yaml')
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return root / "converters" / f"{name_or_path}.yaml"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """The settings of one conversion once flags, the recipe and the defaults are combined."""
+
+    dtype: str | None = None
+    max_shard_size: int = DEFAULT_SHARD_SIZE
+    overrides: ConfigOverrides = field(default_factory=ConfigOverrides)
+    chat_template: str = ChatTemplate.AUTO.value
+
+
+def convert_options(
+    recipe: Recipe | None,
+    *,
+    dtype: str | None = None,
+    max_shard_size: str | int | None = None,
+    rope_theta: float | None = None,
+    max_position_embeddings: int | None = None,
+    chat_template: str | None = None,
+) -> ConvertOptions:
+    """Combine explicit values (flags) with a recipe: a flag wins over the recipe, the recipe over defaults.
+
+    Raises:
+        InvalidValueError: a malformed shard size.
+
+    Example:
+        >>> convert_options(None, max_shard_size="2GB").max_shard_size
+        2000000000
+    """
+    base = recipe.config_overrides() if recipe else ConfigOverrides()
+    overrides = ConfigOverrides(
+        rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
+        max_position_embeddings=(
+            max_position_embeddings if max_position_embeddings is not None else base.max_position_embeddings
+        ),
+    )
+    if max_shard_size is not None:
+        shard = parse_size(max_shard_size)
+    else:
+        shard = recipe.max_shard_size if recipe else DEFAULT_SHARD_SIZE
+    return ConvertOptions(
+        dtype=dtype or (recipe.dtype if recipe else None),
+        max_shard_size=shard,
+        overrides=overrides,
+        chat_template=chat_template or (recipe.chat_template if recipe else ChatTemplate.AUTO.value),
+    )

@@ -32,6 +32,7 @@ from hubtools.card.eval_results import (
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
+from hubtools.units import human_count, size_both
 
 logger = logging.getLogger(__name__)
 
@@ -221,10 +222,10 @@ def _context(
         "instruct": instruct,
         "params": {
             "total_exact": f"{total:,}",
-            "total_short": short_count(total),
+            "total_short": human_count(total, digits=".3g"),
             "origin": origin,
             "active": active,
-            "active_short": short_count(active) if active else None,
+            "active_short": human_count(active, digits=".3g") if active else None,
         },
         "conversation": [json.dumps(message, ensure_ascii=False) for message in EXAMPLE_CONVERSATION],
         "reference_prompt": reference_prompt(source.tokenizer) if instruct else None,
@@ -236,36 +237,13 @@ def _context(
     }
 
 
-def short_count(n: int) -> str:
-    """`46702792704` -> `46.7B` (three significant digits)."""
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.3g}{suffix}"
-    return str(n)
-
-
 def memory_rows(parameters: int) -> list[dict[str, str]]:
     """Memory for the weights at 16, 8 and 4 bits per parameter, in GB (1e9 bytes) and GiB."""
     rows = []
     for label, bits in (("16-bit (bfloat16 / float16)", 16), ("8-bit (bitsandbytes)", 8), ("4-bit (bitsandbytes)", 4)):
         size = parameters * bits // 8
-        rows.append({"label": label, "bytes_per_param": f"{bits / 8:g}", "size": _size(size)})
+        rows.append({"label": label, "bytes_per_param": f"{bits / 8:g}", "size": size_both(size)})
     return rows
-
-
-def _size(n_bytes: int) -> str:
-    """`93405585408` -> `93.4 GB (87.0 GiB)`: decimal units, then binary ones."""
-    decimal = _scaled(n_bytes, 1000, ("B", "KB", "MB", "GB", "TB"))
-    return f"{decimal} ({_scaled(n_bytes, 1024, ('B', 'KiB', 'MiB', 'GiB', 'TiB'))})"
-
-
-def _scaled(n: int, base: int, units: tuple[str, ...]) -> str:
-    value = float(n)
-    for unit in units[:-1]:
-        if value < base:
-            return f"{n} {unit}" if unit == units[0] else f"{value:.1f} {unit}"
-        value /= base
-    return f"{value:.1f} {units[-1]}"
 
 
 def results_tables(

@@ -19,9 +19,10 @@ import yaml
 
 from hubtools.card.eval_results import Benchmark, benchmarks_from_source
 from hubtools.errors import CardError
+from hubtools.tokenization.choices import TokenizerVersion
 
 KINDS = ("base", "instruct")
-TOKENIZERS = ("v1", "v2", "v3", "v7")
+TOKENIZERS = tuple(v.value for v in TokenizerVersion.sentencepiece())  # the card quotes mistral-common's prompt
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.S)
 _REQUIRED = {"title": str, "repo_id": str, "kind": str, "tokenizer": str, "parameters": int, "metadata": dict}
 

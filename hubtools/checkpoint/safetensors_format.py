@@ -158,6 +158,6 @@ def build_header(tensors: list[tuple[str, Any, tuple[int, ...]]], metadata: dict
         size = nbytes(dtype, shape)
         body[name] = {"dtype": dtype_code(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
-    text = json.dumps(body, separators=(",", ":")).encode()
+    text = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text

@@ -48,33 +48,6 @@ class Shard:
         return sum(t.nbytes for t in self.tensors)
 
 
-def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000; '500MiB' -> 524_288_000; plain integers are bytes."""
-    if isinstance(text, int):
-        return text
-    units = {
-        "": 1,
-        "B": 1,
-        "KB": 10**3,
-        "MB": 10**6,
-        "GB": 10**9,
-        "TB": 10**12,
-        "KIB": 2**10,
-        "MIB": 2**20,
-        "GIB": 2**30,
-        "TIB": 2**40,
-    }
-    s = text.strip().upper()
-    number = s.rstrip("KMGTIB")
-    try:
-        value = float(number) * units[s[len(number) :]]
-    except (KeyError, ValueError):
-        raise ValueError(f"invalid size '{text}' (expected e.g. 5GB, 500MB, 2GiB)") from None
-    if value <= 0:
-        raise ValueError(f"invalid size '{text}' (must be positive)")
-    return int(value)
-
-
 def plan_shards(
     tensors: Sequence[PlannedTensor], *, max_shard_size: int, stem: str, single_name: str | None = None
 ) -> list[Shard]:
@@ -145,7 +118,9 @@ def write_index(path: Path, shards: Sequence[Shard]) -> None:
     """model.safetensors.index.json with total_size and the tensor -> file map (in tensor order)."""
     weight_map = {t.name: s.file for s in shards for t in s.tensors}
     total = sum(s.nbytes for s in shards)
-    path.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    path.write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, allow_nan=False) + "\n"
+    )
 
 
 def write_shard(path: Path, shard: Shard, fill: Callable[[int, PlannedTensor], None]) -> None:

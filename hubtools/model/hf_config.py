@@ -11,10 +11,11 @@ and overridable (recipe or flag):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubtools.errors import ParamsError
+from hubtools.errors import InvalidValueError, ParamsError
 from hubtools.model.params import ModelParams, default_rope_theta, parse_params
 
 DEFAULT_MAX_POSITIONS = 32768
@@ -29,6 +30,21 @@ class ConfigOverrides:
     max_position_embeddings: int | None = None
     bos_token_id: int = 1
     eos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        """Refuse values that would write an invalid or silently wrong config.json.
+
+        Raises:
+            InvalidValueError: rope_theta not finite and > 0, max_position_embeddings not a positive integer.
+        """
+        theta = self.rope_theta
+        if theta is not None and (
+            isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0
+        ):
+            raise InvalidValueError(f"rope_theta {theta!r}: expected a finite number > 0")
+        positions = self.max_position_embeddings
+        if positions is not None and (isinstance(positions, bool) or not isinstance(positions, int) or positions <= 0):
+            raise InvalidValueError(f"max_position_embeddings {positions!r}: expected a positive integer")
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,18 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
     return HfConfig(dict(sorted(config.items())), generation, (theta_rule, positions_rule))
 
 
+def config_rope_theta(config: dict[str, Any]) -> Any:
+    """config.json's rotary base: top-level `rope_theta` (transformers 4.x) or `rope_parameters.rope_theta` (5.x).
+
+    Example:
+        >>> config_rope_theta({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+        1000000.0
+    """
+    parameters = config.get("rope_parameters")
+    nested = parameters.get("rope_theta") if isinstance(parameters, dict) else None
+    return config.get("rope_theta") or nested
+
+
 def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
     """Translate a Mistral/Mixtral config.json back into native params.
 
@@ -127,7 +155,7 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
     except KeyError as exc:
         raise ParamsError(f"{source}: missing field {exc.args[0]}") from None
     raw["head_dim"] = config.get("head_dim") or raw["dim"] // raw["n_heads"]
-    theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+    theta = config_rope_theta(config)
     if theta is not None:
         raw["rope_theta"] = float(theta)
     if config.get("sliding_window"):

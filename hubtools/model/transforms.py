@@ -7,7 +7,7 @@ historical bug of transformers #31766 / llama.cpp #3364).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from hubtools.model.params import ModelParams
@@ -35,31 +35,43 @@ def half_to_interleaved(w: Array, n_heads: int) -> Array:
     return w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def _identity(w: Array, params: ModelParams) -> Array:
-    return w
+class Transform(str, Enum):
+    """How a tensor changes between layouts; `forward` is native -> HF and `inverse` HF -> native.
+
+    Example:
+        >>> import numpy as np
+        >>> from hubtools.testing import tiny_params
+        >>> w, p = np.arange(16).reshape(16, 1), tiny_params(n_heads=2, head_dim=8)
+        >>> bool((Transform.ROTARY_Q.inverse(Transform.ROTARY_Q.forward(w, p), p) == w).all())
+        True
+    """
+
+    IDENTITY = "identity"
+    ROTARY_Q = "rotary_q"
+    ROTARY_K = "rotary_k"
+
+    def heads(self, params: ModelParams) -> int:
+        """The head count the rotary permutation groups rows by (q: n_heads, k: n_kv_heads)."""
+        return params.n_heads if self is Transform.ROTARY_Q else params.n_kv_heads
+
+    def forward(self, w: Array, params: ModelParams) -> Array:
+        """native -> HF."""
+        return w if self is Transform.IDENTITY else interleaved_to_half(w, self.heads(params))
+
+    def inverse(self, w: Array, params: ModelParams) -> Array:
+        """HF -> native."""
+        return w if self is Transform.IDENTITY else half_to_interleaved(w, self.heads(params))
+
+    def towards(self, target: str, w: Array, params: ModelParams) -> Array:
+        """Apply the direction that produces `target`'s layout."""
+        return self.forward(w, params) if target == "hf" else self.inverse(w, params)
 
 
-Transform = Callable[[Array, ModelParams], Array]
+def to_hf(transform: Transform | str, w: Array, params: ModelParams) -> Array:
+    """Apply a transform native -> HF."""
+    return Transform(transform).forward(w, params)
 
 
-def transform_pair(name: str) -> tuple[Transform, Transform]:
-    """(native -> HF, HF -> native) functions for a transform named in the name table."""
-    pairs: dict[str, tuple[Transform, Transform]] = {
-        "identity": (_identity, _identity),
-        "rotary_q": (lambda w, p: interleaved_to_half(w, p.n_heads), lambda w, p: half_to_interleaved(w, p.n_heads)),
-        "rotary_k": (
-            lambda w, p: interleaved_to_half(w, p.n_kv_heads),
-            lambda w, p: half_to_interleaved(w, p.n_kv_heads),
-        ),
-    }
-    return pairs[name]
-
-
-def to_hf(transform: str, w: Array, params: ModelParams) -> Array:
-    """Apply a named transform native -> HF."""
-    return transform_pair(transform)[0](w, params)
-
-
-def to_native(transform: str, w: Array, params: ModelParams) -> Array:
-    """Apply a named transform HF -> native."""
-    return transform_pair(transform)[1](w, params)
+def to_native(transform: Transform | str, w: Array, params: ModelParams) -> Array:
+    """Apply a transform HF -> native."""
+    return Transform(transform).inverse(w, params)

@@ -32,10 +32,11 @@ The first line of every template names it (`TEMPLATE_MARKER`), so the parity che
 from __future__ import annotations
 
 from hubtools.errors import ChatTemplateError
+from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 
 TEMPLATE_MARKER = "hubtools chat template:"
-MISTRAL_VERSIONS = ("v1", "v2", "v3", "v7")
-FLAVOURS = ("mistral", "chatml", "none")
+MISTRAL_VERSIONS = tuple(v.value for v in TokenizerVersion.sentencepiece())
+FLAVOURS = tuple(ChatTemplate.values(auto=False))
 
 _TEXT_OF = r"""
 {%- macro text_of(content, role) -%}

@@ -32,85 +32,26 @@ Decisions:
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from hubtools.errors import DestinationError, LayoutError, TokenizerError
+from hubtools.checkpoint.layout import SPM_NAME, find_tokenizer_file, is_tekken_name
+from hubtools.errors import DestinationError, InvalidValueError, TokenizerError
 from hubtools.tokenization.chat_template import build_chat_template
+from hubtools.tokenization.choices import ChatTemplate, one_of
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-CHAT_TEMPLATE_CHOICES = ("auto", "mistral", "chatml", "none")
-_SPM_NAME = re.compile(r"\.model(?:\.(v\d+)(?:m\d+)?)?$")
-
-
-def _is_tekken(name: str) -> bool:
-    return "tekken" in name and name.endswith(".json")
-
-
-def _is_native_name(name: str) -> bool:
-    return _is_tekken(name) or _SPM_NAME.search(name) is not None
-
-
-def _specificity(path: Path) -> tuple[int, int]:
-    if _is_tekken(path.name):
-        return (2, 0)
-    match = _SPM_NAME.search(path.name)
-    version = match.group(1) if match else None
-    return (1, int(version[1:])) if version else (0, 0)
-
-
-def find_native_tokenizer(folder: Path) -> Path | None:
-    """The native tokenizer file of a folder (or `folder` itself when it is such a file).
-
-    Args:
-        folder (`Path`): a checkpoint folder, or a tokenizer file (`tokenizer.model.v1`,
-            `mistral_instruct_tokenizer_240323.model.v3`, `tekken_240911.json`, ...).
-
-    Returns:
-        `Path | None`: the file, or None when the folder holds none.
-
-    Raises:
-        `LayoutError`: the folder holds tokenizer files with different contents, or `folder` is a file
-            that is not a native tokenizer.
-
-    Example:
-        >>> find_native_tokenizer(Path("mixtral-8x7b"))  # doctest: +SKIP
-        PosixPath('mixtral-8x7b/tokenizer.model')
-    """
-    if folder.is_file():
-        if not _is_native_name(folder.name):
-            raise LayoutError(
-                f"not a native tokenizer file: '{folder}' (expected tokenizer.model[.vN] or tekken*.json)"
-            )
-        return folder
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        (p for p in folder.iterdir() if p.is_file() and _is_native_name(p.name)),
-        key=lambda p: (_specificity(p), p.name),
-        reverse=True,
-    )
-    if len(found) > 1:
-        first = found[0].read_bytes()
-        other = next((p for p in found[1:] if p.read_bytes() != first), None)
-        if other is not None:
-            raise LayoutError(
-                f"ambiguous tokenizer in '{folder}': '{found[0].name}' and '{other.name}' differ "
-                "(expected one native tokenizer). Remove one or pass the file itself."
-            )
-    return found[0] if found else None
 
 
 def _kind(path: Path) -> str:
-    if _is_tekken(path.name):
+    if is_tekken_name(path.name):
         return "tekken"
-    if _SPM_NAME.search(path.name):
+    if SPM_NAME.search(path.name):
         return "spm"
     raise TokenizerError(f"not a native tokenizer file: '{path}' (expected tokenizer.model[.vN] or tekken*.json)")
 
@@ -139,7 +80,7 @@ def tokenizer_version(path: Path) -> str:
     """
     if _kind(path) == "tekken":
         return "tekken"
-    match = _SPM_NAME.search(path.name)
+    match = SPM_NAME.search(path.name)
     if match and match.group(1):
         return match.group(1)
     controls = {p.piece for p in read_sentencepiece_model(path).pieces if p.type == CONTROL}
@@ -186,9 +127,9 @@ def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:
 
 def resolve_chat_template(choice: str, version: str) -> str:
     """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3 and v7, else "none"."""
-    if choice not in CHAT_TEMPLATE_CHOICES:
-        raise TokenizerError(f"unknown chat_template: '{choice}' (expected one of {', '.join(CHAT_TEMPLATE_CHOICES)})")
-    if choice == "auto":
+    if choice not in ChatTemplate.values():
+        raise InvalidValueError(f"'{choice}': expected a chat template, one of {one_of(ChatTemplate.values())}")
+    if choice == ChatTemplate.AUTO:
         return "mistral" if version in ("v2", "v3", "v7") else "none"
     return choice
 
@@ -213,7 +154,7 @@ def hf_tokenizer_config(names: SpecialTokens, template: str | None) -> dict[str,
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "auto") -> list[str]:
@@ -263,7 +204,7 @@ def restore_native_tokenizer(hf_dir: Path, dst: Path) -> Path | None:
     """
     if not dst.is_dir():
         raise DestinationError(f"tokenizer destination is not a folder: '{dst}'")
-    native = find_native_tokenizer(hf_dir)
+    native = find_tokenizer_file(hf_dir)
     if native is None:
         return None
     target = dst / native.name

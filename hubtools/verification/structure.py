@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hubtools.checkpoint.reader import Checkpoint, TensorSource, WeightFiles
-from hubtools.checkpoint.safetensors_format import read_header
-from hubtools.errors import CorruptFileError
-from hubtools.model.hf_config import ConfigOverrides, to_hf_config
+from hubtools.checkpoint.layout import (
+    Layout,
+    TensorSource,
+    WeightFiles,
+    WeightFormat,
+    check_index,
+    index_safetensors,
+    indexed_files,
+    read_weight_map,
+)
+from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_name
+from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
 from hubtools.model.params import ModelParams
 
-INDEX = "model.safetensors.index.json"
 MAX_NAMED = 20  # per kind of problem; the rest are counted
 COMPARED_FIELDS = (
     "model_type",
@@ -69,7 +74,8 @@ class HfFolder:
 
     def checkpoint(self, params: ModelParams) -> Checkpoint:
         """A reader over the tensors that could be indexed (first copy of a duplicate)."""
-        return Checkpoint(self.folder, WeightFiles("hf", "safetensors", self.files), params, self.tensors, None)
+        weights = WeightFiles(Layout.HF, WeightFormat.SAFETENSORS, self.files)
+        return Checkpoint(self.folder, weights, params, self.tensors, None)
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:
@@ -92,81 +98,6 @@ def _read_json(path: Path, problems: list[str]) -> Any:
     return data
 
 
-def _weight_map(folder: Path, problems: list[str]) -> dict[str, str] | None:
-    if not (folder / INDEX).is_file():
-        return None
-    index = _read_json(folder / INDEX, problems)
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict):
-        if index is not None:
-            problems.append(f"{INDEX}: expected a JSON object with a 'weight_map' object")
-        return None
-    return {str(k): str(v) for k, v in weight_map.items()}
-
-
-def _shard_files(folder: Path, weight_map: dict[str, str] | None, problems: list[str]) -> list[Path]:
-    if weight_map is not None:
-        listed = list(dict.fromkeys(weight_map.values()))
-        for name in listed:
-            if not (folder / name).is_file():
-                count = sum(1 for f in weight_map.values() if f == name)
-                problems.append(f"{INDEX}: maps {count} tensor(s) to '{name}', which is missing")
-        return [folder / n for n in listed if (folder / n).is_file()]
-    found = sorted(p for p in folder.iterdir() if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", p.name))
-    if len(found) > 1:
-        problems.append(f"{folder}: {len(found)} model shards but no {INDEX}")
-    if not found:
-        problems.append(f"{folder}: no HF weights (expected {INDEX} or model.safetensors)")
-    return found
-
-
-def _index_tensors(files: list[Path], problems: list[str]) -> tuple[list[Path], dict[str, TensorSource]]:
-    tensors: dict[str, TensorSource] = {}
-    readable = []
-    for path in files:
-        try:
-            entries, _ = read_header(path)
-        except CorruptFileError as exc:
-            problems.append(str(exc))
-            continue
-        readable.append(path)
-        for e in entries:
-            if e.name in tensors:
-                problems.append(
-                    f"tensor '{e.name}' is stored twice: in '{tensors[e.name].segments[0][0].name}' and '{path.name}'"
-                )
-                continue
-            tensors[e.name] = TensorSource(e.name, e.code, e.shape, ((path, e.offset, e.length),))
-    return readable, tensors
-
-
-def _index_consistency(
-    folder: Path, weight_map: dict[str, str], tensors: dict[str, TensorSource], problems: list[str], notes: list[str]
-) -> None:
-    for name, file in weight_map.items():
-        source = tensors.get(name)
-        stored = source.segments[0][0].name if source else None
-        if stored is not None and stored != file:
-            problems.append(f"{INDEX}: tensor '{name}' is mapped to '{file}' but stored in '{stored}'")
-        elif stored is None and (folder / file).is_file():
-            problems.append(f"{INDEX}: tensor '{name}' is mapped to '{file}', which does not hold it")
-    unlisted = [n for n in tensors if n not in weight_map]
-    problems.extend(_named(unlisted, f"tensor '{{}}' is in a shard but not in {INDEX} (loaders will not see it)"))
-    on_disk = {p.name for p in folder.glob("model*.safetensors")}
-    for name in sorted(on_disk - set(weight_map.values())):
-        notes.append(f"'{name}' is not referenced by {INDEX} (ignored)")
-
-
-def _total_size(folder: Path, tensors: dict[str, TensorSource], notes: list[str]) -> None:
-    try:
-        total = json.loads((folder / INDEX).read_text())["metadata"]["total_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return
-    actual = sum(t.nbytes for t in tensors.values())
-    if total != actual:
-        notes.append(f"{INDEX}: metadata.total_size is {total}, the tensors hold {actual} bytes")
-
-
 def index_hf_folder(folder: Path) -> HfFolder:
     """Index an HF folder's config, index and shards, collecting every problem instead of raising.
 
@@ -177,14 +108,14 @@ def index_hf_folder(folder: Path) -> HfFolder:
     """
     problems: list[str] = []
     notes: list[str] = []
-    config = _read_json(folder / "config.json", problems) if (folder / "config.json").is_file() else None
-    if config is None and not (folder / "config.json").is_file():
-        problems.append(f"{folder}: no config.json")
-    weight_map = _weight_map(folder, problems)
-    files, tensors = _index_tensors(_shard_files(folder, weight_map, problems), problems)
+    config_path = folder / "config.json"
+    config = _read_json(config_path, problems) if config_path.is_file() else None
+    if not config_path.is_file():
+        problems.append(f"{config_path}: expected the model's config, found no file")
+    weight_map = read_weight_map(folder, problems)
+    files, tensors = index_safetensors(indexed_files(folder, weight_map, problems), problems)
     if weight_map is not None:
-        _index_consistency(folder, weight_map, tensors, problems, notes)
-        _total_size(folder, tensors, notes)
+        check_index(folder, weight_map, tensors, problems, notes)
     config = config if isinstance(config, dict) else None
     return HfFolder(folder, config, tuple(files), tensors, tuple(problems), tuple(notes))
 
@@ -198,7 +129,7 @@ def _named(names: list[str], template: str) -> list[str]:
 
 def _found(config: dict[str, Any], key: str) -> Any:
     if key == "rope_theta":
-        return config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+        return config_rope_theta(config)
     if key == "num_key_value_heads":
         return config.get(key) or config.get("num_attention_heads")
     if key == "head_dim":
@@ -225,7 +156,7 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     Args:
         rope_theta: an explicit value for the native model (else params.json's, else the default rule).
     """
-    expected = to_hf_config(params, dtype=torch.float32, overrides=ConfigOverrides(rope_theta=rope_theta))
+    expected = to_hf_config(params, dtype="float32", overrides=ConfigOverrides(rope_theta=rope_theta))
     why = {"rope_theta": expected.rules[0].split(" ", 1)[1]}
     problems = []
     for key in COMPARED_FIELDS:
@@ -242,11 +173,11 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
 
 
 def mapping_problems(
-    table: NameTable, names: list[str], shapes: dict[str, tuple[int, ...]], *, layout: str, where: str
+    table: NameTable, names: list[str], shapes: dict[str, tuple[int, ...]], *, layout: Layout, where: str
 ) -> list[str]:
     """Unknown and missing tensors, and shapes the params contradict, for one side."""
-    key = "native" if layout == "native" else "hf"
-    index = table.by_native if layout == "native" else table.by_hf
+    key = Layout.parse(layout).value
+    index = table.index(layout)
     problems = _named([n for n in names if n not in index], f"{where}: unknown tensor '{{}}'")
     present = set(names)
     problems += _named(
@@ -261,7 +192,7 @@ def mapping_problems(
 
 def dtype_problems(config: dict[str, Any], tensors: dict[str, TensorSource]) -> list[str]:
     """HF tensors share one dtype, and it is the one config.json declares (torch_dtype or dtype)."""
-    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
+    dtypes = sorted({dtype_name(t.code) for t in tensors.values()})
     problems = []
     if len(dtypes) > 1:
         problems.append(f"HF tensors have mixed dtypes {dtypes} (expected one)")
