@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny synthetic checkpoints (written by hubtools.testing) and a CLI runner."""
+"""Shared fixtures: tiny synthetic checkpoints (written by hubtools.testing) and a CLI runner.
+
+Plain helper functions and constants are in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,11 @@ from click.testing import CliRunner, Result
 from hubtools.cli import cli
 from hubtools.model.params import ModelParams
 from hubtools.testing import tiny_params, write_native_checkpoint
+from tests.helpers import MakeNative, RunCli
 
 
 @pytest.fixture
-def make_native(tmp_path: Path) -> Callable[..., Path]:
+def make_native(tmp_path: Path) -> MakeNative:
     """make_native(name, params=None, **kwargs) -> a native checkpoint folder under tmp_path."""
 
     def make(name: str = "native", params: ModelParams | None = None, **kwargs: object) -> Path:
@@ -24,21 +27,10 @@ def make_native(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def run_cli() -> Callable[..., Result]:
+def run_cli() -> RunCli:
     """run_cli(*args) -> click Result, with stderr separate."""
 
     def run(*args: object) -> Result:
         return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return run
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> None:
-    """A failed command: non-zero exit, exactly one line on stderr naming what is wrong, no traceback."""
-    assert result.exit_code != 0, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in result.output + result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])

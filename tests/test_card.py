@@ -23,7 +23,7 @@ from hubtools.card.rules import metadata_problems, validate_card_text, validate_
 from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
 from hubtools.recipe import load_recipe
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = sorted((ROOT / "cards").glob("*.md"))

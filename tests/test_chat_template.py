@@ -12,7 +12,6 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
 from hubtools.errors import ChatTemplateError
-from hubtools.testing import TOKENIZERS, mistral_common_data
 from hubtools.tokenization.chat_template import (
     TEMPLATE_MARKER,
     build_chat_template,
@@ -22,9 +21,9 @@ from hubtools.tokenization.chat_template import (
 )
 from hubtools.tokenization.files import write_hf_tokenizer
 from hubtools.tokenization.parity import hf_chat_ids
+from tests.helpers import SHIPPED_TOKENIZERS
 
-DATA = mistral_common_data()
-NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7")}  # the files mistral-common ships
+NATIVE = {k: SHIPPED_TOKENIZERS[k] for k in ("v1", "v3", "v7")}
 SYSTEM_CHAT: list[dict[str, Any]] = [
     {"role": "system", "content": "SYS"},
     {"role": "user", "content": "a"},

@@ -13,15 +13,7 @@ from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.converter import convert
 from hubtools.model.transforms import interleaved_to_half
 from hubtools.testing import LAYOUTS, synthetic_tensors, tiny_params
-
-
-def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
-    with open_checkpoint(folder) as ckpt:
-        return {name: ckpt.read(name) for name in ckpt.tensors}
-
-
-def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+from tests.helpers import same_bytes, tensors_of
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -128,7 +120,7 @@ def test_folder_with_both_layouts_needs_a_direction(make_native: Callable[..., P
     convert(native, tmp_path / "hf")
     for f in (tmp_path / "hf").iterdir():
         (native / f.name).write_bytes(f.read_bytes())
-    with pytest.raises(LayoutError, match="holds both native"):
+    with pytest.raises(LayoutError, match="expected one layout, found both native"):
         convert(native, tmp_path / "x")
     convert(native, tmp_path / "x", to="hf")
     assert (tmp_path / "x" / "config.json").exists()

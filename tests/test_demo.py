@@ -5,7 +5,7 @@ from pathlib import Path
 
 from click.testing import Result
 
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 
 def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp_path: Path) -> None:

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import Result
 
 from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.testing import tiny_params
-from tests.conftest import assert_one_line_error
-
-RunCli = Callable[..., Result]
+from tests.helpers import RunCli, assert_one_line_error
 
 
 def nothing_left(dst: Path) -> None:
@@ -92,7 +89,7 @@ def test_duplicate_tensor_across_shards(make_native: Callable[..., Path], run_cl
     src = make_native(layout="sharded", tokenizer=None)
     first, second = sorted(src.glob("consolidated-*.safetensors"))
     save_file({**load_file(second), "tok_embeddings.weight": load_file(first)["tok_embeddings.weight"]}, second)
-    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "duplicate tensor 'tok_embeddings.weight'")
+    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "tensor 'tok_embeddings.weight' is stored twice")
 
 
 def test_truncated_safetensors(make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path) -> None:
@@ -119,7 +116,7 @@ def test_truncated_pth_and_missing_split(make_native: Callable[..., Path], run_c
     assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "consolidated.00.pth")
     split = make_native("split", layout="pth-split", splits=4, tokenizer=None)
     (split / "consolidated.00.pth-split2").unlink()
-    assert_one_line_error(run_cli("convert", split, tmp_path / "out"), "missing -split2")
+    assert_one_line_error(run_cli("convert", split, tmp_path / "out"), "found no -split2")
 
 
 def test_ambiguous_folder_with_two_weight_formats(

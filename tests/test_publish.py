@@ -1,4 +1,4 @@
-"""publish: the real huggingface_hub client against a local, protocol-faithful Hub (tests/fakehub.py)."""
+"""publish: the real huggingface_hub client against a local, protocol-faithful Hub (tests/fakehub/)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import mistral_common
 import pytest
 import torch
 from click.testing import CliRunner
-from fakehub import FakeHub, Fault
 from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
 from hubtools.cli import cli
 from hubtools.errors import PublishError
 from hubtools.publishing.upload import RetryPolicy, plan_upload, publish
+from tests.fakehub import FakeHub, Fault
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
 REPO = "acme/tiny-mixtral"

@@ -11,7 +11,7 @@ from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.errors import RecipeError
 from hubtools.recipe import check_source, load_recipe, parse_recipe
 from hubtools.testing import tiny_params
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "converters").glob("*.yaml"))
@@ -53,7 +53,7 @@ def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
         ({"architecture": "LlamaForCausalLM"}, "'architecture' is 'LlamaForCausalLM'"),
         ({"colour": "red"}, "unknown key 'colour'"),
         ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),
-        ({"max_shard_size": "lots"}, "invalid size 'lots'"),
+        ({"max_shard_size": "lots"}, "max_shard_size 'lots': expected a size such as 5GB"),
     ],
 )
 def test_invalid_recipes_name_the_key(edit: dict[str, object], message: str) -> None:

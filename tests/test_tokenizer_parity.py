@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from hubtools.errors import ChatTemplateError, TokenizerError
-from hubtools.testing import TOKENIZERS, mistral_common_data
 from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
 from hubtools.tokenization.parity import (
     BUILTIN_CONVERSATIONS,
@@ -19,9 +18,9 @@ from hubtools.tokenization.parity import (
     hf_chat_ids,
     load_prompts,
 )
+from tests.helpers import SHIPPED_TOKENIZERS
 
-DATA = mistral_common_data()
-NATIVE = {k: DATA / TOKENIZERS[k][0] for k in ("v1", "v3", "v7", "tekken")}  # the files mistral-common ships
+NATIVE = SHIPPED_TOKENIZERS
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from hubtools.errors import VerifyError
 from hubtools.model.transforms import half_to_interleaved
 from hubtools.testing import tiny_params, write_native_checkpoint
 from hubtools.verification.run import format_report, verify
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error, edit_json
 
 INDEX = "model.safetensors.index.json"
 EXPERT = "model.layers.1.block_sparse_moe.experts.2.w3.weight"
@@ -48,12 +48,6 @@ def edit_tensor(folder: Path, name: str, change: Callable[[torch.Tensor], torch.
     tensors = load_file(path)
     tensors[name] = change(tensors[name].clone()).contiguous()
     save_file(tensors, path, metadata={"format": "pt"})
-
-
-def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=2))
 
 
 def test_a_correct_conversion_passes_every_check(pair: tuple[Path, Path]) -> None:
@@ -180,11 +174,11 @@ def test_index_faults_are_reported_not_raised(pair: tuple[Path, Path], broken: P
     edit_json(broken / INDEX, lambda d: d["weight_map"].update({name: "model-00009-of-00009.safetensors"}))
     report = verify(pair[0], broken)
     assert (
-        f"{INDEX}: maps 1 tensor(s) to 'model-00009-of-00009.safetensors', which is missing"
+        f"{broken / INDEX}: maps 1 tensor(s) to 'model-00009-of-00009.safetensors', which is missing"
         in report.structure.problems
     )
     assert (
-        f"{INDEX}: tensor '{name}' is mapped to 'model-00009-of-00009.safetensors' but stored in "
+        f"{broken / INDEX}: tensor '{name}' is mapped to 'model-00009-of-00009.safetensors' but stored in "
         f"'{shard_of(pair[1], name).name}'" in report.structure.problems
     )
     assert not report.passed

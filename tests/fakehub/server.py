@@ -9,7 +9,7 @@ Reported metadata (size, sha256, blob id) is computed from the bytes actually st
 object shows up in paths-info the way a damaged upload would. Test hooks: `faults` (answer matching
 requests with an error status), `corrupt_paths` (flip one byte of a file when it is committed),
 `on_lfs_put` (called after each stored LFS object, e.g. to kill the client), and counters of requests
-and uploaded bytes. The endpoint handlers are in `fakehub_routes.py`.
+and uploaded bytes. The endpoint handlers are in `routes.py`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from fakehub_routes import Commit, Entry, HubHTTPError, Repo, dispatch, folder_oid, git_blob_sha1, lfs_pointer
+from tests.fakehub.routes import Commit, Entry, HubHTTPError, Repo, dispatch, folder_oid, git_blob_sha1, lfs_pointer
 
 
 @dataclass

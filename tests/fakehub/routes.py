@@ -1,4 +1,4 @@
-"""Endpoint handlers of the local test Hub (`tests/fakehub.py`) and the data it keeps.
+"""Endpoint handlers of the local test Hub (`tests/fakehub/server.py`) and the data it keeps.
 
 Each handler takes the hub (storage, refs, counters) and the decoded request and returns
 (status, JSON payload or bytes, headers), or raises `HubHTTPError` (status, message, `X-Error-Code`).
