@@ -23,6 +23,14 @@ from hubtools.card.rules import metadata_problems, validate_card_text, validate_
 from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
 from hubtools.recipe import load_recipe
+from hubtools.verification.report import (
+    THRESHOLDS,
+    LogitsCheck,
+    StructureCheck,
+    TensorsCheck,
+    TokenizerCheck,
+    VerifyReport,
+)
 from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -609,25 +617,25 @@ def test_a_chat_template_that_fails_is_a_card_error(tmp_path: Path) -> None:
 
 
 def test_verify_summary_appears_with_report(tmp_path: Path, run_cli) -> None:
-    report = {
-        "passed": True,
-        "hubtools_version": "0.1.0",
-        "checks": {
-            "structure": {"passed": True, "problems": [], "notes": []},
-            "tensors": {"passed": True, "compared": 995, "mismatched": []},
-            "tokenizer": {"passed": True, "agreement": 1.0, "sequences": 200},
-            "logits": {
-                "passed": True,
-                "dtype": "float32",
-                "max_abs_dlogit": 3.1e-06,
-                "nmse": 1.2e-12,
-                "mean_kl": 2.0e-10,
-                "max_kl": 4.5e-09,
-                "top1_agreement": 1.0,
-                "tokens": 512,
-            },
-        },
-    }
+    report = VerifyReport(
+        native="native",
+        hf="hf",
+        structure=StructureCheck(True, ()),
+        tensors=TensorsCheck(True, compared=995, expected=995),
+        tokenizer=TokenizerCheck(True, sequences=200, agreed=200),
+        logits=LogitsCheck(
+            True,
+            "float32",
+            max_abs_dlogit=3.1e-06,
+            nmse=1.2e-12,
+            mean_kl=2.0e-10,
+            max_kl=4.5e-09,
+            top1_agreement=1.0,
+            tokens=512,
+            thresholds=THRESHOLDS["float32"],
+        ),
+        hubtools_version="0.1.0",
+    ).to_dict()
     path = tmp_path / "verify.json"
     path.write_text(json.dumps(report), encoding="utf-8")
     out = tmp_path / "README.md"
@@ -645,25 +653,36 @@ def test_verify_summary_appears_with_report(tmp_path: Path, run_cli) -> None:
     assert "## Conversion check" not in render_card(load_card_source(CARD_8X22B))
 
 
-def test_verify_summary_tolerates_missing_keys(tmp_path: Path) -> None:
+def test_a_report_that_cannot_be_read_is_refused_naming_the_file_and_field(tmp_path: Path, run_cli) -> None:
     path = tmp_path / "verify.json"
-    path.write_text(
-        json.dumps(
-            {
-                "passed": False,
-                "checks": {
-                    "logits": {"passed": None, "skipped": "--no-logits"},
-                    "tensors": {"passed": False, "mismatched": ["a"]},
-                },
-            }
-        )
+    path.write_text(json.dumps({"passed": False, "checks": {"tensors": {"passed": False, "mismatched": ["a"]}}}))
+    with pytest.raises(CardError, match=r"verify.json: expected a hubtools verify report, found no field 'tokenizer'"):
+        load_report(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(CardError, match=r"verify.json: expected a hubtools verify report, found a malformed one"):
+        load_report(path)
+    assert_one_line_error(
+        run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--report", path), "verify.json: expected a hubtools"
     )
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_a_skipped_check_reads_back_as_not_run(tmp_path: Path) -> None:
+    report = VerifyReport(
+        "n",
+        "h",
+        StructureCheck(True, ()),
+        TensorsCheck(False, compared=3, expected=3, mismatched=("a",)),
+        TokenizerCheck(True, skipped="no tokenizer file in the native folder"),
+        LogitsCheck(True, "float32", skipped="logits check disabled (--no-logits)"),
+    )
+    path = tmp_path / "verify.json"
+    path.write_text(json.dumps(report.to_dict()))
+    assert VerifyReport.from_dict(json.loads(path.read_text())) == report
     text = render_card(load_card_source(CARD_8X22B), report=load_report(path))
     assert "compared this conversion with the original checkpoint: **FAILED**." in text
-    assert "| tensors | FAILED |  |\n| logits | not run | skipped: --no-logits |" in text
-    path.write_text("[1, 2]")
-    with pytest.raises(CardError, match=r"verify.json: verify report must be a JSON object, got list"):
-        load_report(path)
+    assert "| tensors | FAILED | 3 tensors compared, 1 mismatched |" in text
+    assert "| logits | not run | skipped: logits check disabled (--no-logits) |" in text
 
 
 # --- output file ---------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import sentencepiece
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
-from hubtools.errors import DestinationError, LayoutError, TokenizerError
+from hubtools.errors import DestinationError, InvalidValueError, LayoutError, TokenizerError
 from hubtools.tokenization.files import (
-    find_native_tokenizer,
+    find_tokenizer_file,
     instruct_version,
     restore_native_tokenizer,
     tokenizer_version,
@@ -50,40 +50,40 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def test_find_native_tokenizer_finds_the_file_in_a_folder(tmp_path: Path) -> None:
+def test_find_tokenizer_file_finds_the_file_in_a_folder(tmp_path: Path) -> None:
     shutil.copyfile(V1, tmp_path / "tokenizer.model")
     (tmp_path / "params.json").write_text("{}")
-    assert find_native_tokenizer(tmp_path) == tmp_path / "tokenizer.model"
+    assert find_tokenizer_file(tmp_path) == tmp_path / "tokenizer.model"
 
 
-def test_find_native_tokenizer_accepts_mistral_common_file_names() -> None:
+def test_find_tokenizer_file_accepts_mistral_common_file_names() -> None:
     for path in (V1, V3, V7, TEKKEN, DATA / "mistral_instruct_tokenizer_241114.model.v7m1"):
-        assert find_native_tokenizer(path) == path
+        assert find_tokenizer_file(path) == path
 
 
-def test_find_native_tokenizer_returns_none_for_a_folder_without_one(tmp_path: Path) -> None:
+def test_find_tokenizer_file_returns_none_for_a_folder_without_one(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.json").write_text("{}")
-    assert find_native_tokenizer(tmp_path) is None
+    assert find_tokenizer_file(tmp_path) is None
 
 
-def test_find_native_tokenizer_rejects_a_file_that_is_not_a_tokenizer(tmp_path: Path) -> None:
+def test_find_tokenizer_file_rejects_a_file_that_is_not_a_tokenizer(tmp_path: Path) -> None:
     path = tmp_path / "params.json"
     path.write_text("{}")
-    with pytest.raises(LayoutError, match="not a native tokenizer file: .*params.json"):
-        find_native_tokenizer(path)
+    with pytest.raises(LayoutError, match="params.json: expected a native tokenizer file"):
+        find_tokenizer_file(path)
 
 
 def test_identical_copies_are_not_ambiguous_and_the_versioned_name_wins(tmp_path: Path) -> None:
     shutil.copyfile(V3, tmp_path / "tokenizer.model")
     shutil.copyfile(V3, tmp_path / "tokenizer.model.v3")
-    assert find_native_tokenizer(tmp_path) == tmp_path / "tokenizer.model.v3"
+    assert find_tokenizer_file(tmp_path) == tmp_path / "tokenizer.model.v3"
 
 
 def test_two_different_tokenizers_in_a_folder_are_ambiguous(tmp_path: Path) -> None:
     shutil.copyfile(V3, tmp_path / "tokenizer.model.v3")
     shutil.copyfile(TEKKEN, tmp_path / "tekken.json")
-    with pytest.raises(LayoutError, match="ambiguous tokenizer .*'tekken.json' and 'tokenizer.model.v3' differ"):
-        find_native_tokenizer(tmp_path)
+    with pytest.raises(LayoutError, match="expected one native tokenizer, found 'tekken.json' and 'tokenizer.model.v3' with different contents"):
+        find_tokenizer_file(tmp_path)
 
 
 def test_tokenizer_version_reads_the_file_name_like_mistral_common() -> None:
@@ -191,7 +191,7 @@ def test_chat_template_auto_is_none_for_v1_and_mistral_from_v2(tmp_path: Path) -
 
 
 def test_unknown_chat_template_choice_is_a_tokenizer_error(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerError, match="unknown chat_template: 'llama'"):
+    with pytest.raises(InvalidValueError, match="'llama': expected a chat template, one of auto, mistral, chatml or none"):
         write_hf_tokenizer(V1, tmp_path, chat_template="llama")
 
 

@@ -237,9 +237,12 @@ def test_cli_refuses_two_native_folders_in_one_line(pair: tuple[Path, Path], run
 
 def test_top1_near_ties_are_counted_separately() -> None:
     from hubtools.verification.logits import logit_metrics, passes
+    from hubtools.verification.report import Bound, Threshold
 
     ref = torch.tensor([[[5.0, 4.95, 0.0], [0.0, 1.0, 9.0]]])
     hf = torch.tensor([[[4.95, 5.0, 0.0], [0.0, 1.0, 9.0]]])
     metrics = logit_metrics(ref, hf, torch.ones(1, 2, dtype=torch.bool), near_tie=0.1)
     assert metrics["top1_agreement"] == 0.5 and metrics["top1_near_tie_agreement"] == 1.0
-    assert passes(metrics, {"top1_near_tie_agreement": 0.99}) and not passes(metrics, {"top1_agreement": 0.99})
+    floor = Bound.FLOOR
+    assert passes(metrics, (Threshold("top1_near_tie_agreement", 0.99, floor),))
+    assert not passes(metrics, (Threshold("top1_agreement", 0.99, floor),))

@@ -33,6 +33,15 @@ from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
 from hubtools.units import human_count, size_both
+from hubtools.verification.report import (
+    CHECKS,
+    LogitsCheck,
+    StructureCheck,
+    TensorsCheck,
+    TokenizerCheck,
+    VerifyReport,
+    is_skipped,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +157,7 @@ def render_card(
     *,
     runs: Sequence[EvalRun] = (),
     model: ModelFacts | None = None,
-    report: Mapping[str, Any] | None = None,
+    report: VerifyReport | None = None,
 ) -> str:
     """Render the README.md text: validated front matter plus the Jinja body.
 
@@ -202,7 +211,7 @@ def _context(
     benchmarks: Sequence[Benchmark],
     runs: Sequence[EvalRun],
     model: ModelFacts | None,
-    report: Mapping[str, Any] | None,
+    report: VerifyReport | None,
 ) -> dict[str, Any]:
     total = model.parameters if model else source.parameters
     active = model.active_parameters if model else source.active_parameters
@@ -276,50 +285,47 @@ def _value(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def verify_summary(report: Mapping[str, Any]) -> dict[str, Any]:
-    """Rows for the verify report table; absent checks and keys are simply left out."""
-    raw_checks = report.get("checks")
-    checks: Mapping[str, Any] = raw_checks if isinstance(raw_checks, Mapping) else {}
-    order = ("structure", "tensors", "tokenizer", "logits")
-    rows = []
-    for name, check in sorted(checks.items(), key=lambda item: (order + (item[0],)).index(item[0])):
-        check = check if isinstance(check, Mapping) else {}
-        passed = check.get("passed")
-        rows.append({"name": name, "result": _verdict(passed), "details": _check_details(name, check)})
-    return {"version": report.get("hubtools_version"), "verdict": _verdict(report.get("passed")), "rows": rows}
+def verify_summary(report: VerifyReport) -> dict[str, Any]:
+    """Rows for the verify report table: one per check, with its verdict and headline figures."""
+    rows = [
+        {"name": name, "result": _verdict(check), "details": _check_details(check).replace("|", "\\|")}
+        for name, check in ((name, getattr(report, name)) for name in CHECKS)
+    ]
+    verdict = "passed" if report.passed else "FAILED"
+    return {"version": report.hubtools_version, "verdict": verdict, "rows": rows}
 
 
-def _verdict(passed: Any) -> str:
-    return "passed" if passed is True else "FAILED" if passed is False else "not run"
+def _verdict(check: Any) -> str:
+    return "not run" if is_skipped(check) else "passed" if check.passed else "FAILED"
 
 
-def _check_details(name: str, check: Mapping[str, Any]) -> str:
-    present = {key: value for key, value in check.items() if value is not None}
+def _check_details(check: Any) -> str:
+    if is_skipped(check):
+        return f"skipped: {check.skipped}"
     parts = []
-    if present.get("problems"):
-        parts.append(f"{len(present['problems'])} problem(s), first: {present['problems'][0]}")
-    if name == "tensors" and "compared" in present:
-        parts.append(f"{present['compared']} tensors compared, {len(present.get('mismatched') or [])} mismatched")
-    if "agreement" in present:
-        sequences = f" over {present['sequences']} sequences" if "sequences" in present else ""
-        parts.append(f"{_percent(present['agreement'])} agreement{sequences}")
-    labels = (
-        ("dtype", "dtype"),
-        ("max_abs_dlogit", "max abs dlogit"),
-        ("nmse", "NMSE"),
-        ("mean_kl", "mean KL"),
-        ("max_kl", "max KL"),
-        ("top1_agreement", "top-1 agreement"),
-    )
-    for key, label in labels:
-        if key in present:
-            value = _percent(present[key]) if key == "top1_agreement" else _number(present[key])
-            parts.append(f"{label} {value}")
-    if name == "logits" and "tokens" in present:
-        parts.append(f"on {present['tokens']} tokens")
-    if isinstance(present.get("skipped"), str):
-        parts.append(f"skipped: {present['skipped']}")
-    return ", ".join(parts).replace("|", "\\|")
+    if isinstance(check, StructureCheck) and check.problems:
+        parts.append(f"{len(check.problems)} problem(s), first: {check.problems[0]}")
+    elif isinstance(check, TensorsCheck):
+        parts.append(f"{check.compared} tensors compared, {len(check.mismatched)} mismatched")
+    elif isinstance(check, TokenizerCheck) and check.agreement is not None:
+        parts.append(f"{_percent(check.agreement)} agreement over {check.sequences} sequences")
+    elif isinstance(check, LogitsCheck):
+        parts.append(f"dtype {check.dtype}")
+        for key, label in (
+            ("max_abs_dlogit", "max abs dlogit"),
+            ("nmse", "NMSE"),
+            ("mean_kl", "mean KL"),
+            ("max_kl", "max KL"),
+            ("top1_agreement", "top-1 agreement"),
+        ):
+            value = check.metric(key)
+            if value is not None:
+                parts.append(f"{label} {_percent(value) if key == 'top1_agreement' else _number(value)}")
+        if check.tokens:
+            parts.append(f"on {check.tokens} tokens")
+    if getattr(check, "error", None):
+        parts.append(f"error: {check.error}")
+    return ", ".join(parts)
 
 
 def _percent(value: Any) -> str:
@@ -352,19 +358,22 @@ def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
     return dest
 
 
-def load_report(path: Path) -> dict[str, Any]:
-    """Read a `hubtools verify --json` report.
+def load_report(path: Path) -> VerifyReport:
+    """Read a `hubtools verify --json` report into the typed report.
 
     Raises:
-        `CardError`: not JSON, or not a JSON object.
+        `CardError`: not JSON, or not a verify report (the first missing or malformed field is named).
     """
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: verify report is not valid JSON ({exc})") from exc
-    if not isinstance(report, dict):
-        raise CardError(f"{path}: verify report must be a JSON object, got {type(report).__name__}")
-    return report
+        raise CardError(f"{path}: expected a hubtools verify report (JSON), found invalid JSON ({exc})") from None
+    try:
+        return VerifyReport.from_dict(data)
+    except KeyError as exc:
+        raise CardError(f"{path}: expected a hubtools verify report, found no field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise CardError(f"{path}: expected a hubtools verify report, found a malformed one ({exc})") from None
 
 
 def build_card(

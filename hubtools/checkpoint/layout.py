@@ -104,7 +104,7 @@ def layouts_present(folder: Path) -> set[Layout]:
     present = set()
     if (found["safetensors"] or found["pth"] or found["pth-split"]) and "params.json" in names:
         present.add(Layout.NATIVE)
-    if found["hf"] and "config.json" in names:
+    if (found["hf"] or INDEX_NAME in names) and "config.json" in names:
         present.add(Layout.HF)
     return present
 

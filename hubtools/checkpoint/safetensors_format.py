@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubtools.errors import CorruptFileError
+from hubtools.errors import CorruptFileError, InvalidValueError
 
 if TYPE_CHECKING:
     import torch
@@ -42,17 +42,23 @@ def dtype_code(dtype: Any) -> str:
     """The safetensors code of a torch dtype, a torch name ("bfloat16") or a code ("BF16").
 
     Raises:
-        ValueError: an unknown dtype.
+        InvalidValueError: an unknown dtype.
     """
     text = str(dtype).removeprefix("torch.")
     for code, name, _ in _DTYPES:
         if text in (code, name):
             return code
-    raise ValueError(f"dtype {dtype} has no safetensors code")
+    raise InvalidValueError(f"dtype '{dtype}': expected one of {', '.join(name for _, name, _ in _DTYPES)}")
 
 
-def dtype_name(code: str) -> str:
-    """'BF16' -> 'bfloat16'."""
+def dtype_name(dtype: Any) -> str:
+    """The torch name of a code, a torch dtype or a name: the one spelling reports and configs use.
+
+    Example:
+        >>> dtype_name("BF16"), dtype_name("float32")
+        ('bfloat16', 'float32')
+    """
+    code = dtype_code(dtype)
     return next(name for c, name, _ in _DTYPES if c == code)
 
 

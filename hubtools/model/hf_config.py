@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import InvalidValueError, ParamsError
 from hubtools.model.params import ModelParams, default_rope_theta, parse_params
 
@@ -106,7 +107,7 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
         "use_cache": True,
         "bos_token_id": overrides.bos_token_id,
         "eos_token_id": overrides.eos_token_id,
-        "torch_dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": dtype_name(dtype),
     }
     if params.is_moe:
         config.update(

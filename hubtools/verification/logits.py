@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.model.params import ModelParams
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import LayeredModel
+from hubtools.verification.report import THRESHOLDS, LayerDiff, LogitsCheck, Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ PROMPT_TEXTS = (
     "1, 1, 2, 3, 5, 8, 13, 21,",
 )
 RANDOM_LENGTHS = (16, 24, 33, 9)
-THRESHOLDS: dict[str, dict[str, float]] = {  # keys starting with "top1" are floors, the others ceilings
-    "float32": {"max_abs_dlogit": 1e-4, "top1_agreement": 1.0},
-    "bfloat16": {"mean_kl": 1e-3, "top1_near_tie_agreement": 0.99},
-}
 # A top-1 flip to a token whose reference logit is within this of the reference maximum is a near-tie:
 # bfloat16 compute moves logits by up to ~0.1, so such flips say nothing about the conversion.
 NEAR_TIE = {"float32": 0.0, "bfloat16": 0.1}
@@ -50,61 +48,6 @@ class Prompts:
     @property
     def valid(self) -> torch.Tensor:
         return torch.arange(self.tokens.shape[1])[None, :] < torch.tensor(self.lengths)[:, None]
-
-
-@dataclass(frozen=True)
-class LayerDiff:
-    layer: int
-    max_abs_dh: float
-    rel_dh: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "max_abs_dh": self.max_abs_dh, "rel_dh": self.rel_dh}
-
-
-@dataclass(frozen=True)
-class LogitsCheck:
-    """Reference vs transformers logits. `skipped`: not run on purpose; `error`: could not run (fails)."""
-
-    passed: bool
-    dtype: str
-    max_abs_dlogit: float | None = None
-    nmse: float | None = None
-    mean_kl: float | None = None
-    max_kl: float | None = None
-    top1_agreement: float | None = None
-    top1_near_tie_agreement: float | None = None
-    near_tie: float = 0.0
-    layers: tuple[LayerDiff, ...] = ()
-    sequences: int = 0
-    tokens: int = 0
-    prompts: str = ""
-    thresholds: dict[str, float] = field(default_factory=dict)
-    skipped: str | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        keys = (
-            "passed",
-            "dtype",
-            "max_abs_dlogit",
-            "nmse",
-            "mean_kl",
-            "max_kl",
-            "top1_agreement",
-            "top1_near_tie_agreement",
-            "near_tie",
-            "sequences",
-            "tokens",
-            "prompts",
-            "thresholds",
-        )
-        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
-        out["layers"] = [d.to_dict() for d in self.layers]
-        if self.skipped:
-            out["passed"] = None  # not run
-        out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
-        return out
 
 
 def _pad(rows: list[list[int]], source: str) -> Prompts:
@@ -173,9 +116,9 @@ def logit_metrics(
     }
 
 
-def passes(metrics: dict[str, float], thresholds: dict[str, float]) -> bool:
-    """Thresholds named top1* are floors; every other threshold is a ceiling."""
-    return all(metrics[k] >= v if k.startswith("top1") else metrics[k] <= v for k, v in thresholds.items())
+def passes(metrics: dict[str, float], thresholds: tuple[Threshold, ...]) -> bool:
+    """Every threshold holds (a NaN or missing metric never passes)."""
+    return all(t.holds(metrics.get(t.metric)) for t in thresholds)
 
 
 def run_layered(
@@ -225,7 +168,7 @@ def compare_logits(
     progress: Callable[[str], None],
 ) -> LogitsCheck:
     """Run both forwards on the built-in prompts and judge the logits by the thresholds for `dtype`."""
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
     ref, out, diffs = run_layered(
         native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress

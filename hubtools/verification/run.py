@@ -14,22 +14,30 @@ Either folder may be given first; which is native and which HF is detected.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hubtools import __version__
+from hubtools.checkpoint.layout import Layout, layouts_present
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
 from hubtools.model.transforms import to_hf
-from hubtools.verification.logits import THRESHOLDS, LogitsCheck, compare_logits
+from hubtools.verification.logits import compare_logits
+from hubtools.verification.report import (
+    THRESHOLDS,
+    Bound,
+    LogitsCheck,
+    StructureCheck,
+    TensorsCheck,
+    TokenizerCheck,
+    VerifyReport,
+)
 from hubtools.verification.structure import (
     HfFolder,
-    StructureCheck,
     config_problems,
     dtype_problems,
     index_hf_folder,
@@ -39,99 +47,16 @@ from hubtools.verification.structure import (
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class TensorsCheck:
-    """Bit-exact comparison of every tensor present on both sides."""
-
-    passed: bool
-    compared: int
-    expected: int
-    mismatched: tuple[str, ...] = ()
-    differences: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "compared": self.compared,
-            "expected": self.expected,
-            "mismatched": list(self.mismatched),
-            "differences": self.differences,
-            "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class TokenizerCheck:
-    """The tokenizer parity report (its own fields), or why it did not run."""
-
-    passed: bool
-    details: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {**self.details, "passed": None if self.skipped else self.passed}
-        out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
-        return out
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """Everything `verify` found. `passed` only if every check passed; a skipped check does not fail
-    the report, and its JSON `passed` is null ("not run")."""
-
-    native: str
-    hf: str
-    structure: StructureCheck
-    tensors: TensorsCheck
-    tokenizer: TokenizerCheck
-    logits: LogitsCheck
-    hubtools_version: str = __version__
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in (self.structure, self.tensors, self.tokenizer, self.logits))
-
-    def to_dict(self) -> dict[str, Any]:
-        checks: dict[str, Any] = {
-            "structure": self.structure,
-            "tensors": self.tensors,
-            "tokenizer": self.tokenizer,
-            "logits": self.logits,
-        }
-        return {
-            "passed": self.passed,
-            "hubtools_version": self.hubtools_version,
-            "native": self.native,
-            "hf": self.hf,
-            "checks": {k: v.to_dict() for k, v in checks.items()},
-        }
-
-
-def _layouts(folder: Path) -> set[str]:
-    """Which layouts a folder could hold; open_checkpoint / the audit give the precise errors later."""
-    if not folder.is_dir():
-        return set()
-    names = {p.name for p in folder.iterdir()}
-    found = set()
-    if "params.json" in names and any(n.startswith("consolidated") for n in names):
-        found.add("native")
-    if "config.json" in names and any(n.startswith("model") and ".safetensors" in n for n in names):
-        found.add("hf")
-    return found
-
-
 def assign_folders(first: Path, second: Path) -> tuple[Path, Path]:
     """(native, hf) from two folders given in either order; the given order wins when both could be either.
 
     Raises:
         VerifyError: both folders are the same layout, or one is not a checkpoint.
     """
-    a, b = _layouts(first), _layouts(second)
-    if "native" in a and "hf" in b:
+    a, b = layouts_present(first), layouts_present(second)
+    if Layout.NATIVE in a and Layout.HF in b:
         return first, second
-    if "native" in b and "hf" in a:
+    if Layout.NATIVE in b and Layout.HF in a:
         return second, first
     for folder, found in ((first, a), (second, b)):
         if not found:
@@ -139,7 +64,7 @@ def assign_folders(first: Path, second: Path) -> tuple[Path, Path]:
                 f"{folder}: not a checkpoint (expected params.json with consolidated weights, "
                 "or config.json with model*.safetensors)"
             )
-    layout = next(iter(a | b))
+    layout = next(iter(a | b)).value
     raise VerifyError(
         f"{first} and {second} are both {layout} checkpoints (expected a native folder and its HF conversion)"
     )
@@ -153,7 +78,7 @@ def check_structure(
     if hf.config is not None:
         problems += config_problems(hf.config, native.params, rope_theta=rope_theta)
         problems += dtype_problems(hf.config, hf.tensors)
-    for ckpt_layout, tensors, where in (("native", native.tensors, "native"), ("hf", hf.tensors, "HF")):
+    for ckpt_layout, tensors, where in ((Layout.NATIVE, native.tensors, "native"), (Layout.HF, hf.tensors, "HF")):
         problems += mapping_problems(
             table, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
         )
@@ -166,7 +91,7 @@ def check_structure(
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
-    return "/".join(sorted({str(d).removeprefix("torch.") for d in dtypes}))
+    return "/".join(sorted({dtype_name(d) for d in dtypes}))
 
 
 def forward_ready(native: Checkpoint, hf: HfFolder, table: NameTable) -> bool:
@@ -195,7 +120,7 @@ def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progre
             progress(f"tensors: {i}/{len(table.specs)}")
         expected = to_hf(spec.transform, native.read(spec.native), native.params)
         if src.dtype != dst.dtype:
-            casts.add(f"{src.dtype} -> {dst.dtype}".replace("torch.", ""))
+            casts.add(f"{dtype_name(src.code)} -> {dtype_name(dst.code)}")
             expected = expected.to(dst.dtype)
         actual = hf.read(spec.hf)
         compared += 1
@@ -218,8 +143,8 @@ def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progre
 def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
     if actual.dtype != expected.dtype:
         return {
-            "dtype": str(actual.dtype).removeprefix("torch."),
-            "expected_dtype": str(expected.dtype).removeprefix("torch."),
+            "dtype": dtype_name(actual.dtype),
+            "expected_dtype": dtype_name(expected.dtype),
         }
     differ = _bits(expected).view(-1, expected.element_size()).ne(_bits(actual).view(-1, actual.element_size()))
     delta = (expected.float() - actual.float()).abs()
@@ -230,18 +155,15 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     """Tokenizer parity via `hubtools.tokenization.parity`, or why it was skipped."""
     if native.tokenizer_file is None:
         return TokenizerCheck(True, skipped="no tokenizer file in the native folder")
-    try:
-        from hubtools.tokenization import parity as tokenizer_parity
-    except ModuleNotFoundError as exc:
-        if exc.name != "hubtools.tokenization.parity":
-            raise
-        return TokenizerCheck(True, skipped="hubtools.tokenization.parity is not installed")
+    from hubtools.tokenization import parity as tokenizer_parity
+
     try:
         prompts = tokenizer_parity.load_prompts(prompts_path) if prompts_path else None
         report = tokenizer_parity.check_tokenizer(hf_folder, native.tokenizer_file, prompts=prompts, chat=True)
     except TokenizerError as exc:
         return TokenizerCheck(False, error=str(exc))
-    return TokenizerCheck(bool(report.passed), report.to_dict())
+    details = {k: v for k, v in report.to_dict().items() if k not in ("passed", "sequences", "agreed", "agreement")}
+    return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
 
 
 def _logits(
@@ -255,7 +177,7 @@ def _logits(
     enabled: bool,
     progress: Progress,
 ) -> LogitsCheck:
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     if not enabled:
         return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
     if not ready:
@@ -304,10 +226,10 @@ def verify(
         True
     """
     say = progress or (lambda _: None)
-    if str(dtype).removeprefix("torch.") not in THRESHOLDS:
+    if dtype_name(dtype) not in THRESHOLDS:
         raise VerifyError(f"unsupported verify dtype '{dtype}' (expected float32 or bfloat16)")
     native, hf = assign_folders(native, hf)
-    with open_checkpoint(native, layout="native") as src:
+    with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
         table = NameTable(src.params)
@@ -339,7 +261,7 @@ def _status(check: Any) -> str:
 def _logits_line(c: LogitsCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
-    limits = ", ".join(f"{k} {'>=' if k.startswith('top1') else '<='} {v:g}" for k, v in c.thresholds.items())
+    limits = ", ".join(f"{t.metric} {'<=' if t.bound is Bound.CEILING else '>='} {t.limit:g}" for t in c.thresholds)
     ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
     return (
         f"{c.dtype}: max|dlogit| {c.max_abs_dlogit:.2e}, NMSE {c.nmse:.2e}, KL mean {c.mean_kl:.2e} "
@@ -351,9 +273,8 @@ def _logits_line(c: LogitsCheck) -> str:
 def _tokenizer_line(c: TokenizerCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
-    agreement = c.details.get("agreement")
-    shown = f"{100 * agreement:.1f}%" if isinstance(agreement, float) else str(agreement)
-    return f"agreement {shown} on {c.details.get('sequences', '?')} sequences"
+    shown = f"{100 * c.agreement:.1f}%" if c.agreement is not None else "n/a"
+    return f"agreement {shown} on {c.sequences} sequences"
 
 
 def format_report(report: VerifyReport, *, max_names: int = 10) -> str:

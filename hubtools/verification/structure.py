@@ -50,18 +50,6 @@ COMPARED_FIELDS = (
 
 
 @dataclass(frozen=True)
-class StructureCheck:
-    """Config vs params, the tensor mapping, shapes, dtypes and the index. `problems` fail the check."""
-
-    passed: bool
-    problems: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "problems": list(self.problems), "notes": list(self.notes)}
-
-
-@dataclass(frozen=True)
 class HfFolder:
     """A leniently indexed HF folder: what could be read, and what is wrong with it."""
 
