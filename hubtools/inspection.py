@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubtools.checkpoint.layout import Layout
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name, itemsize
 from hubtools.units import human_bytes, human_count
@@ -55,20 +57,25 @@ def count_parameters(folder: Path) -> tuple[int, int]:
         >>> count_parameters(Path("mixtral-8x7b"))  # doctest: +SKIP
         (46702792704, 12879921152)
     """
-    with open_checkpoint(folder, layout=_prefer(folder)) as ckpt:
+    with open_checkpoint(folder, prefer=Layout.HF) as ckpt:
         return parameter_counts(ckpt)
 
 
-def _prefer(folder: Path) -> str | None:
-    """A folder with both layouts (e.g. a Hub repo that ships consolidated files too) reads as HF."""
-    names = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
-    has_hf = any(n.startswith("model") and n.endswith(".safetensors") for n in names)
-    return "hf" if has_hf else None
+def summarize(folder: str | os.PathLike[str]) -> Summary:
+    """Describe a checkpoint folder from its headers, without reading tensor data.
 
+    A folder holding both layouts (a Hub repo that ships consolidated files too) reads as HF.
 
-def summarize(folder: Path) -> Summary:
-    """Describe a checkpoint folder without reading tensor data."""
-    with open_checkpoint(folder, layout=_prefer(folder)) as ckpt:
+    Raises:
+        LayoutError, ParamsError, CorruptFileError, MappingError: the folder is not a readable checkpoint.
+
+    Example:
+        >>> s = summarize("mixtral-8x7b")  # doctest: +SKIP
+        >>> s.architecture, s.layers, s.experts  # doctest: +SKIP
+        ('MixtralForCausalLM', 32, 8)
+    """
+    folder = Path(folder)
+    with open_checkpoint(folder, prefer=Layout.HF) as ckpt:
         total, active = parameter_counts(ckpt)
         dtypes: dict[str, int] = {}
         for src in ckpt.tensors.values():
@@ -78,8 +85,8 @@ def summarize(folder: Path) -> Summary:
         p = ckpt.params
         return Summary(
             str(folder),
-            ckpt.layout,
-            ckpt.format,
+            ckpt.layout.value,
+            ckpt.format.value,
             p.architecture,
             p.n_layers,
             p.num_experts,

@@ -5,6 +5,7 @@ the kernel), so peak memory is one tensor whatever the model size.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -89,7 +90,7 @@ def copy_segments(fd: int, segments: Sequence[Segment], where: Path, open_source
             try:
                 done = os.copy_file_range(src, fd, min(length, 1 << 30), offset)
             except OSError as exc:
-                if exc.errno in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: plain copy
+                if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # plain copy instead
                     done = len(_pread_write(src, fd, offset, min(length, COPY_CHUNK), where))
                 else:
                     raise DestinationError(

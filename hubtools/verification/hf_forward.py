@@ -12,6 +12,7 @@ The tests check this path against `AutoModelForCausalLM.from_pretrained` (`whole
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,24 @@ def load_config(folder: Path) -> Any:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = AutoConfig.from_pretrained(
+            str(folder),
+            local_files_only=True,
+            attn_implementation=IMPLEMENTATION,
+            experts_implementation=IMPLEMENTATION,
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VerifyError(f"{folder / 'config.json'}: transformers cannot load it ({exc})") from None
     if config.model_type not in ("mistral", "mixtral"):
         raise VerifyError(
             f"{folder / 'config.json'}: model_type '{config.model_type}' (expected 'mistral' or 'mixtral')"
         )
-    config._attn_implementation = IMPLEMENTATION
-    config._experts_implementation = IMPLEMENTATION
     return config
+
+
+def _cache_keyword(make_mask: Callable[..., Any]) -> str:
+    """The name under which transformers' mask builders take the KV cache (renamed in 5.x)."""
+    return "cache" if "cache" in inspect.signature(make_mask).parameters else "past_key_values"
 
 
 def _module(config: Any, suffix: str) -> Any:
@@ -108,8 +117,9 @@ class LayeredModel:
 
             positions = torch.arange(h.shape[1])[None]
             make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
+            no_cache = {_cache_keyword(make_mask): None}  # `cache` since transformers 5.x, `past_key_values` before
             mask = make_mask(
-                config=self.config, inputs_embeds=h, attention_mask=None, past_key_values=None, position_ids=positions
+                config=self.config, inputs_embeds=h, attention_mask=None, position_ids=positions, **no_cache
             )
             self._cache = (h.shape[1], mask, (self.rotary(h, positions), positions))
         _, mask, (rope, positions) = self._cache
