@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,12 +35,8 @@ SYSTEM_CHAT: list[dict[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def toks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for version, native in NATIVE.items():
-        folder = tmp_path_factory.mktemp(version)
-        write_hf_tokenizer(native, folder, chat_template="mistral")
-        out[version] = AutoTokenizer.from_pretrained(str(folder))
+def toks(tmp_path_factory: pytest.TempPathFactory, hf_tokenizer: Callable[[str], Path]) -> dict[str, Any]:
+    out: dict[str, Any] = {version: AutoTokenizer.from_pretrained(str(hf_tokenizer(version))) for version in NATIVE}
     folder = tmp_path_factory.mktemp("chatml")
     write_hf_tokenizer(NATIVE["v1"], folder, chat_template="chatml")
     out["chatml"] = AutoTokenizer.from_pretrained(str(folder))

@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-import mistral_common
 import pytest
 import sentencepiece
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from transformers import AutoTokenizer
 
 from hubtools.errors import DestinationError, InvalidValueError, LayoutError, TokenizerError
+from hubtools.testing import mistral_common_data
 from hubtools.tokenization.files import (
     find_tokenizer_file,
     instruct_version,
@@ -31,23 +32,18 @@ from hubtools.tokenization.sentencepiece_model import (
     USER_DEFINED,
     read_sentencepiece_model,
 )
+from tests.helpers import SHIPPED_TOKENIZERS
 
-DATA = Path(mistral_common.__file__).parent / "data"
-V1, V2 = DATA / "tokenizer.model.v1", DATA / "mistral_instruct_tokenizer_240216.model.v2"
-V3, V7 = DATA / "mistral_instruct_tokenizer_240323.model.v3", DATA / "mistral_instruct_tokenizer_241114.model.v7"
-TEKKEN = DATA / "tekken_240911.json"
+DATA = mistral_common_data()
+V1, V3, V7, TEKKEN = (SHIPPED_TOKENIZERS[kind] for kind in ("v1", "v3", "v7", "tekken"))
+V2 = DATA / "mistral_instruct_tokenizer_240216.model.v2"
 SPM = {"v1": V1, "v3": V3, "v7": V7}
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """v1, v3 and v7 converted once for the module (chat template: mistral)."""
-    out = {}
-    for version, native in SPM.items():
-        folder = tmp_path_factory.mktemp(f"hf_{version}")
-        write_hf_tokenizer(native, folder, chat_template="mistral")
-        out[version] = folder
-    return out
+def converted(hf_tokenizer: Callable[[str], Path]) -> dict[str, Path]:
+    """v1, v3 and v7 converted (chat template: mistral), shared with the other tokenizer tests."""
+    return {version: hf_tokenizer(version) for version in SPM}
 
 
 def test_find_tokenizer_file_finds_the_file_in_a_folder(tmp_path: Path) -> None:
@@ -82,7 +78,8 @@ def test_identical_copies_are_not_ambiguous_and_the_versioned_name_wins(tmp_path
 def test_two_different_tokenizers_in_a_folder_are_ambiguous(tmp_path: Path) -> None:
     shutil.copyfile(V3, tmp_path / "tokenizer.model.v3")
     shutil.copyfile(TEKKEN, tmp_path / "tekken.json")
-    with pytest.raises(LayoutError, match="expected one native tokenizer, found 'tekken.json' and 'tokenizer.model.v3' with different contents"):
+    message = "expected one native tokenizer, found 'tekken.json' and 'tokenizer.model.v3' with different contents"
+    with pytest.raises(LayoutError, match=message):
         find_tokenizer_file(tmp_path)
 
 
@@ -191,7 +188,8 @@ def test_chat_template_auto_is_none_for_v1_and_mistral_from_v2(tmp_path: Path) -
 
 
 def test_unknown_chat_template_choice_is_a_tokenizer_error(tmp_path: Path) -> None:
-    with pytest.raises(InvalidValueError, match="'llama': expected a chat template, one of auto, mistral, chatml or none"):
+    message = "'llama': expected a chat template, one of auto, mistral, chatml or none"
+    with pytest.raises(InvalidValueError, match=message):
         write_hf_tokenizer(V1, tmp_path, chat_template="llama")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,9 @@ NATIVE = SHIPPED_TOKENIZERS
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each real tokenizer converted once for the module, with the Mistral chat template."""
-    out = {}
-    for kind, native in NATIVE.items():
-        folder = tmp_path_factory.mktemp(kind)
-        write_hf_tokenizer(native, folder, chat_template="mistral")
-        out[kind] = folder
-    return out
+def converted(hf_tokenizer: Callable[[str], Path]) -> dict[str, Path]:
+    """Each real tokenizer converted with the Mistral chat template (shared with the other tokenizer tests)."""
+    return {kind: hf_tokenizer(kind) for kind in NATIVE}
 
 
 @pytest.fixture(scope="module")
