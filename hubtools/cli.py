@@ -329,7 +329,8 @@ def publish_command(
     """
     import os
 
-    from hubtools.publishing.upload import plan_upload, publish
+    from hubtools.publishing.plan import plan_upload
+    from hubtools.publishing.upload import publish
 
     plan = plan_upload(folder)
     if dry_run:
@@ -337,7 +338,7 @@ def publish_command(
             emit_json({"dry_run": True, "repo_id": repo_id, **plan.to_dict()})
             return
         for f in plan.files:
-            click.echo(f"{f.size:>15,d}  {'lfs' if f.lfs else 'git':<3}  {f.role:<9}  {f.path}")
+            click.echo(f"{f.size:>15,d}  {'lfs' if f.lfs else 'git':<3}  {f.role.value:<9}  {f.path}")
         for name in plan.ignored:
             click.echo(f"{'':>15}  ---  ignored    {name}")
         click.echo(

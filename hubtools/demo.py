@@ -143,7 +143,7 @@ def _card(root: Path, native: Path, hf: Path, say: Say) -> None:
 
 
 def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
-    from hubtools.publishing.upload import plan_upload
+    from hubtools.publishing.plan import plan_upload
     from hubtools.units import human_bytes
 
     plan = plan_upload(hf)

@@ -22,8 +22,13 @@ from safetensors.torch import save_file
 
 from hubtools.cli import cli
 from hubtools.errors import PublishError
-from hubtools.publishing.upload import RetryPolicy, plan_upload, publish
+from hubtools.model.hf_config import to_hf_config
+from hubtools.publishing.client import RetryPolicy
+from hubtools.publishing.plan import plan_upload
+from hubtools.publishing.upload import publish
+from hubtools.testing import tiny_params
 from tests.fakehub import FakeHub, Fault
+from tests.helpers import edit_json
 
 TOKEN = "hf_FAKEtokenFORtests0123456789abcdef"
 REPO = "acme/tiny-mixtral"
@@ -87,7 +92,7 @@ def model(tmp_path: Path) -> Path:
     (out / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": 3 * 2048}, "weight_map": weight_map})
     )
-    (out / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 32}))
+    (out / "config.json").write_text(json.dumps(to_hf_config(tiny_params(), dtype="float32").config))
     (out / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 32768}))
     shutil.copy(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1", out / "tokenizer.model")
     (out / "README.md").write_text("---\nlicense: apache-2.0\ntags: [mixtral]\n---\n# Tiny\n")
@@ -123,7 +128,7 @@ def test_plan_puts_weights_first_card_last_and_leaves_out_other_files(model: Pat
 
 def test_plan_refuses_a_folder_without_weights(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(PublishError, match=r"^no weights in '.*' \(expected \*\.safetensors files\)"):
+    with pytest.raises(PublishError, match=r"^.*: expected weights \(\*\.safetensors or \*\.gguf\), found none"):
         plan_upload(tmp_path)
 
 
@@ -131,13 +136,13 @@ def test_plan_refuses_an_index_naming_a_missing_shard(model: Path) -> None:
     (model / SHARDS[1]).unlink()
     with pytest.raises(PublishError) as err:
         plan_upload(model)
-    assert str(err.value) == f"index names missing shards: {SHARDS[1]} (expected in '{model}')"
+    assert str(err.value) == f"{model / 'model.safetensors.index.json'}: names {SHARDS[1]}, which is missing"
 
 
 def test_plan_refuses_shards_the_index_does_not_name(model: Path) -> None:
     shutil.copy(model / SHARDS[0], model / "model-00001-of-00002.safetensors")
     with pytest.raises(
-        PublishError, match="weight files not named in model.safetensors.index.json: model-00001-of-00002.safetensors"
+        PublishError, match="index.json: expected every weight file to be named, found model-00001-of-00002.safetensors"
     ):
         plan_upload(model)
 
@@ -206,7 +211,7 @@ def test_a_killed_cli_upload_resumes_with_only_the_rest(hub: FakeHub, api: HfApi
 def test_create_pr_opens_refs_pr_1_and_leaves_main_unchanged(hub: FakeHub, api: HfApi, model: Path) -> None:
     publish(model, REPO, api=api, retry=FAST)
     main_before = hub.repos[REPO].branches["main"]
-    (model / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 64}))
+    edit_json(model / "config.json", lambda c: c.update(rope_theta=2e6))
     hub.reset_counters()
     result = publish(model, REPO, api=api, create_pr=True, retry=FAST)
     assert result.pr_revision == "refs/pr/1" and result.pr_url.endswith(f"/{REPO}/discussions/1")
@@ -215,7 +220,7 @@ def test_create_pr_opens_refs_pr_1_and_leaves_main_unchanged(hub: FakeHub, api: 
     assert hub.read_file(REPO, "config.json", "main") != (model / "config.json").read_bytes()
     assert [f.path for f in result.files if f.action == "uploaded"] == ["config.json"]
     assert hub.lfs_bytes == 0 and result.verified_at == hub.repos[REPO].prs[1]
-    (model / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 128}))
+    edit_json(model / "config.json", lambda c: c.update(rope_theta=3e6))
     pushed = publish(model, REPO, api=api, revision="refs/pr/1", retry=FAST)  # a follow-up commit to the PR
     assert hub.repos[REPO].prs[1] == pushed.commit_oid and hub.repos[REPO].branches["main"] == main_before
     assert hub.read_file(REPO, "config.json", "refs/pr/1") == (model / "config.json").read_bytes()

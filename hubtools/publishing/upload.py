@@ -19,85 +19,25 @@ of the client's own retries. The token is never logged; error messages are scrub
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import logging
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from hubtools import __version__
 from hubtools.errors import PublishError
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
-INDEX_NAME = "model.safetensors.index.json"
-KNOWN_FILES = {
-    INDEX_NAME: "index",
-    "config.json": "config",
-    "generation_config.json": "config",
-    "tokenizer.json": "tokenizer",
-    "tokenizer_config.json": "tokenizer",
-    "special_tokens_map.json": "tokenizer",
-    "tekken.json": "tokenizer",
-    "chat_template.jinja": "tokenizer",
-    "README.md": "card",
-}
-ROLE_ORDER = ("weights", "index", "config", "tokenizer", "other", "card")
-LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores files from 10 MiB (and binaries) through LFS
-OTHER_MAX_SIZE = 10 * 1024 * 1024  # "other" json/md files above this are left out of the plan
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-COMMIT_RETRY_STATUS = frozenset({429, 503})  # a commit answered 500/502/504 may have been applied
-HINTS = {
-    401: ". Check HF_TOKEN (or `hf auth login`)",
-    403: ". The token cannot write to this repo",
-    429: ". Rate limited by the Hub",
-}
-PATHS_PER_REQUEST = 100
-HASH_CHUNK = 8 * 1024 * 1024
+from hubtools.publishing.client import HubClient, RetryPolicy
+from hubtools.publishing.plan import PlannedFile, plan_upload
+from hubtools.publishing.remote import ProgressEvent, difference, hash_files, verify_remote
 
 
-@dataclass(frozen=True)
-class PlannedFile:
-    """One local file to publish: its name in the repo, size, role and expected storage (LFS or not)."""
+class Action(str, Enum):
+    """What `publish` did with a file."""
 
-    path: str
-    local: Path
-    size: int
-    role: str
-    lfs: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "local": str(self.local), "size": self.size, "role": self.role, "lfs": self.lfs}
-
-
-@dataclass(frozen=True)
-class UploadPlan:
-    """The files of a folder that `publish` would send, in upload order, and the files it leaves out."""
-
-    folder: Path
-    files: tuple[PlannedFile, ...]
-    ignored: tuple[str, ...] = ()
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "folder": str(self.folder),
-            "files": [f.to_dict() for f in self.files],
-            "ignored": list(self.ignored),
-            "total_bytes": self.total_bytes,
-            "file_count": len(self.files),
-        }
+    UPLOADED = "uploaded"
+    SKIPPED = "skipped"  # the remote already had it
 
 
 @dataclass(frozen=True)
@@ -107,10 +47,10 @@ class FileResult:
     path: str
     size: int
     sha256: str
-    action: str
+    action: Action
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "action": self.action.value}
 
 
 @dataclass(frozen=True)
@@ -130,108 +70,27 @@ class PublishResult:
 
     @property
     def uploaded_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.action == "uploaded")
+        return sum(f.size for f in self.files if f.action is Action.UPLOADED)
 
     @property
     def skipped_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.action == "skipped")
+        return sum(f.size for f in self.files if f.action is Action.SKIPPED)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
-            files=list(out["files"]),
+            files=[f.to_dict() for f in self.files],
             uploaded_bytes=self.uploaded_bytes,
             skipped_bytes=self.skipped_bytes,
-            uploaded_files=sum(f.action == "uploaded" for f in self.files),
-            skipped_files=sum(f.action == "skipped" for f in self.files),
+            uploaded_files=sum(f.action is Action.UPLOADED for f in self.files),
+            skipped_files=sum(f.action is Action.SKIPPED for f in self.files),
             verified=True,
         )
         return out
 
 
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Progress report: `stage` is "hash" or "upload"; bytes are cumulative within the stage."""
-
-    stage: str
-    path: str
-    bytes_done: int
-    bytes_total: int
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff for our own Hub calls (on top of the client's retries)."""
-
-    attempts: int = 5
-    base_delay: float = 2.0
-    max_delay: float = 60.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-
-
-def plan_upload(folder: Path) -> UploadPlan:
-    """List the files of `folder` to publish and check that the weights are complete.
-
-    Args:
-        folder (`Path`): a Hugging Face layout model folder (shards, index, config, tokenizer, README.md).
-
-    Returns:
-        `UploadPlan`: files in upload order (weights first, card last) plus the names left out.
-
-    Raises:
-        PublishError: no `*.safetensors`, an unreadable index, an index naming missing shards, shards the
-            index does not name, or several shards without an index.
-
-    Example:
-        >>> plan_upload(Path("out/mixtral-8x7b-v0.1")).total_bytes  # doctest: +SKIP
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PublishError(f"not a folder: '{folder}' (expected a model folder to publish)")
-    files, ignored = [], []
-    for entry in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        role = _role(entry.name)
-        size = entry.stat().st_size
-        if role is None or (role == "other" and size > OTHER_MAX_SIZE):
-            ignored.append(entry.name)
-            continue
-        lfs = role == "weights" or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
-        files.append(PlannedFile(entry.name, entry, size, role, lfs))
-    _check_weights(folder, {f.path for f in files if f.role == "weights"})
-    files.sort(key=lambda f: (ROLE_ORDER.index(f.role), f.path))
-    return UploadPlan(folder, tuple(files), tuple(ignored))
-
-
-def _role(name: str) -> str | None:
-    if name.endswith(".safetensors"):
-        return "weights"
-    if name in KNOWN_FILES:
-        return KNOWN_FILES[name]
-    if name.startswith("tokenizer.model"):
-        return "tokenizer"
-    return "other" if name.endswith((".json", ".md")) else None
-
-
-def _check_weights(folder: Path, shards: set[str]) -> None:
-    if not shards:
-        raise PublishError(f"no weights in '{folder}' (expected *.safetensors files). Run `hubtools convert` first.")
-    index_path = folder / INDEX_NAME
-    if not index_path.exists():
-        if len(shards) > 1:
-            raise PublishError(f"{len(shards)} weight files in '{folder}' but no {INDEX_NAME} (expected one index)")
-        return
-    try:
-        named = set(json.loads(index_path.read_text())["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PublishError(f"unreadable index: '{index_path}' (expected JSON with a weight_map; {exc})") from exc
-    if missing := sorted(named - shards):
-        raise PublishError(f"index names missing shards: {', '.join(missing)} (expected in '{folder}')")
-    if extra := sorted(shards - named):
-        raise PublishError(f"weight files not named in {INDEX_NAME}: {', '.join(extra)} (remove them or re-convert)")
-
-
 def publish(
-    folder: Path,
+    folder: str | os.PathLike[str],
     repo_id: str,
     *,
     api: HfApi,
@@ -268,7 +127,7 @@ def publish(
     plan = plan_upload(folder)
     if tag and create_pr:
         raise PublishError(f"--tag '{tag}' with --create-pr: a tag must point at a merged commit (tag after merging)")
-    hub = _Hub(api, repo_id, retry or RetryPolicy())
+    hub = HubClient(api, repo_id, retry or RetryPolicy())
     repo_url = str(hub.call("create repo", lambda: api.create_repo(repo_id, private=private or None, exist_ok=True)))
     target = revision or "main"
     if revision and not create_pr and not revision.startswith("refs/"):
@@ -279,14 +138,14 @@ def publish(
             f"read revision '{target}' failed for '{repo_id}': the Hub answered without a commit sha "
             "(expected the head commit id)"
         )
-    digests = _hash_files(plan, progress)
+    digests = hash_files(plan, progress)
     remote = hub.remote_files([f.path for f in plan.files], head)
-    todo = [f for f in plan.files if _difference(f, digests[f.path], remote.get(f.path))]
+    todo = [f for f in plan.files if difference(f, digests[f.path], remote.get(f.path))]
     commit: CommitInfo | None = None
     if todo:
         ops = _upload(hub, todo, digests, revision=target, create_pr=create_pr, progress=progress)
         commit = hub.commit(ops, revision=target, create_pr=create_pr, parent=None if create_pr else head)
-        _verify(plan, digests, hub.remote_files([f.path for f in plan.files], commit.oid))
+        verify_remote(plan, digests, hub.remote_files([f.path for f in plan.files], commit.oid))
     verified_at = head if commit is None else commit.oid
     if tag:
         hub.tag(tag, verified_at)
@@ -302,56 +161,14 @@ def publish(
         tag=tag,
         verified_at=verified_at,
         files=tuple(
-            FileResult(f.path, f.size, digests[f.path], "uploaded" if f.path in uploaded else "skipped")
+            FileResult(f.path, f.size, digests[f.path], Action.UPLOADED if f.path in uploaded else Action.SKIPPED)
             for f in plan.files
         ),
     )
 
 
-def _hash_files(plan: UploadPlan, progress: Callable[[ProgressEvent], None] | None) -> dict[str, str]:
-    """sha256 of every planned file, by path in the repo (each file is read once per run)."""
-    digests, done = {}, 0
-    for f in plan.files:
-        digests[f.path] = _hexdigest(hashlib.sha256(), f.local)
-        done += f.size
-        if progress:
-            progress(ProgressEvent("hash", f.path, done, plan.total_bytes))
-    return digests
-
-
-def _hexdigest(digest: Any, path: Path) -> str:
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return str(digest.hexdigest())
-
-
-def _difference(f: PlannedFile, sha256: str, remote: Any) -> tuple[str, str] | None:
-    """None when the remote file equals the local one, else (expected, found) descriptions.
-
-    LFS files are compared by size and sha256, regular files by size and git blob sha1 (what the Hub reports).
-    """
-    if remote is not None and getattr(remote, "lfs", None) is not None:
-        expected, found = f"size {f.size}, sha256 {sha256}", f"size {remote.lfs.size}, sha256 {remote.lfs.sha256}"
-    elif remote is not None and hasattr(remote, "blob_id"):
-        blob = _hexdigest(hashlib.sha1(b"blob %d\0" % f.size), f.local)
-        expected, found = f"size {f.size}, git blob sha1 {blob}", f"size {remote.size}, git blob sha1 {remote.blob_id}"
-    else:
-        return f"size {f.size}, sha256 {sha256}", "no such file"
-    return None if expected == found else (expected, found)
-
-
-def _verify(plan: UploadPlan, digests: dict[str, str], remote: dict[str, Any]) -> None:
-    for f in plan.files:
-        if difference := _difference(f, digests[f.path], remote.get(f.path)):
-            raise PublishError(
-                f"remote file '{f.path}' does not match the local file after upload "
-                f"(expected {difference[0]}; found {difference[1]}). Re-run to re-upload."
-            )
-
-
 def _upload(
-    hub: _Hub,
+    hub: HubClient,
     todo: list[PlannedFile],
     digests: dict[str, str],
     *,
@@ -382,136 +199,3 @@ def _operation(f: PlannedFile, sha256: str) -> CommitOperationAdd:
     op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(f.local))
     op.upload_info.sha256 = bytes.fromhex(sha256)  # hashed once per run; the client reuses it
     return op
-
-
-@dataclass(frozen=True)
-class _Hub:
-    """The Hub calls `publish` makes, each wrapped in bounded retries and turned into `PublishError`."""
-
-    api: HfApi
-    repo_id: str
-    retry: RetryPolicy
-
-    def call(
-        self, step: str, fn: Callable[[], T], retry_on: frozenset[int] = TRANSIENT_STATUS, retry_dropped: bool = True
-    ) -> T:
-        """Run `fn`, retrying answers in `retry_on` (and dropped connections if `retry_dropped`)."""
-        caught: tuple[type[BaseException], ...] = (
-            HfHubHTTPError,
-            OSError,
-            ValueError,
-            RuntimeError,
-            *_transport_errors(),
-        )
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return fn()
-            except caught as exc:
-                status, retry_after = _status(exc)
-                transient = status in retry_on or (retry_dropped and status is None and _is_transport_error(exc))
-                if not transient or attempt == self.retry.attempts:
-                    raise PublishError(f"{step} failed for '{self.repo_id}': {self._describe(exc, attempt)}") from exc
-                delay = retry_after if retry_after is not None else self.retry.base_delay * 2 ** (attempt - 1)
-                delay = min(delay, self.retry.max_delay)
-                logger.warning(
-                    "%s: %s; retry %d/%d in %.1fs",
-                    step,
-                    status or type(exc).__name__,
-                    attempt,
-                    self.retry.attempts - 1,
-                    delay,
-                )
-                self.retry.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def remote_files(self, paths: list[str], revision: str) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        for start in range(0, len(paths), PATHS_PER_REQUEST):
-            chunk = paths[start : start + PATHS_PER_REQUEST]
-            infos = self.call(
-                f"read remote files at '{revision[:12]}'",
-                lambda: self.api.get_paths_info(self.repo_id, chunk, revision=revision),
-            )
-            found.update((info.path, info) for info in infos)
-        return found
-
-    def commit(
-        self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool, parent: str | None
-    ) -> CommitInfo:
-        summary = f"Upload {len(ops)} file(s) with hubtools {__version__}"
-        return self.call(
-            "commit",
-            lambda: self.api.create_commit(
-                self.repo_id,
-                ops,
-                commit_message=summary,
-                commit_description="\n".join(op.path_in_repo for op in ops),
-                revision=revision,
-                create_pr=create_pr,
-                parent_commit=parent,
-            ),
-            retry_on=COMMIT_RETRY_STATUS,
-            retry_dropped=False,
-        )  # the commit may have landed: a re-run checks
-
-    def tag(self, tag: str, target: str) -> None:
-        refs = self.call("list refs", lambda: self.api.list_repo_refs(self.repo_id))
-        existing = next((ref.target_commit for ref in refs.tags if ref.name == tag), None)
-        if existing is None:
-            self.call(f"tag '{tag}'", lambda: self.api.create_tag(self.repo_id, tag=tag, revision=target))
-        elif existing != target:
-            raise PublishError(f"tag '{tag}' already exists on '{self.repo_id}' at {existing} (expected {target})")
-
-    def _describe(self, exc: BaseException, attempts: int) -> str:
-        """One line: the HTTP answer (status, request, server message) or the error, a hint, no token."""
-        response = next((r for e in _chain(exc) if (r := getattr(e, "response", None)) is not None), None)
-        if response is not None:
-            server = next((m for e in _chain(exc) if (m := getattr(e, "server_message", None))), None)
-            url = str(response.request.url).split("?")[0]  # drop query strings: upload URLs carry signatures
-            text = f"HTTP {response.status_code} on {response.request.method} {url}"
-            text += f" ({server})" if server else ""
-            text += HINTS.get(response.status_code, "")
-        else:
-            text = "; ".join(dict.fromkeys(str(e) or type(e).__name__ for e in _chain(exc)))
-        if attempts > 1:
-            text += f"; gave up after {attempts} attempts, re-run to resume"
-        text = " ".join(text.split())
-        token = self.api.token
-        return text.replace(token, "***") if isinstance(token, str) and token else text
-
-
-def _status(exc: BaseException) -> tuple[int | None, float | None]:
-    """HTTP status and Retry-After seconds of the first response found along the exception chain."""
-    for err in _chain(exc):
-        response = getattr(err, "response", None)
-        if response is not None and getattr(response, "status_code", None):
-            try:
-                retry_after = float(response.headers.get("Retry-After"))
-            except (TypeError, ValueError):
-                retry_after = None
-            return response.status_code, retry_after
-    return None, None
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Dropped connections and timeouts: httpx2's (huggingface_hub 2.x) or httpx's (1.x), and the builtins."""
-    for name in ("httpx2", "httpx"):
-        try:
-            return (importlib.import_module(name).TransportError, ConnectionError, TimeoutError)
-        except ImportError:
-            continue
-    return (ConnectionError, TimeoutError)
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    errors = list(_chain(exc))
-    if any(isinstance(err, OfflineModeIsEnabled) for err in errors):
-        return False
-    return any(isinstance(err, _transport_errors()) for err in errors)
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: BaseException | None = exc
-    while seen is not None:
-        yield seen
-        seen = seen.__cause__ or seen.__context__

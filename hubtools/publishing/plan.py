@@ -1,0 +1,171 @@
+"""What `publish` sends: the files of a model folder, their roles, and the checks made before any request.
+
+Nothing leaves the machine before `plan_upload` has checked the folder: every safetensors file parses
+(header, offsets, data length), the index names exactly the shards present, and config.json is valid JSON
+with the fields its architecture needs. A failure names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hubtools.checkpoint.layout import INDEX_NAME, index_safetensors, json_object, read_weight_map
+from hubtools.errors import HubtoolsError, PublishError
+from hubtools.model.hf_config import from_hf_config
+
+
+class Role(str, Enum):
+    """What a file is to the repo; files upload in this order (weights first, the card last)."""
+
+    WEIGHTS = "weights"
+    INDEX = "index"
+    CONFIG = "config"
+    TOKENIZER = "tokenizer"
+    OTHER = "other"
+    CARD = "card"
+
+
+KNOWN_FILES = {
+    INDEX_NAME: Role.INDEX,
+    "config.json": Role.CONFIG,
+    "generation_config.json": Role.CONFIG,
+    "tokenizer.json": Role.TOKENIZER,
+    "tokenizer_config.json": Role.TOKENIZER,
+    "special_tokens_map.json": Role.TOKENIZER,
+    "tekken.json": Role.TOKENIZER,
+    "chat_template.jinja": Role.TOKENIZER,
+    "README.md": Role.CARD,
+}
+ROLE_ORDER = tuple(Role)
+WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores files from 10 MiB (and binaries) through LFS
+OTHER_MAX_SIZE = 10 * 1024 * 1024  # "other" json/md files above this are left out of the plan
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    """One local file to publish: its name in the repo, size, role and expected storage (LFS or not)."""
+
+    path: str
+    local: Path
+    size: int
+    role: Role
+    lfs: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "local": str(self.local),
+            "size": self.size,
+            "role": self.role.value,
+            "lfs": self.lfs,
+        }
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """The files of a folder that `publish` would send, in upload order, and the files it leaves out."""
+
+    folder: Path
+    files: tuple[PlannedFile, ...]
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "files": [f.to_dict() for f in self.files],
+            "ignored": list(self.ignored),
+            "total_bytes": self.total_bytes,
+            "file_count": len(self.files),
+        }
+
+
+def plan_upload(folder: str | os.PathLike[str]) -> UploadPlan:
+    """List the files of `folder` to publish and check that the weights are complete.
+
+    Args:
+        folder (`Path`): a Hugging Face layout model folder (shards, index, config, tokenizer, README.md).
+
+    Returns:
+        `UploadPlan`: files in upload order (weights first, card last) plus the names left out.
+
+    Raises:
+        PublishError: not a folder, no weights, a weight file that does not parse (header, offsets, data
+            length), an index that does not name exactly the shards present, or a config.json that is not
+            valid JSON with the fields its architecture needs. Nothing has been sent when it is raised.
+
+    Example:
+        >>> plan_upload(Path("out/mixtral-8x7b-v0.1")).total_bytes  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(
+            f"{folder}: expected a model folder to publish, found {'a file' if folder.exists() else 'nothing'}"
+        )
+    files, ignored = [], []
+    for entry in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        role = _role(entry.name)
+        size = entry.stat().st_size
+        if role is None or (role is Role.OTHER and size > OTHER_MAX_SIZE):
+            ignored.append(entry.name)
+            continue
+        lfs = role is Role.WEIGHTS or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
+        files.append(PlannedFile(entry.name, entry, size, role, lfs))
+    try:
+        check_folder(folder, sorted(f.path for f in files if f.role is Role.WEIGHTS))
+    except PublishError:
+        raise
+    except HubtoolsError as exc:
+        raise PublishError(str(exc)) from None
+    files.sort(key=lambda f: (ROLE_ORDER.index(f.role), f.path))
+    return UploadPlan(folder, tuple(files), tuple(ignored))
+
+
+def _role(name: str) -> Role | None:
+    if name.endswith(WEIGHT_SUFFIXES):
+        return Role.WEIGHTS
+    if name in KNOWN_FILES:
+        return KNOWN_FILES[name]
+    if name.startswith("tokenizer.model"):
+        return Role.TOKENIZER
+    return Role.OTHER if name.endswith((".json", ".md")) else None
+
+
+def check_folder(folder: Path, weights: list[str]) -> None:
+    """The checks `plan_upload` makes before anything is sent (see the module docstring).
+
+    Raises:
+        PublishError, CorruptFileError, ParamsError: naming the file at fault.
+    """
+    if not weights:
+        raise PublishError(
+            f"{folder}: expected weights (*.safetensors or *.gguf), found none (run `hubtools convert` first)"
+        )
+    shards = [n for n in weights if n.endswith(".safetensors")]
+    if not shards:
+        return  # a GGUF folder: its files are checked by `hubtools verify`
+    weight_map = read_weight_map(folder)
+    if weight_map is None and len(shards) > 1:
+        raise PublishError(f"{folder / INDEX_NAME}: expected an index beside {len(shards)} weight files, found none")
+    if weight_map is not None:
+        named = set(weight_map.values())
+        if missing := sorted(named - set(shards)):
+            raise PublishError(f"{folder / INDEX_NAME}: names {', '.join(missing)}, which is missing")
+        if extra := sorted(set(shards) - named):
+            raise PublishError(
+                f"{folder / INDEX_NAME}: expected every weight file to be named, found {', '.join(extra)} "
+                "not in it (remove them or re-convert)"
+            )
+    index_safetensors([folder / n for n in shards])  # every header, offset and data length
+    config = folder / "config.json"
+    if not config.is_file():
+        raise PublishError(f"{config}: expected the model's config.json beside the weights, found none")
+    from_hf_config(json_object(config), source=str(config))
