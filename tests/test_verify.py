@@ -144,7 +144,7 @@ def test_each_config_field_is_compared_and_named(
     pair: tuple[Path, Path], broken: Path, field: str, value: Any, expected: str
 ) -> None:
     edit_json(broken / "config.json", lambda c: c.update({field: value}))
-    report = verify(pair[0], broken)
+    report = verify(pair[0], broken, check_logits=False)  # a structure check: no forward needed
     assert expected in report.structure.problems
     assert not report.passed
 
@@ -172,7 +172,7 @@ def test_a_hub_style_repo_with_other_shard_names_and_new_config_keys_is_audited(
 def test_index_faults_are_reported_not_raised(pair: tuple[Path, Path], broken: Path) -> None:
     name = "model.layers.0.self_attn.k_proj.weight"
     edit_json(broken / INDEX, lambda d: d["weight_map"].update({name: "model-00009-of-00009.safetensors"}))
-    report = verify(pair[0], broken)
+    report = verify(pair[0], broken, check_logits=False)
     assert (
         f"{broken / INDEX}: maps 1 tensor(s) to 'model-00009-of-00009.safetensors', which is missing"
         in report.structure.problems
