@@ -1,7 +1,115 @@
-"""hubtools: release engineering for Mistral-family models on the Hugging Face Hub."""
+"""hubtools: release engineering for Mistral-family models on the Hugging Face Hub.
+
+The public API, importable from the top level (each loads its module on first use, so `import hubtools`
+stays light: no torch, no transformers):
+
+- `convert(src, dst)`: native <-> Hugging Face, streaming and atomic -> `ConversionResult`
+- `verify(native, hf)`: structure, bit-exact tensors, tokenizer parity, logits -> `VerifyReport`
+- `inspect(path)`: what a checkpoint folder holds, from headers -> `Summary`
+- `open_checkpoint(path)`: a lazy reader over a checkpoint's tensors -> `Checkpoint`
+- `build_card(spec, output)`: render a model card -> `Path`
+- `plan_upload(folder)` and `publish(folder, repo_id)`: a checked, resumable, verified upload
+- the errors: `HubtoolsError` and its subclasses (`hubtools.errors`)
+
+Example:
+    >>> import hubtools
+    >>> result = hubtools.convert("mixtral-native", "mixtral-hf")  # doctest: +SKIP
+    >>> hubtools.verify("mixtral-native", "mixtral-hf").passed  # doctest: +SKIP
+    True
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from hubtools.errors import (
+    CardError,
+    ChatTemplateError,
+    CorruptFileError,
+    DestinationError,
+    HubtoolsError,
+    InvalidValueError,
+    LayoutError,
+    MappingError,
+    ParamsError,
+    PublishError,
+    RecipeError,
+    TokenizerError,
+    UnsafePickleError,
+    VerifyError,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {  # public name -> (module, attribute)
+    "convert": ("hubtools.converter", "convert"),
+    "ConversionResult": ("hubtools.converter", "ConversionResult"),
+    "verify": ("hubtools.verification.run", "verify"),
+    "VerifyReport": ("hubtools.verification.report", "VerifyReport"),
+    "inspect": ("hubtools.inspection", "summarize"),
+    "Summary": ("hubtools.inspection", "Summary"),
+    "open_checkpoint": ("hubtools.checkpoint.reader", "open_checkpoint"),
+    "Checkpoint": ("hubtools.checkpoint.reader", "Checkpoint"),
+    "build_card": ("hubtools.card.render", "build_card"),
+    "plan_upload": ("hubtools.publishing.plan", "plan_upload"),
+    "UploadPlan": ("hubtools.publishing.plan", "UploadPlan"),
+    "publish": ("hubtools.publishing.upload", "publish"),
+    "PublishResult": ("hubtools.publishing.upload", "PublishResult"),
+}
+
+__all__ = [
+    "__version__",
+    "convert",
+    "ConversionResult",
+    "verify",
+    "VerifyReport",
+    "inspect",
+    "Summary",
+    "open_checkpoint",
+    "Checkpoint",
+    "build_card",
+    "plan_upload",
+    "UploadPlan",
+    "publish",
+    "PublishResult",
+    "CardError",
+    "ChatTemplateError",
+    "CorruptFileError",
+    "DestinationError",
+    "HubtoolsError",
+    "InvalidValueError",
+    "LayoutError",
+    "MappingError",
+    "ParamsError",
+    "PublishError",
+    "RecipeError",
+    "TokenizerError",
+    "UnsafePickleError",
+    "VerifyError",
+]
+
+if TYPE_CHECKING:
+    from hubtools.card.render import build_card
+    from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+    from hubtools.converter import ConversionResult, convert
+    from hubtools.inspection import Summary
+    from hubtools.inspection import summarize as inspect
+    from hubtools.publishing.plan import UploadPlan, plan_upload
+    from hubtools.publishing.upload import PublishResult, publish
+    from hubtools.verification.report import VerifyReport
+    from hubtools.verification.run import verify
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first access (PEP 562), as huggingface_hub does."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hubtools' has no attribute '{name}'")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -36,6 +36,7 @@ from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_pa
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.params import ModelParams
 from hubtools.model.transforms import Transform
+from hubtools.units import parse_size
 
 DEFAULT_SHARD_SIZE = 5 * 10**9
 Progress = Callable[[int], None]
@@ -277,7 +278,7 @@ def convert(
     *,
     to: Layout | str | None = None,
     dtype: Any = None,
-    max_shard_size: int = DEFAULT_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     overrides: ConfigOverrides | None = None,
     chat_template: str = "auto",
     force: bool = False,
@@ -305,11 +306,12 @@ def convert(
     """
     started = time.monotonic()
     src, dst = Path(src), Path(dst)
+    parse_size(max_shard_size)  # a bad size fails before anything is opened
     layout = Layout.parse(to).other if to is not None else None
     with open_checkpoint(src, layout=layout) as ckpt:
         if check:
             check(ckpt)
-        conversion = plan(ckpt, dtype=dtype, max_shard_size=max_shard_size, overrides=overrides)
+        conversion = plan(ckpt, dtype=dtype, max_shard_size=parse_size(max_shard_size), overrides=overrides)
         tmp = prepare_destination(src, dst, force=force)
         try:
             files = write_plan(ckpt, conversion, tmp, chat_template=chat_template, progress=progress)

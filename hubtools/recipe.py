@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from hubtools.checkpoint.reader import Checkpoint
+from hubtools.converter import DEFAULT_SHARD_SIZE
 from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
@@ -37,7 +38,6 @@ _KEYS = {
     "tags",
 }
 _OVERRIDES = {"rope_theta", "max_position_embeddings"}
-DEFAULT_SHARD_SIZE = 5 * 10**9
 
 
 @dataclass(frozen=True)

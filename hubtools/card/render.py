@@ -378,12 +378,12 @@ def load_report(path: Path) -> VerifyReport:
 
 def build_card(
     spec: str,
-    output: Path,
+    output: str | os.PathLike[str],
     *,
-    cards_dir: Path,
-    results: Sequence[Path] = (),
-    model_dir: Path | None = None,
-    report: Path | None = None,
+    cards_dir: str | os.PathLike[str] = "cards",
+    results: Sequence[str | os.PathLike[str]] = (),
+    model_dir: str | os.PathLike[str] | None = None,
+    report: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> Path:
     """Resolve, render, validate and write a card: what `hubtools card` does.
@@ -407,13 +407,14 @@ def build_card(
         >>> build_card("mixtral-8x22b-v0.1", Path("out/README.md"), cards_dir=Path("cards"))
         PosixPath('out/README.md')
     """
+    output = Path(output)
     if output.exists() and not force:
         raise DestinationError(f"{output}: already exists (use --force to overwrite)")
-    source = load_card_source(resolve_card_source(spec, cards_dir=cards_dir))
+    source = load_card_source(resolve_card_source(spec, cards_dir=Path(cards_dir)))
     text = render_card(
         source,
-        runs=[load_lm_eval_results(path) for path in results],
-        model=read_model_facts(model_dir) if model_dir is not None else None,
-        report=load_report(report) if report is not None else None,
+        runs=[load_lm_eval_results(Path(path)) for path in results],
+        model=read_model_facts(Path(model_dir)) if model_dir is not None else None,
+        report=load_report(Path(report)) if report is not None else None,
     )
     return write_card(text, output, force=force)

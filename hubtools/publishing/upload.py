@@ -93,7 +93,7 @@ def publish(
     folder: str | os.PathLike[str],
     repo_id: str,
     *,
-    api: HfApi,
+    api: HfApi | None = None,
     revision: str | None = None,
     create_pr: bool = False,
     private: bool = False,
@@ -106,7 +106,8 @@ def publish(
     Args:
         folder (`Path`): the model folder (see `plan_upload`).
         repo_id (`str`): "namespace/name"; the model repo is created if missing.
-        api (`HfApi`): the client, carrying endpoint and token.
+        api (`HfApi`, *optional*): the client, carrying endpoint and token (default: `HfApi()`, which
+            reads HF_ENDPOINT and HF_TOKEN or the stored login).
         revision (`str`, *optional*): branch (created if missing) or `refs/pr/N`; defaults to "main".
         create_pr (`bool`): open a pull request against `revision` instead of committing to it.
         private (`bool`): create the repo private (an existing repo keeps its visibility).
@@ -125,6 +126,7 @@ def publish(
         >>> publish(Path("out"), "me/model", api=HfApi(token=token))  # doctest: +SKIP
     """
     plan = plan_upload(folder)
+    api = api or HfApi()
     if tag and create_pr:
         raise PublishError(f"--tag '{tag}' with --create-pr: a tag must point at a merged commit (tag after merging)")
     hub = HubClient(api, repo_id, retry or RetryPolicy())

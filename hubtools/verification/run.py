@@ -13,6 +13,7 @@ Either folder may be given first; which is native and which HF is detected.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -195,11 +196,11 @@ def _logits(
 
 
 def verify(
-    native: Path,
-    hf: Path,
+    native: str | os.PathLike[str],
+    hf: str | os.PathLike[str],
     *,
-    dtype: torch.dtype = torch.float32,
-    prompts_path: Path | None = None,
+    dtype: torch.dtype | str = "float32",
+    prompts_path: str | os.PathLike[str] | None = None,
     check_logits: bool = True,
     rope_theta: float | None = None,
     progress: Progress | None = None,
@@ -221,14 +222,16 @@ def verify(
         HubtoolsError subclasses: the native checkpoint cannot be read.
 
     Example:
-        >>> report = verify(Path("mixtral-native"), Path("mixtral-hf"))  # doctest: +SKIP
+        >>> report = verify("mixtral-native", "mixtral-hf")  # doctest: +SKIP
         >>> report.passed  # doctest: +SKIP
         True
     """
     say = progress or (lambda _: None)
-    if dtype_name(dtype) not in THRESHOLDS:
-        raise VerifyError(f"unsupported verify dtype '{dtype}' (expected float32 or bfloat16)")
-    native, hf = assign_folders(native, hf)
+    if str(dtype).removeprefix("torch.") not in THRESHOLDS:
+        raise VerifyError(f"dtype '{dtype}': expected one of {', '.join(THRESHOLDS)} for the logits check")
+    compute: torch.dtype = getattr(torch, dtype_name(dtype))
+    prompts_path = Path(prompts_path) if prompts_path is not None else None
+    native, hf = assign_folders(Path(native), Path(hf))
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
@@ -244,7 +247,7 @@ def verify(
                 hf,
                 dst,
                 forward_ready(src, audit, table),
-                dtype=dtype,
+                dtype=compute,
                 rope_theta=theta,
                 enabled=check_logits,
                 progress=say,
