@@ -404,8 +404,10 @@ def build_card(
         `DestinationError`: the output exists without `force`. `CardError`: any card problem.
 
     Example:
-        >>> build_card("mixtral-8x22b-v0.1", Path("out/README.md"), cards_dir=Path("cards"))
-        PosixPath('out/README.md')
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "README.md"
+        >>> build_card("mixtral-8x22b-v0.1", out, cards_dir="cards") == out
+        True
     """
     output = Path(output)
     if output.exists() and not force:

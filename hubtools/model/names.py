@@ -185,7 +185,6 @@ def tensor_specs(params: ModelParams) -> list[TensorSpec]:
 
         Example:
             >>> from hubtools.model.params import ModelParams
-    from hubtools.model.transforms import Transform
             >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
             ...                 norm_eps=1e-5, vocab_size=10)
             >>> [s.hf for s in tensor_specs(p)][:2]
