@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +37,11 @@ def handle_errors(func: F) -> F:
                 raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if debug:
                 raise
             click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(130)
+            sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
         except OSError as exc:
             if debug:
                 raise
@@ -385,9 +386,26 @@ def publish_command(
             click.echo(f"{label}: {value}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (sent by `timeout` and by CI cancellation): cleaned up like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="hubtools")
+    """Console-script entry point: SIGTERM and SIGHUP unwind like Ctrl-C, so outputs are cleaned up."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
+    argv = sys.argv[1:]
+    if "--debug" in argv[1:] and argv[:1] != ["--debug"]:  # `hubtools verify ... --debug` works too
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
+    cli(args=argv, prog_name="hubtools")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,8 @@ from hubtools.checkpoint.writer import (
     write_index,
     write_shard,
 )
-from hubtools.errors import DestinationError, ParamsError, TokenizerError
+from hubtools.destination import atomic_folder, check_destination
+from hubtools.errors import ParamsError, TokenizerError
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.params import ModelParams
@@ -240,38 +240,6 @@ class ConversionResult:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
-def prepare_destination(src: Path, dst: Path, *, force: bool) -> Path:
-    """Refuse an existing or overlapping destination; return a fresh temporary sibling to write into.
-
-    Raises:
-        DestinationError: DST exists (without force), or DST is SRC or inside it.
-    """
-    src_r, dst_r = src.resolve(), dst.resolve()
-    if dst_r == src_r or src_r in dst_r.parents:
-        raise DestinationError(f"{dst}: destination is the source or inside it (choose another folder)")
-    if dst.exists() and not force:
-        raise DestinationError(f"{dst}: already exists (use --force to replace it)")
-    if not dst_r.parent.is_dir():
-        raise DestinationError(f"{dst}: parent folder {dst_r.parent} does not exist")
-    tmp = dst_r.parent / f".{dst_r.name}.hubtools-partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def commit_destination(tmp: Path, dst: Path) -> None:
-    """Move the finished temporary folder into place; an old DST (with --force) goes only after."""
-    old = tmp.with_name(f".{dst.name}.hubtools-old")
-    if dst.exists() or dst.is_symlink():
-        if old.exists():
-            shutil.rmtree(old)
-        dst.rename(old)
-    tmp.rename(dst)
-    if old.exists():
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -307,18 +275,14 @@ def convert(
     started = time.monotonic()
     src, dst = Path(src), Path(dst)
     parse_size(max_shard_size)  # a bad size fails before anything is opened
+    check_destination(dst, sources=(src,), force=force)  # and so does a bad destination
     layout = Layout.parse(to).other if to is not None else None
     with open_checkpoint(src, layout=layout) as ckpt:
         if check:
             check(ckpt)
         conversion = plan(ckpt, dtype=dtype, max_shard_size=parse_size(max_shard_size), overrides=overrides)
-        tmp = prepare_destination(src, dst, force=force)
-        try:
+        with atomic_folder(dst, sources=(src,), force=force) as tmp:
             files = write_plan(ckpt, conversion, tmp, chat_template=chat_template, progress=progress)
-            commit_destination(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     copies = sum(1 for s in conversion.steps.values() if s.is_copy)
     return ConversionResult(
         str(src),

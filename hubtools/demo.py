@@ -16,25 +16,24 @@ from pathlib import Path
 
 import torch
 
-from hubtools.errors import DestinationError, HubtoolsError
+from hubtools.destination import MARKER, MARKER_TEXT, check_destination
+from hubtools.errors import HubtoolsError
 
-MARKER = ".hubtools-demo"
 Say = Callable[[str], None]
 
 
 def _workdir(workdir: Path | None, force: bool) -> Path:
+    """A fresh folder for the demo: new, empty, or (with --force) one an earlier demo wrote."""
     if workdir is None:
         return Path(tempfile.mkdtemp(prefix="hubtools-demo-"))
-    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists() and not force:
-        raise DestinationError(f"{workdir}: exists and is not a demo folder (use --force or another folder)")
-    for sub in ("native", "hf", "roundtrip", "verify.json", "tiny-mixtral-demo.md"):
-        target = workdir / sub
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).touch()
+    if workdir.is_dir() and (not any(workdir.iterdir()) or (workdir / MARKER).is_file()):
+        force = True  # an empty folder, or an earlier demo's: re-running needs no --force
+    check_destination(workdir, force=force)
+    if workdir.is_dir():
+        for entry in workdir.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    workdir.mkdir(exist_ok=True)
+    (workdir / MARKER).write_text(MARKER_TEXT)
     return workdir
 
 

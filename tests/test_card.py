@@ -692,9 +692,12 @@ def test_existing_output_is_refused_without_force(tmp_path: Path, run_cli) -> No
     out = tmp_path / "README.md"
     out.write_text("keep me\n", encoding="utf-8")
     result: Result = run_cli("card", CARD_8X22B, "-o", out)
-    assert_one_line_error(result, f"{out}: already exists (use --force to overwrite)")
+    assert_one_line_error(result, f"{out}: already exists (use --force to replace what hubtools wrote there)")
     assert out.read_text(encoding="utf-8") == "keep me\n"
-    result = run_cli("card", CARD_8X22B, "-o", out, "--force")
+    assert_one_line_error(run_cli("card", CARD_8X22B, "-o", out, "--force"), "expected a file hubtools wrote")
+    out.unlink()
+    assert run_cli("card", CARD_8X22B, "-o", out).exit_code == 0
+    result = run_cli("card", CARD_8X22B, "-o", out, "--force")  # a card hubtools wrote may be replaced
     assert result.exit_code == 0 and result.stdout == f"{out}\n"
     assert out.read_text(encoding="utf-8").startswith("---\nlanguage:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no temporary file left behind
@@ -703,6 +706,7 @@ def test_existing_output_is_refused_without_force(tmp_path: Path, run_cli) -> No
 def test_release_name_from_the_repository_root(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     out = tmp_path / "card" / "README.md"
+    out.parent.mkdir()
     result = run_cli("card", "mixtral-8x7b-instruct-v0.1", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"{out}\n"
@@ -710,5 +714,5 @@ def test_release_name_from_the_repository_root(tmp_path: Path, run_cli, monkeypa
 
 
 def test_write_card_refuses_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(DestinationError, match=r"is a folder"):
+    with pytest.raises(DestinationError, match=r"found a folder"):
         write_card("x", tmp_path, force=True)

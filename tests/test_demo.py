@@ -31,5 +31,6 @@ def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp
 def test_demo_refuses_a_folder_it_does_not_own(run_cli: Callable[..., Result], tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert_one_line_error(run_cli("demo", tmp_path / "mine"), "not a demo folder", "--force")
+    assert_one_line_error(run_cli("demo", tmp_path / "mine"), "already exists", "--force")
+    assert_one_line_error(run_cli("demo", tmp_path / "mine", "--force"), "found notes.txt, which is not hubtools'")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

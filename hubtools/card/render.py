@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ from hubtools.card.eval_results import (
 )
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, load_card_source, resolve_card_source
-from hubtools.errors import CardError, DestinationError
+from hubtools.destination import FILE_MARKER, check_destination, write_file
+from hubtools.errors import CardError
 from hubtools.units import human_count, size_both
 from hubtools.verification.report import (
     CHECKS,
@@ -337,25 +337,14 @@ def _number(value: Any) -> str:
 
 
 def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
-    """Write the card atomically (temporary file in the same folder, then rename).
+    """Write the card atomically, mode 0644, with hubtools' marker comment at its end (so `--force` may
+    replace it later, and never a README someone else wrote).
 
     Raises:
-        `DestinationError`: `dest` exists and `force` is false, or is a folder.
+        `DestinationError`: `dest` exists without `force`, is not a card hubtools wrote, is a folder, or its
+            parent folder is missing.
     """
-    if dest.is_dir():
-        raise DestinationError(f"{dest}: is a folder (expected a file path such as {dest / 'README.md'})")
-    if dest.exists() and not force:
-        raise DestinationError(f"{dest}: already exists (use --force to overwrite)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return write_file(dest, f"{text.rstrip()}\n\n{FILE_MARKER}\n", force=force)
 
 
 def load_report(path: Path) -> VerifyReport:
@@ -410,8 +399,7 @@ def build_card(
         True
     """
     output = Path(output)
-    if output.exists() and not force:
-        raise DestinationError(f"{output}: already exists (use --force to overwrite)")
+    check_destination(output, force=force)  # before any work
     source = load_card_source(resolve_card_source(spec, cards_dir=Path(cards_dir)))
     text = render_card(
         source,

@@ -183,12 +183,12 @@ def _expand(
 def tensor_specs(params: ModelParams) -> list[TensorSpec]:
     """Every tensor the model has, in canonical order (grouped by layer).
 
-        Example:
-            >>> from hubtools.model.params import ModelParams
-            >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
-            ...                 norm_eps=1e-5, vocab_size=10)
-            >>> [s.hf for s in tensor_specs(p)][:2]
-            ['model.embed_tokens.weight', 'model.layers.0.input_layernorm.weight']
+    Example:
+        >>> from hubtools.model.params import ModelParams
+        >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
+        ...                 norm_eps=1e-5, vocab_size=10)
+        >>> [s.hf for s in tensor_specs(p)][:2]
+        ['model.embed_tokens.weight', 'model.layers.0.input_layernorm.weight']
     """
     dims = _dims(params)
     specs = list(_expand(MODEL_ROWS, dims))

@@ -1,0 +1,162 @@
+"""Outputs never overlap their source, and --force replaces only what hubtools wrote (issue: no data loss)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hubtools.destination import MARKER, atomic_folder, check_destination, write_file
+from hubtools.errors import DestinationError
+from tests.helpers import assert_one_line_error
+
+RunCli = Callable[..., object]
+
+
+def test_convert_into_the_parent_of_its_source_never_deletes_the_source(
+    make_native: Callable[..., Path], run_cli, tmp_path: Path
+) -> None:
+    src = make_native(tokenizer=None)
+    before = sorted(p.name for p in src.iterdir())
+    for force in ((), ("--force",)):
+        assert_one_line_error(run_cli("convert", src, tmp_path, *force), "contains the source")
+        assert_one_line_error(run_cli("convert", src, src, *force), "is the source")
+        assert_one_line_error(run_cli("convert", src, src / "sub", *force), "lies inside the source")
+    assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_force_never_deletes_a_users_files(make_native: Callable[..., Path], run_cli, tmp_path: Path) -> None:
+    src = make_native(tokenizer=None)
+    mine = tmp_path / "mine"
+    (mine / "deep").mkdir(parents=True)
+    (mine / "thesis.txt").write_text("years of work")
+    (mine / "deep" / "data.bin").write_bytes(b"\0" * 10)
+    assert_one_line_error(run_cli("convert", src, mine, "--force"), f"{mine}: expected an empty folder", "deep")
+    assert (mine / "thesis.txt").read_text() == "years of work" and (mine / "deep" / "data.bin").exists()
+    (mine / "thesis.txt").write_text("still mine")  # a file at DST
+    assert_one_line_error(run_cli("convert", src, mine / "thesis.txt", "--force"), "expected a file hubtools wrote")
+    assert (mine / "thesis.txt").read_text() == "still mine"
+
+
+def test_force_replaces_hubtools_output_and_the_marker_is_not_published(
+    make_native: Callable[..., Path], run_cli, tmp_path: Path
+) -> None:
+    from hubtools.publishing.plan import plan_upload
+
+    src, out = make_native(tokenizer=None), tmp_path / "hf"
+    assert run_cli("convert", src, out, "--quiet").exit_code == 0
+    assert (out / MARKER).is_file()
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert run_cli("convert", src, out, "--force", "--quiet").exit_code == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first
+    assert MARKER not in {f.path for f in plan_upload(out).files}
+
+
+def test_a_missing_parent_is_refused_by_every_writer(make_native: Callable[..., Path], run_cli, tmp_path: Path) -> None:
+    src = make_native(tokenizer=None)
+    assert_one_line_error(run_cli("convert", src, tmp_path / "no" / "out"), "expected an existing parent folder")
+    assert_one_line_error(
+        run_cli("card", "mixtral-8x7b-v0.1", "-o", tmp_path / "no" / "README.md"), "expected an existing parent folder"
+    )
+    assert not (tmp_path / "no").exists()
+
+
+def test_card_force_replaces_only_a_card_hubtools_wrote(run_cli, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    readme = tmp_path / "README.md"
+    readme.write_text("my own notes\n")
+    assert_one_line_error(
+        run_cli("card", "mixtral-8x7b-v0.1", "-o", readme, "--force"), "expected a file hubtools wrote"
+    )
+    assert readme.read_text() == "my own notes\n"
+    readme.unlink()
+    assert run_cli("card", "mixtral-8x7b-v0.1", "-o", readme).exit_code == 0
+    assert oct(readme.stat().st_mode & 0o777) == "0o644"
+    assert run_cli("card", "mixtral-8x7b-v0.1", "-o", readme, "--force").exit_code == 0
+
+
+def test_demo_refuses_a_folder_holding_other_files_even_with_force(run_cli, tmp_path: Path) -> None:
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "weights.safetensors").write_bytes(b"mine")
+    assert_one_line_error(run_cli("demo", tmp_path, "--force"), "which is not hubtools'")
+    assert (tmp_path / "hf" / "weights.safetensors").read_bytes() == b"mine"
+
+
+def test_atomic_folder_leaves_nothing_and_names_the_output_not_the_temporary(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    with pytest.raises(DestinationError) as err, atomic_folder(dst) as tmp:
+        (tmp / "x").write_text("partial")
+        raise DestinationError(f"{tmp / 'x'}: expected more, found less")
+    assert str(err.value) == f"{dst / 'x'}: expected more, found less"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_symlinked_destination_is_replaced_beside_the_link_and_its_target_kept(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / MARKER).write_text("x")
+    (target / "old.txt").write_text("old")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with atomic_folder(link, force=True) as tmp:
+        assert tmp.parent == tmp_path
+        (tmp / "new.txt").write_text("new")
+    assert not link.is_symlink() and (link / "new.txt").read_text() == "new"
+    assert (target / "old.txt").read_text() == "old"  # the link went, its target is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
+def test_write_file_refuses_a_folder_and_writes_0644(tmp_path: Path) -> None:
+    with pytest.raises(DestinationError, match="found a folder"):
+        write_file(tmp_path, "x")
+    path = write_file(tmp_path / "a.md", "hello")
+    assert path.read_text() == "hello" and (path.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(DestinationError, match="already exists"):
+        check_destination(path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(make_native: Callable[..., Path], tmp_path: Path, signum: int) -> None:
+    src = make_native(tokenizer=None)
+    out = tmp_path / "out"
+    slow = (
+        "import sys, time; import hubtools.checkpoint.writer as w; real = w.write_all\n"
+        "def slow(*a, **k):\n    time.sleep(0.2); return real(*a, **k)\n"
+        "w.write_all = slow; import hubtools.converter as c; c.write_all = slow\n"
+        "from hubtools.cli import main; sys.argv = ['hubtools', 'convert', sys.argv[1], sys.argv[2], '--quiet']; main()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow, str(src), str(out)], stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 30
+    while not any(p.name.endswith("hubtools-partial") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert err.strip().splitlines() == ["error: interrupted; nothing was written"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
+
+
+def test_config_values_are_validated_before_anything_is_written(
+    make_native: Callable[..., Path], run_cli, tmp_path: Path
+) -> None:
+    src = make_native(tokenizer=None)
+    for flag, value, fragment in (
+        ("--rope-theta", "nan", "rope_theta nan: expected a finite number > 0"),
+        ("--rope-theta", "-5", "rope_theta -5.0: expected a finite number > 0"),
+        ("--rope-theta", "inf", "rope_theta inf: expected a finite number > 0"),
+        ("--max-position-embeddings", "0", "max_position_embeddings 0: expected a positive integer"),
+        ("--max-position-embeddings", "-1", "max_position_embeddings -1: expected a positive integer"),
+    ):
+        assert_one_line_error(run_cli("convert", src, tmp_path / "out", flag, value), fragment)
+        assert not (tmp_path / "out").exists()
+    recipe = json.loads(json.dumps({"overrides": {"rope_theta": float("nan")}}))
+    assert recipe  # recipe values: tests/test_recipe.py
