@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from hubtools import __version__
-from hubtools.errors import HubtoolsError
+from hubtools.errors import HubtoolsError, PublishError
 from hubtools.tokenization.choices import ChatTemplate
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -330,9 +330,10 @@ def publish_command(
     """
     import os
 
-    from hubtools.publishing.plan import plan_upload
+    from hubtools.publishing.plan import check_repo_id, plan_upload
     from hubtools.publishing.upload import publish
 
+    check_repo_id(repo_id)
     plan = plan_upload(folder)
     if dry_run:
         if as_json:
@@ -351,7 +352,15 @@ def publish_command(
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # one bar per stage, ours
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PublishError(
+            f"{repo_id}: expected a Hugging Face token to publish, found none "
+            "(set HF_TOKEN, run `hf auth login`, or use --dry-run)"
+        )
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     bars: dict[str, Any] = {}
 
     def on_progress(event: Any) -> None:

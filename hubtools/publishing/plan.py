@@ -18,6 +18,30 @@ from hubtools.errors import HubtoolsError, PublishError
 from hubtools.model.hf_config import from_hf_config
 
 
+def check_repo_id(repo_id: str) -> str:
+    """The Hub's own rule for a model repo id (huggingface_hub's validator), applied before any request.
+
+    Raises:
+        PublishError: naming the id and the rule it breaks.
+
+    Example:
+        >>> check_repo_id("user/bad..name")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        hubtools.errors.PublishError: 'user/bad..name': expected a repo id 'namespace/name', found an invalid one...
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+        if repo_id.count("/") != 1:
+            raise HFValidationError("a model repo id needs its namespace")
+    except HFValidationError as exc:
+        rule = str(exc).split(":")[0].removesuffix(".").strip()
+        raise PublishError(f"'{repo_id}': expected a repo id 'namespace/name', found an invalid one ({rule})") from None
+    return repo_id
+
+
 class Role(str, Enum):
     """What a file is to the repo; files upload in this order (weights first, the card last)."""
 

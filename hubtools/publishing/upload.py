@@ -29,7 +29,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
 from hubtools.errors import PublishError
 from hubtools.publishing.client import HubClient, RetryPolicy
-from hubtools.publishing.plan import PlannedFile, plan_upload
+from hubtools.publishing.plan import PlannedFile, check_repo_id, plan_upload
 from hubtools.publishing.remote import ProgressEvent, difference, hash_files, verify_remote
 
 
@@ -125,6 +125,7 @@ def publish(
     Example:
         >>> publish(Path("out"), "me/model", api=HfApi(token=token))  # doctest: +SKIP
     """
+    check_repo_id(repo_id)
     plan = plan_upload(folder)
     api = api or HfApi()
     if tag and create_pr:
