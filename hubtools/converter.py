@@ -170,11 +170,17 @@ def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
     write_all(fd, tensor_bytes(tensor), path)
 
 
-def _write_tokenizer(ckpt: Checkpoint, target: Layout, out: Path, chat_template: str) -> list[str]:
+def _write_tokenizer(
+    ckpt: Checkpoint, target: Layout, out: Path, chat_template: str, context_length: int | None
+) -> list[str]:
     from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
 
     if target is Layout.HF:
-        return write_hf_tokenizer(ckpt.tokenizer_file, out, chat_template=chat_template) if ckpt.tokenizer_file else []
+        if ckpt.tokenizer_file is None:
+            return []
+        return write_hf_tokenizer(
+            ckpt.tokenizer_file, out, chat_template=chat_template, model_max_length=context_length
+        )
     restored = restore_native_tokenizer(ckpt.folder, out)
     return [restored.name] if restored is not None else []
 
@@ -193,7 +199,8 @@ def write_plan(
     kernel without the GIL), so its CPU time hides behind the I/O.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
-        tokenizer = pool.submit(_write_tokenizer, ckpt, conversion.target_layout, out, chat_template)
+        context = (conversion.config or {}).get("max_position_embeddings")
+        tokenizer = pool.submit(_write_tokenizer, ckpt, conversion.target_layout, out, chat_template, context)
         written = []
         for shard in conversion.shards:
             path = out / shard.file

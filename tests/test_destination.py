@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -157,3 +158,25 @@ def test_config_values_are_validated_before_anything_is_written(
     ):
         assert_one_line_error(run_cli("convert", src, tmp_path / "out", flag, value), fragment)
         assert not (tmp_path / "out").exists()
+
+
+def test_a_v3_conversion_carries_tokenizer_model_and_the_round_trip_stays_bit_exact(
+    make_native: Callable[..., Path], tmp_path: Path
+) -> None:
+    from hubtools.converter import convert
+    from hubtools.model.hf_config import ConfigOverrides
+    from hubtools.testing import tiny_params
+
+    native = make_native(tokenizer="v3", params=tiny_params(vocab_size=32768))
+    convert(native, tmp_path / "hf", overrides=ConfigOverrides(max_position_embeddings=65536))
+    v3 = next(p for p in native.iterdir() if p.name.startswith("tokenizer.model"))
+    assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == v3.read_bytes()
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["transformers_version"].split(".")[0] in ("4", "5")
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["model_max_length"] == 65536
+    convert(tmp_path / "hf", tmp_path / "back")
+    assert sorted(p.name for p in (tmp_path / "back").iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in native.iterdir()
+    )
+    for p in native.iterdir():
+        assert (tmp_path / "back" / p.name).read_bytes() == p.read_bytes(), p.name

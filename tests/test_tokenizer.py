@@ -119,13 +119,15 @@ def test_the_sentencepiece_reader_agrees_with_sentencepiece() -> None:
 def test_write_hf_tokenizer_writes_the_files_and_keeps_the_native_file(converted: dict[str, Path]) -> None:
     folder = converted["v3"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", V3.name]
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", V3.name, "tokenizer.model"]
     )
     assert (folder / V3.name).read_bytes() == V3.read_bytes()
+    assert (folder / "tokenizer.model").read_bytes() == V3.read_bytes()  # what llama.cpp's converter reads
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["add_bos_token"] is True
     assert (config["bos_token"], config["eos_token"], config["unk_token"]) == ("<s>", "</s>", "<unk>")
     assert "mistral v3" in config["chat_template"].splitlines()[0]
+    assert config["model_max_length"] == 32768
 
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])

@@ -117,7 +117,23 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
             output_router_logits=False,
         )
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
+    config["transformers_version"] = transformers_version()
+    generation["transformers_version"] = config["transformers_version"]
     return HfConfig(dict(sorted(config.items())), generation, (theta_rule, positions_rule))
+
+
+def transformers_version() -> str:
+    """The installed transformers' version, from package metadata (transformers itself is not imported).
+
+    Written into config.json as transformers does: without it, transformers 5.x takes the config for a
+    pre-4.x one and warns, falsely, that a tekken tokenizer's regex is wrong.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "5.23.0"  # the lowest version hubtools is tested with
 
 
 def config_rope_theta(config: dict[str, Any]) -> Any:

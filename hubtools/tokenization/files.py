@@ -40,12 +40,14 @@ from tokenizers import Tokenizer
 
 from hubtools.checkpoint.layout import SPM_NAME, find_tokenizer_file, is_tekken_name
 from hubtools.errors import DestinationError, InvalidValueError, TokenizerError
+from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
 from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPM_CANONICAL = "tokenizer.model"
 
 
 def _kind(path: Path) -> str:
@@ -134,10 +136,13 @@ def resolve_chat_template(choice: str, version: str) -> str:
     return choice
 
 
-def hf_tokenizer_config(names: SpecialTokens, template: str | None) -> dict[str, Any]:
+def hf_tokenizer_config(
+    names: SpecialTokens, template: str | None, *, model_max_length: int | None = None
+) -> dict[str, Any]:
     """The tokenizer_config.json written beside tokenizer.json (a generic fast tokenizer, BOS added)."""
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": model_max_length or DEFAULT_MAX_POSITIONS,
         "bos_token": names.bos,
         "eos_token": names.eos,
         "unk_token": names.unk,
@@ -157,7 +162,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "auto") -> list[str]:
+def write_hf_tokenizer(
+    native_file: Path, dst: Path, *, chat_template: str = "auto", model_max_length: int | None = None
+) -> list[str]:
     """Write the Hugging Face tokenizer files for a native tokenizer into `dst`, and copy the native file.
 
     Args:
@@ -165,6 +172,7 @@ def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "au
         dst (`Path`): an existing folder.
         chat_template (`str`, *optional*, defaults to "auto"): "mistral", "chatml", "none", or "auto"
             ("mistral" for v2, v3 and v7 tokenizers, "none" otherwise).
+        model_max_length (`int`, *optional*): the context length (config.json's max_position_embeddings).
 
     Returns:
         `list[str]`: the names of the files written (the native file's name last).
@@ -184,13 +192,19 @@ def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "au
     template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm")
     tok, names = build_hf_tokenizer(native_file)
     tok.save(str(dst / "tokenizer.json"), pretty=False)
-    _write_json(dst / "tokenizer_config.json", hf_tokenizer_config(names, template))
+    _write_json(dst / "tokenizer_config.json", hf_tokenizer_config(names, template, model_max_length=model_max_length))
     specials = {"bos_token": names.bos, "eos_token": names.eos, "unk_token": names.unk}
     _write_json(dst / "special_tokens_map.json", specials | ({"pad_token": names.pad} if names.pad else {}))
-    target = dst / native_file.name
-    if not target.exists() or not target.samefile(native_file):
-        shutil.copyfile(native_file, target)
-    return [*HF_FILES, native_file.name]
+    written = [*HF_FILES]
+    names_kept = [native_file.name]
+    if _kind(native_file) == "spm" and native_file.name != SPM_CANONICAL:
+        names_kept.append(SPM_CANONICAL)  # the name llama.cpp's converter and SentencePiece loaders look for
+    for name in names_kept:
+        target = dst / name
+        if not target.exists() or not target.samefile(native_file):
+            shutil.copyfile(native_file, target)
+        written.append(name)
+    return written
 
 
 def restore_native_tokenizer(hf_dir: Path, dst: Path) -> Path | None:
