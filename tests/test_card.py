@@ -568,7 +568,7 @@ def test_memory_table_uses_the_real_parameter_count_of_the_model(tmp_path: Path)
     assert total == 1656  # 2*16*8 + 8 + 2*8 + attention 160 + router 32 + 4 experts * 288
     facts = read_model_facts(tmp_path / "hf")
     assert (facts.parameters, facts.active_parameters) == (1656, 1656 - 2 * 288)
-    text = render_card(load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md"), model=facts)
+    text = render_card(source_matching(facts), model=facts)
     assert "| 16-bit (bfloat16 / float16) | 2 | 3.3 KB (3.2 KiB) |" in text
     assert "| 8-bit (bitsandbytes) | 1 | 1.7 KB (1.6 KiB) |" in text
     assert "| 4-bit (bitsandbytes) | 0.5 | 828 B (828 B) |" in text
@@ -598,7 +598,7 @@ def test_chat_template_jinja_file_wins_over_tokenizer_config(tmp_path: Path) -> 
     (tmp_path / "hf" / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['role'] }}>{% endfor %}")
     facts = read_model_facts(tmp_path / "hf")
     assert facts.chat_template_file == "chat_template.jinja"
-    text = render_card(load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md"), model=facts)
+    text = render_card(source_matching(facts), model=facts)
     assert "```\n<user><assistant><user>\n```" in text
 
 
@@ -610,7 +610,7 @@ def test_a_chat_template_that_fails_is_a_card_error(tmp_path: Path) -> None:
         match=r"tokenizer_config.json: chat template fails on the example conversation "
         r"\(Conversation roles must alternate\)",
     ):
-        render_card(load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md"), model=facts)
+        render_card(source_matching(facts), model=facts)
 
 
 # --- verify summary ----------------------------------------------------------------------------------------
@@ -716,3 +716,58 @@ def test_release_name_from_the_repository_root(tmp_path: Path, run_cli, monkeypa
 def test_write_card_refuses_a_folder(tmp_path: Path) -> None:
     with pytest.raises(DestinationError, match=r"found a folder"):
         write_card("x", tmp_path, force=True)
+
+
+def test_a_model_folder_contradicting_the_card_source_fails(tmp_path: Path, run_cli) -> None:
+    from hubtools.converter import convert
+    from hubtools.testing import write_native_checkpoint
+
+    native = write_native_checkpoint(tmp_path / "native", tiny_params_for_card(), tokenizer=None)
+    convert(native, tmp_path / "hf")
+    result = run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--model", tmp_path / "hf")
+    assert_one_line_error(result, "mixtral-8x22b-v0.1.md: expected about 140,620,634,112 parameters")
+    assert not (tmp_path / "README.md").exists()
+    dense = tmp_path / "dense"
+    convert(write_native_checkpoint(tmp_path / "n2", tiny_params_for_card(moe=False), tokenizer=None), dense)
+    result = run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--model", dense)
+    assert_one_line_error(result, "expected a MixtralForCausalLM model folder (--model), found MistralForCausalLM")
+
+
+def test_a_base_card_with_a_chat_template_does_not_claim_it_has_none(tmp_path: Path) -> None:
+    text = render_card(
+        load_card_source(CARD_8X22B),
+        model=dataclasses_replace_facts(
+            chat_template="{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+        ),
+    )
+    assert "it has no chat format" not in text and "ships a chat template" in text
+    assert "it has no chat format" in render_card(load_card_source(CARD_8X22B))
+
+
+def tiny_params_for_card(**kwargs: Any):  # noqa: ANN201
+    from hubtools.testing import tiny_params
+
+    return tiny_params(vocab_size=1000, **kwargs)
+
+
+def dataclasses_replace_facts(**changes: Any):  # noqa: ANN201
+    from hubtools.card.render import ModelFacts
+
+    source = load_card_source(CARD_8X22B)
+    facts = ModelFacts(
+        parameters=source.parameters,
+        active_parameters=source.active_parameters,
+        architecture=source.architecture,
+        chat_template_file="tokenizer_config.json",
+    )
+    import dataclasses
+
+    return dataclasses.replace(facts, **changes)
+
+
+def source_matching(facts: Any) -> Any:
+    """The 8x7B instruct card source, stating the tiny test model's parameter counts."""
+    import dataclasses
+
+    source = load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md")
+    return dataclasses.replace(source, parameters=facts.parameters, active_parameters=facts.active_parameters)

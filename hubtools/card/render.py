@@ -62,6 +62,7 @@ class ModelFacts:
 
     parameters: int
     active_parameters: int | None
+    architecture: str = ""
     chat_template: str | None = None
     chat_template_file: str | None = None
     bos_token: str = "<s>"
@@ -75,9 +76,13 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
     Raises:
         `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
     """
-    from hubtools.inspection import count_parameters
+    from hubtools.checkpoint.layout import Layout
+    from hubtools.checkpoint.reader import open_checkpoint
+    from hubtools.inspection import parameter_counts
 
-    total, active = count_parameters(model_dir)
+    with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
+        total, active = parameter_counts(ckpt)
+        architecture = ckpt.params.architecture
     config_path = model_dir / "tokenizer_config.json"
     config: dict[str, Any] = {}
     if config_path.is_file():
@@ -89,6 +94,7 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
     return ModelFacts(
         parameters=total,
         active_parameters=active if active != total else None,
+        architecture=architecture,
         chat_template=template,
         chat_template_file=where,
         bos_token=_token(config.get("bos_token"), "<s>"),
@@ -215,8 +221,8 @@ def _context(
 ) -> dict[str, Any]:
     total = model.parameters if model else source.parameters
     active = model.active_parameters if model else source.active_parameters
-    if model and model.parameters != source.parameters:
-        logger.warning("%s states %d parameters; the model folder has %d", source.path, source.parameters, total)
+    if model:
+        check_model_matches(source, model)
     origin = "counted in the safetensors headers of the converted model" if model else "as stated by the release"
     instruct = source.kind == "instruct"
     return {
@@ -244,6 +250,26 @@ def _context(
         "results": results_tables(benchmarks, runs, source.details_urls),
         "verify": verify_summary(report) if report is not None else None,
     }
+
+
+PARAMETER_TOLERANCE = 0.005  # a card source may state a rounded count (46.7B); more than this is another model
+
+
+def check_model_matches(source: CardSource, model: ModelFacts) -> None:
+    """A card must describe the model it is rendered for: same architecture, same parameter count.
+
+    Raises:
+        CardError: naming the card source, what it states and what the model folder holds.
+    """
+    if model.architecture and source.architecture and model.architecture != source.architecture:
+        raise CardError(
+            f"{source.path}: expected a {source.architecture} model folder (--model), found {model.architecture}"
+        )
+    if abs(model.parameters - source.parameters) > PARAMETER_TOLERANCE * source.parameters:
+        raise CardError(
+            f"{source.path}: expected about {source.parameters:,d} parameters as the card states, found "
+            f"{model.parameters:,d} in the model folder (--model is another model, or the card is wrong)"
+        )
 
 
 def memory_rows(parameters: int) -> list[dict[str, str]]:
