@@ -54,6 +54,11 @@ def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
         ({"colour": "red"}, "unknown key 'colour'"),
         ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),
         ({"max_shard_size": "lots"}, "max_shard_size 'lots': expected a size such as 5GB"),
+        ({"overrides": {"rope_theta": float("nan")}}, "overrides.rope_theta nan: expected a finite number > 0"),
+        ({"overrides": {"rope_theta": -5}}, "overrides.rope_theta -5: expected a finite number > 0"),
+        ({"overrides": {"rope_theta": "fast"}}, "overrides.rope_theta 'fast': expected a finite number > 0"),
+        ({"overrides": {"max_position_embeddings": 0}}, "overrides.max_position_embeddings 0: expected a positive"),
+        ({"overrides": {"max_position_embeddings": 1.5}}, "overrides.max_position_embeddings 1.5: expected a positive"),
     ],
 )
 def test_invalid_recipes_name_the_key(edit: dict[str, object], message: str) -> None:
