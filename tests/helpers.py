@@ -7,6 +7,7 @@ Fixtures live in conftest.py; plain functions and constants live here, imported 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,11 @@ def tensors_of(folder: Path) -> dict[str, torch.Tensor]:
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Same dtype, shape and bytes (NaN-safe, unlike `torch.equal` on floats)."""
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def open_fd_count() -> int:
+    """How many file descriptors this process holds (Linux), to prove a reader or writer closed its files."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 def edit_json(path: Path, change: Callable[[dict[str, Any]], None]) -> None:

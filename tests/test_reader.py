@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from hubtools.errors import CorruptFileError, LayoutError
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import tensor_specs
 from hubtools.testing import LAYOUTS, tiny_params
-from tests.helpers import MakeNative, same_bytes, tensors_of
+from tests.helpers import MakeNative, open_fd_count, same_bytes, tensors_of
 
 FORMATS = {"safetensors": "safetensors", "sharded": "safetensors", "pth": "pth", "pth-split": "pth-split"}
 
@@ -120,10 +119,10 @@ def test_a_missing_folder_and_hf_weights_without_config_are_layout_errors(
 
 
 def test_close_releases_every_file(make_native: MakeNative) -> None:
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fd_count()
     ckpt = open_checkpoint(make_native("sharded", layout="sharded", tokenizer=None))
     for name in ckpt.tensors:
         ckpt.read(name)
-    assert len(os.listdir("/proc/self/fd")) > before
+    assert open_fd_count() > before
     ckpt.close()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert open_fd_count() == before

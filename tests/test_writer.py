@@ -23,7 +23,7 @@ from hubtools.checkpoint.writer import (
     write_shard,
 )
 from hubtools.errors import DestinationError
-from tests.helpers import same_bytes
+from tests.helpers import open_fd_count, same_bytes
 
 
 def planned(name: str, numel: int, code: str = "F32") -> PlannedTensor:
@@ -42,10 +42,6 @@ def fill_from(tensors: dict[str, torch.Tensor], path: Path) -> Callable[[int, Pl
         write_all(fd, tensor_bytes(tensors[t.name]), path)
 
     return fill
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # --- plan_shards ----------------------------------------------------------------------------------
@@ -107,26 +103,26 @@ def test_shards_and_index_read_back_in_the_library_bit_exact(tmp_path: Path) -> 
 def test_a_fill_that_writes_too_few_bytes_is_named_and_the_file_closed(tmp_path: Path) -> None:
     shard = Shard("s.safetensors", (planned("ok", 2), planned("short", 4)))
     path = tmp_path / shard.file
-    before = open_fds()
+    before = open_fd_count()
 
     def fill(fd: int, t: PlannedTensor) -> None:
         write_all(fd, b"\0" * (t.nbytes if t.name == "ok" else 10), path)
 
     with pytest.raises(DestinationError, match=r"s.safetensors: tensor 'short' wrote 10 bytes, expected 16$"):
         write_shard(path, shard, fill)
-    assert open_fds() == before
+    assert open_fd_count() == before
 
 
 def test_a_failing_fill_propagates_and_leaks_no_descriptor(tmp_path: Path) -> None:
     shard = Shard("s.safetensors", (planned("a", 2),))
-    before = open_fds()
+    before = open_fd_count()
 
     def fill(fd: int, t: PlannedTensor) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         write_shard(tmp_path / shard.file, shard, fill)
-    assert open_fds() == before
+    assert open_fd_count() == before
 
 
 def test_a_failed_write_is_a_destination_error_naming_the_file(tmp_path: Path) -> None:
