@@ -99,3 +99,32 @@ def test_recipe_supplies_overrides_dtype_and_shard_size(
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["torch_dtype"] == "float16" and config["max_position_embeddings"] == 65536
     assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) == 3
+
+
+def test_flags_win_over_the_recipe_and_the_recipe_over_defaults() -> None:
+    from hubtools.recipe import convert_options
+
+    recipe = load_recipe(ROOT / "converters/mixtral-8x22b-v0.1.yaml")
+    plain = convert_options(None)
+    assert (plain.dtype, plain.max_shard_size, plain.chat_template) == (None, 5 * 10**9, "auto")
+    assert plain.overrides.rope_theta is None and plain.overrides.max_position_embeddings is None
+    from_recipe = convert_options(recipe)
+    assert from_recipe.dtype == recipe.dtype and from_recipe.chat_template == recipe.chat_template
+    assert from_recipe.overrides.max_position_embeddings == 65536
+    flags = convert_options(
+        recipe,
+        dtype="float32",
+        max_shard_size="2GB",
+        rope_theta=5e5,
+        max_position_embeddings=4096,
+        chat_template="none",
+    )
+    assert (flags.dtype, flags.max_shard_size, flags.chat_template) == ("float32", 2 * 10**9, "none")
+    assert (flags.overrides.rope_theta, flags.overrides.max_position_embeddings) == (5e5, 4096)
+
+
+def test_recipe_accepts_a_release_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert load_recipe("mixtral-8x7b-v0.1").name == "mixtral-8x7b-v0.1"
+    with pytest.raises(RecipeError, match="recipe not found"):
+        load_recipe("no-such-release")

@@ -25,3 +25,12 @@ def test_k_is_permuted_with_kv_heads_not_heads() -> None:
     assert torch.equal(to_hf("rotary_k", wk, params), interleaved_to_half(wk, 2))
     assert not torch.equal(to_hf("rotary_k", wk, params), interleaved_to_half(wk, 4))
     assert torch.equal(to_native("rotary_k", to_hf("rotary_k", wk, params), params), wk)
+
+
+def test_an_unknown_transform_is_a_mapping_error_not_a_key_error() -> None:
+    import numpy as np
+
+    from hubtools.errors import MappingError
+
+    with pytest.raises(MappingError, match="'rotary_v': expected a transform, one of identity, rotary_q, rotary_k"):
+        to_hf("rotary_v", np.zeros((4, 1)), tiny_params())

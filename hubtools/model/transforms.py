@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from hubtools.errors import MappingError
 from hubtools.model.params import ModelParams
 
 # Transforms only reorder rows, so they work alike on torch tensors and on numpy arrays, including a
@@ -50,6 +51,15 @@ class Transform(str, Enum):
     ROTARY_Q = "rotary_q"
     ROTARY_K = "rotary_k"
 
+    @classmethod
+    def parse(cls, value: Transform | str) -> Transform:
+        """`Transform` from its name; an unknown name is a `MappingError`."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(t.value for t in cls)
+            raise MappingError(f"'{value}': expected a transform, one of {names}") from None
+
     def heads(self, params: ModelParams) -> int:
         """The head count the rotary permutation groups rows by (q: n_heads, k: n_kv_heads)."""
         return params.n_heads if self is Transform.ROTARY_Q else params.n_kv_heads
@@ -69,9 +79,9 @@ class Transform(str, Enum):
 
 def to_hf(transform: Transform | str, w: Array, params: ModelParams) -> Array:
     """Apply a transform native -> HF."""
-    return Transform(transform).forward(w, params)
+    return Transform.parse(transform).forward(w, params)
 
 
 def to_native(transform: Transform | str, w: Array, params: ModelParams) -> Array:
     """Apply a transform HF -> native."""
-    return Transform(transform).inverse(w, params)
+    return Transform.parse(transform).inverse(w, params)
