@@ -205,6 +205,7 @@ def test_sigint_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path)
     src = make_native(params=tiny_params(n_layers=8), tokenizer=None)
     script = textwrap.dedent(f"""
         import os, signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
         from hubtools import converter as c
         original = c._fill
         def slow(*a, **k):
