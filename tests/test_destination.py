@@ -127,7 +127,8 @@ def test_sigterm_and_sighup_clean_up_like_ctrl_c(make_native: Callable[..., Path
     src = make_native(tokenizer=None)
     out = tmp_path / "out"
     slow = (
-        "import sys, time; import hubtools.checkpoint.writer as w; real = w.write_all\n"
+        "import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "import hubtools.checkpoint.writer as w; real = w.write_all\n"
         "def slow(*a, **k):\n    time.sleep(0.2); return real(*a, **k)\n"
         "w.write_all = slow; import hubtools.converter as c; c.write_all = slow\n"
         "from hubtools.cli import main; sys.argv = ['hubtools', 'convert', sys.argv[1], sys.argv[2], '--quiet']; main()"
