@@ -186,7 +186,7 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
 
 
 def to_native_params(params: ModelParams) -> dict[str, Any]:
-    """The params.json content mistral-inference loads (rope_theta always explicit, no max_seq_len)."""
+    """params.json as mistral-inference loads it: the params as read (rope_theta only when known), no max_seq_len."""
     out = params.to_dict()
     out.pop("max_seq_len", None)
     return out
