@@ -117,7 +117,7 @@ def _call_turn(rng: random.Random, names: list[str], broken: float) -> tuple[lis
         calls.append({"id": call_id(rng, broken=rng.random() < broken), "type": "function", "function": function})
     message: dict[str, Any] = {"role": "assistant", "tool_calls": calls}
     if rng.random() < 0.3:
-        message["content"] = rng.choice([None, "", "", _text(rng)])  # text beside calls: v7 only
+        message["content"] = rng.choice([None, "", "", "", _text(rng)])  # text beside calls: v7 only
     results = []
     for call in calls if rng.random() > broken else calls[:-1] + calls + calls:
         result: dict[str, Any] = {"role": "tool", "tool_call_id": call["id"], "content": _tool_content(rng)}
@@ -127,12 +127,12 @@ def _call_turn(rng: random.Random, names: list[str], broken: float) -> tuple[lis
     return [message, *results], [c["id"] for c in calls]
 
 
-def random_tool_chat(rng: random.Random, *, broken: float = 0.03) -> dict[str, Any]:
+def random_tool_chat(rng: random.Random, *, broken: float = 0.02) -> dict[str, Any]:
     """One random conversation with tools: {"messages": [...], "tools": [...]}.
 
     Args:
         rng (`random.Random`): the source of randomness (seed it for a reproducible run).
-        broken (`float`, *optional*, defaults to 0.03): the chance of each deliberate fault.
+        broken (`float`, *optional*, defaults to 0.02): the chance of each deliberate fault.
 
     Example:
         >>> chat = random_tool_chat(random.Random(0))
