@@ -5,15 +5,18 @@ v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenization.hf_json`
 
 1. validate as mistral-common's validator does (test mode), raising for what it rejects: an empty
    conversation, a lone assistant message, a role after one it may not follow (system after
-   assistant), an assistant message without content, a final assistant message when a reply is asked
-   for (`add_generation_prompt`; without it the turn renders with EOS, as mistral-common's finetuning
-   mode encodes it), unknown roles, non-text chunks;
+   assistant), an assistant message without content (or, v2/v3, with both content and tool calls), a
+   final assistant message when a reply is asked for (`add_generation_prompt`; without it the turn
+   renders with EOS, as mistral-common's finetuning mode encodes it), unknown roles or message fields,
+   non-text chunks, unanswered tool calls, bad call ids or function names (`tool_template`);
 2. normalise: consecutive messages of one role are merged with "\\n\\n" (empty ones skipped); for
    v1-v3 every system message goes into one system prompt (joined with "\\n\\n") placed before the
    FIRST user message (v1) or the LAST one (v2, v3); v7 keeps each system message in place as
    `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`; an empty user message opens a conversation that does not
-   start with one (v1-v3);
-3. encode: `[INST]...[/INST]`, assistant text (right-stripped of spaces from v2 on) then EOS.
+   start with one (v1-v3); tool messages are never merged, the tool calls of merged assistant messages are;
+3. encode: `[INST]...[/INST]`, assistant text (right-stripped of spaces from v2 on) then EOS; with
+   tools, `[AVAILABLE_TOOLS]...[/AVAILABLE_TOOLS]` before the last user message (v2+), tool calls and
+   tool results in each version's format (see `hubtools.tokenization.tool_template`).
 
 mistral-common encodes every text chunk separately, so SentencePiece adds its "▁" dummy prefix to each.
 The tokenizer's normalizer prepends "▁" to each piece of text between special tokens, so from v2 on the
@@ -21,10 +24,10 @@ template simply concatenates chunks and special tokens. In v1 `[INST]` is text, 
 without a special token between them; the template joins them with one space, which is the "▁" the
 second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
 
-Known differences (measured by `hubtools.tokenization.parity`): tool definitions, tool calls and tool
-results are refused (the template raises; mistral-common renders them); image chunks are refused;
-extra message fields (e.g. "name") are ignored where mistral-common rejects the message; special-token
-strings inside message text ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
+Known differences (measured by `hubtools.tokenization.parity`): image chunks are refused; tool
+`parameters` are not checked as a JSON Schema (mistral-common rejects invalid Draft 7 schemas); an
+assistant `prefix` is honoured but `continue_final_message` is transformers' own; special-token strings
+inside message text or JSON ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
 `chatml_template()` renders ChatML (`<|im_start|>role\\n...<|im_end|>\\n`) after BOS for fine-tunes.
 The first line of every template names it (`TEMPLATE_MARKER`), so the parity checker knows the flavour.
 """
