@@ -24,9 +24,13 @@ lone UTF-16 surrogate escape (rendered as a JSON string instead), non-ASCII digi
 from __future__ import annotations
 
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# chr(32) .. chr(126), so ASCII escapes decode without `format` (which llama.cpp's engine lacks)
+_PRINTABLE = "".join(chr(i) for i in range(32, 127)).replace("\\", "\\\\").replace("'", "\\'")
 
 # json.loads(text) then json.dumps(value, ensure_ascii=False); text that is not JSON -> json.dumps(text).
-JSON_VALUE = r"""
+# Strings are walked by index (llama.cpp cannot loop over a string) and tokens are [kind, text] pairs.
+JSON_VALUE = (
+    r"""
 {%- macro json_escape(code) -%}
     {%- if code == 34 -%}{{- '\\"' -}}
     {%- elif code == 92 -%}{{- '\\\\' -}}
@@ -35,7 +39,8 @@ JSON_VALUE = r"""
     {%- elif code == 10 -%}{{- '\\n' -}}
     {%- elif code == 12 -%}{{- '\\f' -}}
     {%- elif code == 13 -%}{{- '\\r' -}}
-    {%- elif code < 32 -%}{{- '\\u%04x' | format(code) -}}
+    {%- elif code < 32 -%}{{- '\\u00' ~ ('1' if code >= 16 else '0') ~ '0123456789abcdef'[code % 16] -}}
+    {%- elif code < 127 -%}{{- '@PRINTABLE@'[code - 32] -}}
     {%- else -%}{{- '%c' | format(code) -}}
     {%- endif -%}
 {%- endmacro -%}
@@ -45,12 +50,12 @@ JSON_VALUE = r"""
     {%- else -%}
         {#- -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, as json.loads reads numbers -#}
         {%- set n = namespace(state=0, real=false) -%}
-        {%- for c in word -%}
+        {%- for i in range(word | length) -%}
+            {%- set c = word[i] -%}
             {%- set digit = c in '0123456789' -%}
             {%- if n.state == 0 and c == '-' -%}{%- set n.state = 1 -%}
             {%- elif n.state in [0, 1] and c == '0' -%}{%- set n.state = 2 -%}
-            {%- elif n.state in [0, 1] and digit -%}{%- set n.state = 3 -%}
-            {%- elif n.state == 3 and digit -%}
+            {%- elif n.state in [0, 1, 3] and digit -%}{%- set n.state = 3 -%}
             {%- elif n.state in [2, 3] and c == '.' -%}{%- set n.state = 4 -%}{%- set n.real = true -%}
             {%- elif n.state in [4, 5] and digit -%}{%- set n.state = 5 -%}
             {%- elif n.state in [2, 3, 5] and c in 'eE' -%}{%- set n.state = 6 -%}{%- set n.real = true -%}
@@ -74,9 +79,10 @@ JSON_VALUE = r"""
     {%- endif -%}
 {%- endmacro -%}
 {%- macro json_value(text) -%}
-    {#- pass 1: tokens ('S' string, 'V' scalar, 'P' punctuation), strings already re-escaped -#}
+    {#- pass 1: tokens ['S', string] / ['V', scalar] / ['P', punctuation], strings already re-escaped -#}
     {%- set s = namespace(toks=[], buf='', word='', instr=false, esc=false, hexleft=0, hex='', high=-1, ok=true) -%}
-    {%- for c in text ~ ' ' -%}
+    {%- for i in range(text | length + 1) -%}
+        {%- set c = text[i] if i < text | length else ' ' -%}
         {%- if not s.ok -%}
         {%- elif s.instr and s.hexleft > 0 -%}
             {%- if c not in '0123456789abcdefABCDEF' -%}
@@ -110,60 +116,58 @@ JSON_VALUE = r"""
             {%- endif -%}
         {%- elif s.instr and c == '\\' -%}
             {%- set s.esc = true -%}
-        {%- elif s.instr and (s.high >= 0 or c < ' ') -%}
-            {%- set s.ok = false -%}
-        {%- elif s.instr and c == '"' -%}
-            {%- set s.toks = s.toks + ['S"' ~ s.buf ~ '"'] -%}
+        {%- elif s.instr and c == '"' and s.high < 0 -%}
+            {%- set s.toks = s.toks + [['S', '"' ~ s.buf ~ '"']] -%}
             {%- set s.instr = false -%}
+        {%- elif s.instr and (s.high >= 0 or (c | tojson | length) > 3) -%}
+            {#- a lone surrogate, or a control character (json.loads refuses them raw in a string) -#}
+            {%- set s.ok = false -%}
         {%- elif s.instr -%}
             {%- set s.buf = s.buf ~ c -%}
         {%- elif c in ' \t\n\r{}[]:,"' -%}
             {%- if s.word -%}
-                {%- set s.toks = s.toks + ['V' ~ json_scalar(s.word)] -%}
+                {%- set s.toks = s.toks + [['V', json_scalar(s.word)]] -%}
                 {%- set s.word = '' -%}
             {%- endif -%}
             {%- if c == '"' -%}
                 {%- set s.instr = true -%}
                 {%- set s.buf = '' -%}
             {%- elif c in '{}[]:,' -%}
-                {%- set s.toks = s.toks + ['P' ~ c] -%}
+                {%- set s.toks = s.toks + [['P', c]] -%}
             {%- endif -%}
         {%- else -%}
             {%- set s.word = s.word ~ c -%}
         {%- endif -%}
     {%- endfor -%}
-    {#- pass 2: the grammar, writing ", " and ": " -#}
-    {%- set g = namespace(out='', stack='', want='V', ok=s.ok and not s.instr) -%}
+    {#- pass 2: the grammar, writing ", " and ": "; `stack` holds the open brackets -#}
+    {%- set g = namespace(out='', stack=[], want='V', ok=s.ok and not s.instr) -%}
     {%- for t in s.toks -%}
-        {%- set body = t[1:] -%}
-        {%- set after = 'E' if g.stack == '' else 'A' -%}
+        {%- set kind = t[0] -%}
+        {%- set body = t[1] -%}
+        {%- set top = g.stack | last if g.stack else '' -%}
         {%- if not g.ok or body == '?' -%}
             {%- set g.ok = false -%}
-        {%- elif t[0] == 'S' and g.want in ['K', 'K}'] -%}
+        {%- elif kind == 'S' and g.want in ['K', 'K}'] -%}
             {%- set g.out = g.out ~ body -%}
             {%- set g.want = ':' -%}
-        {%- elif t[0] in ['S', 'V'] and g.want in ['V', 'V]'] -%}
+        {%- elif kind in ['S', 'V'] and g.want in ['V', 'V]'] -%}
             {%- set g.out = g.out ~ body -%}
-            {%- set g.want = after -%}
-        {%- elif t == 'P{' and g.want in ['V', 'V]'] -%}
-            {%- set g.out = g.out ~ '{' -%}
-            {%- set g.stack = g.stack ~ '{' -%}
-            {%- set g.want = 'K}' -%}
-        {%- elif t == 'P[' and g.want in ['V', 'V]'] -%}
-            {%- set g.out = g.out ~ '[' -%}
-            {%- set g.stack = g.stack ~ '[' -%}
-            {%- set g.want = 'V]' -%}
-        {%- elif (t == 'P}' and (g.want == 'K}' or g.want == 'A' and g.stack[-1:] == '{'))
-              or (t == 'P]' and (g.want == 'V]' or g.want == 'A' and g.stack[-1:] == '[')) -%}
+            {%- set g.want = 'A' if g.stack else 'E' -%}
+        {%- elif kind == 'P' and body in '{[' and g.want in ['V', 'V]'] -%}
+            {%- set g.out = g.out ~ body -%}
+            {%- set g.stack = g.stack + [body] -%}
+            {%- set g.want = 'K}' if body == '{' else 'V]' -%}
+        {%- elif kind == 'P' and ((body == '}' and (g.want == 'K}' or g.want == 'A' and top == '{'))
+                                  or (body == ']' and (g.want == 'V]' or g.want == 'A' and top == '['))) -%}
             {%- set g.out = g.out ~ body -%}
             {%- set g.stack = g.stack[:-1] -%}
-            {%- set g.want = 'E' if g.stack == '' else 'A' -%}
-        {%- elif t == 'P:' and g.want == ':' -%}
+            {%- set g.want = 'A' if g.stack else 'E' -%}
+        {%- elif kind == 'P' and body == ':' and g.want == ':' -%}
             {%- set g.out = g.out ~ ': ' -%}
             {%- set g.want = 'V' -%}
-        {%- elif t == 'P,' and g.want == 'A' -%}
+        {%- elif kind == 'P' and body == ',' and g.want == 'A' -%}
             {%- set g.out = g.out ~ ', ' -%}
-            {%- set g.want = 'K' if g.stack[-1:] == '{' else 'V' -%}
+            {%- set g.want = 'K' if top == '{' else 'V' -%}
         {%- else -%}
             {%- set g.ok = false -%}
         {%- endif -%}
@@ -171,37 +175,31 @@ JSON_VALUE = r"""
     {{- g.out if g.ok and g.want == 'E' else text | tojson -}}
 {%- endmacro -%}
 """
+).replace("@PRINTABLE@", _PRINTABLE)
 
 # Checks of mistral-common's validator and pydantic models, and the JSON text of tools and calls.
 TOOL_MACROS = (
     r"""
+{%- macro rest_of(text, chars) -%}
+    {#- `text` without the characters of `chars` (a list); a string is never looped over -#}
+    {%- set r = namespace(rest=text) -%}
+    {%- for c in chars -%}
+        {%- set r.rest = r.rest | replace(c, '') -%}
+    {%- endfor -%}
+    {{- r.rest -}}
+{%- endmacro -%}
 {%- macro check_name(name, what) -%}
-    {%- set bad = namespace(found=name is not string or name | length < 1 or name | length > 64) -%}
-    {%- if not bad.found -%}
-        {%- for c in name -%}
-            {%- if c not in '@NAME_CHARS@_-' -%}
-                {%- set bad.found = true -%}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-    {%- if bad.found -%}
+    {%- if name is not string or name | length < 1 or name | length > 64
+          or rest_of(name, @NAME_LIST@ + ['_', '-']) -%}
         {{- raise_exception(what ~ ' was ' ~ name ~ ' but must be a-z, A-Z, 0-9, or contain underscores and dashes, '
                             ~ 'with a maximum length of 64.') -}}
     {%- endif -%}
 {%- endmacro -%}
 {%- macro check_id(id, what) -%}
-    {%- set bad = namespace(found=id is not string or id | length != 9) -%}
-    {%- if not bad.found -%}
-        {%- for c in id -%}
-            {%- if c not in '@NAME_CHARS@' -%}
-                {%- set bad.found = true -%}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
     {%- if id == 'null' -%}
         {{- raise_exception("Tool call id 'null' is only allowed for the last assistant message "
                             ~ "in finetuning mode.") -}}
-    {%- elif bad.found -%}
+    {%- elif id is not string or id | length != 9 or rest_of(id, @NAME_LIST@) -%}
         {{- raise_exception(what ~ ' was ' ~ id ~ ' but must be a-z, A-Z, 0-9, with a length of 9.') -}}
     {%- endif -%}
 {%- endmacro -%}
@@ -269,7 +267,7 @@ TOOL_MACROS = (
     {{- '{"name": "' ~ f['name'] ~ '", "arguments": ' ~ arguments ~ (', "id": "' ~ id ~ '"}' if with_id else '}') -}}
 {%- endmacro -%}
 """
-).replace("@NAME_CHARS@", NAME_CHARS)
+).replace("@NAME_LIST@", str(list(NAME_CHARS)))
 
 # mistral-common's validator: a tool-call turn must be answered before the next assistant message
 # (counted from the second message on, as `_validate_tool_calls_followed_by_tool_messages` does).
