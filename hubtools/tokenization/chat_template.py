@@ -128,7 +128,7 @@ _CHECK_TOOL_ID = {
 }
 
 _AGGREGATE = r"""
-{%- set agg = namespace(out=[], system=[], role=none, texts=[], calls=[], prefix=false) -%}
+{%- set agg = namespace(out=[], system=[], role='', texts=[], calls=[], prefix=false) -%}
 {%- for message in messages + [{'role': 'end'}] -%}
     {%- set role = message['role'] -%}
     {%- set content = message['content'] if message['content'] is defined else none -%}

@@ -12,8 +12,15 @@ separators). A JSON *string* (arguments, or a v2/v3 tool result) is not copied: 
 dumps it again (`json.loads` then `json.dumps`), so `JSON_VALUE` does the same in Jinja: it scans the text,
 checks it is JSON, and writes it back canonically (whitespace dropped, separators ", "/": ", `\\uXXXX`
 escapes decoded, numbers as Python writes them: `1E5` -> `100000.0`, `-0` -> `0`); text that is not JSON
-becomes a JSON string, as in mistral-common. Decoding `\\uXXXX` uses `'%c'|format(n)` and
-`|int(base=16)`, standard Jinja2 filters (transformers); the rest uses only what llama.cpp's engine has.
+becomes a JSON string, as in mistral-common.
+
+Portability (transformers 4.x/5.x use Python's Jinja2; llama.cpp's engine and @huggingface/jinja are
+smaller): no loop over a string (strings are walked by index), no open-ended string slice, no string `<`,
+no operation on none, no `int(base=...)` (hex digits come from a dict), names and ids are checked by
+stripping the allowed characters with `replace`. One Jinja2-only filter remains: `'%c'|format(n)`, which
+writes a character decoded from a `\\uXXXX` escape above U+007E inside a JSON *string* (ASCII escapes
+use a lookup); engines without `format` raise on such text. Those engines also write numbers their own
+way (JavaScript: `1e-7`, no `.0`; llama.cpp: 6 significant digits), so objects with floats differ there.
 
 Known differences (not reproduced): a JSON string with duplicate keys (json.loads keeps the last value), a
 lone UTF-16 surrogate escape (rendered as a JSON string instead), non-ASCII digits in numbers, and tool
@@ -26,11 +33,13 @@ from __future__ import annotations
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # chr(32) .. chr(126), so ASCII escapes decode without `format` (which llama.cpp's engine lacks)
 _PRINTABLE = "".join(chr(i) for i in range(32, 127)).replace("\\", "\\\\").replace("'", "\\'")
+_HEX = str({c: int(c, 16) for c in "0123456789abcdefABCDEF"})
 
 # json.loads(text) then json.dumps(value, ensure_ascii=False); text that is not JSON -> json.dumps(text).
 # Strings are walked by index (llama.cpp cannot loop over a string) and tokens are [kind, text] pairs.
 JSON_VALUE = (
-    r"""
+    (
+        r"""
 {%- macro json_escape(code) -%}
     {%- if code == 34 -%}{{- '\\"' -}}
     {%- elif code == 92 -%}{{- '\\\\' -}}
@@ -80,18 +89,19 @@ JSON_VALUE = (
 {%- endmacro -%}
 {%- macro json_value(text) -%}
     {#- pass 1: tokens ['S', string] / ['V', scalar] / ['P', punctuation], strings already re-escaped -#}
-    {%- set s = namespace(toks=[], buf='', word='', instr=false, esc=false, hexleft=0, hex='', high=-1, ok=true) -%}
+    {%- set s = namespace(toks=[], buf='', word='', instr=false, esc=false, hexleft=0, code=0, high=-1, ok=true) -%}
+    {%- set hex = @HEX@ -%}
     {%- for i in range(text | length + 1) -%}
         {%- set c = text[i] if i < text | length else ' ' -%}
         {%- if not s.ok -%}
         {%- elif s.instr and s.hexleft > 0 -%}
-            {%- if c not in '0123456789abcdefABCDEF' -%}
+            {%- if c not in hex -%}
                 {%- set s.ok = false -%}
             {%- else -%}
-                {%- set s.hex = s.hex ~ c -%}
+                {%- set s.code = s.code * 16 + hex[c] -%}
                 {%- set s.hexleft = s.hexleft - 1 -%}
                 {%- if s.hexleft == 0 -%}
-                    {%- set code = s.hex | int(base=16) -%}
+                    {%- set code = s.code -%}
                     {%- if s.high >= 0 and code >= 56320 and code < 57344 -%}
                         {%- set s.buf = s.buf ~ json_escape(65536 + (s.high - 55296) * 1024 + code - 56320) -%}
                         {%- set s.high = -1 -%}
@@ -108,7 +118,7 @@ JSON_VALUE = (
             {%- set s.esc = false -%}
             {%- if c == 'u' -%}
                 {%- set s.hexleft = 4 -%}
-                {%- set s.hex = '' -%}
+                {%- set s.code = 0 -%}
             {%- elif s.high >= 0 or c not in '"\\/bfnrt' -%}
                 {%- set s.ok = false -%}
             {%- else -%}
@@ -119,7 +129,7 @@ JSON_VALUE = (
         {%- elif s.instr and c == '"' and s.high < 0 -%}
             {%- set s.toks = s.toks + [['S', '"' ~ s.buf ~ '"']] -%}
             {%- set s.instr = false -%}
-        {%- elif s.instr and (s.high >= 0 or (c | tojson | length) > 3) -%}
+        {%- elif s.instr and (s.high >= 0 or (c | tojson)[0:5] == '"\\u00' or c in '\b\f\n\r\t') -%}
             {#- a lone surrogate, or a control character (json.loads refuses them raw in a string) -#}
             {%- set s.ok = false -%}
         {%- elif s.instr -%}
@@ -175,7 +185,10 @@ JSON_VALUE = (
     {{- g.out if g.ok and g.want == 'E' else text | tojson -}}
 {%- endmacro -%}
 """
-).replace("@PRINTABLE@", _PRINTABLE)
+    )
+    .replace("@PRINTABLE@", _PRINTABLE)
+    .replace("@HEX@", _HEX)
+)
 
 # Checks of mistral-common's validator and pydantic models, and the JSON text of tools and calls.
 TOOL_MACROS = (
