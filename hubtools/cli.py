@@ -214,7 +214,8 @@ def demo(workdir: Path | None, force: bool) -> None:
     "--prompts",
     "prompts_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Prompts file for the tokenizer check.",
+    help="JSONL prompts: texts (tokenizer and logits checks) and conversations, optionally with tools "
+    '({"messages": [...], "tools": [...]}; tokenizer check).',
 )
 @click.option("--rope-theta", type=float, help="The native model's rope_theta when params.json omits it.")
 @click.option("--no-logits", is_flag=True, help="Skip the forward passes (structure, tensors, tokenizer only).")

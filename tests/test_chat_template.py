@@ -133,7 +133,7 @@ def test_assistant_text_is_right_stripped_from_v2_on(toks: dict[str, Any], versi
         ),
         (
             [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "u"}],
-            "assistant message must have content",
+            "ssistant message must have (either )?content",
         ),
         ([{"role": "critic", "content": "q"}, {"role": "user", "content": "u"}], "Unknown role 'critic'"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "Only text chunks"),
@@ -147,17 +147,6 @@ def test_conversations_mistral_common_rejects_raise_a_chat_template_error(
         _reference(version, messages)
     with pytest.raises(ChatTemplateError, match=f"conversation rejected by the chat template: .*{message}"):
         hf_chat_ids(toks[version], messages)
-
-
-def test_tool_calls_are_refused_rather_than_rendered_wrongly(toks: dict[str, Any]) -> None:
-    call = {"id": "abcdefghi", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    messages: list[dict[str, Any]] = [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "abcdefghi", "content": "1"},
-    ]
-    with pytest.raises(ChatTemplateError, match="Tool calls and tool results are not supported"):
-        hf_chat_ids(toks["v3"], messages)
 
 
 @pytest.mark.parametrize("version", ["v1", "v3", "v7"])

@@ -14,6 +14,7 @@ from hubtools.tokenization.files import restore_native_tokenizer, write_hf_token
 from hubtools.tokenization.parity import (
     BUILTIN_CONVERSATIONS,
     BUILTIN_TEXTS,
+    BUILTIN_TOOL_CONVERSATIONS,
     TokenizerReport,
     check_tokenizer,
     hf_chat_ids,
@@ -41,7 +42,8 @@ def test_every_builtin_text_and_conversation_matches_mistral_common(
 ) -> None:
     report = reports[kind]
     assert report.misses == ()
-    assert (report.texts, report.conversations) == (len(BUILTIN_TEXTS), len(BUILTIN_CONVERSATIONS))
+    conversations = len(BUILTIN_CONVERSATIONS) + len(BUILTIN_TOOL_CONVERSATIONS)
+    assert (report.texts, report.conversations) == (len(BUILTIN_TEXTS), conversations)
     assert report.passed and report.agreement == 1.0 and report.chat_template == "mistral"
     assert (
         report.hf_vocab_size
@@ -62,7 +64,7 @@ def test_divergences_are_only_texts_holding_special_token_strings(
 def test_the_report_serialises_with_what_verify_reads(reports: dict[str, TokenizerReport]) -> None:
     data = json.loads(json.dumps(reports["v1"].to_dict()))
     assert data["agreement"] == 1.0 and data["passed"] is True
-    assert data["sequences"] == len(BUILTIN_TEXTS) + len(BUILTIN_CONVERSATIONS)
+    assert data["sequences"] == len(BUILTIN_TEXTS) + len(BUILTIN_CONVERSATIONS) + len(BUILTIN_TOOL_CONVERSATIONS)
     assert data["misses"] == [] and data["version"] == "v1"
 
 
@@ -91,26 +93,41 @@ def test_prompts_add_texts_and_conversations_and_one_sided_rejections_are_misses
     converted: dict[str, Path], tmp_path: Path
 ) -> None:
     prompts_file = tmp_path / "prompts.jsonl"
+    call = {"id": "abcDEF123", "type": "function", "function": {"name": "f", "arguments": '{"x": "é"}'}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    bad_schema = {"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}
     lines = [
         "Bonjour  le monde",
         [{"role": "user", "content": "hi"}],
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-        [{"role": "user", "content": "q", "name": "bob"}],
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "abcDEF123", "content": "ok"},
+            ],
+            "tools": [tool],
+        },
+        {"messages": [{"role": "user", "content": "q"}], "tools": [bad_schema]},
     ]
     prompts_file.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     prompts = load_prompts(prompts_file)
-    assert len(prompts) == 4
+    assert len(prompts) == 5 and prompts[3] == lines[3]
     report = check_tokenizer(converted["v7"], NATIVE["v7"], prompts=prompts)
-    assert report.texts == len(BUILTIN_TEXTS) + 1 and report.conversations == len(BUILTIN_CONVERSATIONS) + 3
-    [miss] = report.misses  # mistral-common forbids extra message fields; the template ignores them
-    assert (miss.source, miss.index, miss.position) == ("prompts", 3, None)
-    assert miss.detail.startswith("mistral-common rejected: ValidationError")
+    builtin = len(BUILTIN_CONVERSATIONS) + len(BUILTIN_TOOL_CONVERSATIONS)
+    assert report.texts == len(BUILTIN_TEXTS) + 1 and report.conversations == builtin + 4
+    [miss] = report.misses  # mistral-common checks tool parameters as a Draft 7 JSON Schema; the template cannot
+    assert (miss.source, miss.index, miss.position) == ("prompts", 4, None)
+    assert miss.detail.startswith("mistral-common rejected: InvalidToolSchemaException")
 
 
 def test_load_prompts_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "prompts.jsonl"
     path.write_text('"ok"\n42\n')
     with pytest.raises(TokenizerError, match="bad prompt in .*prompts.jsonl' line 2 .*got int"):
+        load_prompts(path)
+    path.write_text('"ok"\n{"messages": [], "tools": {}}\n')
+    with pytest.raises(TokenizerError, match='line 2 .*tools" must be a list'):
         load_prompts(path)
     path.write_text('"ok"\n{not json\n')
     with pytest.raises(TokenizerError, match="invalid JSON in prompts: .*line 2"):

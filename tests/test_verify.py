@@ -64,6 +64,16 @@ def test_a_correct_conversion_passes_every_check(pair: tuple[Path, Path]) -> Non
     json.dumps(report.to_dict())
 
 
+def test_prompts_texts_join_the_logits_check(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    lines = ["Le chat est sur la table.", [{"role": "user", "content": "hi"}], {"text": "def f(x):\n    return x"}]
+    prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    report = verify(*pair, prompts_path=prompts)
+    logits = report.to_dict()["checks"]["logits"]
+    assert report.passed and logits["sequences"] == 4 + 2 and report.tokenizer.details["texts"] > 2
+    assert logits["prompts"] == "4 built-in texts and 2 --prompts texts encoded with tokenizer.model"
+
+
 def test_either_argument_order_works(pair: tuple[Path, Path]) -> None:
     report = verify(pair[1], pair[0], check_logits=False)
     assert report.passed and report.native == str(pair[0]) and report.hf == str(pair[1])

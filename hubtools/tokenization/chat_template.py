@@ -5,15 +5,18 @@ v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenization.hf_json`
 
 1. validate as mistral-common's validator does (test mode), raising for what it rejects: an empty
    conversation, a lone assistant message, a role after one it may not follow (system after
-   assistant), an assistant message without content, a final assistant message when a reply is asked
-   for (`add_generation_prompt`; without it the turn renders with EOS, as mistral-common's finetuning
-   mode encodes it), unknown roles, non-text chunks;
+   assistant), an assistant message without content (or, v2/v3, with both content and tool calls), a
+   final assistant message when a reply is asked for (`add_generation_prompt`; without it the turn
+   renders with EOS, as mistral-common's finetuning mode encodes it), unknown roles or message fields,
+   non-text chunks, unanswered tool calls, bad call ids or function names (`tool_template`);
 2. normalise: consecutive messages of one role are merged with "\\n\\n" (empty ones skipped); for
    v1-v3 every system message goes into one system prompt (joined with "\\n\\n") placed before the
    FIRST user message (v1) or the LAST one (v2, v3); v7 keeps each system message in place as
    `[SYSTEM_PROMPT]...[/SYSTEM_PROMPT]`; an empty user message opens a conversation that does not
-   start with one (v1-v3);
-3. encode: `[INST]...[/INST]`, assistant text (right-stripped of spaces from v2 on) then EOS.
+   start with one (v1-v3); tool messages are never merged, the tool calls of merged assistant messages are;
+3. encode: `[INST]...[/INST]`, assistant text (right-stripped of spaces from v2 on) then EOS; with
+   tools, `[AVAILABLE_TOOLS]...[/AVAILABLE_TOOLS]` before the last user message (v2+), tool calls and
+   tool results in each version's format (see `hubtools.tokenization.tool_template`).
 
 mistral-common encodes every text chunk separately, so SentencePiece adds its "▁" dummy prefix to each.
 The tokenizer's normalizer prepends "▁" to each piece of text between special tokens, so from v2 on the
@@ -21,10 +24,10 @@ template simply concatenates chunks and special tokens. In v1 `[INST]` is text, 
 without a special token between them; the template joins them with one space, which is the "▁" the
 second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
 
-Known differences (measured by `hubtools.tokenization.parity`): tool definitions, tool calls and tool
-results are refused (the template raises; mistral-common renders them); image chunks are refused;
-extra message fields (e.g. "name") are ignored where mistral-common rejects the message; special-token
-strings inside message text ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
+Known differences (measured by `hubtools.tokenization.parity`): image chunks are refused; tool
+`parameters` are not checked as a JSON Schema (mistral-common rejects invalid Draft 7 schemas); an
+assistant `prefix` is honoured but `continue_final_message` is transformers' own; special-token strings
+inside message text or JSON ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
 `chatml_template()` renders ChatML (`<|im_start|>role\\n...<|im_end|>\\n`) after BOS for fine-tunes.
 The first line of every template names it (`TEMPLATE_MARKER`), so the parity checker knows the flavour.
 """
@@ -33,6 +36,13 @@ from __future__ import annotations
 
 from hubtools.errors import ChatTemplateError
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
+from hubtools.tokenization.tool_template import (
+    JSON_VALUE,
+    TOOL_MACROS,
+    TOOL_RESULT,
+    VALIDATE_CALLS,
+    VALIDATE_V2_RESULTS,
+)
 
 TEMPLATE_MARKER = "hubtools chat template:"
 MISTRAL_VERSIONS = tuple(v.value for v in TokenizerVersion.sentencepiece())
@@ -69,51 +79,88 @@ _VALIDATE = r"""
                         ~ messages[0]['role'] ~ '.') -}}
 {%- endif -%}
 {%- if messages | length > 1 and add_generation_prompt is defined and add_generation_prompt
-      and messages[-1]['role'] == 'assistant' -%}
+      and messages[-1]['role'] == 'assistant' and not (messages[-1]['prefix'] is defined and messages[-1]['prefix']) -%}
     {{- raise_exception('The last message must be a user (or system) message to generate a reply, got '
                         ~ messages[-1]['role'] ~ '.') -}}
 {%- endif -%}
-{%- if tools is defined and tools -%}
-    {{- raise_exception('Tool definitions are not supported by this chat template.') -}}
-{%- endif -%}
+{%- set tools_text = tools_json(tools) if tools is defined and tools else '' -%}
 {%- set follows = {'system': ['user', 'assistant', 'system'], 'user': ['assistant', 'system', 'user'],
                    'assistant': ['assistant', 'user', 'tool'], 'tool': ['assistant', 'tool', 'user']} -%}
+{%- set fields = {'system': ['role', 'content'], 'user': ['role', 'content'],
+                  'assistant': ['role', 'content', 'tool_calls', 'prefix'],
+                  'tool': ['role', 'content', 'tool_call_id', 'name']} -%}
 {%- set check = namespace(previous=none) -%}
 {%- for message in messages -%}
     {%- set role = message['role'] -%}
     {%- set content = message['content'] if message['content'] is defined else none -%}
+    {%- set calls = message['tool_calls'] if message['tool_calls'] is defined else none -%}
     {%- if role not in follows -%}
-        {{- raise_exception('Unknown role \'' ~ role ~ '\'; expected system, user or assistant.') -}}
-    {%- elif role == 'tool' or message['tool_calls'] is defined and message['tool_calls'] -%}
-        {{- raise_exception('Tool calls and tool results are not supported by this chat template.') -}}
+        {{- raise_exception('Unknown role \'' ~ role ~ '\'; expected system, user, assistant or tool.') -}}
     {%- elif check.previous is not none and role not in follows[check.previous] -%}
         {{- raise_exception('Unexpected role \'' ~ role ~ '\' after role \'' ~ check.previous ~ '\'.') -}}
-    {%- elif role in ['system', 'user'] and content is none -%}
+    {%- elif role in ['system', 'user', 'tool'] and content is none -%}
         {{- raise_exception('A ' ~ role ~ ' message must have content.') -}}
-    {%- elif role == 'assistant' and not content@EMPTY_ASSISTANT_OK@ -%}
-        {{- raise_exception('An assistant message must have content.') -}}
+    {%- elif role == 'assistant' and (not content) == (not calls)@EMPTY_ASSISTANT_OK@ -%}
+        {{- raise_exception('Assistant message must have either content or tool_calls, but not both.') -}}
+    {%- elif role == 'assistant' and message['prefix'] is defined and message['prefix'] and not loop.last -%}
+        {{- raise_exception('Assistant message with prefix True must be last message') -}}
+    {%- elif calls is not none and (calls is string or calls is mapping or calls is not iterable) -%}
+        {{- raise_exception('tool_calls must be a list of tool calls.') -}}
+    {%- endif -%}
+    {{- check_keys(message, fields[role], 'a ' ~ role ~ ' message') -}}
+    {%- if role == 'tool' -%}
+        {%- set id = message['tool_call_id'] if message['tool_call_id'] is defined else none -%}
+        @CHECK_TOOL_ID@
+        {%- if message['name'] is defined and message['name'] is not none -%}
+            {{- check_name(message['name'], 'Function name') -}}
+        {%- endif -%}
     {%- endif -%}
     {%- set check.previous = role -%}
 {%- endfor -%}
 """
+_CHECK_TOOL_ID = {
+    "v2": "{%- if id is not none and id is not string -%}\n"
+    "            {{- raise_exception('A tool call id must be a string.') -}}\n"
+    "        {%- endif -%}",
+    "v3": "{%- if id is none -%}\n"
+    "            {{- raise_exception('Tool call id has to be defined.') -}}\n"
+    "        {%- endif -%}\n"
+    "        {{- check_id(id, 'Tool call id') -}}",
+}
 
 _AGGREGATE = r"""
-{%- set agg = namespace(out=[], system=[], role=none, texts=[]) -%}
-{%- for message in messages + [{'role': 'end', 'content': none}] -%}
+{%- set agg = namespace(out=[], system=[], role='', texts=[], calls=[], prefix=false) -%}
+{%- for message in messages + [{'role': 'end'}] -%}
     {%- set role = message['role'] -%}
     {%- set content = message['content'] if message['content'] is defined else none -%}
-    {%- if role != agg.role -%}
+    {%- if role != agg.role or role == 'tool' -%}
         {%- if agg.role in ['user', 'assistant'] -%}
-            {%- set agg.out = agg.out + [{'role': agg.role, 'content': agg.texts | join('\n\n')}] -%}
+            {%- set agg.out = agg.out + [{'role': agg.role, 'content': agg.texts | join('\n\n'), 'calls': agg.calls,
+                                          'prefix': agg.prefix}] -%}
         {%- endif -%}
         {%- set agg.role = role -%}
         {%- set agg.texts = [] -%}
+        {%- set agg.calls = [] -%}
+        {%- set agg.prefix = false -%}
     {%- endif -%}
     {%- set text = text_of(content, role) -%}
     {%- if role == 'system' -%}
         @SYSTEM@
-    {%- elif role in ['user', 'assistant'] and text -%}
-        {%- set agg.texts = agg.texts + [text] -%}
+    {%- elif role == 'tool' -%}
+        {%- set agg.out = agg.out + [{'role': 'tool', 'content': text, 'id': message['tool_call_id'] | default(none),
+                                      'name': message['name'] | default(none)}] -%}
+    {%- elif role in ['user', 'assistant'] -%}
+        {%- if text -%}
+            {%- set agg.texts = agg.texts + [text] -%}
+        {%- endif -%}
+        {%- if message['tool_calls'] is defined and message['tool_calls'] -%}
+            {%- for call in message['tool_calls'] -%}
+                {%- set agg.calls = agg.calls + [call_json(call, @WITH_ID@)] -%}
+            {%- endfor -%}
+        {%- endif -%}
+        {%- if message['prefix'] is defined and message['prefix'] -%}
+            {%- set agg.prefix = true -%}
+        {%- endif -%}
     {%- endif -%}
 {%- endfor -%}
 {%- set system = agg.system | join('\n\n') -%}
@@ -138,13 +185,17 @@ _ENCODE = r"""
 {{- bos_token -}}
 {%- set state = namespace(after_text=false) -%}
 {%- for message in agg.out -%}
+    {%- set before_last = loop.index0 < users.last -%}
+    {%- set eos = '' if message['prefix'] else eos_token -%}
     {%- if message['role'] == 'user' -%}
+        {%- if loop.index0 == users.last and tools_text @HAS_TOOL_TOKENS@ -%}
+            {{- '[AVAILABLE_TOOLS]' ~ tools_text ~ '[/AVAILABLE_TOOLS]' -}}
+        {%- endif -%}
         @USER@
     {%- elif message['role'] == 'assistant' -%}
-        {%- if not message['content'] -%}
-            {{- raise_exception('An assistant message must have content.') -}}
-        {%- endif -%}
         @ASSISTANT@
+    {%- elif message['role'] == 'tool' -%}
+        @TOOL@
     {%- else -%}
         {{- '[SYSTEM_PROMPT]' ~ message['content'] ~ '[/SYSTEM_PROMPT]' -}}
     {%- endif -%}
@@ -162,9 +213,29 @@ _USER = {
     "v7": "{{- '[INST]' ~ message['content'] ~ '[/INST]' -}}",
 }
 _ASSISTANT = {
-    "v1": "{{- (' ' if state.after_text else '') ~ message['content'] ~ eos_token -}}\n"
+    "v1": "{%- if message['calls'] -%}\n"
+    "            {{- raise_exception('Tools not implemented for tokenizer V1') -}}\n"
+    "        {%- elif not message['content'] -%}\n"
+    "            {{- raise_exception('An assistant message must have content.') -}}\n"
+    "        {%- endif -%}\n"
+    "        {{- (' ' if state.after_text else '') ~ message['content'] ~ eos -}}\n"
     "        {%- set state.after_text = false -%}",
-    "v2": "{{- message['content'].rstrip(' ') ~ eos_token -}}",
+    # v2 drops tool calls before the last user message (and their EOS); v3 keeps them
+    "v2": "{%- if message['calls'] and message['content'] -%}\n"
+    "            {{- raise_exception('Cannot have tool calls and content defined in the same assistant message') -}}\n"
+    "        {%- elif message['calls'] -%}\n"
+    "            {{- ('[TOOL_CALLS][' ~ message['calls'] | join(', ') ~ ']' ~ eos) if not before_last@V3@ else '' -}}\n"
+    "        {%- elif message['content'] -%}\n"
+    "            {{- message['content'].rstrip(' ') ~ eos -}}\n"
+    "        {%- else -%}\n"
+    "            {{- raise_exception('An assistant message must have content.') -}}\n"
+    "        {%- endif -%}",
+    "v7": "{%- if not message['content'] and not message['calls'] -%}\n"
+    "            {{- raise_exception('An assistant message must have content or tool calls.') -}}\n"
+    "        {%- endif -%}\n"
+    "        {{- message['content'].rstrip(' ') -}}\n"
+    "        {{- ('[TOOL_CALLS][' ~ message['calls'] | join(', ') ~ ']') if message['calls'] else '' -}}\n"
+    "        {{- eos -}}",
 }
 
 _CHATML = r"""{#- hubtools chat template: chatml. BOS, then <|im_start|>role\n...<|im_end|>\n per message. -#}
@@ -205,17 +276,34 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
             f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
             f"(expected one of {', '.join(MISTRAL_VERSIONS)}). Use chat_template='none'."
         )
-    key = "v2" if version == "v3" else version
     header = (
         f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
         "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}"
     )
-    aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if version == "v7" else _SYSTEM_PROMPT)
-    aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if version == "v7" else "or agg.out[0]['role'] != 'user'")
-    encode = _ENCODE.replace("@USER@", _USER[key]).replace("@ASSISTANT@", _ASSISTANT["v1" if key == "v1" else "v2"])
+    return header + _TEXT_OF + JSON_VALUE + TOOL_MACROS + _validate(version) + _aggregate(version) + _encode(version)
+
+
+def _validate(version: str) -> str:
     # v7 validates content after merging only (mistral-common lets an empty one join a non-empty one)
     validate = _VALIDATE.replace("@EMPTY_ASSISTANT_OK@", " and false" if version == "v7" else "")
-    return header + _TEXT_OF + validate + aggregate + encode
+    validate = validate.replace("@CHECK_TOOL_ID@", _CHECK_TOOL_ID["v2" if version in ("v1", "v2") else "v3"])
+    return validate + VALIDATE_CALLS
+
+
+def _aggregate(version: str) -> str:
+    aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if version == "v7" else _SYSTEM_PROMPT)
+    aggregate = aggregate.replace("@WITH_ID@", "true" if version in ("v3", "v7") else "false")
+    aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if version == "v7" else "or agg.out[0]['role'] != 'user'")
+    return aggregate + (VALIDATE_V2_RESULTS if version == "v2" else "")
+
+
+def _encode(version: str) -> str:
+    key = "v2" if version == "v3" else version
+    assistant = _ASSISTANT[key].replace("@V3@", " or true" if version == "v3" else "")
+    encode = _ENCODE.replace("@USER@", _USER[key]).replace("@ASSISTANT@", assistant)
+    encode = encode.replace("@TOOL@", TOOL_RESULT[version])
+    # v1 has no tool tokens: mistral-common validates the tools, then ignores them
+    return encode.replace("@HAS_TOOL_TOKENS@", "and false" if version == "v1" else "")
 
 
 def chatml_template() -> str:

@@ -6,9 +6,11 @@ conversations (`BUILTIN_CONVERSATIONS`) and the caller's prompts on both sides:
 - a text: HF `tok(text, split_special_tokens=True)` against mistral-common `encode(text, bos=True,
   eos=False)`. The default `tok(text)` is compared too: where it differs only because HF parses a
   special-token string in the text ("<s>", "[INST]"), that is a documented divergence, not a miss;
-- a conversation: HF `apply_chat_template(messages, add_generation_prompt=True)` against
-  mistral-common `encode_chat_completion` (ChatML templates: against BOS + the encoded ChatML text).
-  A conversation both sides reject agrees; one rejected by one side only is a miss.
+- a conversation: HF `apply_chat_template(messages, tools=tools, add_generation_prompt=True)` against
+  mistral-common `encode_chat_completion(ChatCompletionRequest(messages=..., tools=...))` (ChatML
+  templates: against BOS + the encoded ChatML text). A conversation both sides reject agrees; one
+  rejected by one side only is a miss. Conversations with tools (`BUILTIN_TOOL_CONVERSATIONS`, or
+  `{"messages": [...], "tools": [...]}` prompts) are compared for Mistral templates.
 
 Each miss names the first differing position and the tokens from there, decoded with the reference
 vocabulary on both sides (so a corrupted HF vocabulary shows up as the wrong piece).
@@ -28,15 +30,20 @@ from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
 from hubtools.tokenization.files import tokenizer_version
+from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 
 __all__ = [
     "BUILTIN_CONVERSATIONS",
     "BUILTIN_TEXTS",
+    "BUILTIN_TOOL_CONVERSATIONS",
     "Miss",
     "TokenizerReport",
     "check_tokenizer",
+    "hf_chat",
     "hf_chat_ids",
     "load_prompts",
+    "reference_chat_ids",
+    "split_chat",
 ]
 
 WINDOW = 4
@@ -110,10 +117,21 @@ class TokenizerReport:
         }
 
 
-def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
+Prompt = str | list[dict[str, Any]] | dict[str, Any]
+
+
+def split_chat(chat: list[dict[str, Any]] | dict[str, Any]) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    """(messages, tools) of a conversation prompt: a list of messages, or {"messages": [...], "tools": [...]}."""
+    if isinstance(chat, dict):
+        return list(chat["messages"]), chat.get("tools")
+    return list(chat), None
+
+
+def load_prompts(path: Path) -> list[Prompt]:
     """Read prompts from JSONL: each line a string (a text) or a list of {role, content} (a conversation).
 
-    An object with "messages" (a conversation) or "text"/"prompt" (a text) is accepted too.
+    An object with "messages" (a conversation; with "tools" it is kept as {"messages", "tools"}) or
+    "text"/"prompt" (a text) is accepted too.
 
     Raises:
         `TokenizerError`: unreadable file or a line of another shape (the line is named).
@@ -122,7 +140,7 @@ def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"cannot read prompts: '{path}' ({exc})") from exc
-    prompts: list[str | list[dict[str, Any]]] = []
+    prompts: list[Prompt] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -130,9 +148,14 @@ def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({exc.msg})") from exc
+        tools = item.get("tools") if isinstance(item, dict) else None
+        if tools is not None and not isinstance(tools, list):
+            raise TokenizerError(f"bad prompt in '{path}' line {number} (\"tools\" must be a list of tools)")
         if isinstance(item, dict):
             item = item.get("messages", item.get("text", item.get("prompt")))
-        if isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item)):
+        if isinstance(item, list) and all(isinstance(m, dict) for m in item) and tools is not None:
+            prompts.append({"messages": item, "tools": tools})
+        elif isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item)):
             prompts.append(item)
         else:
             raise TokenizerError(
@@ -142,8 +165,8 @@ def load_prompts(path: Path) -> list[str | list[dict[str, Any]]]:
     return prompts
 
 
-def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
-    """`apply_chat_template(messages, tokenize=True, add_generation_prompt=True)` as a list of ids.
+def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None) -> list[int]:
+    """`apply_chat_template(messages, tools=tools, tokenize=True, add_generation_prompt=True)` as a list of ids.
 
     Raises:
         `ChatTemplateError`: the template rejects the conversation (its `raise_exception` message).
@@ -155,7 +178,11 @@ def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
         raise TokenizerError("the tokenizer has no chat template (tokenizer_config.json 'chat_template')")
     try:
         ids = tok.apply_chat_template(
-            copy.deepcopy(list(messages)), tokenize=True, add_generation_prompt=True, return_dict=False
+            copy.deepcopy(list(messages)),
+            tools=copy.deepcopy(list(tools)) if tools is not None else None,
+            tokenize=True,
+            add_generation_prompt=True,
+            return_dict=False,
         )
     except TemplateSyntaxError as exc:
         raise TokenizerError(f"invalid chat template: {exc}") from exc
@@ -222,7 +249,10 @@ def _compare(
     )
 
 
-def _reference_chat(mt: Any, messages: Sequence[dict[str, Any]], flavour: str) -> list[int] | str:
+def reference_chat_ids(
+    mt: Any, messages: Sequence[dict[str, Any]], flavour: str, tools: Sequence[Any] | None = None
+) -> list[int] | str:
+    """mistral-common's ids for a conversation (a ChatML text for "chatml"), or why it rejects it."""
     try:
         if flavour == "chatml":
             if not messages or any(not isinstance(m.get("content"), str) for m in messages):
@@ -231,15 +261,19 @@ def _reference_chat(mt: Any, messages: Sequence[dict[str, Any]], flavour: str) -
             return list(mt.instruct_tokenizer.tokenizer.encode(text + "<|im_start|>assistant\n", True, False))
         from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-        request: Any = ChatCompletionRequest.model_validate({"messages": copy.deepcopy(list(messages))})
+        fields: dict[str, Any] = {"messages": copy.deepcopy(list(messages))}
+        if tools is not None:
+            fields["tools"] = copy.deepcopy(list(tools))
+        request: Any = ChatCompletionRequest.model_validate(fields)
         return list(mt.encode_chat_completion(request).tokens)
     except Exception as exc:  # pydantic, validation and tokenizer exceptions all mean "rejected"
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def _hf_chat(tok: Any, messages: Sequence[dict[str, Any]]) -> list[int] | str:
+def hf_chat(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None) -> list[int] | str:
+    """`hf_chat_ids`, or the template's reason for rejecting the conversation."""
     try:
-        return hf_chat_ids(tok, messages)
+        return hf_chat_ids(tok, messages, tools)
     except ChatTemplateError as exc:
         return str(exc)
 
@@ -274,8 +308,10 @@ def check_tokenizer(
     extra = list(prompts or [])
     texts = [("builtin", i, t) for i, t in enumerate(BUILTIN_TEXTS)]
     texts += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, str)]
-    convs = [("builtin", i, list(c)) for i, c in enumerate(BUILTIN_CONVERSATIONS)]
-    convs += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, list)]
+    convs: list[tuple[str, int, Any]] = [("builtin", i, list(c)) for i, c in enumerate(BUILTIN_CONVERSATIONS)]
+    if flavour == "mistral":
+        convs += [("builtin-tools", i, c) for i, c in enumerate(BUILTIN_TOOL_CONVERSATIONS)]
+    convs += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, (list, dict))]
     convs = convs if flavour != "none" else []
     specials = [str(s) for s in tok.all_special_tokens] + [str(t) for t in tok.added_tokens_encoder]
     misses: list[Miss] = []
@@ -293,18 +329,19 @@ def check_tokenizer(
                 misses.append(exact or default)  # type: ignore[arg-type]
             elif default is not None:
                 divergences.append(default)
-        for source, index, messages in convs:
+        for source, index, conv in convs:
+            messages, tools = split_chat(conv)
             miss = _compare(
                 "chat",
                 source,
                 index,
-                messages,
-                _hf_chat(tok, messages),
-                _reference_chat(mt, messages, flavour),
+                conv,
+                hf_chat(tok, messages, tools),
+                reference_chat_ids(mt, messages, flavour, tools),
                 raw.id_to_piece,
             )
             if miss is not None:
-                (divergences if miss.position is not None and _has_special(messages, specials) else misses).append(miss)
+                (divergences if miss.position is not None and _has_special(conv, specials) else misses).append(miss)
     total = len(texts) + len(convs)
     return TokenizerReport(
         str(hf_dir),

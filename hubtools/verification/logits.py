@@ -8,7 +8,7 @@ than RAM can be verified; the hidden-state difference after every layer shows wh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,21 +64,23 @@ def random_prompts(vocab_size: int, *, seed: int = 0) -> Prompts:
     return _pad(rows, f"{len(rows)} fixed random sequences (seed {seed})")
 
 
-def prompt_tokens(tokenizer_file: Path | None, vocab_size: int) -> Prompts:
-    """The built-in texts encoded by the native tokenizer (mistral-common, with BOS), else random ids."""
+def prompt_tokens(tokenizer_file: Path | None, vocab_size: int, texts: Sequence[str] = ()) -> Prompts:
+    """The built-in texts and `texts` (`verify --prompts`) encoded by the native tokenizer (mistral-common,
+    with BOS), else random ids."""
     if tokenizer_file is None:
         return random_prompts(vocab_size)
     try:
         from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
         raw = MistralTokenizer.from_file(str(tokenizer_file)).instruct_tokenizer.tokenizer
-        rows = [raw.encode(text, bos=True, eos=False) for text in PROMPT_TEXTS]
+        rows = [raw.encode(text, bos=True, eos=False) for text in (*PROMPT_TEXTS, *texts)]
     except Exception as exc:  # any failure of the third-party tokenizer: fall back, and say so
         logger.warning("%s: cannot encode the prompts (%s); using random token ids", tokenizer_file, exc)
         return random_prompts(vocab_size)
     if max(max(r) for r in rows) >= vocab_size:
         return random_prompts(vocab_size)
-    return _pad(rows, f"{len(rows)} built-in texts encoded with {tokenizer_file.name}")
+    extra = f" and {len(texts)} --prompts texts" if texts else ""
+    return _pad(rows, f"{len(PROMPT_TEXTS)} built-in texts{extra} encoded with {tokenizer_file.name}")
 
 
 def layer_diff(layer: int, h_ref: torch.Tensor, h_hf: torch.Tensor, valid: torch.Tensor) -> LayerDiff:
@@ -166,10 +168,11 @@ def compare_logits(
     dtype: torch.dtype,
     rope_theta: float,
     progress: Callable[[str], None],
+    texts: Sequence[str] = (),
 ) -> LogitsCheck:
-    """Run both forwards on the built-in prompts and judge the logits by the thresholds for `dtype`."""
+    """Run both forwards on the built-in prompts (and `texts`) and judge the logits by the thresholds for `dtype`."""
     name = dtype_name(dtype)
-    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
+    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size, texts)
     ref, out, diffs = run_layered(
         native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
     )

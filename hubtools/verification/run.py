@@ -167,6 +167,19 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
 
 
+def prompt_texts(prompts_path: Path | None) -> tuple[str, ...]:
+    """The non-empty texts among `--prompts` (they also feed the logits check); none if the file is unreadable
+    (the tokenizer check reports that)."""
+    if prompts_path is None:
+        return ()
+    try:
+        from hubtools.tokenization.parity import load_prompts
+
+        return tuple(p for p in load_prompts(prompts_path) if isinstance(p, str) and p)
+    except (ModuleNotFoundError, TokenizerError):
+        return ()
+
+
 def _logits(
     native: Checkpoint,
     hf_folder: Path,
@@ -177,6 +190,7 @@ def _logits(
     rope_theta: float,
     enabled: bool,
     progress: Progress,
+    texts: tuple[str, ...] = (),
 ) -> LogitsCheck:
     name = dtype_name(dtype)
     if not enabled:
@@ -190,7 +204,7 @@ def _logits(
     except VerifyError as exc:
         return LogitsCheck(False, name, error=str(exc))
     try:
-        return compare_logits(native, hf, config, dtype=dtype, rope_theta=rope_theta, progress=progress)
+        return compare_logits(native, hf, config, dtype=dtype, rope_theta=rope_theta, progress=progress, texts=texts)
     except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
         return LogitsCheck(False, name, error=f"transformers cannot run the HF model: {str(exc).splitlines()[0]}")
 
@@ -209,7 +223,8 @@ def verify(
 
     Args:
         dtype: compute dtype of the logits check: float32 (catches conversion bugs) or bfloat16.
-        prompts_path: prompts for the tokenizer check (`tokenizer_parity.load_prompts`).
+        prompts_path: prompts for the tokenizer check (`tokenizer_parity.load_prompts`); its texts also
+            join the logits check's prompts.
         check_logits: run both forwards (the slow part).
         rope_theta: the native model's rotary base when params.json omits it and the default rule is wrong.
         progress: called with a short message as each stage advances.
@@ -251,6 +266,7 @@ def verify(
                 rope_theta=theta,
                 enabled=check_logits,
                 progress=say,
+                texts=prompt_texts(prompts_path),
             )
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
 
