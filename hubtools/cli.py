@@ -250,7 +250,8 @@ def verify_command(
         progress=None if quiet else say,
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        text = json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)  # no bare NaN
+        json_path.write_text(text + "\n", encoding="utf-8")
     if not quiet or not report.passed:
         click.echo(format_report(report))
     if not report.passed:

@@ -194,10 +194,18 @@ def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[An
 
 
 def _load_hf(hf_dir: Path) -> Any:
+    """The folder's tokenizer.json (with tokenizer_config.json), as a fast tokenizer.
+
+    Not `AutoTokenizer`: since transformers 5, a folder that also holds `tekken.json` loads as
+    `MistralCommonBackend`, which is mistral-common itself and would make the check compare the
+    reference with itself. What is measured here is the tokenizer.json every other client reads.
+    """
     import transformers
 
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise TokenizerError(f"{hf_dir / 'tokenizer.json'}: not found (the HF tokenizer is checked from it)")
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a bad folder
         raise TokenizerError(
             f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "

@@ -120,12 +120,19 @@ def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progre
         if i % 50 == 0:
             progress(f"tensors: {i}/{len(table.specs)}")
         expected = to_hf(spec.transform, native.read(spec.native), native.params)
+        overflow = 0
         if src.dtype != dst.dtype:
             casts.add(f"{dtype_name(src.code)} -> {dtype_name(dst.code)}")
-            expected = expected.to(dst.dtype)
+            cast = expected.to(dst.dtype)
+            overflow = int((torch.isfinite(expected) & ~torch.isfinite(cast)).sum()) if cast.is_floating_point() else 0
+            expected = cast
         actual = hf.read(spec.hf)
         compared += 1
-        if actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
+        if overflow:  # the HF dtype cannot hold the native values: bit-equal to the cast, still wrong
+            mismatched.append(spec.hf)
+            to = str(dst.dtype).removeprefix("torch.")
+            differences[spec.hf] = {"overflow": overflow, "of": expected.numel(), "dtype": to}
+        elif actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
             mismatched.append(spec.hf)
             differences[spec.hf] = _difference(expected, actual)
     notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(casts)]
@@ -280,6 +287,8 @@ def _status(check: Any) -> str:
 def _logits_line(c: LogitsCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
+    if c.nonfinite:
+        return f"{c.dtype}: cannot be measured, NaN or inf in " + "; ".join(c.nonfinite)
     limits = ", ".join(f"{t.metric} {'<=' if t.bound is Bound.CEILING else '>='} {t.limit:g}" for t in c.thresholds)
     ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
     return (
@@ -329,6 +338,8 @@ def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
 
 
 def _describe(diff: dict[str, Any]) -> str:
+    if "overflow" in diff:
+        return f"{diff['overflow']} of {diff['of']} finite native values are inf in {diff['dtype']}"
     if "elements" in diff:
         return f"{diff['elements']} of {diff['of']} elements, max |d| {diff['max_abs']:.3g}"
     return f"dtype {diff.get('dtype')}, expected {diff.get('expected_dtype')}"
