@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import stat
 import struct
 import subprocess
 import sys
@@ -21,7 +19,6 @@ import pytest
 import torch
 from click.testing import Result
 
-from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.testing import TOKENIZERS, tiny_params, write_native_checkpoint
 from tests.conftest import assert_one_line_error
 
@@ -105,3 +102,178 @@ def test_verify_passes_on_every_tokenizer_version(version: str, run_cli: RunCli,
     tokenizer = report["checks"]["tokenizer"]  # type: ignore[index]
     assert tokenizer["passed"] is True and tokenizer["agreement"] == 1.0
     assert tokenizer["hf_vocab_size"] == vocab
+
+
+# --- item 9: hostile .pth archives ---
+
+
+class _Storage:
+    def __init__(self, key: str, numel: int) -> None:
+        self.key, self.numel = key, numel
+
+
+class _TensorView:
+    """Pickles as torch does: _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks)."""
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        self.args = (storage, offset, size, stride)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        from collections import OrderedDict
+
+        return (torch._utils._rebuild_tensor_v2, (*self.args, False, OrderedDict()))
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> object:
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def write_pth(path: Path, pkl: bytes, storages: dict[str, int] | None = None, *, deflate: bool = False) -> Path:
+    """A torch-style zip: archive/data.pkl (deflated if asked) and stored float32 storages of given sizes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl, compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
+        for key, numel in (storages or {}).items():
+            z.writestr(f"archive/data/{key}", bytes(4 * numel))
+    return path
+
+
+def torch_pickle(state: dict[str, object]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(state)
+    return buf.getvalue()
+
+
+def pth_folder(
+    make_native: Callable[..., Path], name: str, pkl: bytes, storages: dict[str, int] | None = None, **kwargs: bool
+) -> Path:
+    src = make_native(name, layout="pth", tokenizer=None)
+    write_pth(src / "consolidated.00.pth", pkl, storages, **kwargs)
+    return src
+
+
+def run_limited(args: list[str], *, memory: int = 2 << 30, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m hubtools.cli ARGS` with its address space capped beyond what it has after start-up."""
+    script = textwrap.dedent(f"""
+        import resource, sys
+        import hubtools.cli, numpy
+        with open("/proc/self/statm") as f:
+            base = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (base + {memory}, resource.RLIM_INFINITY))
+        sys.argv = ["hubtools", *{args!r}]
+        hubtools.cli.main()
+    """)
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd or root, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_exit(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_deeply_nested_pickle_is_refused_before_it_crashes_the_process(
+    make_native: Callable[..., Path], tmp_path: Path
+) -> None:
+    # {((((...)),): None}: hashing a 200,000-deep tuple recurses in C and kills the process (rc 139)
+    nested = b"\x80\x02}" + b")" + b"\x85" * 200_000 + b"Ns."
+    src = pth_folder(make_native, "deep", nested)
+    for command in ("inspect", "convert"):
+        args = [command, str(src)] + ([str(tmp_path / "out")] if command == "convert" else [])
+        assert_one_line_exit(run_limited(args), "consolidated.00.pth", "nesting deeper than 32")
+
+
+def test_huge_memo_index_is_refused_without_allocating(make_native: Callable[..., Path]) -> None:
+    src = pth_folder(make_native, "memo", b"\x80\x02Nr\xff\xff\xff\x7f.")  # LONG_BINPUT 2^31-1
+    assert_one_line_exit(run_limited(["inspect", str(src)], memory=512 << 20), "memo index 2147483647")
+
+
+def test_deflated_pickle_is_inflated_only_up_to_the_bound(make_native: Callable[..., Path]) -> None:
+    from hubtools.checkpoint.pickle_bounds import MAX_PICKLE_BYTES
+
+    big = b"\x80\x02\x8e" + struct.pack("<Q", MAX_PICKLE_BYTES + 16) + bytes(MAX_PICKLE_BYTES + 16) + b"."
+    src = pth_folder(make_native, "bomb", big, deflate=True)
+    assert (src / "consolidated.00.pth").stat().st_size < 1 << 20
+    assert_one_line_exit(run_limited(["inspect", str(src)], memory=512 << 20), "data.pkl is", "at most")
+
+
+def test_a_lying_deflated_size_stops_at_the_bound(make_native: Callable[..., Path], tmp_path: Path) -> None:
+    from hubtools.checkpoint.pth import read_pth_index
+    from hubtools.errors import CorruptFileError
+
+    big = b"\x80\x02\x8e" + struct.pack("<Q", 80 << 20) + bytes(80 << 20) + b"."
+    path = write_pth(tmp_path / "consolidated.00.pth", big, deflate=True)
+    data = bytearray(path.read_bytes())  # declare 100 bytes in both the local header and the directory
+    for signature, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = data.index(signature)
+        data[start + at : start + at + 4] = struct.pack("<I", 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="data.pkl"):
+        read_pth_index([path])
+
+
+@pytest.mark.parametrize(
+    "pkl,fragment",
+    [
+        (b"\x80\x02cbuiltins\neval\nX\x04\x00\x00\x001+1q\x85R.", "builtins.eval"),
+        (b"\x80\x02csubprocess\ncall\n]X\x05\x00\x00\x00touchaX\x06\x00\x00\x00MARKERa\x85R.", "subprocess.call"),
+        (b"\x80\x02ctorch\nload\nX\x01\x00\x00\x00x\x85R.", "torch.load"),
+        (b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x0ctouch MARKER\x85R.", "os.system"),
+        (b"(S'touch MARKER'\nios\nsystem\n.", "os.system"),  # INST, protocol 0
+        (b"\x80\x02cposix\nsystem\nX\x0c\x00\x00\x00touch MARKER\x85R.", "posix.system"),
+    ],
+    ids=["eval", "subprocess", "torch.load", "STACK_GLOBAL", "INST", "posix.system"],
+)
+def test_code_carrying_globals_are_refused_and_never_run(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path, pkl: bytes, fragment: str
+) -> None:
+    marker = tmp_path / "pwned"
+    pkl = pkl.replace(b"MARKER", str(marker).encode()[-6:]) if b"MARKER" in pkl else pkl
+    src = pth_folder(make_native, "evil", pkl)
+    result = run_cli("inspect", src)
+    assert_one_line_error(result, "consolidated.00.pth", "refusing to unpickle global", fragment, "not executed")
+    assert not marker.exists() and not (Path.cwd() / str(marker)[-6:]).exists()
+
+
+def test_a_view_outside_its_storage_is_refused(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    from hubtools.model.names import tensor_specs
+    from hubtools.testing import tiny_params
+
+    specs = tensor_specs(tiny_params())
+    storages, state = {}, {}
+    for i, spec in enumerate(specs):
+        numel = math.prod(spec.shape)
+        storages[str(i)] = numel
+        state[spec.native] = _TensorView(
+            _Storage(str(i), numel), 0, spec.shape, (spec.shape[-1], 1)[-len(spec.shape) :]
+        )
+    first = specs[0]
+    state[first.native] = _TensorView(_Storage("0", 8), 4, first.shape, (first.shape[1], 1))
+    storages["0"] = 8
+    src = pth_folder(make_native, "view", torch_pickle(state), storages)
+    assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth", f"'{first.native}'", "outside its storage")
+
+
+@pytest.mark.parametrize(
+    "pkl,fragment",
+    [
+        (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nK\x01\x85R.", "corrupt pickle"),  # wrong arguments
+        (b"\x80\x02ccollections\nOrderedDict\nK\x05\x85R.", "corrupt pickle"),  # OrderedDict(5)
+        (b"\x80\x02ctorch\nFloatStorage\nK\x05\x85R.", "corrupt pickle"),  # calling a storage type
+        (b"\x80\x02}X\x01\x00\x00\x00a]s.", "flat state dict"),
+        (b"\x80\x02\x8a\x08" + b"\xff" * 8, "refusing a hostile or corrupt pickle"),  # truncated
+        (b"\x80\x02}q\x00h\x07.", "read before it is stored"),
+    ],
+)
+def test_malformed_pickles_are_one_line(
+    make_native: Callable[..., Path], run_cli: RunCli, pkl: bytes, fragment: str
+) -> None:
+    src = pth_folder(make_native, "bad", pkl)
+    assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth", fragment)
