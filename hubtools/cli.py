@@ -48,6 +48,21 @@ def handle_errors(func: F) -> F:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors and exits keep their behaviour
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory (run with --debug to see where)", err=True)
+            sys.exit(1)
+        except Exception as exc:  # last resort: a bug or an input no reader anticipated, still one line
+            if debug:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"error: {type(exc).__name__}: {first} (unexpected; run with --debug for the traceback)", err=True
+            )
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 

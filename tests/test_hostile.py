@@ -277,3 +277,91 @@ def test_malformed_pickles_are_one_line(
 ) -> None:
     src = pth_folder(make_native, "bad", pkl)
     assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth", fragment)
+
+
+# --- item 9: params.json / config.json of the wrong type, range or size ---
+
+
+def _edit_json(path: Path, **changes: object) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        ({"norm_eps": "abc"}, "field 'norm_eps' must be a finite number > 0, got 'abc'"),
+        ({"norm_eps": float("nan")}, "field 'norm_eps' must be a finite number > 0, got nan"),
+        ({"norm_eps": -1e-5}, "field 'norm_eps' must be a finite number > 0, got -1e-05"),
+        ({"norm_eps": 3.0}, "field 'norm_eps' must be a finite number in (0, 1), got 3.0"),
+        ({"rope_theta": "fast"}, "field 'rope_theta' must be a finite number > 0, got 'fast'"),
+        ({"rope_theta": float("inf")}, "field 'rope_theta' must be a finite number > 0, got inf"),
+        ({"max_seq_len": "lots"}, "field 'max_seq_len' must be a positive integer, got 'lots'"),
+        ({"sliding_window": True}, "field 'sliding_window' must be a positive integer, got True"),
+        ({"moe": 5}, "field 'moe' must be an object with num_experts and num_experts_per_tok, got 5"),
+        ({"moe": {"num_experts": 4, "num_experts_per_tok": "2"}}, "field 'num_experts_per_tok' must be a positive"),
+        ({"head_dim": 15}, "field 'head_dim' must be a positive even integer"),
+        ({"dim": 1e999}, "field 'dim' must be a positive integer, got inf"),
+        ({"n_layers": 1_000_000_000}, "n_layers is 1000000000, but the weights hold layers: 2 (indices 0..1)"),
+        ({"moe": {"num_experts": 100_000_000, "num_experts_per_tok": 2}}, "num_experts is 100000000, but the weights"),
+    ],
+)
+def test_bad_params_values_are_one_line_naming_the_field(
+    make_native: Callable[..., Path], tmp_path: Path, changes: dict[str, object], fragment: str
+) -> None:
+    src = make_native(tokenizer=None)
+    _edit_json(src / "params.json", **changes)
+    result = run_limited(["convert", str(src), str(tmp_path / "out")])  # a hang would time out
+    assert_one_line_exit(result, "params.json", fragment)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def hf_folder(make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path) -> Path:
+    return _convert(run_cli, make_native(tokenizer=None), tmp_path / "hf")
+
+
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        ({"rms_norm_eps": "abc"}, "field 'rms_norm_eps' must be a finite number > 0, got 'abc'"),
+        ({"rope_theta": "fast"}, "field 'rope_theta' must be a finite number > 0, got 'fast'"),
+        ({"rope_theta": _DELETE, "rope_parameters": 5}, None),  # ignored, default rule
+        (
+            {"rope_theta": _DELETE, "rope_parameters": {"rope_theta": -1}},
+            "field 'rope_parameters.rope_theta' must be a finite number > 0",
+        ),
+        ({"sliding_window": True}, "field 'sliding_window' must be a positive integer, got True"),
+        ({"num_local_experts": 5.5}, "field 'num_local_experts' must be a positive integer, got 5.5"),
+        ({"num_attention_heads": "4"}, "field 'num_attention_heads' must be a positive integer, got '4'"),
+        ({"head_dim": 15}, "field 'head_dim' must be a positive even integer"),
+        ({"num_hidden_layers": 1_000_000_000}, "n_layers is 1000000000, but the weights hold layers: 2"),
+        ({"num_local_experts": 100_000_000}, "num_experts is 100000000, but the weights hold experts: 4"),
+    ],
+)
+def test_bad_config_values_are_one_line_naming_the_key(
+    hf_folder: Path, tmp_path: Path, changes: dict[str, object], fragment: str | None
+) -> None:
+    _edit_json(hf_folder / "config.json", **changes)
+    result = run_limited(["convert", str(hf_folder), str(tmp_path / "back")])
+    if fragment is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert_one_line_exit(result, "config.json", fragment)
+
+
+@pytest.mark.parametrize(
+    "content", ['{"dim": ' * 100_000, "[" * 100_000 + "]" * 100_000, '{"dim": 1' + "0" * 5000 + "}"]
+)
+def test_pathological_json_is_one_line(make_native: Callable[..., Path], run_cli: RunCli, content: str) -> None:
+    src = make_native(tokenizer=None)
+    (src / "params.json").write_text(content)
+    assert_one_line_error(run_cli("inspect", src), "params.json")

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from hubtools.checkpoint.pth import Segment, TensorRef
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
-from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError
+from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError, ParamsError
 from hubtools.model.names import Layout
+from hubtools.model.params import read_json_file
 
 if TYPE_CHECKING:
     import torch
@@ -428,9 +429,9 @@ def json_object(path: Path) -> dict[str, Any]:
         CorruptFileError: not readable JSON, or not an object.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{path}: expected valid JSON, found {exc}") from None
+        data = read_json_file(path)  # bounded size, a regular file, deep or huge-number JSON refused
+    except ParamsError as exc:
+        raise CorruptFileError(str(exc)) from None
     if not isinstance(data, dict):
         raise CorruptFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -172,7 +172,8 @@ def run_layered(
     model = LayeredModel(config, read, dtype)
     with torch.no_grad():
         h_ref, h_hf = reference.embed(tokens, get), model.embed(tokens)
-        diffs, found = [], {}
+        diffs: list[LayerDiff] = []
+        found: dict[str, str] = {}
         note_nonfinite(found, "embeddings", h_ref, h_hf, valid)
         for layer in range(params.n_layers):
             progress(f"logits: layer {layer + 1}/{params.n_layers}")
