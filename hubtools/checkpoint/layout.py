@@ -23,6 +23,7 @@ from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dt
 from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError, ParamsError
 from hubtools.model.names import Layout
 from hubtools.model.params import read_json_file
+from hubtools.tokenization.file_limits import check_tokenizer_file, read_tokenizer_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -390,6 +391,7 @@ def find_tokenizer_file(folder: Path) -> Path | None:
 
     Raises:
         LayoutError: tokenizer files with different contents, or a file that is not a native tokenizer.
+        TokenizerError: a tokenizer-named entry that is a FIFO, device, dangling symlink or too large.
 
     Example:
         >>> find_tokenizer_file(Path("/nonexistent")) is None
@@ -402,13 +404,17 @@ def find_tokenizer_file(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted(
-        (p for p in folder.iterdir() if p.is_file() and is_tokenizer_name(p.name)),
+        (p for p in folder.iterdir() if is_tokenizer_name(p.name)),
         key=lambda p: (_specificity(p), p.name),
         reverse=True,
     )
+    sizes = [check_tokenizer_file(p) for p in found]  # a FIFO, device or dangling link is named, never read
     if len(found) > 1:
-        first = found[0].read_bytes()
-        other = next((p for p in found[1:] if p.read_bytes() != first), None)
+        first = read_tokenizer_bytes(found[0])
+        other = next(
+            (p for p, n in zip(found[1:], sizes[1:], strict=True) if n != sizes[0] or read_tokenizer_bytes(p) != first),
+            None,
+        )
         if other is not None:
             raise LayoutError(
                 f"{folder}: expected one native tokenizer, found '{found[0].name}' and '{other.name}' with "

@@ -29,7 +29,8 @@ from typing import Any
 from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
-from hubtools.tokenization.files import tokenizer_version
+from hubtools.tokenization.file_limits import read_tokenizer_bytes
+from hubtools.tokenization.files import tokenizer_version, tokenizer_vocab_size
 from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 
 __all__ = [
@@ -203,7 +204,7 @@ def _load_hf(hf_dir: Path) -> Any:
     import transformers
 
     if not (hf_dir / "tokenizer.json").is_file():
-        raise TokenizerError(f"{hf_dir / 'tokenizer.json'}: not found (the HF tokenizer is checked from it)")
+        raise TokenizerError(f"cannot load the Hugging Face tokenizer in '{hf_dir}' (no tokenizer.json)")
     try:
         return transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a bad folder
@@ -221,7 +222,7 @@ def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
     path = native_file
     if version.startswith("v") and native_file.name.endswith(".model"):
         path = Path(workdir) / f"tokenizer.model.{version}"
-        path.write_bytes(native_file.read_bytes())
+        path.write_bytes(read_tokenizer_bytes(native_file))
     try:
         return MistralTokenizer.from_file(str(path))
     except Exception as exc:  # mistral-common raises assertion/value errors for bad files
@@ -311,6 +312,7 @@ def check_tokenizer(
         `TokenizerError`: either tokenizer cannot be loaded, or the chat template is not valid Jinja.
     """
     version = tokenizer_version(native_file)
+    tokenizer_vocab_size(native_file)  # validates sizes and counts before mistral-common builds anything
     tok = _load_hf(hf_dir)
     flavour = template_flavour(getattr(tok, "chat_template", None)) if chat else "none"
     extra = list(prompts or [])

@@ -78,6 +78,9 @@ def prompt_tokens(tokenizer_file: Path | None, vocab_size: int, texts: Sequence[
     try:
         from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+        from hubtools.tokenization.files import tokenizer_vocab_size
+
+        tokenizer_vocab_size(tokenizer_file)  # bounded and validated before mistral-common reads it
         raw = MistralTokenizer.from_file(str(tokenizer_file)).instruct_tokenizer.tokenizer
         rows = [raw.encode(text, bos=True, eos=False) for text in (*PROMPT_TEXTS, *texts)]
     except Exception as exc:  # any failure of the third-party tokenizer: fall back, and say so
