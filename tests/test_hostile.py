@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import struct
 import subprocess
@@ -365,3 +366,215 @@ def test_pathological_json_is_one_line(make_native: Callable[..., Path], run_cli
     src = make_native(tokenizer=None)
     (src / "params.json").write_text(content)
     assert_one_line_error(run_cli("inspect", src), "params.json")
+
+
+# --- item 9: tokenizer files ---
+
+
+def test_a_fifo_tokenizer_is_refused_without_blocking(make_native: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_native(tokenizer=None)
+    os.mkfifo(src / "tokenizer.model")
+    assert_one_line_exit(run_limited(["inspect", str(src)]), "tokenizer.model", "a FIFO")
+    assert_one_line_exit(run_limited(["convert", str(src), str(tmp_path / "o")]), "tokenizer.model", "a FIFO")
+
+
+def test_a_device_or_dangling_tokenizer_is_named(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(tokenizer=None)
+    (src / "tokenizer.model").symlink_to("/dev/zero")
+    assert_one_line_error(run_cli("inspect", src), "tokenizer.model", "a character device")
+    (src / "tokenizer.model").unlink()
+    (src / "tokenizer.model.v3").symlink_to(src / "gone.model")
+    assert_one_line_error(run_cli("inspect", src), "tokenizer.model.v3", "dangling symlink")
+
+
+def test_a_huge_sparse_tokenizer_is_refused_before_reading(make_native: Callable[..., Path]) -> None:
+    src = make_native(tokenizer=None)
+    with (src / "tokenizer.model.v3").open("wb") as f:
+        f.truncate(6 << 30)  # 6 GB, sparse
+    assert_one_line_exit(run_limited(["inspect", str(src)], memory=512 << 20), "tokenizer.model.v3", "at most")
+    (src / "tokenizer.model").write_bytes(b"x")  # two candidates differing in size: not read to compare
+    assert_one_line_exit(run_limited(["inspect", str(src)], memory=512 << 20), "tokenizer.model.v3", "at most")
+
+
+def _spm_with_trainer(field: int, value: int) -> bytes:
+    """The shipped v1 tokenizer.model with one TrainerSpec varint (unk 40 / bos 41 / eos 42) replaced."""
+    from hubtools.testing import mistral_common_data
+
+    def varint(n: int) -> bytes:
+        n &= (1 << 64) - 1
+        out = b""
+        while True:
+            out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+            n >>= 7
+            if not n:
+                return out
+
+    data = (mistral_common_data() / "tokenizer.model.v1").read_bytes()
+    trainer = varint(field << 3) + varint(value)
+    # a later field wins in protobuf: append a second TrainerSpec message (field 2) that merges
+    return data + bytes([2 << 3 | 2]) + varint(len(trainer)) + trainer
+
+
+@pytest.mark.parametrize(
+    "field,value,name",
+    [(41, 40000, "bos_id 40000"), (41, -5, "bos_id -5"), (40, -1, "unk_id -1"), (42, 32000, "eos_id")],
+)
+def test_special_ids_outside_the_vocabulary_are_refused(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path, field: int, value: int, name: str
+) -> None:
+    src = make_native(tokenizer=None)
+    (src / "tokenizer.model").write_bytes(_spm_with_trainer(field, value))
+    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "tokenizer.model", name, "outside the 32000")
+
+
+def test_tekken_counts_are_bounded_before_anything_is_built(make_native: Callable[..., Path], tmp_path: Path) -> None:
+    from hubtools.testing import mistral_common_data
+
+    params = tiny_params(vocab_size=131072, dim=32, hidden_dim=32, n_layers=1, n_heads=2, n_kv_heads=1)
+    src = make_native(params=params, tokenizer=None)
+    data = json.loads((mistral_common_data() / "tekken_240911.json").read_text())
+    data["config"]["default_num_special_tokens"] = 1_000_000_000
+    (src / "tekken.json").write_text(json.dumps(data))
+    result = run_limited(["convert", str(src), str(tmp_path / "out")], memory=1 << 30)
+    assert_one_line_exit(result, "tekken.json", "default_num_special_tokens must be an integer in 0..131072")
+
+
+# --- item 9: safetensors headers ---
+
+
+def _with_header(path: Path, header: bytes) -> None:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n :])
+
+
+def _header(path: Path) -> dict[str, object]:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "edit,fragment",
+    [
+        (lambda h, k: h[k].update(shape=[1e999]), "corrupt header entry"),
+        (lambda h, k: h[k].update(shape=[2.0, 64.0]), "corrupt header entry"),
+        (lambda h, k: h[k].update(shape=["32000", "64"]), "corrupt header entry"),
+        (lambda h, k: h[k].update(shape=[True, 64]), "corrupt header entry"),
+        (lambda h, k: h[k].update(shape=[-1, -64]), "corrupt header entry"),
+        (lambda h, k: h[k].update(data_offsets=[0.0, 1.5]), "corrupt header entry"),
+        (lambda h, k: h[k].update(dtype=["BF16"]), "unsupported safetensors dtype 'list'"),
+        (lambda h, k: h.update(__metadata__={"format": 5}), "__metadata__ must map strings to strings"),
+        (lambda h, k: h.update(__metadata__=[1, 2]), "__metadata__ must map strings to strings"),
+    ],
+)
+def test_malformed_safetensors_headers_are_one_line(
+    make_native: Callable[..., Path], run_cli: RunCli, edit: Callable[[dict[str, object], str], None], fragment: str
+) -> None:
+    src = make_native(tokenizer=None)
+    path = src / "consolidated.safetensors"
+    header = _header(path)
+    edit(header, "tok_embeddings.weight")
+    _with_header(path, json.dumps(header).encode())
+    assert_one_line_error(run_cli("inspect", src), "consolidated.safetensors", fragment)
+
+
+def test_deeply_nested_safetensors_header_is_one_line(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(tokenizer=None)
+    _with_header(src / "consolidated.safetensors", b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert_one_line_error(run_cli("inspect", src), "consolidated.safetensors", "not valid JSON")
+
+
+# --- item 9: split parts, shard series, index paths ---
+
+
+def test_duplicated_split_part_is_named(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(layout="pth-split", splits=3, tokenizer=None)
+    (src / "consolidated.00.pth-split01").write_bytes((src / "consolidated.00.pth-split1").read_bytes())
+    assert_one_line_error(run_cli("inspect", src), "-split1 appears twice")
+
+
+def test_split_parts_of_another_file_are_named(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(layout="pth-split", splits=3, tokenizer=None)
+    (src / "consolidated.01.pth-split0").write_bytes(b"x")
+    assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth and consolidated.01.pth")
+
+
+def test_an_extra_split_part_is_refused(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(layout="pth-split", splits=3, tokenizer=None)
+    (src / "consolidated.00.pth-split3").write_bytes((src / "consolidated.00.pth-split2").read_bytes())
+    assert_one_line_error(run_cli("inspect", src), "zip archive does not start at the first byte", "extra")
+    (src / "consolidated.00.pth-split3").write_bytes(b"trailing")
+    assert_one_line_error(
+        run_cli("inspect", src), "8 bytes after the end of the zip archive (in consolidated.00.pth-split3)"
+    )
+
+
+def test_a_shard_of_another_series_is_named(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    src = make_native(layout="sharded", shards=2, tokenizer=None)
+    first = src / "consolidated-00001-of-00002.safetensors"
+    (src / "consolidated-00001-of-00003.safetensors").write_bytes(first.read_bytes())
+    assert_one_line_error(run_cli("inspect", src), "one series of shards, found -of-00002 and -of-00003")
+    (src / "consolidated-00001-of-00003.safetensors").unlink()
+    (src / "consolidated-00003-of-00002.safetensors").write_bytes(first.read_bytes())
+    assert_one_line_error(run_cli("inspect", src), "consolidated-00003-of-00002.safetensors is not a shard")
+
+
+def test_a_fifo_weight_file_is_refused_without_blocking(make_native: Callable[..., Path]) -> None:
+    src = make_native(tokenizer=None)
+    (src / "consolidated.safetensors").unlink()
+    os.mkfifo(src / "consolidated.safetensors")
+    assert_one_line_exit(run_limited(["inspect", str(src)]), "consolidated.safetensors", "not a regular file")
+    pth = make_native("pth", layout="pth", tokenizer=None)
+    (pth / "consolidated.00.pth").unlink()
+    os.mkfifo(pth / "consolidated.00.pth")
+    assert_one_line_exit(run_limited(["inspect", str(pth)]), "consolidated.00.pth", "not a regular file")
+
+
+@pytest.mark.parametrize("target", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_an_index_naming_paths_outside_the_folder_is_refused(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path, target: str
+) -> None:
+    from hubtools.verification.run import verify
+
+    src = make_native(params=tiny_params(vocab_size=1000), tokenizer=None)
+    hf = _convert(run_cli, src, tmp_path / "hf")
+    (tmp_path / "outside.safetensors").write_bytes((hf / "model-00001-of-00001.safetensors").read_bytes())
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    index["weight_map"] = {k: target for k in index["weight_map"]}
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_one_line_error(
+        run_cli("inspect", hf), "model.safetensors.index.json", f"expected file names in the folder, found '{target}'"
+    )
+    report = verify(src, hf, check_logits=False)
+    assert not report.passed
+    assert any(f"expected file names in the folder, found '{target}'" in p for p in report.structure.problems)
+    assert report.tensors.compared == 0
+
+
+def test_an_index_with_non_string_files_is_one_line(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
+    hf = _convert(run_cli, make_native(tokenizer=None), tmp_path / "hf")
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    index["weight_map"]["lm_head.weight"] = ["model-00001-of-00001.safetensors"]
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert_one_line_error(run_cli("inspect", hf), "model.safetensors.index.json", "'weight_map' of file names")
+
+
+# --- the last-resort handler ---
+
+
+def test_an_unexpected_exception_is_one_line_and_the_traceback_needs_debug(
+    make_native: Callable[..., Path], run_cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hubtools.inspection
+
+    def broken(folder: Path) -> None:
+        raise ValueError("something no reader anticipated\nsecond line")
+
+    monkeypatch.setattr(hubtools.inspection, "summarize", broken)
+    src = make_native(tokenizer=None)
+    assert_one_line_error(run_cli("inspect", src), "ValueError: something no reader anticipated", "--debug")
+    with pytest.raises(ValueError):
+        run_cli("--debug", "inspect", src)

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import pickle
+import stat
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -48,7 +49,11 @@ class ConcatFile(io.RawIOBase):
 
     def __init__(self, parts: list[Path]) -> None:
         self.parts = parts
-        self.sizes = [p.stat().st_size for p in parts]
+        infos = [p.stat() for p in parts]
+        odd = next((p for p, i in zip(parts, infos, strict=True) if not stat.S_ISREG(i.st_mode)), None)
+        if odd is not None:  # opening a FIFO would block
+            raise CorruptFileError(f"{odd}: not a regular file")
+        self.sizes = [i.st_size for i in infos]
         self.starts = [sum(self.sizes[:i]) for i in range(len(parts))]
         self.size = sum(self.sizes)
         self.pos = 0
@@ -209,6 +214,7 @@ def _open_archive(stream: ConcatFile, where: str) -> zipfile.ZipFile:
         end = zipfile._EndRecData(stream)  # type: ignore[attr-defined]  # the record zipfile itself reads
         if end is None:
             raise zipfile.BadZipFile("no end of central directory")
+        _check_extent(stream, end, where)
         if end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:  # type: ignore[attr-defined]
             raise CorruptFileError(
                 f"{where}: zip directory of {end[zipfile._ECD_SIZE]} bytes "  # type: ignore[attr-defined]
@@ -221,6 +227,30 @@ def _open_archive(stream: ConcatFile, where: str) -> zipfile.ZipFile:
         raise
     except Exception:  # zipfile raises BadZipFile, OSError, EOFError, ValueError, struct.error...
         raise CorruptFileError(f"{where}: not a torch zip archive or truncated") from None
+
+
+def _check_extent(stream: ConcatFile, end: list[Any], where: str) -> None:
+    """The archive spans the parts exactly: no bytes before its first entry or after its end record.
+
+    An extra, repeated or foreign split part shows up as one or the other (zipfile itself would accept
+    both, reading the archive at a shifted position).
+    """
+    z: Any = zipfile  # its end-record field indexes are module constants without type stubs
+    tail = end[z._ECD_LOCATION] + z.sizeEndCentDir + len(end[z._ECD_COMMENT])
+    head = end[z._ECD_LOCATION] - end[z._ECD_SIZE] - end[z._ECD_OFFSET]
+    if end[z._ECD_SIGNATURE] == z.stringEndArchive64:
+        head -= z.sizeEndCentDir64 + z.sizeEndCentDir64Locator
+    if tail < stream.size:
+        part = stream.segments(tail, stream.size - tail)[0][0]
+        raise CorruptFileError(
+            f"{where}: {stream.size - tail} bytes after the end of the zip archive (in {part.name}): "
+            "an extra or duplicated part?"
+        )
+    if head:
+        raise CorruptFileError(
+            f"{where}: the zip archive does not start at the first byte ({head} bytes unaccounted for): "
+            "an extra, repeated or out-of-order part?"
+        )
 
 
 def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     Raises:
         CorruptFileError: truncated file, malformed JSON, overlapping or out-of-range offsets.
     """
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block
+        raise CorruptFileError(f"{path}: not a regular file")
+    size = info.st_size
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:

@@ -27,7 +27,7 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
-from hubtools.model.params import ModelParams
+from hubtools.model.params import MAX_JSON_BYTES, ModelParams
 
 MAX_NAMED = 20  # per kind of problem; the rest are counted
 COMPARED_FIELDS = (
@@ -77,10 +77,13 @@ def _read_json(path: Path, problems: list[str]) -> Any:
             seen[key] = value
         return seen
 
+    if path.stat().st_size > MAX_JSON_BYTES:
+        problems.append(f"{path.name}: {path.stat().st_size} bytes (at most {MAX_JSON_BYTES} accepted)")
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path.name}: not valid JSON ({exc})")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        problems.append(f"{path.name}: not valid JSON ({str(exc)[:200]})")
         return None
     problems.extend(f"{path.name}: key '{k}' appears twice" for k in duplicates)
     return data
