@@ -541,7 +541,7 @@ def test_an_index_naming_paths_outside_the_folder_is_refused(
     hf = _convert(run_cli, src, tmp_path / "hf")
     (tmp_path / "outside.safetensors").write_bytes((hf / "model-00001-of-00001.safetensors").read_bytes())
     index = json.loads((hf / "model.safetensors.index.json").read_text())
-    index["weight_map"] = {k: target for k in index["weight_map"]}
+    index["weight_map"] = dict.fromkeys(index["weight_map"], target)
     (hf / "model.safetensors.index.json").write_text(json.dumps(index))
     assert_one_line_error(
         run_cli("inspect", hf), "model.safetensors.index.json", f"expected file names in the folder, found '{target}'"
@@ -578,3 +578,26 @@ def test_an_unexpected_exception_is_one_line_and_the_traceback_needs_debug(
     assert_one_line_error(run_cli("inspect", src), "ValueError: something no reader anticipated", "--debug")
     with pytest.raises(ValueError):
         run_cli("--debug", "inspect", src)
+
+
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        ({"rope_parameters": 5}, "transformers cannot load it"),
+        ({"rms_norm_eps": "abc"}, "transformers cannot load it"),
+        ({"num_local_experts": 100_000_000}, "disagrees with params.json on num_local_experts"),
+        ({"num_attention_heads": 0}, "disagrees with params.json on num_attention_heads"),
+        ({"hidden_size": "abc"}, "disagrees with params.json on hidden_size"),
+    ],
+)
+def test_verify_on_a_hostile_config_fails_without_running_it(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path, changes: dict[str, object], fragment: str
+) -> None:
+    src = make_native(params=tiny_params(vocab_size=1000), tokenizer=None)
+    hf = _convert(run_cli, src, tmp_path / "hf")
+    _edit_json(hf / "config.json", **changes)
+    result = run_limited(["verify", str(src), str(hf), "--json", str(tmp_path / "r.json")])
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    report = _strict_json((tmp_path / "r.json").read_text())
+    assert fragment in report["checks"]["logits"]["error"]  # type: ignore[index]
+    assert report["checks"]["structure"]["passed"] is False  # type: ignore[index]

@@ -43,6 +43,7 @@ from hubtools.verification.structure import (
     dtype_problems,
     index_hf_folder,
     mapping_problems,
+    size_mismatches,
 )
 
 Progress = Callable[[str], None]
@@ -192,6 +193,7 @@ def _logits(
     hf_folder: Path,
     hf: Checkpoint,
     ready: bool,
+    audit_config: dict[str, Any] | None,
     *,
     dtype: torch.dtype,
     rope_theta: float,
@@ -204,6 +206,11 @@ def _logits(
         return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
     if not ready:
         return LogitsCheck(False, name, error="missing or misshapen tensors (see structure) prevent a forward")
+    sizes = size_mismatches(audit_config, native.params)
+    if sizes:
+        return LogitsCheck(
+            False, name, error=f"config.json disagrees with params.json on {', '.join(sizes)} (see structure)"
+        )
     from hubtools.verification.hf_forward import load_config
 
     try:
@@ -269,6 +276,7 @@ def verify(
                 hf,
                 dst,
                 forward_ready(src, audit, table),
+                audit.config,
                 dtype=compute,
                 rope_theta=theta,
                 enabled=check_logits,

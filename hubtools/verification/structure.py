@@ -118,6 +118,11 @@ def _named(names: list[str], template: str) -> list[str]:
     return out
 
 
+def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    rope = config.get("rope_parameters")
+    return rope if isinstance(rope, dict) else {}
+
+
 def _found(config: dict[str, Any], key: str) -> Any:
     if key == "rope_theta":
         return config_rope_theta(config)
@@ -157,10 +162,33 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
         if not _same(want, got):
             reason = f" {why[key]}" if key in why else ""
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got)}")
-    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
+        problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
+    rope_type = _rope_parameters(config).get("rope_type", "default")
     if rope_type != "default" or config.get("rope_scaling"):
         problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
     return problems
+
+
+SIZE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "num_local_experts",
+)
+
+
+def size_mismatches(config: dict[str, Any] | None, params: ModelParams) -> list[str]:
+    """The config.json keys that size the transformers modules and disagree with params (or all when
+    there is no config): a forward built from them would allocate what the config claims."""
+    if config is None:
+        return list(SIZE_FIELDS)
+    expected = to_hf_config(params, dtype="float32").config
+    return [k for k in SIZE_FIELDS if k in expected and not _same(expected[k], _found(config, k))]
 
 
 def mapping_problems(
