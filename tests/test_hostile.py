@@ -601,3 +601,16 @@ def test_verify_on_a_hostile_config_fails_without_running_it(
     report = _strict_json((tmp_path / "r.json").read_text())
     assert fragment in report["checks"]["logits"]["error"]  # type: ignore[index]
     assert report["checks"]["structure"]["passed"] is False  # type: ignore[index]
+
+
+def test_an_invalid_tekken_pattern_is_a_tokenizer_error(tmp_path: Path) -> None:  # found by test_fuzz
+    from hubtools.errors import TokenizerError
+    from hubtools.testing import mistral_common_data
+    from hubtools.tokenization.files import build_hf_tokenizer
+
+    data = json.loads((mistral_common_data() / "tekken_240911.json").read_text())
+    data["vocab"] = data["vocab"][:300]
+    data["config"].update(default_vocab_size=data["config"]["default_num_special_tokens"] + 300, pattern="[]")
+    (tmp_path / "tekken.json").write_text(json.dumps(data))
+    with pytest.raises(TokenizerError, match="malformed tekken file: .*tekken.json.*empty char-class"):
+        build_hf_tokenizer(tmp_path / "tekken.json")
