@@ -21,7 +21,7 @@ import torch
 from click.testing import Result
 
 from hubtools.testing import TOKENIZERS, tiny_params, write_native_checkpoint
-from tests.conftest import assert_one_line_error
+from tests.helpers import assert_one_line_error
 
 RunCli = Callable[..., Result]
 
