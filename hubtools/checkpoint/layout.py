@@ -445,7 +445,9 @@ def json_object(path: Path) -> dict[str, Any]:
         CorruptFileError: not readable JSON, or not an object.
     """
     try:
-        data = read_json_file(path)  # bounded size, a regular file, deep or huge-number JSON refused
+        data = read_json_file(
+            path, invalid="expected valid JSON, found"
+        )  # bounded size, a regular file, deep or huge-number JSON refused
     except ParamsError as exc:
         raise CorruptFileError(str(exc)) from None
     if not isinstance(data, dict):

@@ -27,7 +27,7 @@ from hubtools.checkpoint.layout import (
 from hubtools.checkpoint.pth import Segment, read_pth_index
 from hubtools.errors import CorruptFileError, LayoutError
 from hubtools.model.hf_config import from_hf_config
-from hubtools.model.params import ModelParams, check_counts, load_params
+from hubtools.model.params import ModelParams, load_params
 
 if TYPE_CHECKING:
     import torch
@@ -138,6 +138,4 @@ def open_checkpoint(
             raise LayoutError(f"{folder}: expected config.json beside the HF weights, found none")
         params = from_hf_config(json_object(config_path), source=str(config_path))
         tensors = index_hf_weights(folder, weights.files)
-    source = folder / ("params.json" if weights.layout is Layout.NATIVE else "config.json")
-    check_counts(params, tensors, source=str(source))  # before anything n_layers x experts is built
     return Checkpoint(folder, weights, params, tensors, find_tokenizer_file(folder))

@@ -93,12 +93,18 @@ def parse_params(raw: Any, *, source: str = "params.json", names: Mapping[str, s
 
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a JSON object, got {type(raw).__name__}")
-    missing = [(names or {}).get(k, k) for k in (*_REQUIRED, "hidden_dim") if raw.get(k) is None]
+    missing = [(names or {}).get(k, k) for k in _REQUIRED if raw.get(k) is None]
     if missing:
         raise ParamsError(f"{source}: missing required field(s) {', '.join(missing)}")
-    for key in (*_INT_FIELDS, "max_seq_len", "sliding_window"):
+    if raw.get("hidden_dim") is None:
+        raise ParamsError(f"{source}: missing required field {(names or {}).get('hidden_dim', 'hidden_dim')}")
+    for key in (*_INT_FIELDS, "max_seq_len"):
         if raw.get(key) is not None and (not _is_int(raw[key]) or raw[key] <= 0):
             raise bad(key, "a positive integer", raw[key])
+    window = raw.get("sliding_window")
+    if window is not None and (not _is_int(window) or window <= 0):
+        name = (names or {}).get("sliding_window", "sliding_window")
+        raise ParamsError(f"{source}: {name} must be a positive integer or absent, got {window!r}")
     for key in ("norm_eps", "rope_theta"):
         if raw.get(key) is not None and not _positive_number(raw[key]):
             raise bad(key, "a finite number > 0", raw[key])
@@ -111,7 +117,7 @@ def parse_params(raw: Any, *, source: str = "params.json", names: Mapping[str, s
     head_dim = raw.get("head_dim") or raw["dim"] // n_heads
     if head_dim <= 0 or head_dim % 2:
         raise bad("head_dim", "a positive even integer (rotary embeddings pair its halves)", head_dim)
-    moe = _moe(raw.get("moe"), bad)
+    moe = _moe(raw.get("moe"), source, bad)
     return ModelParams(
         dim=raw["dim"],
         n_layers=raw["n_layers"],
@@ -129,12 +135,14 @@ def parse_params(raw: Any, *, source: str = "params.json", names: Mapping[str, s
     )
 
 
-def _moe(moe: Any, bad: Callable[[str, str, Any], ParamsError]) -> tuple[int, int]:
+def _moe(moe: Any, source: str, bad: Callable[[str, str, Any], ParamsError]) -> tuple[int, int]:
     """(num_experts, num_experts_per_tok) of a params.json `moe` object; (0, 0) when absent."""
     if moe is None or moe == {}:
         return 0, 0
     if not isinstance(moe, dict):
         raise bad("moe", "an object with num_experts and num_experts_per_tok", moe)
+    if not {"num_experts", "num_experts_per_tok"} <= set(moe):
+        raise ParamsError(f"{source}: 'moe' needs num_experts and num_experts_per_tok, got {sorted(moe)}")
     counts = []
     for key in ("num_experts", "num_experts_per_tok"):
         value = moe.get(key)
@@ -142,7 +150,7 @@ def _moe(moe: Any, bad: Callable[[str, str, Any], ParamsError]) -> tuple[int, in
             raise bad(key, "a positive integer", value)
         counts.append(value)
     if counts[1] > counts[0]:
-        raise bad("num_experts_per_tok", f"at most num_experts ({counts[0]})", counts[1])
+        raise ParamsError(f"{source}: moe.num_experts_per_tok {counts[1]} must be in 1..num_experts ({counts[0]})")
     return counts[0], counts[1]
 
 
@@ -171,7 +179,7 @@ def check_counts(params: ModelParams, names: Iterable[str], *, source: str) -> N
             raise ParamsError(f"{source}: {field} is {count}, but the weights hold {what}: {held}")
 
 
-def read_json_file(path: Path, *, limit: int = MAX_JSON_BYTES) -> Any:
+def read_json_file(path: Path, *, limit: int = MAX_JSON_BYTES, invalid: str = "not valid JSON") -> Any:
     """Decode a small JSON file (params.json, config.json) that a user or a download may have broken.
 
     Raises:
@@ -191,7 +199,7 @@ def read_json_file(path: Path, *, limit: int = MAX_JSON_BYTES) -> Any:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
-        raise ParamsError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        raise ParamsError(f"{path}: {invalid} ({str(exc).splitlines()[0][:120]})") from None
 
 
 def load_params(path: Path) -> ModelParams:

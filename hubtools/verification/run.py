@@ -25,7 +25,7 @@ from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
-from hubtools.model.params import default_rope_theta
+from hubtools.model.params import check_counts, default_rope_theta
 from hubtools.model.transforms import to_hf
 from hubtools.verification.logits import compare_logits
 from hubtools.verification.report import (
@@ -264,6 +264,7 @@ def verify(
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
+        check_counts(src.params, src.tensors, source=str(native / "params.json"))  # before the table
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
