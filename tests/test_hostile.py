@@ -209,7 +209,7 @@ def test_a_lying_deflated_size_stops_at_the_bound(make_native: Callable[..., Pat
     from hubtools.checkpoint.pth import read_pth_index
     from hubtools.errors import CorruptFileError
 
-    big = b"\x80\x02\x8e" + struct.pack("<Q", 80 << 20) + bytes(80 << 20) + b"."
+    big = b"\x80\x02\x8e" + struct.pack("<Q", 20 << 20) + bytes(20 << 20) + b"."
     path = write_pth(tmp_path / "consolidated.00.pth", big, deflate=True)
     data = bytearray(path.read_bytes())  # declare 100 bytes in both the local header and the directory
     for signature, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
@@ -614,3 +614,11 @@ def test_an_invalid_tekken_pattern_is_a_tokenizer_error(tmp_path: Path) -> None:
     (tmp_path / "tekken.json").write_text(json.dumps(data))
     with pytest.raises(TokenizerError, match="malformed tekken file: .*tekken.json.*empty char-class"):
         build_hf_tokenizer(tmp_path / "tekken.json")
+
+
+def test_nesting_through_the_memo_is_measured_too(make_native: Callable[..., Path], run_cli: RunCli) -> None:
+    nested: list[object] = []
+    for _ in range(40):  # what pickle.dumps writes for a 40-deep list: depth is tracked through the memo
+        nested = [nested, nested]
+    src = pth_folder(make_native, "memo-deep", pickle.dumps({"x": nested}, protocol=2))
+    assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth", "nesting deeper than 32")

@@ -14,11 +14,12 @@ object and never holds more than a batch of 1000 items on the stack; the bounds 
 from __future__ import annotations
 
 import pickletools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hubtools.errors import CorruptFileError
 
-MAX_PICKLE_BYTES = 64 * 1024 * 1024  # data.pkl; a 2,000-tensor Mixtral 8x22B state dict is ~300 KB
+MAX_PICKLE_BYTES = 16 * 1024 * 1024  # data.pkl: ~120 bytes per tensor, a Mixtral 8x22B state dict is 0.2 MB
 MAX_DEPTH = 32
 MAX_MEMO = 1 << 20
 MAX_STACK = 1 << 20
@@ -32,6 +33,7 @@ class _Value:
 
 
 _MARK = _Value(-1)
+_SCALAR = _Value(0)  # shared: scalars never grow (a malformed APPEND onto one only makes the check stricter)
 _SCALAR_OPS = frozenset(
     "INT BININT BININT1 BININT2 LONG LONG1 LONG4 STRING BINSTRING SHORT_BINSTRING BINBYTES SHORT_BINBYTES "
     "BINBYTES8 BYTEARRAY8 UNICODE SHORT_BINUNICODE BINUNICODE BINUNICODE8 FLOAT BINFLOAT NONE NEWTRUE "
@@ -98,38 +100,61 @@ class _Walk:
             raise self.fail(f"memo index {index} read before it is stored")
         self.push(self.memo[index])
 
-    def step(self, name: str, arg: object) -> None:
-        if name in _SCALAR_OPS:
-            self.push(_Value())
-        elif name in _EMPTY_OPS:
-            self.push(_Value(1))
-        elif name == "MARK":
-            self.push(_MARK)
-        elif name in _FROM_MARK_OPS:
-            self.push(self.container(self.pop_to_mark()))
-        elif name in _INTO_TOP_FROM_MARK:
-            self.grow_top(self.pop_to_mark())
-        elif name in ("APPEND", "BUILD"):
-            self.grow_top(self.pop())
-        elif name == "SETITEM":
-            self.grow_top(self.pop(2))
-        elif name in _POP_AND_PUSH:
-            self.push(self.container(self.pop(_POP_AND_PUSH[name])))
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self.memo_put(int(arg))  # type: ignore[call-overload]
-        elif name == "MEMOIZE":
-            self.memo_put(len(self.memo))
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            self.memo_get(int(arg))  # type: ignore[call-overload]
-        elif name == "POP":
-            self.pop()
-        elif name == "POP_MARK":
-            self.pop_to_mark()
-        elif name == "DUP":
-            self.push(self.pop()[0])
-            self.push(self.stack[-1])
-        elif name not in _NO_STACK:
-            raise self.fail(f"unsupported opcode {name}")
+    def scalar(self, _: object) -> None:
+        self.push(_SCALAR)
+
+    def empty(self, _: object) -> None:
+        self.push(_Value(1))
+
+    def mark(self, _: object) -> None:
+        self.push(_MARK)
+
+    def from_mark(self, _: object) -> None:
+        self.push(self.container(self.pop_to_mark()))
+
+    def into_top_from_mark(self, _: object) -> None:
+        self.grow_top(self.pop_to_mark())
+
+    def into_top(self, _: object) -> None:
+        self.grow_top(self.pop())
+
+    def setitem(self, _: object) -> None:
+        self.grow_top(self.pop(2))
+
+    def put(self, arg: object) -> None:
+        self.memo_put(int(arg))  # type: ignore[call-overload]
+
+    def memoize(self, _: object) -> None:
+        self.memo_put(len(self.memo))
+
+    def get(self, arg: object) -> None:
+        self.memo_get(int(arg))  # type: ignore[call-overload]
+
+    def drop(self, _: object) -> None:
+        self.pop()
+
+    def drop_mark(self, _: object) -> None:
+        self.pop_to_mark()
+
+    def dup(self, _: object) -> None:
+        self.push(self.pop()[0])
+        self.push(self.stack[-1])
+
+    def nothing(self, _: object) -> None:
+        pass
+
+    def handlers(self) -> dict[str, Callable[[object], None]]:
+        """Opcode name -> how it moves the stack (values built from popped ones nest one level deeper)."""
+        table: dict[str, Callable[[object], None]] = dict.fromkeys(_SCALAR_OPS, self.scalar)
+        table |= dict.fromkeys(_EMPTY_OPS, self.empty) | dict.fromkeys(_FROM_MARK_OPS, self.from_mark)
+        table |= dict.fromkeys(_INTO_TOP_FROM_MARK, self.into_top_from_mark) | dict.fromkeys(_NO_STACK, self.nothing)
+        table |= dict.fromkeys(("PUT", "BINPUT", "LONG_BINPUT"), self.put)
+        table |= dict.fromkeys(("GET", "BINGET", "LONG_BINGET"), self.get)
+        table |= {"MARK": self.mark, "APPEND": self.into_top, "BUILD": self.into_top, "SETITEM": self.setitem}
+        table |= {"MEMOIZE": self.memoize, "POP": self.drop, "POP_MARK": self.drop_mark, "DUP": self.dup}
+        for name, n in _POP_AND_PUSH.items():
+            table[name] = lambda _, n=n: self.push(self.container(self.pop(n)))  # type: ignore[misc]
+        return table
 
 
 def check_pickle(data: bytes, where: str) -> None:
@@ -142,8 +167,12 @@ def check_pickle(data: bytes, where: str) -> None:
     if len(data) > MAX_PICKLE_BYTES:
         raise CorruptFileError(f"{where}: data.pkl is {len(data)} bytes (at most {MAX_PICKLE_BYTES} accepted)")
     walk = _Walk(where)
+    handlers = walk.handlers()
     try:
         for opcode, arg, _ in pickletools.genops(data):
-            walk.step(opcode.name, arg)
+            handler = handlers.get(opcode.name)
+            if handler is None:
+                raise walk.fail(f"unsupported opcode {opcode.name}")
+            handler(arg)
     except (ValueError, OverflowError) as exc:  # genops: unknown opcode, truncated argument
         raise walk.fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
