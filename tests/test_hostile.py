@@ -622,3 +622,13 @@ def test_nesting_through_the_memo_is_measured_too(make_native: Callable[..., Pat
         nested = [nested, nested]
     src = pth_folder(make_native, "memo-deep", pickle.dumps({"x": nested}, protocol=2))
     assert_one_line_error(run_cli("inspect", src), "consolidated.00.pth", "nesting deeper than 32")
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000, '{"text": 1' + "0" * 5000 + "}"])
+def test_a_pathological_prompts_line_is_a_tokenizer_error(tmp_path: Path, line: str) -> None:
+    from hubtools.errors import TokenizerError
+    from hubtools.tokenization.parity import load_prompts
+
+    (tmp_path / "prompts.jsonl").write_text('"fine"\n' + line + "\n")
+    with pytest.raises(TokenizerError, match="prompts.jsonl' line 2"):
+        load_prompts(tmp_path / "prompts.jsonl")

@@ -147,8 +147,9 @@ def load_prompts(path: Path) -> list[Prompt]:
             continue
         try:
             item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, deep nesting
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({detail})") from None
         tools = item.get("tools") if isinstance(item, dict) else None
         if tools is not None and not isinstance(tools, list):
             raise TokenizerError(f"bad prompt in '{path}' line {number} (\"tools\" must be a list of tools)")
