@@ -632,3 +632,14 @@ def test_a_pathological_prompts_line_is_a_tokenizer_error(tmp_path: Path, line: 
     (tmp_path / "prompts.jsonl").write_text('"fine"\n' + line + "\n")
     with pytest.raises(TokenizerError, match="prompts.jsonl' line 2"):
         load_prompts(tmp_path / "prompts.jsonl")
+
+
+def test_a_layer_number_too_long_to_parse_is_an_unknown_tensor(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
+    src = make_native(tokenizer=None)
+    path = src / "consolidated.safetensors"
+    header = _header(path)
+    header["layers." + "9" * 5000 + ".ffn_norm.weight"] = header.pop("layers.1.ffn_norm.weight")
+    _with_header(path, json.dumps(header).encode())
+    assert_one_line_error(run_cli("convert", src, tmp_path / "out"), "unknown tensor 'layers.999")

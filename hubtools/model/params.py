@@ -20,8 +20,8 @@ from hubtools.errors import ParamsError
 _REQUIRED = ("dim", "n_layers", "n_heads", "norm_eps", "vocab_size")
 _INT_FIELDS = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size")
 MAX_JSON_BYTES = 16 * 1024 * 1024
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-_EXPERT = re.compile(r"\.experts\.(\d+)\.")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d{1,9})\.")  # longer numbers are unknown names
+_EXPERT = re.compile(r"\.experts\.(\d{1,9})\.")
 
 
 @dataclass(frozen=True)
