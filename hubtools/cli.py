@@ -48,6 +48,21 @@ def handle_errors(func: F) -> F:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors and exits keep their behaviour
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory (run with --debug to see where)", err=True)
+            sys.exit(1)
+        except Exception as exc:  # last resort: a bug or an input no reader anticipated, still one line
+            if debug:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"error: {type(exc).__name__}: {first} (unexpected; run with --debug for the traceback)", err=True
+            )
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -250,7 +265,8 @@ def verify_command(
         progress=None if quiet else say,
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        text = json.dumps(report.to_dict(), indent=2, sort_keys=True, allow_nan=False)  # no bare NaN
+        json_path.write_text(text + "\n", encoding="utf-8")
     if not quiet or not report.passed:
         click.echo(format_report(report))
     if not report.passed:

@@ -34,7 +34,7 @@ from hubtools.destination import atomic_folder, check_destination
 from hubtools.errors import ParamsError, TokenizerError
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
-from hubtools.model.params import ModelParams
+from hubtools.model.params import ModelParams, check_counts
 from hubtools.model.transforms import Transform
 from hubtools.units import parse_size
 
@@ -132,6 +132,8 @@ def plan(
     Raises:
         MappingError, ParamsError, TokenizerError: the source is inconsistent.
     """
+    source = ckpt.folder / ("params.json" if ckpt.layout is Layout.NATIVE else "config.json")
+    check_counts(ckpt.params, ckpt.tensors, source=str(source))  # before the n_layers x experts table
     table = NameTable(ckpt.params)
     check_tensors(ckpt, table)
     check_tokenizer_vocab(ckpt)

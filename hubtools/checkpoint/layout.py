@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from hubtools.checkpoint.pth import Segment, TensorRef
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
-from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError
+from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError, ParamsError
 from hubtools.model.names import Layout
+from hubtools.model.params import read_json_file
+from hubtools.tokenization.file_limits import check_tokenizer_file, read_tokenizer_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -184,8 +185,14 @@ def _check_shards(folder: Path, names: list[str]) -> list[str]:
         return names
     if NATIVE_SINGLE in names:
         raise LayoutError(f"{folder}: expected {NATIVE_SINGLE} or consolidated-N-of-M shards, found both (ambiguous)")
-    total = int(NATIVE_SHARD.fullmatch(names[0]).group(2))  # type: ignore[union-attr]
+    totals = sorted({int(NATIVE_SHARD.fullmatch(n).group(2)) for n in names})  # type: ignore[union-attr]
+    if len(totals) > 1:
+        raise LayoutError(f"{folder}: expected one series of shards, found -of-{totals[0]:05d} and -of-{totals[1]:05d}")
+    total = totals[0]
     expected = [f"consolidated-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+    foreign = [n for n in names if n not in expected]
+    if foreign:
+        raise LayoutError(f"{folder}: {foreign[0]} is not a shard of a {total}-file series (numbered 1..{total})")
     missing = [n for n in expected if n not in names]
     if missing or len(names) != total:
         raise LayoutError(
@@ -202,6 +209,11 @@ def _check_splits(folder: Path, names: list[str]) -> list[str]:
     numbers = [int(PTH_SPLIT.fullmatch(n).group(2)) for n in ordered]  # type: ignore[union-attr]
     if len(stems) > 1:
         raise LayoutError(f"{folder}: expected split parts of one file, found parts of {' and '.join(stems)}")
+    twice = next((i for i in range(1, len(numbers)) if numbers[i] == numbers[i - 1]), None)
+    if twice is not None:
+        raise LayoutError(
+            f"{folder}: split part -split{numbers[twice]} appears twice ({ordered[twice - 1]}, {ordered[twice]})"
+        )
     if numbers != list(range(len(numbers))):
         gap = next((i for i, n in enumerate(numbers) if n != i), len(numbers))
         raise LayoutError(f"{folder}: expected split parts -split0..-split{len(numbers) - 1}, found no -split{gap}")
@@ -256,10 +268,10 @@ def read_weight_map(folder: Path, problems: list[str] | None = None) -> dict[str
     if not path.is_file():
         return None
     try:
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = read_json_file(path)["weight_map"]  # bounded; deep or huge-number JSON refused
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (ParamsError, KeyError, TypeError):
         _fail(problems, CorruptFileError(f"{path}: expected a JSON object with a 'weight_map' of file names"))
         return None
     return {str(k): v for k, v in weight_map.items()}
@@ -314,7 +326,7 @@ def check_index(
         stored = tensors[name].file.name if name in tensors else None
         if stored is not None and stored != file:
             _fail(problems, MappingError(f"{where}: tensor '{name}' is mapped to '{file}' but stored in '{stored}'"))
-        elif stored is None and (folder / file).is_file():
+        elif stored is None and Path(file).name == file and (folder / file).is_file():
             _fail(problems, MappingError(f"{where}: tensor '{name}' is mapped to '{file}', which does not hold it"))
     unlisted = [n for n in tensors if n not in weight_map]
     for name in unlisted[: 20 if problems is not None else 1]:
@@ -334,8 +346,8 @@ def check_index(
 
 def _total_size(folder: Path, tensors: dict[str, TensorSource], notes: list[str]) -> None:
     try:
-        total = json.loads((folder / INDEX_NAME).read_text())["metadata"]["total_size"]
-    except (OSError, ValueError, KeyError, TypeError):
+        total = read_json_file(folder / INDEX_NAME)["metadata"]["total_size"]
+    except (ParamsError, KeyError, TypeError):
         return
     actual = sum(t.nbytes for t in tensors.values())
     if total != actual:
@@ -389,6 +401,7 @@ def find_tokenizer_file(folder: Path) -> Path | None:
 
     Raises:
         LayoutError: tokenizer files with different contents, or a file that is not a native tokenizer.
+        TokenizerError: a tokenizer-named entry that is a FIFO, device, dangling symlink or too large.
 
     Example:
         >>> find_tokenizer_file(Path("/nonexistent")) is None
@@ -401,13 +414,17 @@ def find_tokenizer_file(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = sorted(
-        (p for p in folder.iterdir() if p.is_file() and is_tokenizer_name(p.name)),
+        (p for p in folder.iterdir() if is_tokenizer_name(p.name)),
         key=lambda p: (_specificity(p), p.name),
         reverse=True,
     )
+    sizes = [check_tokenizer_file(p) for p in found]  # a FIFO, device or dangling link is named, never read
     if len(found) > 1:
-        first = found[0].read_bytes()
-        other = next((p for p in found[1:] if p.read_bytes() != first), None)
+        first = read_tokenizer_bytes(found[0])
+        other = next(
+            (p for p, n in zip(found[1:], sizes[1:], strict=True) if n != sizes[0] or read_tokenizer_bytes(p) != first),
+            None,
+        )
         if other is not None:
             raise LayoutError(
                 f"{folder}: expected one native tokenizer, found '{found[0].name}' and '{other.name}' with "
@@ -428,9 +445,11 @@ def json_object(path: Path) -> dict[str, Any]:
         CorruptFileError: not readable JSON, or not an object.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{path}: expected valid JSON, found {exc}") from None
+        data = read_json_file(
+            path, invalid="expected valid JSON, found"
+        )  # bounded size, a regular file, deep or huge-number JSON refused
+    except ParamsError as exc:
+        raise CorruptFileError(str(exc)) from None
     if not isinstance(data, dict):
         raise CorruptFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

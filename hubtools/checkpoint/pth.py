@@ -1,9 +1,11 @@
 """Lazy, safe reading of torch `.pth` zip archives, also when split into byte-concatenated parts.
 
 The pickle is interpreted by a restricted unpickler that accepts only the globals needed to rebuild
-tensors (never code), and storages are resolved to byte ranges inside the stored (uncompressed) zip
-entries, so tensor bytes can be streamed straight from disk. The 8x7B torrent's
-`consolidated.00.pth-split0 ... -splitN` parts are read in place through `ConcatFile`.
+tensors (never code), after `pickle_bounds.check_pickle` has bounded its nesting, memo and size (the C
+unpickler crashes or allocates gigabytes on crafted input); the zip directory and data.pkl are read
+with size bounds (a deflated data.pkl is inflated at most up to the bound), and storages are resolved
+to byte ranges inside the stored (uncompressed) zip entries, so tensor bytes can be streamed straight
+from disk. The 8x7B torrent's `consolidated.00.pth-split0 ... -splitN` parts are read in place through `ConcatFile`.
 """
 
 from __future__ import annotations
@@ -12,16 +14,21 @@ import io
 import math
 import os
 import pickle
+import stat
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubtools.checkpoint.pickle_bounds import MAX_PICKLE_BYTES, check_pickle
 from hubtools.checkpoint.safetensors_format import itemsize
-from hubtools.errors import CorruptFileError, UnsafePickleError
+from hubtools.errors import CorruptFileError, HubtoolsError, UnsafePickleError
 
 Segment = tuple[Path, int, int]  # (file, offset, length)
+MAX_DIRECTORY_BYTES = 8 * 1024 * 1024  # zip central directory; ~100 bytes per storage in torch archives
+MAX_DIMS = 16
+MAX_ELEMENTS = 1 << 48  # any count, offset or stride above this is not a tensor
 
 _STORAGE_CODES = {  # torch storage class -> safetensors dtype code
     "FloatStorage": "F32",
@@ -42,7 +49,11 @@ class ConcatFile(io.RawIOBase):
 
     def __init__(self, parts: list[Path]) -> None:
         self.parts = parts
-        self.sizes = [p.stat().st_size for p in parts]
+        infos = [p.stat() for p in parts]
+        odd = next((p for p, i in zip(parts, infos, strict=True) if not stat.S_ISREG(i.st_mode)), None)
+        if odd is not None:  # opening a FIFO would block
+            raise CorruptFileError(f"{odd}: not a regular file")
+        self.sizes = [i.st_size for i in infos]
         self.starts = [sum(self.sizes[:i]) for i in range(len(parts))]
         self.size = sum(self.sizes)
         self.pos = 0
@@ -113,10 +124,20 @@ class TensorRef:
         return tuple(reversed(expected)) == self.stride or math.prod(self.shape) <= 1
 
 
-def _rebuild_tensor_v2(
-    storage: StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
-) -> TensorRef:
-    return TensorRef(storage, int(offset), tuple(size), tuple(stride))
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_ELEMENTS:
+        raise ValueError(f"{what} must be an integer in 0..2^48, got {type(value).__name__}")
+    return value
+
+
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> TensorRef:
+    if not isinstance(storage, StorageRef):
+        raise ValueError(f"tensor storage is a {type(storage).__name__}, not a storage")
+    if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride) or len(size) > MAX_DIMS:
+        raise ValueError("tensor size and stride must be tuples of the same length (at most 16)")
+    shape = tuple(_count(n, "a size") for n in size)
+    strides = tuple(_count(n, "a stride") for n in stride)
+    return TensorRef(storage, _count(offset, "a storage offset"), shape, strides)
 
 
 class _StorageType:
@@ -148,8 +169,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{self.where}: unexpected persistent id {pid!r}")
         storage_type, key, _location, numel = pid[1:]
         if not isinstance(storage_type, _StorageType):
-            raise UnsafePickleError(f"{self.where}: unexpected storage type {storage_type!r}")
-        return StorageRef(str(key), storage_type.code, int(numel))
+            raise UnsafePickleError(f"{self.where}: unexpected storage type {type(storage_type).__name__}")
+        if not isinstance(key, str) or not key.isalnum():
+            raise CorruptFileError(f"{self.where}: storage key must be a short name, got {type(key).__name__}")
+        return StorageRef(key, storage_type.code, _count(numel, "a storage size"))
 
 
 @dataclass(frozen=True)
@@ -173,24 +196,96 @@ def read_pth_index(parts: list[Path]) -> list[PthTensor]:
     where = str(parts[0]) if len(parts) == 1 else f"{parts[0]} (+{len(parts) - 1} parts)"
     stream = ConcatFile(parts)
     try:
-        try:
-            archive = zipfile.ZipFile(stream)  # type: ignore[arg-type]
-        except (zipfile.BadZipFile, OSError, EOFError):
-            raise CorruptFileError(f"{where}: not a torch zip archive or truncated") from None
+        archive = _open_archive(stream, where)
         entries = {info.filename: info for info in archive.infolist()}
         pkl = [n for n in entries if n.endswith("data.pkl")]
         if len(pkl) != 1:
             raise CorruptFileError(f"{where}: expected one data.pkl in the archive, found {len(pkl)}")
         prefix = pkl[0][: -len("data.pkl")]
-        try:
-            state = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), where).load()
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile) as exc:
-            raise CorruptFileError(f"{where}: corrupt pickle ({exc})") from None
-        if not isinstance(state, dict) or not all(isinstance(v, TensorRef) for v in state.values()):
-            raise CorruptFileError(f"{where}: expected a flat state dict of tensors")
-        return [_locate(stream, archive, entries, prefix, str(name), ref, where) for name, ref in state.items()]
+        state = _unpickle(_read_bounded(archive, entries[pkl[0]], where), where)
+        return [_locate(stream, archive, entries, prefix, name, ref, where) for name, ref in state.items()]
     finally:
         stream.close()
+
+
+def _open_archive(stream: ConcatFile, where: str) -> zipfile.ZipFile:
+    """The zip archive, its central directory bounded before zipfile parses it."""
+    try:
+        end = zipfile._EndRecData(stream)  # type: ignore[attr-defined]  # the record zipfile itself reads
+        if end is None:
+            raise zipfile.BadZipFile("no end of central directory")
+        _check_extent(stream, end, where)
+        if end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES:  # type: ignore[attr-defined]
+            raise CorruptFileError(
+                f"{where}: zip directory of {end[zipfile._ECD_SIZE]} bytes "  # type: ignore[attr-defined]
+                f"(at most {MAX_DIRECTORY_BYTES} accepted)"
+            )
+        return zipfile.ZipFile(stream)  # type: ignore[arg-type]
+    except HubtoolsError:
+        raise
+    except MemoryError:
+        raise
+    except Exception:  # zipfile raises BadZipFile, OSError, EOFError, ValueError, struct.error...
+        raise CorruptFileError(f"{where}: not a torch zip archive or truncated") from None
+
+
+def _check_extent(stream: ConcatFile, end: list[Any], where: str) -> None:
+    """The archive spans the parts exactly: no bytes before its first entry or after its end record.
+
+    An extra, repeated or foreign split part shows up as one or the other (zipfile itself would accept
+    both, reading the archive at a shifted position).
+    """
+    z: Any = zipfile  # its end-record field indexes are module constants without type stubs
+    tail = end[z._ECD_LOCATION] + z.sizeEndCentDir + len(end[z._ECD_COMMENT])
+    head = end[z._ECD_LOCATION] - end[z._ECD_SIZE] - end[z._ECD_OFFSET]
+    if end[z._ECD_SIGNATURE] == z.stringEndArchive64:
+        head -= z.sizeEndCentDir64 + z.sizeEndCentDir64Locator
+    if tail < stream.size:
+        part = stream.segments(tail, stream.size - tail)[0][0]
+        raise CorruptFileError(
+            f"{where}: {stream.size - tail} bytes after the end of the zip archive (in {part.name}): "
+            "an extra or duplicated part?"
+        )
+    if head:
+        raise CorruptFileError(
+            f"{where}: the zip archive does not start at the first byte ({head} bytes unaccounted for): "
+            "an extra, repeated or out-of-order part?"
+        )
+
+
+def _read_bounded(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+    """An entry's bytes, inflating at most `MAX_PICKLE_BYTES` + 1 of them (a zip bomb stops there)."""
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise CorruptFileError(f"{where}: data.pkl is {info.file_size} bytes (at most {MAX_PICKLE_BYTES} accepted)")
+    try:
+        with archive.open(info) as f:
+            data = f.read(MAX_PICKLE_BYTES + 1)
+    except MemoryError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, NotImplementedError (method), RuntimeError (encrypted)
+        raise CorruptFileError(f"{where}: cannot read data.pkl ({type(exc).__name__})") from None
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CorruptFileError(f"{where}: data.pkl inflates past {MAX_PICKLE_BYTES} bytes (declared {info.file_size})")
+    return data
+
+
+def _unpickle(data: bytes, where: str) -> dict[str, TensorRef]:
+    """The state dict, unpickled by the restricted unpickler once `check_pickle` has bounded it."""
+    check_pickle(data, where)
+    try:
+        state = _RestrictedUnpickler(io.BytesIO(data), where).load()
+    except HubtoolsError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # any failure of crafted data inside the unpickler
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CorruptFileError(f"{where}: corrupt pickle ({detail})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, TensorRef) for k, v in state.items()
+    ):
+        raise CorruptFileError(f"{where}: expected a flat state dict of tensors")
+    return state
 
 
 def _locate(
@@ -217,5 +312,11 @@ def _locate(
     if data_start + length > stream.size or info.file_size != length:
         raise CorruptFileError(
             f"{where}: truncated: tensor '{name}' needs bytes up to {data_start + length}, archive has {stream.size}"
+        )
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride, strict=True))
+    if math.prod(ref.shape) and last >= ref.storage.numel:
+        raise CorruptFileError(
+            f"{where}: tensor '{name}' (shape {list(ref.shape)}, stride {list(ref.stride)}, offset {ref.offset}) "
+            f"reaches outside its storage of {ref.storage.numel} elements"
         )
     return PthTensor(name, ref.storage.code, ref.shape, ref, tuple(stream.segments(data_start, length)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     Raises:
         CorruptFileError: truncated file, malformed JSON, overlapping or out-of-range offsets.
     """
-    size = path.stat().st_size
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block
+        raise CorruptFileError(f"{path}: not a regular file")
+    size = info.st_size
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -111,11 +115,13 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
             raise CorruptFileError(f"{path}: corrupt safetensors header (header length {n}, file size {size})")
         try:
             raw = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting, huge ints
             raise CorruptFileError(f"{path}: corrupt safetensors header (not valid JSON)") from None
     if not isinstance(raw, dict):
         raise CorruptFileError(f"{path}: corrupt safetensors header (expected a JSON object)")
     metadata = raw.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptFileError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     entries = [_entry(path, name, info, 8 + n) for name, info in raw.items()]
     entries.sort(key=lambda e: e.offset)
     cursor = 8 + n
@@ -131,16 +137,28 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     return entries, metadata
 
 
+def _counts(value: object, length: int | None) -> tuple[int, ...] | None:
+    """`value` as a tuple of non-negative integers (JSON ints only: no floats, strings or bools)."""
+    if not isinstance(value, list) or (length is not None and len(value) != length) or len(value) > 16:
+        return None
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 62 for x in value):
+        return None
+    return tuple(value)
+
+
 def _entry(path: Path, name: str, info: object, base: int) -> HeaderEntry:
-    try:
-        assert isinstance(info, dict)
-        code = info["dtype"]
-        if not any(code == c for c, _, _ in _DTYPES):
-            raise CorruptFileError(f"{path}: tensor '{name}': unsupported safetensors dtype '{code}'")
-        shape = tuple(int(x) for x in info["shape"])
-        begin, end = (int(x) for x in info["data_offsets"])
-    except (AssertionError, KeyError, TypeError, ValueError):
-        raise CorruptFileError(f"{path}: corrupt header entry for tensor '{name}'") from None
+    code = info.get("dtype") if isinstance(info, dict) else None
+    if isinstance(info, dict) and not any(code == c for c, _, _ in _DTYPES):
+        shown = code if isinstance(code, str) and len(code) < 20 else type(code).__name__
+        raise CorruptFileError(f"{path}: tensor '{name}': unsupported safetensors dtype '{shown}'")
+    shape = _counts(info.get("shape"), None) if isinstance(info, dict) else None
+    offsets = _counts(info.get("data_offsets"), 2) if isinstance(info, dict) else None
+    if shape is None or offsets is None or not isinstance(code, str):
+        raise CorruptFileError(
+            f"{path}: corrupt header entry for tensor '{name[:200]}' "
+            "(expected dtype, shape and data_offsets as non-negative integers)"
+        )
+    begin, end = offsets
     if end - begin != nbytes(code, shape):
         raise CorruptFileError(
             f"{path}: tensor '{name}' has {end - begin} bytes, "

@@ -20,6 +20,28 @@ from hubtools.errors import InvalidValueError, ParamsError
 from hubtools.model.params import ModelParams, default_rope_theta, parse_params
 
 DEFAULT_MAX_POSITIONS = 32768
+_HF_REQUIRED = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "rms_norm_eps",
+    "vocab_size",
+)
+_HF_FIELDS = {  # config.json key -> params.json field
+    "hidden_size": "dim",
+    "num_hidden_layers": "n_layers",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads",
+    "intermediate_size": "hidden_dim",
+    "rms_norm_eps": "norm_eps",
+    "vocab_size": "vocab_size",
+    "head_dim": "head_dim",
+    "rope_theta": "rope_theta",
+    "sliding_window": "sliding_window",
+    "num_local_experts": "num_experts",
+    "num_experts_per_tok": "num_experts_per_tok",
+}
 ROUTER_AUX_LOSS_COEF = 0.02  # the value in the published Mixtral configs
 
 
@@ -152,37 +174,26 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
     """Translate a Mistral/Mixtral config.json back into native params.
 
     Raises:
-        ParamsError: not a Mistral/Mixtral config, or fields missing.
+        ParamsError: not a Mistral/Mixtral config, fields missing, or a value of the wrong type or
+            range (the message names the config.json key).
     """
     if not isinstance(config, dict):
         raise ParamsError(f"{source}: expected a JSON object")
     model_type = config.get("model_type")
     if model_type not in ("mistral", "mixtral"):
         raise ParamsError(f"{source}: model_type '{model_type}' is not supported (expected 'mistral' or 'mixtral')")
-    try:
-        raw: dict[str, Any] = {
-            "dim": config["hidden_size"],
-            "n_layers": config["num_hidden_layers"],
-            "n_heads": config["num_attention_heads"],
-            "n_kv_heads": config.get("num_key_value_heads") or config["num_attention_heads"],
-            "hidden_dim": config["intermediate_size"],
-            "norm_eps": config["rms_norm_eps"],
-            "vocab_size": config["vocab_size"],
-        }
-    except KeyError as exc:
-        raise ParamsError(f"{source}: missing field {exc.args[0]}") from None
-    raw["head_dim"] = config.get("head_dim") or raw["dim"] // raw["n_heads"]
-    theta = config_rope_theta(config)
-    if theta is not None:
-        raw["rope_theta"] = float(theta)
-    if config.get("sliding_window"):
-        raw["sliding_window"] = config["sliding_window"]
+    missing = [k for k in _HF_REQUIRED if config.get(k) is None]
+    if missing:
+        raise ParamsError(f"{source}: missing field {missing[0]}")
+    keys = {native: hf for hf, native in _HF_FIELDS.items()}
+    raw: dict[str, Any] = {native: config.get(hf) for hf, native in _HF_FIELDS.items()}
+    raw["n_kv_heads"] = raw["n_kv_heads"] or raw["n_heads"]
+    raw["rope_theta"] = config_rope_theta(config)
+    if config.get("rope_theta") is None:
+        keys["rope_theta"] = "rope_parameters.rope_theta"
     if model_type == "mixtral":
-        raw["moe"] = {
-            "num_experts": config.get("num_local_experts"),
-            "num_experts_per_tok": config.get("num_experts_per_tok"),
-        }
-    return parse_params(raw, source=source)
+        raw["moe"] = {"num_experts": raw.pop("num_experts"), "num_experts_per_tok": raw.pop("num_experts_per_tok")}
+    return parse_params(raw, source=source, names=keys)
 
 
 def to_native_params(params: ModelParams) -> dict[str, Any]:

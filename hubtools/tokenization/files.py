@@ -43,11 +43,13 @@ from hubtools.errors import DestinationError, InvalidValueError, TokenizerError
 from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
 from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
+from hubtools.tokenization.file_limits import read_tokenizer_bytes
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SPM_CANONICAL = "tokenizer.model"
+MAX_TEKKEN_VOCAB = 1 << 22  # tekken_240911: 131072
 
 
 def _kind(path: Path) -> str:
@@ -59,14 +61,31 @@ def _kind(path: Path) -> str:
 
 
 def _read_tekken(path: Path) -> dict[str, Any]:
+    """The decoded tekken.json, its sizes checked before anything is built from them.
+
+    Raises:
+        `TokenizerError`: unreadable (`file_limits`), invalid JSON, or counts that are not integers in
+            range: `default_vocab_size` in 1..2^22, `default_num_special_tokens` in 0..vocab size.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TokenizerError(f"cannot read tokenizer file: '{path}' ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"not a tekken tokenizer: '{path}' (invalid JSON: {exc})") from exc
+        data = json.loads(read_tokenizer_bytes(path).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, too many digits
+        raise TokenizerError(f"not a tekken tokenizer: '{path}' (invalid JSON: {str(exc)[:200]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "vocab" not in data:
         raise TokenizerError(f"not a tekken tokenizer: '{path}' (expected 'config' and 'vocab' keys)")
+    config = data["config"]
+    vocab, specials = config.get("default_vocab_size"), config.get("default_num_special_tokens")
+    for key, value, top in (
+        ("default_vocab_size", vocab, MAX_TEKKEN_VOCAB),
+        ("default_num_special_tokens", specials, vocab),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+            shown = repr(value)[:40]
+            raise TokenizerError(
+                f"malformed tekken file: '{path}' (config.{key} must be an integer in 0..{top}, got {shown})"
+            )
+    if not isinstance(data["vocab"], list) or not isinstance(data.get("special_tokens", []), list):
+        raise TokenizerError(f"malformed tekken file: '{path}' ('vocab' and 'special_tokens' must be lists)")
     return data
 
 
@@ -107,10 +126,7 @@ def tokenizer_vocab_size(path: Path) -> int:
     """
     if _kind(path) == "spm":
         return len(read_sentencepiece_model(path).pieces)
-    try:
-        return int(_read_tekken(path)["config"]["default_vocab_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TokenizerError(f"malformed tekken file: '{path}' (no integer config.default_vocab_size)") from exc
+    return int(_read_tekken(path)["config"]["default_vocab_size"])
 
 
 def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:

@@ -204,6 +204,15 @@ def tekken_tokenizer(
             f"malformed tekken file: '{source}' (expected {inner} tokens, the first 256 "
             f"being the single bytes; got {len(tokens)})"
         )
+    try:
+        return _tekken_from_tokens(tokens, specials, pattern)
+    except MemoryError:
+        raise
+    except Exception as exc:  # tokenizers raises plain Exception (e.g. an invalid regex pattern)
+        raise TokenizerError(f"malformed tekken file: '{source}' ({str(exc)[:200]})") from None
+
+
+def _tekken_from_tokens(tokens: list[bytes], specials: list[str], pattern: str) -> tuple[Tokenizer, SpecialTokens]:
     to_char = _bytes_to_unicode()
     text = ["".join(to_char[b] for b in t) for t in tokens]
     rank = {t: i for i, t in enumerate(tokens)}
@@ -226,6 +235,6 @@ def tekken_tokenizer(
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     names = SpecialTokens(bos="<s>", eos="</s>", unk="<unk>", pad="<pad>" if "<pad>" in specials else None)
     if names.bos not in specials or names.eos not in specials:
-        raise TokenizerError(f"malformed tekken file: '{source}' (no '<s>' or '</s>' special token)")
+        raise ValueError("no '<s>' or '</s>' special token")
     _add_bos(tok, names.bos, specials.index(names.bos))
     return tok, names

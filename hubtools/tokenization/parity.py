@@ -29,7 +29,8 @@ from typing import Any
 from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
-from hubtools.tokenization.files import tokenizer_version
+from hubtools.tokenization.file_limits import read_tokenizer_bytes
+from hubtools.tokenization.files import tokenizer_version, tokenizer_vocab_size
 from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 
 __all__ = [
@@ -146,8 +147,9 @@ def load_prompts(path: Path) -> list[Prompt]:
             continue
         try:
             item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({exc.msg})") from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, deep nesting
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({detail})") from None
         tools = item.get("tools") if isinstance(item, dict) else None
         if tools is not None and not isinstance(tools, list):
             raise TokenizerError(f"bad prompt in '{path}' line {number} (\"tools\" must be a list of tools)")
@@ -194,10 +196,18 @@ def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[An
 
 
 def _load_hf(hf_dir: Path) -> Any:
+    """The folder's tokenizer.json (with tokenizer_config.json), as a fast tokenizer.
+
+    Not `AutoTokenizer`: since transformers 5, a folder that also holds `tekken.json` loads as
+    `MistralCommonBackend`, which is mistral-common itself and would make the check compare the
+    reference with itself. What is measured here is the tokenizer.json every other client reads.
+    """
     import transformers
 
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise TokenizerError(f"cannot load the Hugging Face tokenizer in '{hf_dir}' (no tokenizer.json)")
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a bad folder
         raise TokenizerError(
             f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "
@@ -213,7 +223,7 @@ def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
     path = native_file
     if version.startswith("v") and native_file.name.endswith(".model"):
         path = Path(workdir) / f"tokenizer.model.{version}"
-        path.write_bytes(native_file.read_bytes())
+        path.write_bytes(read_tokenizer_bytes(native_file))
     try:
         return MistralTokenizer.from_file(str(path))
     except Exception as exc:  # mistral-common raises assertion/value errors for bad files
@@ -303,6 +313,7 @@ def check_tokenizer(
         `TokenizerError`: either tokenizer cannot be loaded, or the chat template is not valid Jinja.
     """
     version = tokenizer_version(native_file)
+    tokenizer_vocab_size(native_file)  # validates sizes and counts before mistral-common builds anything
     tok = _load_hf(hf_dir)
     flavour = template_flavour(getattr(tok, "chat_template", None)) if chat else "none"
     extra = list(prompts or [])

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubtools.errors import TokenizerError
+from hubtools.tokenization.file_limits import read_tokenizer_bytes
 
 # SentencePiece.Type
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 BPE_MODEL = 2
+MAX_PIECES = 1 << 22  # Mistral's are 32000 / 32768
+_ID_FIELDS = (("unk_id", 40, 0), ("bos_id", 41, 1), ("eos_id", 42, 2), ("pad_id", 43, -1))  # TrainerSpec
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class SentencePieceModel:
 def _varint(data: bytes, i: int) -> tuple[int, int]:
     result = shift = 0
     while True:
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
         byte = data[i]
         i += 1
         result |= (byte & 0x7F) << shift
@@ -117,6 +122,8 @@ def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
     normalizer: dict[int, int | bytes] = {}
     for number, value in _fields(data):
         if number == 1 and isinstance(value, bytes):
+            if len(pieces) >= MAX_PIECES:
+                raise ValueError(f"more than {MAX_PIECES} pieces")
             pieces.append(_piece(value))
         elif number == 2 and isinstance(value, bytes):
             trainer = dict(_fields(value))
@@ -126,6 +133,10 @@ def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
         raise ValueError("no pieces")
     name = normalizer.get(1, b"nmt_nfkc")
     charsmap = normalizer.get(2, b"")
+    ids = {key: _signed(trainer.get(field, default)) for key, field, default in _ID_FIELDS}
+    for key, value in ids.items():
+        if not (-1 if key == "pad_id" else 0) <= value < len(pieces):
+            raise ValueError(f"{key} {value} is outside the {len(pieces)} pieces")
     return SentencePieceModel(
         pieces=tuple(pieces),
         model_type=_signed(trainer.get(3, 1)),
@@ -136,10 +147,7 @@ def parse_sentencepiece_model(data: bytes) -> SentencePieceModel:
         remove_extra_whitespaces=bool(normalizer.get(4, 1)),
         escape_whitespaces=bool(normalizer.get(5, 1)),
         treat_whitespace_as_suffix=bool(trainer.get(24, 0)),
-        unk_id=_signed(trainer.get(40, 0)),
-        bos_id=_signed(trainer.get(41, 1)),
-        eos_id=_signed(trainer.get(42, 2)),
-        pad_id=_signed(trainer.get(43, -1)),
+        **ids,
     )
 
 
@@ -159,12 +167,10 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
         `SentencePieceModel`: pieces and encoding flags.
 
     Raises:
-        `TokenizerError`: the file is missing or is not a SentencePiece model.
+        `TokenizerError`: the file is missing, not a regular file, too large (`file_limits`), or is not
+            a SentencePiece model (including unk/bos/eos/pad ids outside the vocabulary).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TokenizerError(f"cannot read tokenizer file: '{path}' ({exc.strerror or exc})") from exc
+    data = read_tokenizer_bytes(path)
     try:
         return _parse_cached(data)
     except (ValueError, IndexError, UnicodeDecodeError, struct.error) as exc:

@@ -42,8 +42,13 @@ def load_config(folder: Path) -> Any:
             attn_implementation=IMPLEMENTATION,
             experts_implementation=IMPLEMENTATION,
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VerifyError(f"{folder / 'config.json'}: transformers cannot load it ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, ValueError, TypeError, its strict-dataclass validation errors...
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise VerifyError(
+            f"{folder / 'config.json'}: transformers cannot load it ({type(exc).__name__}: {first})"
+        ) from None
     if config.model_type not in ("mistral", "mixtral"):
         raise VerifyError(
             f"{folder / 'config.json'}: model_type '{config.model_type}' (expected 'mistral' or 'mixtral')"

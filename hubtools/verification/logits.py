@@ -3,11 +3,17 @@ transformers' own decoder layers on the HF folder, advanced together one layer a
 
 Each side loads only the layer it is running (the reference: one expert at a time), so a model larger
 than RAM can be verified; the hidden-state difference after every layer shows where a divergence starts.
+
+A check cannot pass on what it cannot measure: a NaN or infinity in either side's hidden states or
+logits (a negative norm_eps, weights cast to float16 that overflow) fails the check and is named in
+`LogitsCheck.nonfinite`. In the JSON report every non-finite number is written as null (JSON has no
+NaN), so `nonfinite` is where to read what happened.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +78,9 @@ def prompt_tokens(tokenizer_file: Path | None, vocab_size: int, texts: Sequence[
     try:
         from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+        from hubtools.tokenization.files import tokenizer_vocab_size
+
+        tokenizer_vocab_size(tokenizer_file)  # bounded and validated before mistral-common reads it
         raw = MistralTokenizer.from_file(str(tokenizer_file)).instruct_tokenizer.tokenizer
         rows = [raw.encode(text, bos=True, eos=False) for text in (*PROMPT_TEXTS, *texts)]
     except Exception as exc:  # any failure of the third-party tokenizer: fall back, and say so
@@ -90,6 +99,19 @@ def layer_diff(layer: int, h_ref: torch.Tensor, h_hf: torch.Tensor, valid: torch
     return LayerDiff(layer, float(delta.abs().max()), float(delta.norm() / ref.norm().clamp_min(1e-30)))
 
 
+def nonfinite_count(t: torch.Tensor, valid: torch.Tensor) -> int:
+    """How many NaN or infinite values `t` holds at the real (unpadded) positions."""
+    return int((~torch.isfinite(t[valid])).sum())
+
+
+def note_nonfinite(found: dict[str, str], stage: str, ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor) -> None:
+    """Record, for each side without a finding yet, the first stage at which it holds NaN or inf."""
+    for side, t in (("reference", ref), ("transformers", hf)):
+        n = nonfinite_count(t, valid)
+        if n and side not in found:
+            found[side] = f"{side} {stage}: {n} of {int(valid.sum()) * t.shape[-1]} values are NaN or inf"
+
+
 def logit_metrics(
     ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor, *, near_tie: float = 0.0
 ) -> dict[str, float]:
@@ -101,7 +123,8 @@ def logit_metrics(
     max_abs, err, norm, kls, same, close = 0.0, 0.0, 0.0, [], 0, 0
     for row in range(ref.shape[0]):  # one sequence at a time: [seq, vocab] in float64 stays small
         r, h = ref[row][valid[row]].double(), hf[row][valid[row]].double()
-        max_abs = max(max_abs, float((r - h).abs().max()))
+        row_max = float((r - h).abs().max())
+        max_abs = row_max if math.isnan(row_max) else max(max_abs, row_max)  # max(0.0, nan) would be 0.0
         err, norm = err + float(((r - h) ** 2).sum()), norm + float((r**2).sum())
         log_r, log_h = torch.log_softmax(r, -1), torch.log_softmax(h, -1)
         kls.append((log_r.exp() * (log_r - log_h)).sum(-1))
@@ -133,11 +156,12 @@ def run_layered(
     dtype: torch.dtype,
     rope_theta: float,
     progress: Callable[[str], None],
-) -> tuple[torch.Tensor, torch.Tensor, list[LayerDiff]]:
+) -> tuple[torch.Tensor, torch.Tensor, list[LayerDiff], tuple[str, ...]]:
     """Both forwards in lockstep, one layer's weights at a time on each side.
 
     Returns:
-        Reference logits, transformers logits, and the hidden-state difference after every layer.
+        Reference logits, transformers logits, the hidden-state difference after every layer, and
+        where each side first held NaN or inf (empty when both stayed finite).
     """
 
     def get(name: str) -> torch.Tensor:
@@ -151,13 +175,18 @@ def run_layered(
     model = LayeredModel(config, read, dtype)
     with torch.no_grad():
         h_ref, h_hf = reference.embed(tokens, get), model.embed(tokens)
-        diffs = []
+        diffs: list[LayerDiff] = []
+        found: dict[str, str] = {}
+        note_nonfinite(found, "embeddings", h_ref, h_hf, valid)
         for layer in range(params.n_layers):
             progress(f"logits: layer {layer + 1}/{params.n_layers}")
             h_ref = reference.layer_forward(h_ref, layer, get, params, positions, rope_theta=rope_theta)
             h_hf = model.layer(h_hf, layer)
             diffs.append(layer_diff(layer, h_ref, h_hf, valid))
-        return reference.head(h_ref, get, params).float(), model.head(h_hf).float(), diffs
+            note_nonfinite(found, f"hidden state after layer {layer}", h_ref, h_hf, valid)
+        ref_logits, hf_logits = reference.head(h_ref, get, params).float(), model.head(h_hf).float()
+        note_nonfinite(found, "logits", ref_logits, hf_logits, valid)
+        return ref_logits, hf_logits, diffs, tuple(found.values())
 
 
 def compare_logits(
@@ -173,12 +202,12 @@ def compare_logits(
     """Run both forwards on the built-in prompts (and `texts`) and judge the logits by the thresholds for `dtype`."""
     name = dtype_name(dtype)
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size, texts)
-    ref, out, diffs = run_layered(
+    ref, out, diffs, nonfinite = run_layered(
         native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
     )
     metrics = logit_metrics(ref, out, prompts.valid, near_tie=NEAR_TIE[name])
     return LogitsCheck(
-        passed=passes(metrics, THRESHOLDS[name]),
+        passed=passes(metrics, THRESHOLDS[name]) and not nonfinite,
         dtype=name,
         near_tie=NEAR_TIE[name],
         max_abs_dlogit=metrics["max_abs_dlogit"],
@@ -192,4 +221,5 @@ def compare_logits(
         tokens=sum(prompts.lengths),
         prompts=prompts.source,
         thresholds=THRESHOLDS[name],
+        nonfinite=nonfinite,
     )

@@ -184,6 +184,7 @@ class LogitsCheck:
     tokens: int = 0
     prompts: str = ""
     thresholds: tuple[Threshold, ...] = ()
+    nonfinite: tuple[str, ...] = ()  # where each side first held NaN or inf: the check cannot pass
     skipped: str | None = None
     error: str | None = None
 
@@ -203,6 +204,7 @@ class LogitsCheck:
             tokens=self.tokens,
             prompts=self.prompts,
             thresholds=[t.to_dict() for t in self.thresholds],
+            nonfinite=list(self.nonfinite),
             layers=[d.to_dict() for d in self.layers],
         )
         out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
@@ -220,6 +222,7 @@ class LogitsCheck:
             tokens=int(data.get("tokens", 0)),
             prompts=str(data.get("prompts", "")),
             thresholds=tuple(Threshold.from_dict(t) for t in data.get("thresholds", ())),
+            nonfinite=tuple(str(n) for n in data.get("nonfinite", ())),
             skipped=data.get("skipped"),
             error=data.get("error"),
         )

@@ -25,7 +25,7 @@ from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
-from hubtools.model.params import default_rope_theta
+from hubtools.model.params import check_counts, default_rope_theta
 from hubtools.model.transforms import to_hf
 from hubtools.verification.logits import compare_logits
 from hubtools.verification.report import (
@@ -43,6 +43,7 @@ from hubtools.verification.structure import (
     dtype_problems,
     index_hf_folder,
     mapping_problems,
+    size_mismatches,
 )
 
 Progress = Callable[[str], None]
@@ -120,12 +121,19 @@ def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progre
         if i % 50 == 0:
             progress(f"tensors: {i}/{len(table.specs)}")
         expected = to_hf(spec.transform, native.read(spec.native), native.params)
+        overflow = 0
         if src.dtype != dst.dtype:
             casts.add(f"{dtype_name(src.code)} -> {dtype_name(dst.code)}")
-            expected = expected.to(dst.dtype)
+            cast = expected.to(dst.dtype)
+            overflow = int((torch.isfinite(expected) & ~torch.isfinite(cast)).sum()) if cast.is_floating_point() else 0
+            expected = cast
         actual = hf.read(spec.hf)
         compared += 1
-        if actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
+        if overflow:  # the HF dtype cannot hold the native values: bit-equal to the cast, still wrong
+            mismatched.append(spec.hf)
+            to = str(dst.dtype).removeprefix("torch.")
+            differences[spec.hf] = {"overflow": overflow, "of": expected.numel(), "dtype": to}
+        elif actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
             mismatched.append(spec.hf)
             differences[spec.hf] = _difference(expected, actual)
     notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(casts)]
@@ -185,6 +193,7 @@ def _logits(
     hf_folder: Path,
     hf: Checkpoint,
     ready: bool,
+    audit_config: dict[str, Any] | None,
     *,
     dtype: torch.dtype,
     rope_theta: float,
@@ -197,6 +206,11 @@ def _logits(
         return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
     if not ready:
         return LogitsCheck(False, name, error="missing or misshapen tensors (see structure) prevent a forward")
+    sizes = size_mismatches(audit_config, native.params)
+    if sizes:
+        return LogitsCheck(
+            False, name, error=f"config.json disagrees with params.json on {', '.join(sizes)} (see structure)"
+        )
     from hubtools.verification.hf_forward import load_config
 
     try:
@@ -250,6 +264,7 @@ def verify(
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
+        check_counts(src.params, src.tensors, source=str(native / "params.json"))  # before the table
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
@@ -262,6 +277,7 @@ def verify(
                 hf,
                 dst,
                 forward_ready(src, audit, table),
+                audit.config,
                 dtype=compute,
                 rope_theta=theta,
                 enabled=check_logits,
@@ -280,6 +296,8 @@ def _status(check: Any) -> str:
 def _logits_line(c: LogitsCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
+    if c.nonfinite:
+        return f"{c.dtype}: cannot be measured, NaN or inf in " + "; ".join(c.nonfinite)
     limits = ", ".join(f"{t.metric} {'<=' if t.bound is Bound.CEILING else '>='} {t.limit:g}" for t in c.thresholds)
     ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
     return (
@@ -329,6 +347,8 @@ def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
 
 
 def _describe(diff: dict[str, Any]) -> str:
+    if "overflow" in diff:
+        return f"{diff['overflow']} of {diff['of']} finite native values are inf in {diff['dtype']}"
     if "elements" in diff:
         return f"{diff['elements']} of {diff['of']} elements, max |d| {diff['max_abs']:.3g}"
     return f"dtype {diff.get('dtype')}, expected {diff.get('expected_dtype')}"

@@ -27,7 +27,7 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
-from hubtools.model.params import ModelParams
+from hubtools.model.params import MAX_JSON_BYTES, ModelParams
 
 MAX_NAMED = 20  # per kind of problem; the rest are counted
 COMPARED_FIELDS = (
@@ -77,10 +77,13 @@ def _read_json(path: Path, problems: list[str]) -> Any:
             seen[key] = value
         return seen
 
+    if path.stat().st_size > MAX_JSON_BYTES:
+        problems.append(f"{path.name}: {path.stat().st_size} bytes (at most {MAX_JSON_BYTES} accepted)")
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{path.name}: not valid JSON ({exc})")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
+        problems.append(f"{path.name}: not valid JSON ({str(exc)[:200]})")
         return None
     problems.extend(f"{path.name}: key '{k}' appears twice" for k in duplicates)
     return data
@@ -113,6 +116,11 @@ def _named(names: list[str], template: str) -> list[str]:
     if len(names) > MAX_NAMED:
         out.append(f"... and {len(names) - MAX_NAMED} more like '{names[MAX_NAMED]}'")
     return out
+
+
+def _rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    rope = config.get("rope_parameters")
+    return rope if isinstance(rope, dict) else {}
 
 
 def _found(config: dict[str, Any], key: str) -> Any:
@@ -154,10 +162,33 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
         if not _same(want, got):
             reason = f" {why[key]}" if key in why else ""
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got)}")
-    rope_type = (config.get("rope_parameters") or {}).get("rope_type", "default")
+    if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
+        problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
+    rope_type = _rope_parameters(config).get("rope_type", "default")
     if rope_type != "default" or config.get("rope_scaling"):
         problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
     return problems
+
+
+SIZE_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "num_local_experts",
+)
+
+
+def size_mismatches(config: dict[str, Any] | None, params: ModelParams) -> list[str]:
+    """The config.json keys that size the transformers modules and disagree with params (or all when
+    there is no config): a forward built from them would allocate what the config claims."""
+    if config is None:
+        return list(SIZE_FIELDS)
+    expected = to_hf_config(params, dtype="float32").config
+    return [k for k in SIZE_FIELDS if k in expected and not _same(expected[k], _found(config, k))]
 
 
 def mapping_problems(
