@@ -31,7 +31,7 @@ from hubtools.checkpoint.writer import (
     write_shard,
 )
 from hubtools.destination import atomic_folder, check_destination
-from hubtools.errors import ParamsError, TokenizerError
+from hubtools.errors import InvalidValueError, ParamsError, TokenizerError
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.params import ModelParams, check_counts
@@ -168,8 +168,28 @@ def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
         rows = ckpt.read_bytes(src.segments).reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
         write_all(fd, np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data, path)
         return
-    tensor = transform.towards(step.target, ckpt.read(src.name), ckpt.params).to(step.out.dtype)
+    source = transform.towards(step.target, ckpt.read(src.name), ckpt.params)
+    tensor = source.to(step.out.dtype)
+    _check_cast(src, source, tensor)
     write_all(fd, tensor_bytes(tensor), path)
+
+
+def _check_cast(src: TensorSource, before: Any, after: Any) -> None:
+    """A cast must not turn finite values into infinities (bfloat16 values above 65504 in float16).
+
+    Raises:
+        InvalidValueError: naming the tensor, how many values overflow and the dtypes.
+    """
+    import torch
+
+    if not after.is_floating_point():
+        return
+    overflow = int((torch.isinf(after) & torch.isfinite(before)).sum())
+    if overflow:
+        raise InvalidValueError(
+            f"{src.name}: expected values that fit {dtype_name(after.dtype)}, found {overflow} of "
+            f"{after.numel()} that overflow to inf (keep {dtype_name(before.dtype)} or cast to bfloat16)"
+        )
 
 
 def _write_tokenizer(

@@ -182,3 +182,24 @@ def test_a_v3_conversion_carries_tokenizer_model_and_the_round_trip_stays_bit_ex
     for p in native.iterdir():
         if p.name != "params.json":  # params.json is rewritten (sorted keys); tests/test_convert.py checks values
             assert (tmp_path / "back" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_a_cast_that_overflows_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    import torch
+
+    from hubtools.converter import convert
+    from hubtools.errors import InvalidValueError
+    from hubtools.testing import tiny_params, write_native_checkpoint
+
+    params = tiny_params(vocab_size=1000)
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None, dtype=torch.bfloat16)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(native / "consolidated.safetensors")
+    weights["layers.0.attention.wv.weight"][0, :3] = 1e6  # fine in bfloat16, inf in float16
+    save_file(weights, native / "consolidated.safetensors")
+    with pytest.raises(
+        InvalidValueError, match="layers.0.attention.wv.weight: expected values that fit float16, found 3"
+    ):
+        convert(native, tmp_path / "hf", dtype="float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
