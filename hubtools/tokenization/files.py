@@ -45,6 +45,7 @@ from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_t
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SPM_HF_NAME = "tokenizer.model"  # the name llama.cpp's converter and transformers' slow tokenizers read
 CHAT_TEMPLATE_CHOICES = ("auto", "mistral", "chatml", "none")
 _SPM_NAME = re.compile(r"\.model(?:\.(v\d+)(?:m\d+)?)?$")
 
@@ -226,7 +227,8 @@ def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "au
             ("mistral" for v2, v3 and v7 tokenizers, "none" otherwise).
 
     Returns:
-        `list[str]`: the names of the files written (the native file's name last).
+        `list[str]`: the names of the files written (the native file's name last; a SentencePiece file
+        named otherwise, e.g. `tokenizer.model.v3`, is also copied as `tokenizer.model`).
 
     Raises:
         `DestinationError`: `dst` is not a folder. `TokenizerError`: unreadable or unsupported tokenizer.
@@ -249,6 +251,11 @@ def write_hf_tokenizer(native_file: Path, dst: Path, *, chat_template: str = "au
     target = dst / native_file.name
     if not target.exists() or not target.samefile(native_file):
         shutil.copyfile(native_file, target)
+    if _kind(native_file) == "spm" and native_file.name != SPM_HF_NAME:
+        # Mistral's repos ship tokenizer.model beside tokenizer.model.v3: llama.cpp's converter reads only
+        # that name (without it, it falls back to a vocabulary with fake scores that tokenizes wrongly)
+        shutil.copyfile(native_file, dst / SPM_HF_NAME)
+        return [*HF_FILES, SPM_HF_NAME, native_file.name]
     return [*HF_FILES, native_file.name]
 
 
