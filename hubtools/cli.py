@@ -387,6 +387,15 @@ def publish_command(
             click.echo(f"{label}: {value}")
 
 
+def _register_subcommands() -> None:
+    from hubtools.gguf.command import gguf_command
+
+    cli.add_command(gguf_command(handle_errors, _byte_progress, emit_json))
+
+
+_register_subcommands()
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="hubtools")

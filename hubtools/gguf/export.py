@@ -34,16 +34,18 @@ Progress = Callable[[int], None]
 class _StreamedTensor:
     """What `GGUFWriter.write_tensor_data` needs (nbytes, tofile), quantizing chunk by chunk."""
 
-    def __init__(self, source: GgufSource, tensor: GgufTensor, qtype: gguf.GGMLQuantizationType, progress: Progress | None):
+    def __init__(
+        self, source: GgufSource, tensor: GgufTensor, qtype: gguf.GGMLQuantizationType, progress: Progress | None
+    ):
         self.source, self.tensor, self.qtype, self.progress = source, tensor, qtype, progress
         self.nbytes = type_nbytes(tensor.shape, qtype)
 
     def tofile(self, fout: IO[bytes]) -> None:
-        for rows in float_rows(self.source, self.tensor):
+        for rows, consumed in float_rows(self.source, self.tensor):
             data = quantize(rows, self.qtype)
-            fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))
+            fout.write(np.ascontiguousarray(data).tobytes())
             if self.progress:
-                self.progress(data.nbytes)
+                self.progress(consumed)
 
 
 def tensor_types(tensors: Sequence[GgufTensor], quant: QuantType) -> list[gguf.GGMLQuantizationType]:
@@ -64,7 +66,7 @@ def write_gguf(
     """Write one GGUF file (or its split parts) of a gguf-py quant type; returns the paths written."""
     writer = gguf.GGUFWriter(path=None, arch=ARCH, split_max_size=split_max_size)
     types = tensor_types(source.tensors, quant)
-    for t, qtype in zip(source.tensors, types):
+    for t, qtype in zip(source.tensors, types, strict=True):
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), type_nbytes(t.shape, qtype), raw_dtype=qtype)
     add_general(writer, name=name)
     add_model_parameters(writer, source.config, quant.file_type)
@@ -74,7 +76,7 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     try:
-        for t, qtype in zip(source.tensors, types):
+        for t, qtype in zip(source.tensors, types, strict=True):
             writer.write_tensor_data(_StreamedTensor(source, t, qtype, progress))  # type: ignore[arg-type]
     finally:
         writer.close()
@@ -120,14 +122,27 @@ def _existing(dst: Path, name: str, quants: Sequence[QuantType]) -> list[Path]:
     return sorted(p for p in dst.iterdir() if any(pat.fullmatch(p.name) for pat in patterns))
 
 
-def _write_quant(source: GgufSource, tmp: Path, quant: QuantType, *, name: str, tokenizer_dir: Path, split: int, progress: Progress | None) -> list[Path]:
+def _write_quant(
+    source: GgufSource,
+    tmp: Path,
+    quant: QuantType,
+    *,
+    name: str,
+    tokenizer_dir: Path,
+    split: int,
+    progress: Progress | None,
+) -> list[Path]:
     path = tmp / f"{name}.{quant.name}.gguf"
     if quant.builtin:
-        return write_gguf(source, path, quant, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress)
+        return write_gguf(
+            source, path, quant, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
+        )
     base = QuantType("BF16" if source.ckpt.tensors[next(iter(source.ckpt.tensors))].code == "BF16" else "F16")
     stage = tmp / "intermediate"
     stage.mkdir(exist_ok=True)
-    parts = write_gguf(source, stage / path.name, base, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress)
+    parts = write_gguf(
+        source, stage / path.name, base, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
+    )
     llama_quantize(parts[0], path if len(parts) == 1 else tmp / parts[0].name, quant, keep_split=len(parts) > 1)
     shutil.rmtree(stage)
     return sorted(p for p in tmp.iterdir() if output_names(name, quant).fullmatch(p.name))
@@ -184,7 +199,9 @@ def export(
         with source.ckpt:
             hf_dir = _tokenizer_dir(source, src, chat_template, tmp)
             for quant in quants:
-                files = _write_quant(source, tmp, quant, name=name, tokenizer_dir=hf_dir, split=split_max_size, progress=progress)
+                files = _write_quant(
+                    source, tmp, quant, name=name, tokenizer_dir=hf_dir, split=split_max_size, progress=progress
+                )
                 outputs.append(GgufFile(quant.name, tuple(p.name for p in files), sum(p.stat().st_size for p in files)))
         for old in _existing(dst, name, quants):
             old.unlink()
@@ -195,7 +212,9 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
         if created and not any(dst.iterdir()):
             dst.rmdir()
-    return GgufResult(str(src), str(dst), source.params.architecture, tuple(outputs), round(time.monotonic() - started, 3))
+    return GgufResult(
+        str(src), str(dst), source.params.architecture, tuple(outputs), round(time.monotonic() - started, 3)
+    )
 
 
 def _tokenizer_dir(source: GgufSource, src: Path, chat_template: str | None, tmp: Path) -> Path:

@@ -93,4 +93,6 @@ def hf_shards_of_native(params: ModelParams, codes: dict[str, str], max_shard_si
     from hubtools.checkpoint.writer import PlannedTensor, plan_shards
 
     planned = [PlannedTensor(s.hf, codes[s.native], s.shape) for s in NameTable(params).specs]
-    return [[t.name for t in shard.tensors] for shard in plan_shards(planned, max_shard_size=max_shard_size, stem="model")]
+    return [
+        [t.name for t in shard.tensors] for shard in plan_shards(planned, max_shard_size=max_shard_size, stem="model")
+    ]

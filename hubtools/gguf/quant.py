@@ -126,7 +126,9 @@ def find_llama_quantize() -> Path:
     """
     found = shutil.which("llama-quantize")
     if not found:
-        raise QuantizeError(f"llama-quantize: not found on PATH; K-quants need llama.cpp's quantizer: {LLAMA_QUANTIZE_HINT}")
+        raise QuantizeError(
+            f"llama-quantize: not found on PATH; K-quants need llama.cpp's quantizer: {LLAMA_QUANTIZE_HINT}"
+        )
     return Path(found)
 
 

@@ -43,7 +43,8 @@ class GgufSource:
     def tokenizer(self) -> Path:
         if self.ckpt.tokenizer_file is None:
             raise TokenizerError(
-                f"{self.ckpt.folder}: no native tokenizer (expected tokenizer.model[.vN] or tekken.json beside the weights)"
+                f"{self.ckpt.folder}: no native tokenizer "
+                "(expected tokenizer.model[.vN] or tekken.json beside the weights)"
             )
         return self.ckpt.tokenizer_file
 
@@ -116,12 +117,13 @@ def _raw_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
     return raw, src.code
 
 
-def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[np.ndarray]:
-    """The tensor's float32 rows in chunks (expert by expert for merged experts), in file order."""
+def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndarray, int]]:
+    """(float32 rows, source bytes they came from) in chunks, expert by expert for merged experts."""
     for spec in tensor.sources:
         raw, code = _raw_rows(source, spec)
         cols = spec.shape[1] if len(spec.shape) == 2 else 1
         step = max(1, CHUNK_BYTES // (4 * cols))
         for start in range(0, raw.shape[0], step):
             chunk = np.ascontiguousarray(raw[start : start + step])
-            yield _decode(chunk, code, f"{source.ckpt.folder}: tensor '{spec.native}'").reshape(chunk.shape[0], -1)
+            rows = _decode(chunk, code, f"{source.ckpt.folder}: tensor '{spec.native}'").reshape(chunk.shape[0], -1)
+            yield rows, chunk.nbytes

@@ -15,7 +15,10 @@ The pieces are read with hubtools' own SentencePiece parser (no protobuf/sentenc
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +78,30 @@ def add_vocab(writer: gguf.GGUFWriter, native: Path, hf_dir: Path, vocab_size: i
         writer.add_token_list(tokens)
         writer.add_token_scores(scores)
         writer.add_token_types(types)
-        gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+        with _quiet_special_vocab():
+            gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         return
     bpe_tokens, types = bpe_vocab(native, vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("tekken")
     writer.add_token_list(bpe_tokens)
     writer.add_token_types(types)
-    gguf.SpecialVocab(hf_dir, load_merges=True).add_to_gguf(writer, quiet=True)
+    with _quiet_special_vocab():
+        gguf.SpecialVocab(hf_dir, load_merges=True).add_to_gguf(writer, quiet=True)
+
+
+@contextmanager
+def _quiet_special_vocab() -> Iterator[None]:
+    """SpecialVocab warns "Unknown separator token '<s>' in TemplateProcessing<pair>" on the standard
+    Llama pair template (<s> A <s> B) of hubtools' tokenizer.json; it only decides add_sep_token (false,
+    as the converter writes), so the warning is noise for this export."""
+    log = logging.getLogger("gguf.vocab")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def hf_tokenizer_dir(native: Path, config: dict[str, Any], *, chat_template: str, workdir: Path) -> Path:
