@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+from tokenizers import Tokenizer
 
-from hubtools.tokenization.files import build_hf_tokenizer, tokenizer_version, write_hf_tokenizer
+from hubtools.tokenization.files import tokenizer_version, write_hf_tokenizer
 from hubtools.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN, UNUSED, read_sentencepiece_model
 
 T = gguf.TokenType
@@ -48,9 +49,9 @@ def _looks_special(token: str) -> bool:
     return token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (token.startswith("<|") and token.endswith("|>"))
 
 
-def bpe_vocab(native: Path, vocab_size: int) -> tuple[list[str], list[int]]:
-    """(tokens, types) of a tekken tokenizer as the converter reads its `tokenizer.json`."""
-    tok, _ = build_hf_tokenizer(native)
+def bpe_vocab(tokenizer_json: Path, vocab_size: int) -> tuple[list[str], list[int]]:
+    """(tokens, types) of a byte-level BPE `tokenizer.json` (tekken's HF conversion), as the converter reads it."""
+    tok = Tokenizer.from_file(str(tokenizer_json))
     reverse = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     added = tok.get_added_tokens_decoder()
     tokens: list[str] = []
@@ -81,7 +82,7 @@ def add_vocab(writer: gguf.GGUFWriter, native: Path, hf_dir: Path, vocab_size: i
         with _quiet_special_vocab():
             gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         return
-    bpe_tokens, types = bpe_vocab(native, vocab_size)
+    bpe_tokens, types = bpe_vocab(hf_dir / "tokenizer.json", vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("tekken")
     writer.add_token_list(bpe_tokens)
