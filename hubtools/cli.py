@@ -198,7 +198,7 @@ def demo(workdir: Path | None, force: bool) -> None:
 
 @cli.command("verify")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("converted", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("converted", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--json",
     "json_path",
@@ -232,7 +232,7 @@ def verify_command(
     no_logits: bool,
     quiet: bool,
 ) -> None:
-    """Prove CONVERTED is an exact conversion of SRC (either order): structure, tensors, tokenizer, logits.
+    """Prove CONVERTED (an HF folder, or a .gguf file / split set) is an exact conversion of SRC.
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
     """

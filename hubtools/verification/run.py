@@ -303,6 +303,13 @@ def verify(
         >>> report.passed  # doctest: +SKIP
         True
     """
+    if native.is_file() or hf.is_file():  # a GGUF file (or split set): hubtools.gguf.verify
+        from hubtools.gguf.verify import verify_gguf
+
+        folder, file = (hf, native) if native.is_file() else (native, hf)
+        return verify_gguf(  # type: ignore[return-value]
+            folder, file, prompts_path=prompts_path, check_logits=check_logits, rope_theta=rope_theta, progress=progress
+        )
     say = progress or (lambda _: None)
     if str(dtype).removeprefix("torch.") not in THRESHOLDS:
         raise VerifyError(f"unsupported verify dtype '{dtype}' (expected float32 or bfloat16)")
@@ -358,6 +365,10 @@ def _tokenizer_line(c: TokenizerCheck) -> str:
 
 def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
     """The report as a readable terminal table (checks, per-layer differences, problems)."""
+    if not isinstance(report, VerifyReport):  # a GGUF report
+        from hubtools.gguf.verify import format_gguf_report
+
+        return format_gguf_report(report)
     s, t = report.structure, report.tensors
     rows = [
         ("structure", _status(s), f"{len(s.problems)} problem(s)"),
