@@ -23,6 +23,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -203,7 +204,7 @@ def plan_upload(folder: Path) -> UploadPlan:
 
 
 def _role(name: str) -> str | None:
-    if name.endswith(".safetensors"):
+    if name.endswith((".safetensors", ".gguf")):  # a GGUF release folder publishes the same way
         return "weights"
     if name in KNOWN_FILES:
         return KNOWN_FILES[name]
@@ -212,9 +213,15 @@ def _role(name: str) -> str | None:
     return "other" if name.endswith((".json", ".md")) else None
 
 
-def _check_weights(folder: Path, shards: set[str]) -> None:
+def _check_weights(folder: Path, weights: set[str]) -> None:
+    if not weights:
+        raise PublishError(
+            f"no weights in '{folder}' (expected *.safetensors or *.gguf files). Run `hubtools convert` first."
+        )
+    _check_gguf_splits(folder, {w for w in weights if w.endswith(".gguf")})
+    shards = {w for w in weights if w.endswith(".safetensors")}
     if not shards:
-        raise PublishError(f"no weights in '{folder}' (expected *.safetensors files). Run `hubtools convert` first.")
+        return
     index_path = folder / INDEX_NAME
     if not index_path.exists():
         if len(shards) > 1:
@@ -228,6 +235,17 @@ def _check_weights(folder: Path, shards: set[str]) -> None:
         raise PublishError(f"index names missing shards: {', '.join(missing)} (expected in '{folder}')")
     if extra := sorted(shards - named):
         raise PublishError(f"weight files not named in {INDEX_NAME}: {', '.join(extra)} (remove them or re-convert)")
+
+
+def _check_gguf_splits(folder: Path, files: set[str]) -> None:
+    """Every llama.cpp split set (NAME-0000k-of-0000n.gguf) complete: the Hub must never get half a model."""
+    for name in sorted(files):
+        match = re.fullmatch(r"(.+)-(\d{5})-of-(\d{5})\.gguf", name)
+        if match:
+            count = int(match.group(3))
+            expected = {f"{match.group(1)}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)}
+            if missing := sorted(expected - files):
+                raise PublishError(f"incomplete GGUF split set in '{folder}': missing {missing[0]}")
 
 
 def publish(
