@@ -123,7 +123,7 @@ def test_plan_puts_weights_first_card_last_and_leaves_out_other_files(model: Pat
 
 def test_plan_refuses_a_folder_without_weights(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(PublishError, match=r"^no weights in '.*' \(expected \*\.safetensors files\)"):
+    with pytest.raises(PublishError, match=r"^no weights in '.*' \(expected \*\.safetensors or \*\.gguf files\)"):
         plan_upload(tmp_path)
 
 
