@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import Result
-from gguf import GGMLQuantizationType, GGUFReader, TokenType, quants
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
 
 from hubtools.converter import convert
 from hubtools.errors import DestinationError
 from hubtools.gguf.export import export
+from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import QuantizeError, parse_quants, tensor_type
 from hubtools.testing import TOKENIZERS, synthetic_tensors, tiny_params
 from hubtools.tokenization.chat_template import build_chat_template
@@ -25,11 +26,11 @@ from tests.conftest import assert_one_line_error
 Q = GGMLQuantizationType
 
 
-def reader(folder: Path, name: str) -> GGUFReader:
-    return GGUFReader(folder / name)
+def reader(folder: Path, name: str) -> FastReader:
+    return FastReader(folder / name)
 
 
-def field(r: GGUFReader, key: str) -> object:
+def field(r: FastReader, key: str) -> object:
     return r.fields[key].contents()
 
 
@@ -131,18 +132,23 @@ def test_instruct_sentencepiece_control_tokens_and_chat_template(
     assert field(r, "tokenizer.chat_template") == build_chat_template("mistral", version, spm=True)
 
 
-def test_tekken_is_byte_level_bpe_with_the_tekken_pre_tokenizer(
-    make_native: Callable[..., Path], tmp_path: Path
-) -> None:
-    params = tiny_params(moe=False, n_layers=1, dim=32, n_heads=2, n_kv_heads=1, hidden_dim=32, vocab_size=131072)
-    native = make_native("tekken", params, tokenizer="tekken")
-    export(native, tmp_path / "out", quants=parse_quants("q8_0"), name="m")
-    r = reader(tmp_path / "out", "m.Q8_0.gguf")
-    assert field(r, "tokenizer.ggml.model") == "gpt2" and field(r, "tokenizer.ggml.pre") == "tekken"
-    tokens, types = field(r, "tokenizer.ggml.tokens"), field(r, "tokenizer.ggml.token_type")
-    assert len(tokens) == 131072 and tokens[:3] == ["<unk>", "<s>", "</s>"]  # type: ignore[index, arg-type]
-    assert set(types[:1000]) == {TokenType.CONTROL} and types[1000] == TokenType.NORMAL  # type: ignore[index]
-    assert len(field(r, "tokenizer.ggml.merges")) > 100_000  # type: ignore[arg-type]
+def test_tekken_is_byte_level_bpe_with_the_tekken_pre_tokenizer(tmp_path: Path) -> None:
+    from hubtools.gguf.vocab import add_vocab, hf_tokenizer_dir
+    from hubtools.model.hf_config import to_hf_config
+    from hubtools.testing import copy_tokenizer
+
+    native = copy_tokenizer("tekken", tmp_path)
+    config = to_hf_config(tiny_params(vocab_size=131072), dtype="bfloat16").config
+    writer = GGUFWriter(path=None, arch="llama")
+    add_vocab(writer, native, hf_tokenizer_dir(native, config, chat_template="auto", workdir=tmp_path), 131072)
+    kv = {k: v.value for k, v in writer.kv_data[0].items()}
+    assert kv["tokenizer.ggml.model"] == "gpt2" and kv["tokenizer.ggml.pre"] == "tekken"
+    tokens, types = kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
+    assert len(tokens) == 131072 and tokens[:3] == ["<unk>", "<s>", "</s>"]
+    assert set(types[:1000]) == {TokenType.CONTROL} and types[1000] == TokenType.NORMAL
+    assert tokens[1000 + 65] == "A" and tokens[1000 + 32] == "\u0120"  # byte-level: " " is "Ġ"
+    assert len(kv["tokenizer.ggml.merges"]) > 100_000
+    assert (kv["tokenizer.ggml.bos_token_id"], kv["tokenizer.ggml.eos_token_id"]) == (1, 2)
 
 
 def test_from_hf_gives_the_same_bytes_as_from_native(moe_files: tuple[Path, Path, dict], tmp_path: Path) -> None:
@@ -171,7 +177,7 @@ def test_split_files_follow_llama_cpp_convention(moe_files: tuple[Path, Path, di
     result = export(native, tmp_path / "s", quants=parse_quants("f16"), name="tiny", split_max_size=3_000_000)
     files = result.outputs[0].files
     assert len(files) > 1 and files[0] == f"tiny.F16-00001-of-{len(files):05d}.gguf"
-    parts = [GGUFReader(tmp_path / "s" / f) for f in files]
+    parts = [FastReader(tmp_path / "s" / f) for f in files]
     assert [field(p, "split.no") for p in parts] == list(range(len(files)))
     assert {field(p, "split.count") for p in parts} == {len(files)}
     split = {t.name: bytes(np.asarray(t.data)) for p in parts for t in p.tensors}

@@ -9,6 +9,7 @@ slow (each converter run costs seconds): `pytest -m slow tests/test_gguf_llama_c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from hubtools.converter import convert
 from hubtools.gguf.export import export
+from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import parse_quants
 from hubtools.testing import TOKENIZERS, tiny_params, write_native_checkpoint
 from tests import llama_cpp_peer as peer
@@ -41,18 +43,14 @@ def make_model(tmp_path: Path, model: str) -> tuple[Path, Path]:
 
 
 def _fields(path: Path) -> dict[str, object]:
-    from gguf import GGUFReader
-
-    reader = GGUFReader(path)
+    reader = FastReader(path)
     return {k: (f.types, f.contents()) for k, f in reader.fields.items() if not k.startswith(("general.", "GGUF."))}
 
 
 def _tensors(path: Path) -> list[tuple[str, str, list[int], bytes]]:
-    from gguf import GGUFReader
-
     return [
         (t.name, t.tensor_type.name, [int(n) for n in t.shape], np.asarray(t.data).tobytes())
-        for t in GGUFReader(path).tensors
+        for t in FastReader(path).tensors
     ]
 
 
@@ -80,3 +78,46 @@ def check_equal_to_converter(tmp_path: Path, model: str, outtype: str) -> None:
 @pytest.mark.parametrize(("model", "outtype"), MATRIX)
 def test_gguf_from_native_and_from_hf_equals_llama_cpp_converter(tmp_path: Path, model: str, outtype: str) -> None:
     check_equal_to_converter(tmp_path, model, outtype)
+
+
+LLAMA_TOKENIZE, LLAMA_QUANTIZE = peer.binary("llama-tokenize"), peer.binary("llama-quantize")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LLAMA_TOKENIZE is None, reason="llama-tokenize not built (see tests/llama_cpp_peer.py)")
+@pytest.mark.parametrize("version", ["v1", "v3", "v7", "tekken"])
+def test_llama_cpp_tokenizer_on_hubtools_gguf_equals_mistral_common(tmp_path: Path, version: str) -> None:
+    from hubtools.gguf.files import read_gguf
+    from hubtools.gguf.quality import check_gguf_tokenizer
+    from hubtools.gguf.source import open_source
+    from hubtools.gguf.verify import quant_of
+
+    params = tiny_params(moe=False, n_layers=1, vocab_size=TOKENIZERS[version][2])
+    native = write_native_checkpoint(tmp_path / version, params, tokenizer=version)
+    path = tmp_path / "out" / export(native, tmp_path / "out", quants=parse_quants("f16"), name="m").outputs[0].files[0]
+    files, source = read_gguf(path), open_source(native)
+    with source.ckpt:
+        check = check_gguf_tokenizer(
+            source, files, quant_of(files), path, readback=False, llama_tokenize=LLAMA_TOKENIZE
+        )
+    llama = check.details["llama_cpp"]
+    assert llama["agreed"] == llama["texts"] > 80, llama["misses"]
+    assert check.passed, check.problems
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(LLAMA_QUANTIZE is None, reason="llama-quantize not built (see tests/llama_cpp_peer.py)")
+def test_k_quants_go_through_llama_quantize_and_verify_reports_their_quality(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubtools.gguf.verify import verify_gguf
+
+    assert LLAMA_QUANTIZE is not None
+    monkeypatch.setenv("PATH", f"{LLAMA_QUANTIZE.parent}:{os.environ['PATH']}")
+    params = tiny_params(moe=True, dim=256, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=32000)
+    native = write_native_checkpoint(tmp_path / "n", params, tokenizer="v1")
+    result = export(native, tmp_path / "out", quants=parse_quants("q4_k_m"), name="m")
+    assert result.outputs[0].files == ("m.Q4_K_M.gguf",) and not (tmp_path / "out" / "intermediate").exists()
+    report = verify_gguf(native, tmp_path / "out" / "m.Q4_K_M.gguf", readback=False)
+    assert report.quant == "Q4_K_M" and report.structure.passed, report.structure.problems
+    assert report.tensors.skipped and report.logits.mean_kl is not None and report.passed

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from gguf import GGUFReader
 
 from hubtools.gguf.export import export
+from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import parse_quants
 from hubtools.gguf.verify import verify_gguf
 from hubtools.testing import tiny_params, write_native_checkpoint
@@ -26,7 +26,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def flip_expert_value(path: Path, tensor: str, expert: int) -> None:
     """Change one stored value inside one expert of a merged expert tensor (in place)."""
-    t = next(t for t in GGUFReader(path).tensors if t.name == tensor)
+    t = next(t for t in FastReader(path).tensors if t.name == tensor)
     per_expert = t.n_bytes // int(t.shape[-1])
     offset = t.data_offset + expert * per_expert + 7  # inside a block's values (past a Q8_0 scale)
     with path.open("r+b") as f:

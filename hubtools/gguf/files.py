@@ -17,6 +17,19 @@ from hubtools.errors import LayoutError
 SPLIT = re.compile(r"(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
 
 
+class FastReader(GGUFReader):
+    """gguf-py's reader, slicing a plain ndarray view of its memory map instead of the `np.memmap` subclass
+    (whose per-slice bookkeeping dominates reading a 131k-token vocabulary: 5x faster, still zero-copy)."""
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+        dtype = np.dtype(dtype)
+        arr = plain[offset : offset + dtype.itemsize * int(count)].view(dtype)[: int(count)]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
 @dataclass(frozen=True)
 class GgufFiles:
     """The parts of one GGUF model, their tensors by name and their metadata (split.* left out)."""
@@ -66,7 +79,7 @@ def read_gguf(path: Path) -> GgufFiles:
     fields: dict[str, Any] = {}
     for part in paths:
         try:
-            reader = GGUFReader(part)
+            reader = FastReader(part)
         except (ValueError, OSError) as exc:
             raise CorruptFileError(f"{part}: not a GGUF file ({exc})") from None
         for t in reader.tensors:

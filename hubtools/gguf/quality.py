@@ -72,10 +72,21 @@ def _texts(prompts_path: Path | None) -> list[str]:
 
 
 def llama_cpp_ids(exe: Path, gguf_path: Path, text: str, workdir: Path) -> list[int]:
-    """llama.cpp's own tokenizer on a GGUF file: `llama-tokenize --ids --no-parse-special` (BOS added)."""
+    """llama.cpp's own tokenizer on a GGUF file: `llama-tokenize --ids --no-parse-special --no-escape` (the
+    text's bytes as they are, special-token strings as text, BOS added as the file asks)."""
     path = workdir / "text.txt"
     path.write_bytes(text.encode("utf-8"))
-    cmd = [str(exe), "-m", str(gguf_path), "-f", str(path), "--ids", "--no-parse-special", "--log-disable"]
+    cmd = [
+        str(exe),
+        "-m",
+        str(gguf_path),
+        "-f",
+        str(path),
+        "--ids",
+        "--no-parse-special",
+        "--no-escape",
+        "--log-disable",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:] or ["llama-tokenize failed"])
