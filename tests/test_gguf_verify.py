@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
+from hubtools.errors import LayoutError
 from hubtools.gguf.export import export
 from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import parse_quants
@@ -88,3 +89,14 @@ def test_cli_verify_gguf_exit_codes_and_readback(
     bad = run_cli("verify", native, broken, "--no-logits", "-q")
     assert bad.exit_code == 1
     assert "tensor 'blk.0.ffn_up_exps.weight' (expert 3" in bad.stdout
+
+
+def test_a_split_set_is_verified_as_one_model_from_any_part(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    native, _ = exported
+    files = export(native, tmp_path, quants=parse_quants("q8_0"), name="s", split_max_size=2_000_000).outputs[0].files
+    assert len(files) > 1
+    report = verify_gguf(native, tmp_path / files[-1], readback=False, check_logits=False)
+    assert report.passed and report.files == tuple(str(tmp_path / f) for f in files)
+    (tmp_path / files[0]).unlink()
+    with pytest.raises(LayoutError, match="missing part of the split GGUF set"):
+        verify_gguf(native, tmp_path / files[-1], readback=False, check_logits=False)
