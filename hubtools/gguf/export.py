@@ -143,7 +143,9 @@ def _write_quant(
     parts = write_gguf(
         source, stage / path.name, base, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
     )
-    llama_quantize(parts[0], path if len(parts) == 1 else tmp / parts[0].name, quant, keep_split=len(parts) > 1)
+    # with --keep-split, llama-quantize takes an output prefix and appends -0000k-of-0000n.gguf itself
+    split = len(parts) > 1
+    llama_quantize(parts[0], path.with_suffix("") if split else path, quant, keep_split=split)
     shutil.rmtree(stage)
     return sorted(p for p in tmp.iterdir() if output_names(name, quant).fullmatch(p.name))
 
