@@ -26,7 +26,7 @@ import numpy as np
 
 from hubtools.gguf.files import GgufFiles
 from hubtools.gguf.quant import QuantType
-from hubtools.gguf.source import GgufSource, _raw_rows
+from hubtools.gguf.source import GgufSource, raw_rows
 from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
 from hubtools.verification.logits import THRESHOLDS, LogitsCheck, layer_diff, logit_metrics, passes, prompt_tokens
 
@@ -169,7 +169,7 @@ def _source_getter(source: GgufSource) -> Callable[[str], Any]:
     specs = {spec.native: spec for t in source.tensors for spec in t.sources}
 
     def get(native: str) -> torch.Tensor:
-        raw, code = _raw_rows(source, specs[native])
+        raw, code = raw_rows(source, specs[native])
         dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[code]
         return torch.from_numpy(raw.reshape(-1)).view(dtype).reshape(specs[native].shape).float()
 

@@ -101,7 +101,7 @@ def _decode(raw: np.ndarray, code: str, where: str) -> np.ndarray:
     raise CorruptFileError(f"{where}: dtype {code} cannot be exported to GGUF (expected BF16, F16 or F32)")
 
 
-def _raw_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
+def raw_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
     """[rows, row bytes] of one source tensor in native row order, and its dtype code."""
     ckpt = source.ckpt
     name = spec.native if ckpt.layout == "native" else spec.hf
@@ -120,7 +120,7 @@ def _raw_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
 def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndarray, int]]:
     """(float32 rows, source bytes they came from) in chunks, expert by expert for merged experts."""
     for spec in tensor.sources:
-        raw, code = _raw_rows(source, spec)
+        raw, code = raw_rows(source, spec)
         cols = spec.shape[1] if len(spec.shape) == 2 else 1
         step = max(1, CHUNK_BYTES // (4 * cols))
         for start in range(0, raw.shape[0], step):
