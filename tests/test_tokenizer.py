@@ -122,9 +122,9 @@ def test_the_sentencepiece_reader_agrees_with_sentencepiece() -> None:
 def test_write_hf_tokenizer_writes_the_files_and_keeps_the_native_file(converted: dict[str, Path]) -> None:
     folder = converted["v3"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", V3.name]
+        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", V3.name]
     )
-    assert (folder / V3.name).read_bytes() == V3.read_bytes()
+    assert (folder / V3.name).read_bytes() == (folder / "tokenizer.model").read_bytes() == V3.read_bytes()
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["add_bos_token"] is True
     assert (config["bos_token"], config["eos_token"], config["unk_token"]) == ("<s>", "</s>", "<unk>")
