@@ -144,8 +144,8 @@ def _write_quant(
         source, stage / path.name, base, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
     )
     # with --keep-split, llama-quantize takes an output prefix and appends -0000k-of-0000n.gguf itself
-    split = len(parts) > 1
-    llama_quantize(parts[0], path.with_suffix("") if split else path, quant, keep_split=split)
+    keep = len(parts) > 1
+    llama_quantize(parts[0], path.with_suffix("") if keep else path, quant, keep_split=keep)
     shutil.rmtree(stage)
     return sorted(p for p in tmp.iterdir() if output_names(name, quant).fullmatch(p.name))
 
@@ -183,6 +183,8 @@ def export(
     """
     started = time.monotonic()
     name = name or src.resolve().name
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DestinationError(f"--name: '{name}' is not a file stem (expected e.g. mixtral-8x7b-instruct-v0.1)")
     if any(not q.builtin for q in quants):
         find_llama_quantize()
     if not dst.resolve().parent.is_dir():
