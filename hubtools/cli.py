@@ -211,7 +211,7 @@ def demo(workdir: Path | None, force: bool) -> None:
 
 @cli.command("verify")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("converted", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("converted", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--json",
     "json_path",
@@ -246,7 +246,7 @@ def verify_command(
     no_logits: bool,
     quiet: bool,
 ) -> None:
-    """Prove CONVERTED is an exact conversion of SRC (either order): structure, tensors, tokenizer, logits.
+    """Prove CONVERTED (an HF folder, or a .gguf file / split set) is an exact conversion of SRC.
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
     """
@@ -303,13 +303,30 @@ def verify_command(
     help="`hubtools verify --json` report to summarise in the card.",
 )
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option(
+    "--gguf",
+    "gguf_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Render the GGUF repo card for the *.gguf files in this folder (quality from <file>.verify.json).",
+)
 @handle_errors
 def card_command(
-    spec: str, output: Path, results: tuple[Path, ...], model_dir: Path | None, report: Path | None, force: bool
+    spec: str,
+    output: Path,
+    results: tuple[Path, ...],
+    model_dir: Path | None,
+    report: Path | None,
+    force: bool,
+    gguf_dir: Path | None,
 ) -> None:
     """Render the model card of SPEC (a card source path or a release name in cards/)."""
     from hubtools.card.render import build_card
 
+    if gguf_dir is not None:
+        from hubtools.card.gguf import write_gguf_card
+
+        click.echo(str(write_gguf_card(spec, output, gguf_dir, reports=(report,) if report else (), force=force)))
+        return
     written = build_card(
         spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir, report=report, force=force
     )
@@ -422,6 +439,15 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated(signum)
+
+
+def _register_subcommands() -> None:
+    from hubtools.gguf.command import gguf_command
+
+    cli.add_command(gguf_command(handle_errors, _byte_progress, emit_json))
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -152,6 +152,29 @@ def _publish_plan(root: Path, native: Path, hf: Path, say: Say) -> None:
     )
 
 
+def _gguf(root: Path, native: Path, hf: Path, say: Say) -> None:
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+    from hubtools.gguf.verify import verify_gguf
+
+    result = export(
+        native, root / "gguf", quants=parse_quants("q8_0"), name="tiny-mixtral-demo", chat_template="mistral"
+    )
+    path = root / "gguf" / result.outputs[0].files[0]
+    report = verify_gguf(native, path, readback=False)
+    (root / "gguf" / f"{path.name}.verify.json").write_text(
+        json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
+    logits = report.logits
+    say(
+        f"7. exported a Q8_0 GGUF ({path.name}, llama.cpp's layout) and verified it: tensors byte-exact, "
+        f"vocabulary equal; vs the original: mean KL {logits.mean_kl or 0:.1e}, top-1 {logits.top1_agreement or 0:.0%} "
+        f"-> {'PASSED' if report.passed else 'FAILED'}"
+    )
+    if not report.passed:
+        raise HubtoolsError(f"demo: GGUF verification failed (report in {path}.verify.json)")
+
+
 def _extra_steps() -> list[Callable[[Path, Path, Path, Say], None]]:
-    """verify -> card -> publish plan."""
-    return [_verify, _card, _publish_plan]
+    """verify -> card -> publish plan -> verified Q8_0 GGUF."""
+    return [_verify, _card, _publish_plan, _gguf]

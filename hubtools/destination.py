@@ -37,6 +37,19 @@ def _first_foreign(folder: Path) -> Path | None:
     return next(iter(sorted(folder.iterdir())), None)
 
 
+def check_outside(dst: Path, *, sources: tuple[Path, ...]) -> None:
+    """An output never is, contains or lies inside one of its sources.
+
+    Raises:
+        DestinationError: naming the output and the source.
+    """
+    for src in sources:
+        if _overlap(src, dst):
+            s, d = src.resolve(), dst.resolve()
+            where = "is the source" if s == d else "lies inside the source" if s in d.parents else "contains the source"
+            raise DestinationError(f"{dst}: expected an output outside the source {src}, found it {where}")
+
+
 def check_destination(dst: Path, *, sources: tuple[Path, ...] = (), force: bool = False) -> None:
     """Refuse an output that would overlap a source or replace what hubtools did not write.
 
@@ -48,14 +61,7 @@ def check_destination(dst: Path, *, sources: tuple[Path, ...] = (), force: bool 
         Traceback (most recent call last):
         hubtools.errors.DestinationError: /: expected an output outside the source /tmp, found it contains the source
     """
-    for src in sources:
-        if _overlap(src, dst):
-            where = (
-                "is the source"
-                if src.resolve() == dst.resolve()
-                else ("lies inside the source" if src.resolve() in dst.resolve().parents else "contains the source")
-            )
-            raise DestinationError(f"{dst}: expected an output outside the source {src}, found it {where}")
+    check_outside(dst, sources=sources)
     if not dst.parent.resolve().is_dir():
         raise DestinationError(f"{dst}: expected an existing parent folder, found no {dst.parent}")
     if not (dst.exists() or dst.is_symlink()):

@@ -36,6 +36,7 @@ _KEYS = {
     "repo_id",
     "card",
     "tags",
+    "gguf",
 }
 _OVERRIDES = {"rope_theta", "max_position_embeddings"}
 
@@ -58,6 +59,7 @@ class Recipe:
     expect: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    gguf: tuple[str, ...] = ()  # GGUF quant types to release (`hubtools gguf`), e.g. ("Q8_0", "Q4_K_M")
 
     def config_overrides(self) -> ConfigOverrides:
         return ConfigOverrides(
@@ -123,7 +125,16 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         expect={k: v for k, v in expect.items() if k != "tokenizer"},
         overrides=dict(overrides),
         path=where,
+        gguf=_gguf_list(raw.get("gguf"), where),
     )
+
+
+def _gguf_list(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RecipeError(f"{where}: 'gguf' must be a list of quant types (e.g. [Q8_0, Q4_K_M]), got {value!r}")
+    return tuple(v.strip().upper() for v in value)
 
 
 def load_recipe(path: str | Path) -> Recipe:

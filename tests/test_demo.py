@@ -21,9 +21,11 @@ def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp
         "PASSED",
         "5. rendered the model card",
         "6. publish plan (dry run",
+        "7. exported a Q8_0 GGUF",
     ):
         assert step in out, step
     assert (tmp_path / "demo" / "hf" / "README.md").read_text().startswith("---")
+    assert (tmp_path / "demo" / "gguf" / "tiny-mixtral-demo.Q8_0.gguf.verify.json").is_file()
     again = run_cli("demo", tmp_path / "demo")  # its own folder: re-running needs no --force
     assert again.exit_code == 0, again.output
 

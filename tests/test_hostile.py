@@ -70,9 +70,13 @@ def test_float16_overflow_fails_verify(make_native: Callable[..., Path], run_cli
     src = make_native(params=tiny_params(vocab_size=1000), tokenizer=None)
     path = src / "consolidated.safetensors"
     tensors = load_file(path)
-    tensors["layers.0.attention.wv.weight"][0, :4] = 1e6  # fine in bfloat16, inf in float16
-    save_file(tensors, path)
     hf = _convert(run_cli, src, tmp_path / "hf", "--dtype", "float16")
+    tensors["layers.0.attention.wv.weight"][0, :4] = 1e6  # fine in bfloat16, inf in float16
+    save_file(tensors, path)  # convert itself refuses such a cast (test_destination.py): plant it afterwards
+    shard = next(p for p in hf.glob("model-*.safetensors") if "model.layers.0.self_attn.v_proj.weight" in load_file(p))
+    planted = load_file(shard)
+    planted["model.layers.0.self_attn.v_proj.weight"][0, :4] = float("inf")
+    save_file(planted, shard, metadata={"format": "pt"})
     result = run_cli("verify", src, hf, "--json", tmp_path / "report.json", "--quiet")
     assert result.exit_code == 1
     assert "4 of 2048 finite native values are inf in float16" in result.output

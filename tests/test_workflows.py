@@ -101,6 +101,22 @@ def test_publish_runs_the_release_pipeline_per_target_repo_without_cancelling() 
     assert "${{ secrets." not in script
 
 
+def test_publish_has_a_gguf_job_after_the_hf_one_for_recipes_with_a_gguf_list() -> None:
+    workflow = load("publish.yml")
+    job = workflow["jobs"]["gguf"]
+    assert job["needs"] == ["plan", "release"] and job["if"] == "needs.plan.outputs.gguf != ''"
+    assert job["concurrency"]["group"] == "hub-publish-${{ needs.plan.outputs.repo_id }}-GGUF"
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    for command in (
+        'hubtools gguf "$SRC" "$RUNNER_TEMP/gguf" --recipe "converters/$RELEASE.yaml" --quant "$QUANTS"',
+        'hubtools verify "$SRC" "$file" --json "$file.verify.json"',
+        'hubtools card "$RELEASE" --gguf "$OUT" -o "$OUT/README.md"',
+        'hubtools publish "$OUT" "$GGUF_REPO_ID"',
+    ):
+        assert command in script
+    assert "${{" not in script
+
+
 CHECKS = ("ruff check .", "ruff format --check .", "mypy hubtools", "python -m pytest -q --doctest-modules hubtools")
 README_TEST_COMMAND = "python -m pytest -q"
 

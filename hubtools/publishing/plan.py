@@ -8,6 +8,7 @@ with the fields its architecture needs. A failure names the file.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -173,9 +174,10 @@ def check_folder(folder: Path, weights: list[str]) -> None:
         raise PublishError(
             f"{folder}: expected weights (*.safetensors or *.gguf), found none (run `hubtools convert` first)"
         )
+    _check_gguf_splits(folder, {w for w in weights if w.endswith(".gguf")})
     shards = [n for n in weights if n.endswith(".safetensors")]
     if not shards:
-        return  # a GGUF folder: its files are checked by `hubtools verify`
+        return  # a GGUF folder: `hubtools verify SRC FILE.gguf` checks its files
     weight_map = read_weight_map(folder)
     if weight_map is None and len(shards) > 1:
         raise PublishError(f"{folder / INDEX_NAME}: expected an index beside {len(shards)} weight files, found none")
@@ -193,3 +195,14 @@ def check_folder(folder: Path, weights: list[str]) -> None:
     if not config.is_file():
         raise PublishError(f"{config}: expected the model's config.json beside the weights, found none")
     from_hf_config(json_object(config), source=str(config))
+
+
+def _check_gguf_splits(folder: Path, files: set[str]) -> None:
+    """Every llama.cpp split set (NAME-0000k-of-0000n.gguf) complete: the Hub must never get half a model."""
+    for name in sorted(files):
+        match = re.fullmatch(r"(.+)-(\d{5})-of-(\d{5})\.gguf", name)
+        if match:
+            count = int(match.group(3))
+            expected = {f"{match.group(1)}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)}
+            if missing := sorted(expected - files):
+                raise PublishError(f"{folder}: expected a complete GGUF split set, found no {missing[0]}")

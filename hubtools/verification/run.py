@@ -255,12 +255,20 @@ def verify(
         >>> report.passed  # doctest: +SKIP
         True
     """
+    native, hf = Path(native), Path(hf)
+    prompts_path = Path(prompts_path) if prompts_path is not None else None
+    if native.is_file() or hf.is_file():  # a GGUF file (or split set): hubtools.gguf.verify
+        from hubtools.gguf.verify import verify_gguf
+
+        folder, file = (hf, native) if native.is_file() else (native, hf)
+        return verify_gguf(  # type: ignore[return-value]
+            folder, file, prompts_path=prompts_path, check_logits=check_logits, rope_theta=rope_theta, progress=progress
+        )
     say = progress or (lambda _: None)
     if str(dtype).removeprefix("torch.") not in THRESHOLDS:
         raise VerifyError(f"dtype '{dtype}': expected one of {', '.join(THRESHOLDS)} for the logits check")
     compute: torch.dtype = getattr(torch, dtype_name(dtype))
-    prompts_path = Path(prompts_path) if prompts_path is not None else None
-    native, hf = assign_folders(Path(native), Path(hf))
+    native, hf = assign_folders(native, hf)
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
@@ -316,6 +324,10 @@ def _tokenizer_line(c: TokenizerCheck) -> str:
 
 def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
     """The report as a readable terminal table (checks, per-layer differences, problems)."""
+    if not isinstance(report, VerifyReport):  # a GGUF report
+        from hubtools.gguf.verify import format_gguf_report
+
+        return format_gguf_report(report)
     s, t = report.structure, report.tensors
     rows = [
         ("structure", _status(s), f"{len(s.problems)} problem(s)"),

@@ -1,0 +1,230 @@
+"""export(): a checkpoint folder -> `DST/<name>.<QUANT>.gguf` files, streaming, atomic.
+
+Each file is written with gguf-py's `GGUFWriter`: every tensor info first (sizes known from shapes and
+types), then the metadata, then the tensor data one tensor at a time, each quantized in chunks of rows
+(`write_tensor_data` with a streaming tensor), so peak memory is one source tensor plus one chunk.
+Files go to a temporary folder inside DST and are renamed into place at the end; an existing output
+file needs `force`, which replaces only the files of the same name and quant (and their split parts).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import gguf
+import numpy as np
+
+from hubtools.destination import check_outside
+from hubtools.errors import DestinationError
+from hubtools.gguf.metadata import ARCH, add_general, add_model_parameters
+from hubtools.gguf.names import GgufTensor
+from hubtools.gguf.quant import QuantType, find_llama_quantize, llama_quantize, quantize, tensor_type, type_nbytes
+from hubtools.gguf.source import GgufSource, float_rows, open_source
+from hubtools.gguf.vocab import add_vocab, hf_tokenizer_dir
+from hubtools.model.hf_config import ConfigOverrides
+
+Progress = Callable[[int], None]
+
+
+class _StreamedTensor:
+    """What `GGUFWriter.write_tensor_data` needs (nbytes, tofile), quantizing chunk by chunk."""
+
+    def __init__(
+        self, source: GgufSource, tensor: GgufTensor, qtype: gguf.GGMLQuantizationType, progress: Progress | None
+    ):
+        self.source, self.tensor, self.qtype, self.progress = source, tensor, qtype, progress
+        self.nbytes = type_nbytes(tensor.shape, qtype)
+
+    def tofile(self, fout: IO[bytes]) -> None:
+        for rows, consumed in float_rows(self.source, self.tensor):
+            data = quantize(rows, self.qtype)
+            fout.write(np.ascontiguousarray(data).tobytes())
+            if self.progress:
+                self.progress(consumed)
+
+
+def tensor_types(tensors: Sequence[GgufTensor], quant: QuantType) -> list[gguf.GGMLQuantizationType]:
+    """The type of each tensor in a file of this (gguf-py) quant."""
+    return [tensor_type(t.name, t.shape, quant.weight_type) for t in tensors]
+
+
+def write_gguf(
+    source: GgufSource,
+    path: Path,
+    quant: QuantType,
+    *,
+    name: str,
+    tokenizer_dir: Path,
+    split_max_size: int = 0,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Write one GGUF file (or its split parts) of a gguf-py quant type; returns the paths written."""
+    writer = gguf.GGUFWriter(path=None, arch=ARCH, split_max_size=split_max_size)
+    types = tensor_types(source.tensors, quant)
+    for t, qtype in zip(source.tensors, types, strict=True):
+        writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), type_nbytes(t.shape, qtype), raw_dtype=qtype)
+    add_general(writer, name=name)
+    add_model_parameters(writer, source.config, quant.file_type)
+    add_vocab(writer, source.tokenizer, tokenizer_dir, source.config["vocab_size"])
+    files = writer.format_shard_names(path)
+    writer.write_header_to_file(path=path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    try:
+        for t, qtype in zip(source.tensors, types, strict=True):
+            writer.write_tensor_data(_StreamedTensor(source, t, qtype, progress))  # type: ignore[arg-type]
+    finally:
+        writer.close()
+    return list(files)
+
+
+def output_names(name: str, quant: QuantType) -> re.Pattern[str]:
+    """The file names hubtools writes for one quant: NAME.QUANT.gguf or NAME.QUANT-0000k-of-0000n.gguf."""
+    return re.compile(re.escape(f"{name}.{quant.name}") + r"(?:-\d{5}-of-\d{5})?\.gguf")
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    quant: str
+    files: tuple[str, ...]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class GgufResult:
+    """What `export` did, for the summary line and `--json`."""
+
+    source: str
+    destination: str
+    architecture: str
+    outputs: tuple[GgufFile, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "architecture": self.architecture,
+            "outputs": [{"quant": o.quant, "files": list(o.files), "bytes": o.bytes} for o in self.outputs],
+            "seconds": self.seconds,
+        }
+
+
+def _existing(dst: Path, name: str, quants: Sequence[QuantType]) -> list[Path]:
+    if not dst.is_dir():
+        return []
+    patterns = [output_names(name, q) for q in quants]
+    return sorted(p for p in dst.iterdir() if any(pat.fullmatch(p.name) for pat in patterns))
+
+
+def _write_quant(
+    source: GgufSource,
+    tmp: Path,
+    quant: QuantType,
+    *,
+    name: str,
+    tokenizer_dir: Path,
+    split: int,
+    progress: Progress | None,
+) -> list[Path]:
+    path = tmp / f"{name}.{quant.name}.gguf"
+    if quant.builtin:
+        return write_gguf(
+            source, path, quant, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
+        )
+    base = QuantType("BF16" if source.ckpt.tensors[next(iter(source.ckpt.tensors))].code == "BF16" else "F16")
+    stage = tmp / "intermediate"
+    stage.mkdir(exist_ok=True)
+    parts = write_gguf(
+        source, stage / path.name, base, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
+    )
+    # with --keep-split, llama-quantize takes an output prefix and appends -0000k-of-0000n.gguf itself
+    keep = len(parts) > 1
+    llama_quantize(parts[0], path.with_suffix("") if keep else path, quant, keep_split=keep)
+    shutil.rmtree(stage)
+    return sorted(p for p in tmp.iterdir() if output_names(name, quant).fullmatch(p.name))
+
+
+def export(
+    src: Path,
+    dst: Path,
+    *,
+    quants: Sequence[QuantType],
+    name: str | None = None,
+    chat_template: str | None = None,
+    overrides: ConfigOverrides | None = None,
+    split_max_size: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> GgufResult:
+    """Export a native or HF checkpoint folder to GGUF files `DST/<name>.<QUANT>.gguf`.
+
+    Args:
+        quants: output types (`parse_quants`); K-quants need `llama-quantize` on PATH.
+        name: file stem (default: SRC's folder name).
+        chat_template: "auto", "mistral", "chatml" or "none" (default: the HF source's own template, or
+            "auto" for a native source).
+        split_max_size: split files above this many bytes (llama.cpp's -0000k-of-0000n convention); 0: never.
+        force: replace existing output files of the same names (nothing else in DST is touched).
+
+    Returns:
+        A `GgufResult`. On any failure nothing new is left in DST.
+
+    Raises:
+        HubtoolsError subclasses naming the file or tensor at fault.
+
+    Example:
+        >>> export(Path("mixtral"), Path("gguf"), quants=parse_quants("f16,q8_0"))  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    name = name or src.resolve().name
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DestinationError(f"--name: '{name}' is not a file stem (expected e.g. mixtral-8x7b-instruct-v0.1)")
+    if any(not q.builtin for q in quants):
+        find_llama_quantize()
+    check_outside(dst, sources=(src,))
+    if not dst.resolve().parent.is_dir():
+        raise DestinationError(f"{dst}: expected an existing parent folder, found no {dst.resolve().parent}")
+    existing = _existing(dst, name, quants)
+    if existing and not force:
+        raise DestinationError(f"{existing[0]}: already exists (use --force to replace it)")
+    source = open_source(src, overrides=overrides)
+    created = not dst.exists()
+    dst.mkdir(exist_ok=True)
+    tmp = dst / f".{name}.hubtools-partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    outputs = []
+    try:
+        with source.ckpt:
+            hf_dir = _tokenizer_dir(source, src, chat_template, tmp)
+            for quant in quants:
+                files = _write_quant(
+                    source, tmp, quant, name=name, tokenizer_dir=hf_dir, split=split_max_size, progress=progress
+                )
+                outputs.append(GgufFile(quant.name, tuple(p.name for p in files), sum(p.stat().st_size for p in files)))
+        for old in _existing(dst, name, quants):
+            old.unlink()
+        for out in outputs:
+            for file in out.files:
+                (tmp / file).rename(dst / file)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(dst.iterdir()):
+            dst.rmdir()
+    return GgufResult(
+        str(src), str(dst), source.params.architecture, tuple(outputs), round(time.monotonic() - started, 3)
+    )
+
+
+def _tokenizer_dir(source: GgufSource, src: Path, chat_template: str | None, tmp: Path) -> Path:
+    """The HF tokenizer files SpecialVocab reads: the HF source's own, or those `convert` would write."""
+    if source.ckpt.layout == "hf" and chat_template is None and (src / "tokenizer.json").is_file():
+        return src
+    return hf_tokenizer_dir(source.tokenizer, source.config, chat_template=chat_template or "auto", workdir=tmp)

@@ -1,0 +1,97 @@
+"""Reading GGUF files back: one file or a llama.cpp split set (`-00001-of-0000N.gguf`), as one view of
+tensors and metadata (gguf-py's `GGUFReader`, memory-mapped)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGUFReader, LlamaFileType
+from gguf.gguf_reader import ReaderTensor
+
+from hubtools.errors import LayoutError
+
+SPLIT = re.compile(r"(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+
+
+class FastReader(GGUFReader):
+    """gguf-py's reader, slicing a plain ndarray view of its memory map instead of the `np.memmap` subclass
+    (whose per-slice bookkeeping dominates reading a 131k-token vocabulary: 5x faster, still zero-copy)."""
+
+    def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> np.ndarray:
+        plain = self.__dict__.get("_plain")
+        if plain is None:
+            plain = self.__dict__["_plain"] = self.data.view(np.ndarray)
+        dtype = np.dtype(dtype)
+        arr = plain[offset : offset + dtype.itemsize * int(count)].view(dtype)[: int(count)]
+        return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+
+@dataclass(frozen=True)
+class GgufFiles:
+    """The parts of one GGUF model, their tensors by name and their metadata (split.* left out)."""
+
+    paths: tuple[Path, ...]
+    tensors: dict[str, ReaderTensor]
+    fields: dict[str, Any]  # key -> (types, contents)
+
+    @property
+    def file_type(self) -> LlamaFileType | None:
+        value = self.fields.get("general.file_type", (None, None))[1]
+        return LlamaFileType(value) if value is not None else None
+
+    def data(self, name: str) -> np.ndarray:
+        return np.asarray(self.tensors[name].data)
+
+
+def split_parts(path: Path) -> list[Path]:
+    """All parts of the split set `path` belongs to (or just `path`).
+
+    Raises:
+        LayoutError: a part of the set is missing.
+    """
+    match = SPLIT.fullmatch(path.name)
+    if not match:
+        return [path]
+    count = int(match["count"])
+    parts = [path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p for p in parts if not p.is_file()]
+    if missing:
+        raise LayoutError(f"{missing[0]}: missing part of the split GGUF set ({count} parts expected)")
+    return parts
+
+
+def read_gguf(path: Path) -> GgufFiles:
+    """Open a GGUF file or split set (memory-mapped; nothing is loaded until used).
+
+    Raises:
+        LayoutError: not a file, or a part is missing. CorruptFileError: not a GGUF file.
+    """
+    from hubtools.errors import CorruptFileError
+
+    if not path.is_file():
+        raise LayoutError(f"{path}: not a file")
+    paths = split_parts(path)
+    tensors: dict[str, ReaderTensor] = {}
+    fields: dict[str, Any] = {}
+    for part in paths:
+        try:
+            reader = FastReader(part)
+        except (ValueError, OSError) as exc:
+            raise CorruptFileError(f"{part}: not a GGUF file ({exc})") from None
+        for t in reader.tensors:
+            tensors[t.name] = t
+        if part == paths[0]:
+            fields = {k: (f.types, f.contents()) for k, f in reader.fields.items() if not k.startswith("split.")}
+    return GgufFiles(tuple(paths), tensors, fields)
+
+
+def is_gguf(path: Path) -> bool:
+    """A path that names a GGUF file (checked by name, then by magic)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"

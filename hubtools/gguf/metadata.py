@@ -1,0 +1,61 @@
+"""Model metadata of a GGUF file: the keys and values llama.cpp's converter writes for Mistral and
+Mixtral (`TextModel.set_gguf_parameters` + `LlamaModel.set_gguf_parameters`), from the config.json
+hubtools writes (or reads), in the converter's order. Architecture `llama` for both; no sliding-window
+key (the converter writes none for this architecture).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gguf
+
+from hubtools.errors import ParamsError
+
+ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
+
+
+def _get(config: dict[str, Any], *keys: str) -> Any:
+    return next((config[k] for k in keys if config.get(k) is not None), None)
+
+
+def add_general(writer: gguf.GGUFWriter, *, name: str) -> None:
+    """general.type, general.name and general.size_label (from the tensor infos already added)."""
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    total, shared, expert, count = writer.get_total_parameter_count()
+    if total > 0:
+        writer.add_size_label(gguf.size_label(total, shared, expert, count))
+
+
+def add_model_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_type: gguf.LlamaFileType) -> None:
+    """Hyper-parameters, in the converter's order, then general.file_type and the vocabulary size.
+
+    Raises:
+        ParamsError: a field the architecture needs is missing from `config`.
+    """
+    try:
+        writer.add_block_count(config["num_hidden_layers"])
+        if (n_ctx := _get(config, "max_position_embeddings")) is not None:
+            writer.add_context_length(n_ctx)
+        writer.add_embedding_length(config["hidden_size"])
+        writer.add_feed_forward_length(config["intermediate_size"])
+        writer.add_head_count(config["num_attention_heads"])
+        writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
+        theta = _get(config, "rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+        if theta is not None:
+            writer.add_rope_freq_base(theta)
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+        if (n_experts := _get(config, "num_local_experts")) is not None:
+            writer.add_expert_count(n_experts)
+        if (n_used := _get(config, "num_experts_per_tok")) is not None:
+            writer.add_expert_used_count(n_used)
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_file_type(file_type)
+        writer.add_vocab_size(config["vocab_size"])
+        writer.add_rope_dimension_count(head_dim)
+    except KeyError as exc:
+        raise ParamsError(f"config.json: missing field {exc.args[0]} (needed for GGUF metadata)") from None
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

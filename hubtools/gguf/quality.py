@@ -1,0 +1,223 @@
+"""The quality checks of a GGUF file: its tokenizer against mistral-common, its logits against the
+original model.
+
+- tokenizer: the vocabulary metadata (tokens, scores, types, merges, special ids, add_bos) equals what
+  the native tokenizer gives, key by key; with llama.cpp's `llama-tokenize` available, llama.cpp's own
+  tokenizer on the file encodes the built-in corpus exactly as mistral-common (`encode(text, bos=True)`);
+  the vocabulary read back by transformers (`gguf_file=`) is compared too and reported (transformers
+  rebuilds SentencePiece merges from the scores, which splits whitespace runs differently: informative,
+  not decisive).
+- logits: the clean-room reference forward (`hubtools.verification.reference`) on the GGUF weights,
+  dequantized one layer at a time by gguf-py, against the same forward on the original weights, both in
+  float32: mean KL, top-1 agreement, max |dlogit|. F32 files pass by the float32 rule, F16/BF16 by the
+  bfloat16 rule of `hubtools verify`; quantized files report their figures (the card shows them).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hubtools.gguf.files import GgufFiles
+from hubtools.gguf.quant import QuantType
+from hubtools.gguf.source import GgufSource, raw_rows
+from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
+from hubtools.verification.logits import THRESHOLDS, LogitsCheck, layer_diff, logit_metrics, passes, prompt_tokens
+
+FLOAT_RULES = {"F32": "float32", "F16": "bfloat16", "BF16": "bfloat16"}
+
+
+def _flavour(files: GgufFiles) -> str:
+    from hubtools.tokenization.chat_template import template_flavour
+
+    flavour = template_flavour(files.fields.get("tokenizer.chat_template", (None, None))[1])
+    return flavour if flavour in ("mistral", "chatml", "none") else "auto"
+
+
+def vocab_problems(source: GgufSource, files: GgufFiles, quant: QuantType) -> list[str]:
+    from hubtools.gguf.vocab import hf_tokenizer_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = hf_tokenizer_dir(source.tokenizer, source.config, chat_template=_flavour(files), workdir=Path(tmp))
+        expected = expected_metadata(source, quant, folder)
+    return metadata_problems(files, {k: v for k, v in expected.items() if k.startswith("tokenizer.")})
+
+
+def _reference(native: Path) -> Any:
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from hubtools.tokenization.files import tokenizer_version
+
+    version = tokenizer_version(native)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = native
+        if version.startswith("v") and native.name.endswith(".model"):
+            path = Path(tmp) / f"tokenizer.model.{version}"
+            path.write_bytes(native.read_bytes())
+        return MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
+
+
+def _texts(prompts_path: Path | None) -> list[str]:
+    from hubtools.tokenization.corpus import BUILTIN_TEXTS
+    from hubtools.tokenization.parity import load_prompts
+
+    extra = load_prompts(prompts_path) if prompts_path else []
+    return list(BUILTIN_TEXTS) + [p for p in extra if isinstance(p, str)]
+
+
+def llama_cpp_ids(exe: Path, gguf_path: Path, text: str, workdir: Path) -> list[int]:
+    """llama.cpp's own tokenizer on a GGUF file: `llama-tokenize --ids --no-parse-special --no-escape` (the
+    text's bytes as they are, special-token strings as text, BOS added as the file asks)."""
+    path = workdir / "text.txt"
+    path.write_bytes(text.encode("utf-8"))
+    cmd = [
+        str(exe),
+        "-m",
+        str(gguf_path),
+        "-f",
+        str(path),
+        "--ids",
+        "--no-parse-special",
+        "--no-escape",
+        "--log-disable",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1:] or ["llama-tokenize failed"])
+    line = done.stdout.strip().splitlines()[-1]
+    return [int(x) for x in line.strip("[]").split(",") if x.strip()]
+
+
+def _agreement(encode: Callable[[str], list[int]], reference: Any, texts: list[str]) -> tuple[int, list[str]]:
+    agreed, misses = 0, []
+    for i, text in enumerate(texts):
+        if encode(text) == list(reference.encode(text, bos=True, eos=False)):
+            agreed += 1
+        else:
+            misses.append(f"text {i}: {text[:40]!r}")
+    return agreed, misses
+
+
+def _readback(files: GgufFiles, gguf_path: Path, reference: Any, texts: list[str]) -> dict[str, Any]:
+    import transformers
+
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as exc:  # transformers raises many types for GGUF files it cannot read
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    agreed, misses = _agreement(lambda t: tok(t, split_special_tokens=True)["input_ids"], reference, texts)
+    return {"agreed": agreed, "texts": len(texts), "misses": misses[:10]}
+
+
+def check_gguf_tokenizer(
+    source: GgufSource,
+    files: GgufFiles,
+    quant: QuantType | None,
+    gguf_path: Path,
+    *,
+    prompts_path: Path | None = None,
+    readback: bool = True,
+    llama_tokenize: Path | None = None,
+) -> Check:
+    """Vocabulary metadata (decisive), llama.cpp's tokenizer when installed (decisive), transformers' read-back."""
+    if source.ckpt.tokenizer_file is None:
+        return Check(True, skipped="no tokenizer file in the source folder")
+    problems = vocab_problems(source, files, quant or QuantType("F16"))
+    reference, texts = _reference(source.tokenizer), _texts(prompts_path)
+    details: dict[str, Any] = {"vocab_keys_equal": not problems}
+    exe = llama_tokenize or (Path(found) if (found := shutil.which("llama-tokenize")) else None)
+    if exe is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            agreed, misses = _agreement(lambda t: llama_cpp_ids(exe, files.paths[0], t, Path(tmp)), reference, texts)
+        details["llama_cpp"] = {"agreed": agreed, "texts": len(texts), "misses": misses[:10]}
+        problems += [f"llama.cpp tokenizer differs from mistral-common on {m}" for m in misses]
+    else:
+        details["llama_cpp"] = {"skipped": "llama-tokenize not on PATH"}
+    if readback:
+        details["transformers"] = _readback(files, gguf_path, reference, texts)
+    return Check(not problems, tuple(problems[:20]), details)
+
+
+def _gguf_getter(source: GgufSource, files: GgufFiles) -> Callable[[str], Any]:
+    import torch
+    from gguf import quants
+
+    where = {
+        spec.native: (t.name, i if len(t.sources) > 1 else None, spec.shape)
+        for t in source.tensors
+        for i, spec in enumerate(t.sources)
+    }
+
+    def get(native: str) -> torch.Tensor:
+        name, expert, shape = where[native]
+        data = files.data(name)
+        rows = np.ascontiguousarray(data[expert] if expert is not None else data)
+        return torch.from_numpy(np.array(quants.dequantize(rows, files.tensors[name].tensor_type)).reshape(shape))
+
+    return get
+
+
+def _source_getter(source: GgufSource) -> Callable[[str], Any]:
+    import torch
+
+    specs = {spec.native: spec for t in source.tensors for spec in t.sources}
+
+    def get(native: str) -> torch.Tensor:
+        raw, code = raw_rows(source, specs[native])
+        dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[code]
+        return torch.from_numpy(raw.reshape(-1)).view(dtype).reshape(specs[native].shape).float()
+
+    return get
+
+
+def check_gguf_logits(
+    source: GgufSource, files: GgufFiles, quant: QuantType | None, *, enabled: bool, progress: Callable[[str], None]
+) -> LogitsCheck:
+    """The reference forward on the dequantized GGUF weights vs on the original weights, float32, layer by layer."""
+    import torch
+
+    from hubtools.model.params import default_rope_theta
+    from hubtools.verification import reference
+
+    if not enabled:
+        return LogitsCheck(True, "float32", skipped="logits check disabled (--no-logits)")
+    if any(t.name not in files.tensors for t in source.tensors):
+        return LogitsCheck(False, "float32", error="missing tensors (see structure) prevent a forward")
+    params = source.params
+    theta = float(source.config.get("rope_theta") or default_rope_theta(params))
+    prompts = prompt_tokens(source.ckpt.tokenizer_file, params.vocab_size)
+    ours, orig = _gguf_getter(source, files), _source_getter(source)
+    positions, valid = torch.arange(prompts.tokens.shape[1]), prompts.valid
+    with torch.no_grad():
+        h_gguf, h_orig, diffs = reference.embed(prompts.tokens, ours), reference.embed(prompts.tokens, orig), []
+        for layer in range(params.n_layers):
+            progress(f"logits: layer {layer + 1}/{params.n_layers}")
+            h_gguf = reference.layer_forward(h_gguf, layer, ours, params, positions, rope_theta=theta)
+            h_orig = reference.layer_forward(h_orig, layer, orig, params, positions, rope_theta=theta)
+            diffs.append(layer_diff(layer, h_orig, h_gguf, valid))
+        out, ref = reference.head(h_gguf, ours, params), reference.head(h_orig, orig, params)
+    rule = FLOAT_RULES.get(quant.name if quant else "")
+    thresholds = THRESHOLDS[rule] if rule else ()
+    metrics = logit_metrics(ref, out, valid, near_tie=0.1 if rule != "float32" else 0.0)
+    return LogitsCheck(
+        passed=passes(metrics, thresholds),
+        dtype="float32",
+        near_tie=0.1 if rule != "float32" else 0.0,
+        layers=tuple(diffs),
+        sequences=len(prompts.lengths),
+        tokens=sum(prompts.lengths),
+        prompts=prompts.source,
+        thresholds=thresholds,
+        max_abs_dlogit=metrics["max_abs_dlogit"],
+        nmse=metrics["nmse"],
+        mean_kl=metrics["mean_kl"],
+        max_kl=metrics["max_kl"],
+        top1_agreement=metrics["top1_agreement"],
+        top1_near_tie_agreement=metrics["top1_near_tie_agreement"],
+    )

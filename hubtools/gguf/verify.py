@@ -1,0 +1,270 @@
+"""`hubtools verify SRC FILE.gguf`: prove a GGUF file (or split set) is the export of SRC.
+
+- structure: every tensor present with the expected shape and type (for the types hubtools writes: the
+  converter's type rule; for llama.cpp's types, any), no extra tensor, and every model metadata key
+  equal to what params.json / config.json give (`hubtools.gguf.metadata`);
+- tensors: for the types gguf-py quantizes, each tensor equals gguf-py's quantization of the source
+  tensor, byte for byte (the quantizers are deterministic), streamed chunk by chunk; a difference names
+  the tensor and, for merged experts, the expert;
+- tokenizer and logits: `hubtools.gguf.quality`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from hubtools import __version__
+from hubtools.gguf.files import GgufFiles, read_gguf
+from hubtools.gguf.metadata import ARCH, add_model_parameters
+from hubtools.gguf.quant import BUILTIN, QuantType, quantize, tensor_type
+from hubtools.gguf.source import GgufSource, float_rows, open_source
+from hubtools.model.hf_config import ConfigOverrides
+from hubtools.verification.logits import LogitsCheck
+
+Progress = Callable[[str], None]
+MAX_NAMED = 20
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's verdict: problems name what failed; `skipped` says why it did not run."""
+
+    passed: bool
+    problems: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"passed": None if self.skipped else self.passed, "problems": list(self.problems), **self.details}
+        return out | ({"skipped": self.skipped} if self.skipped else {})
+
+
+@dataclass(frozen=True)
+class GgufReport:
+    """Everything `verify_gguf` found; `passed` only if every check passed (skipped checks do not fail)."""
+
+    source: str
+    files: tuple[str, ...]
+    quant: str
+    structure: Check
+    tensors: Check
+    tokenizer: Check
+    logits: LogitsCheck
+    hubtools_version: str = __version__
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in (self.structure, self.tensors, self.tokenizer, self.logits))
+
+    def to_dict(self) -> dict[str, Any]:
+        checks = {"structure": self.structure, "tensors": self.tensors, "tokenizer": self.tokenizer}
+        return {
+            "passed": self.passed,
+            "hubtools_version": self.hubtools_version,
+            "native": self.source,
+            "gguf": list(self.files),
+            "quant": self.quant,
+            "checks": {k: v.to_dict() for k, v in checks.items()} | {"logits": self.logits.to_dict()},
+        }
+
+
+def quant_of(files: GgufFiles) -> QuantType | None:
+    """The file's quant type from general.file_type (None when absent or unknown)."""
+    ftype = files.file_type
+    if ftype is None:
+        return None
+    builtin = next((QuantType(n) for n, (ft, _) in BUILTIN.items() if ft == ftype), None)
+    return builtin or QuantType(ftype.name.removeprefix("MOSTLY_").removeprefix("ALL_"))
+
+
+def expected_metadata(source: GgufSource, quant: QuantType, tokenizer_dir: Path | None) -> dict[str, Any]:
+    """key -> value of every metadata key hubtools writes for this source (general.* left out)."""
+    from hubtools.gguf.vocab import add_vocab
+
+    writer = gguf.GGUFWriter(path=None, arch=ARCH)
+    add_model_parameters(writer, source.config, quant.file_type)
+    if tokenizer_dir is not None:
+        add_vocab(writer, source.tokenizer, tokenizer_dir, source.config["vocab_size"])
+    return {k: v.value for k, v in writer.kv_data[0].items() if not k.startswith("general.")}
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float):
+        return float(np.float32(value))
+    if hasattr(value, "value") and not isinstance(value, (int, str)):
+        return int(value.value)
+    return value
+
+
+def metadata_problems(files: GgufFiles, expected: dict[str, Any]) -> list[str]:
+    """Keys missing from the file or with another value, named with expected and found values."""
+    problems = []
+    for key, value in expected.items():
+        found = files.fields.get(key)
+        if found is None:
+            problems.append(f"metadata '{key}': missing (expected {_short(value)})")
+        elif _normal(found[1]) != _normal(value):
+            problems.append(f"metadata '{key}': expected {_short(value)}, found {_short(found[1])}")
+    return problems
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"[{len(value)} values]"
+    text = repr(_normal(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_structure(source: GgufSource, files: GgufFiles, quant: QuantType | None) -> Check:
+    """Tensors present, shapes, types (for hubtools' own types), no extras; model metadata."""
+    problems = []
+    if quant is None:
+        problems.append("metadata 'general.file_type': missing or unknown")
+    arch = files.fields.get("general.architecture", (None, None))[1]
+    if arch != ARCH:
+        problems.append(f"metadata 'general.architecture': expected '{ARCH}', found {arch!r}")
+    for t in source.tensors:
+        found = files.tensors.get(t.name)
+        if found is None:
+            problems.append(f"tensor '{t.name}': missing")
+            continue
+        shape = tuple(int(n) for n in reversed(found.shape))
+        if shape != t.shape:
+            problems.append(f"tensor '{t.name}': expected shape {list(t.shape)}, found {list(shape)}")
+        elif (
+            quant is not None and quant.builtin and found.tensor_type != tensor_type(t.name, t.shape, quant.weight_type)
+        ):
+            want = tensor_type(t.name, t.shape, quant.weight_type).name
+            problems.append(f"tensor '{t.name}': expected type {want}, found {found.tensor_type.name}")
+    names = {t.name for t in source.tensors}
+    problems += [f"tensor '{n}': unexpected (not in the source model)" for n in files.tensors if n not in names]
+    if quant is not None:
+        problems += metadata_problems(files, expected_metadata(source, quant, None))
+    return Check(not problems, tuple(problems[:MAX_NAMED]), {"problem_count": len(problems), "tensors": len(names)})
+
+
+def _first_difference(expected: np.ndarray, actual: np.ndarray) -> int:
+    return int(np.flatnonzero(expected != actual)[0])
+
+
+def check_tensors(source: GgufSource, files: GgufFiles, quant: QuantType | None, progress: Progress) -> Check:
+    """Each tensor equals gguf-py's quantization of its source tensor, byte for byte, chunk by chunk."""
+    if quant is None or not quant.builtin:
+        reason = f"{quant.name if quant else 'unknown'} is llama.cpp's own type: not re-quantized here (see logits)"
+        return Check(True, skipped=reason)
+    problems, compared = [], 0
+    for i, t in enumerate(source.tensors):
+        found = files.tensors.get(t.name)
+        if found is None or tuple(int(n) for n in reversed(found.shape)) != t.shape:
+            continue  # structure names it
+        if i % 20 == 0:
+            progress(f"tensors: {i}/{len(source.tensors)}")
+        problem = _compare_tensor(source, t, files.data(t.name).reshape(-1).view(np.uint8), found.tensor_type)
+        compared += 1
+        if problem:
+            problems.append(problem)
+    complete = compared == len(source.tensors)
+    details = {"compared": compared, "expected": len(source.tensors), "mismatched": len(problems)}
+    return Check(not problems and complete, tuple(problems[:MAX_NAMED]), details)
+
+
+def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.GGMLQuantizationType) -> str | None:
+    offset, per_source = 0, actual.size // len(t.sources)
+    for rows, _ in float_rows(source, t):
+        expected = np.ascontiguousarray(quantize(rows, qtype)).reshape(-1).view(np.uint8)
+        got = actual[offset : offset + expected.size]
+        if got.size != expected.size or not np.array_equal(got, expected):
+            at = offset + (_first_difference(expected, got) if got.size == expected.size else 0)
+            expert = f" (expert {at // per_source}, {t.sources[at // per_source].native})" if len(t.sources) > 1 else ""
+            return f"tensor '{t.name}'{expert}: differs from the source at byte {at % per_source}"
+        offset += expected.size
+    return None
+
+
+def _line(check: Check) -> str:
+    if check.skipped:
+        return check.skipped
+    parts = [f"{k} {v}" for k, v in check.details.items() if isinstance(v, (int, float, bool))]
+    return ", ".join(parts) or f"{len(check.problems)} problem(s)"
+
+
+def format_gguf_report(report: GgufReport) -> str:
+    """The report as a terminal table: one line per check, then the problems (each names its tensor/key)."""
+    from hubtools.verification.run import _logits_line, _status
+
+    rows = [("structure", report.structure), ("tensors", report.tensors), ("tokenizer", report.tokenizer)]
+    lines = [
+        f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",
+        f"  source: {report.source}",
+        f"  gguf:   {', '.join(report.files)} ({report.quant})",
+        "",
+    ]
+    lines += [f"  {name:<10} {_status(c):<5} {_line(c)}" for name, c in rows]
+    lines.append(f"  {'logits':<10} {_status(report.logits):<5} {_logits_line(report.logits)}")
+    llama = report.tokenizer.details.get("llama_cpp", {})
+    readback = report.tokenizer.details.get("transformers", {})
+    for label, info in (("llama.cpp tokenizer", llama), ("transformers read-back", readback)):
+        if "agreed" in info:
+            lines.append(f"  {label}: {info['agreed']}/{info['texts']} texts equal to mistral-common")
+    problems = [p for c in (report.structure, report.tensors, report.tokenizer) for p in c.problems]
+    if problems:
+        lines += ["", "  problems:"] + [f"    - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+def verify_gguf(
+    src: Path,
+    gguf_path: Path,
+    *,
+    prompts_path: Path | None = None,
+    check_logits: bool = True,
+    rope_theta: float | None = None,
+    readback: bool = True,
+    progress: Progress | None = None,
+) -> GgufReport:
+    """Verify a GGUF file (or split set) against the native or HF checkpoint it was exported from.
+
+    Args:
+        prompts_path: extra prompts for the tokenizer check (texts and conversations, JSONL).
+        check_logits: run the reference forward on the dequantized weights and the original.
+        rope_theta: the rotary base when params.json omits it and the default rule is wrong.
+        readback: also load the GGUF vocabulary with transformers (slow for tekken).
+
+    Returns:
+        A `GgufReport`; differences are reported, not raised.
+
+    Raises:
+        HubtoolsError subclasses: SRC or the GGUF file cannot be read.
+    """
+    from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
+
+    say = progress or (lambda _: None)
+    files = read_gguf(gguf_path)
+    source = open_source(src, overrides=ConfigOverrides(rope_theta=rope_theta))
+    quant = quant_of(files)
+    with source.ckpt:
+        say("structure")
+        structure = check_structure(source, files, quant)
+        tensors = check_tensors(source, files, quant, say)
+        say("tokenizer")
+        tokenizer = check_gguf_tokenizer(source, files, quant, gguf_path, prompts_path=prompts_path, readback=readback)
+        logits = check_gguf_logits(source, files, quant, enabled=check_logits, progress=say)
+    return GgufReport(
+        str(src),
+        tuple(str(p) for p in files.paths),
+        quant.name if quant else "?",
+        structure,
+        tensors,
+        tokenizer,
+        logits,
+    )

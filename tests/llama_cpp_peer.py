@@ -1,0 +1,66 @@
+"""Where llama.cpp (the peer) is: its source tree (converter + gguf-py), a Python to run the converter
+with, and its built tools. Tests and benchmarks that need it skip when it is absent.
+
+- tree: env HUBTOOLS_LLAMA_CPP, else the llama-cpp-python sdist unpacked under /work/peer or ./peer;
+- python: env HUBTOOLS_LLAMA_CPP_PYTHON, else `venv/bin/python` beside the sdist, else this Python
+  (tekken needs transformers < 5 there: transformers 5 loads a tekken folder through mistral-common,
+  which the converter cannot read);
+- binaries (llama-tokenize, llama-quantize): env HUBTOOLS_LLAMA_CPP_BIN, else `build/bin` beside the
+  sdist, else PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SDIST = "llama_cpp_python-0.3.36"
+ROOTS = (Path("/work/peer"), Path(__file__).resolve().parents[1] / "peer")
+
+
+def tree() -> Path | None:
+    if env := os.environ.get("HUBTOOLS_LLAMA_CPP"):
+        return Path(env) if (Path(env) / "convert_hf_to_gguf.py").is_file() else None
+    for root in ROOTS:
+        path = root / SDIST / "vendor" / "llama.cpp"
+        if (path / "convert_hf_to_gguf.py").is_file():
+            return path
+    return None
+
+
+def python() -> str:
+    if env := os.environ.get("HUBTOOLS_LLAMA_CPP_PYTHON"):
+        return env
+    found = tree()
+    if found is not None:
+        venv = found.parents[2] / "venv" / "bin" / "python"
+        if venv.is_file():
+            return str(venv)
+    return sys.executable
+
+
+def binary(name: str) -> Path | None:
+    dirs = [os.environ.get("HUBTOOLS_LLAMA_CPP_BIN", "")]
+    found = tree()
+    if found is not None:
+        dirs.append(str(found.parents[2] / "build" / "bin"))
+    for d in dirs:
+        if d and (Path(d) / name).is_file():
+            return Path(d) / name
+    which = shutil.which(name)
+    return Path(which) if which else None
+
+
+def convert_hf(hf_dir: Path, out: Path, outtype: str) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on an HF folder."""
+    root = tree()
+    assert root is not None
+    env = dict(os.environ, PYTHONPATH=str(root / "gguf-py"), HF_HUB_OFFLINE="1")
+    cmd = [python(), str(root / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{done.stderr[-3000:]}")
+    return out
