@@ -2,7 +2,7 @@
 
     python bench/tool_calls.py --count 3000 [--seed 0] [--versions v2 v3 v7 tekken ...] [--json OUT]
 
-For every tokenizer version with tool tokens that mistral-common ships (v2, v3, v7 SentencePiece;
+For every tokenizer with tool tokens that mistral-common ships (v2, v3, v7, v7m1 SentencePiece;
 tekken_240718 and tekken_240911, which are v3; and tekken_240911 read as v7, the Mistral Small 3 format),
 the HF folder is written by `write_hf_tokenizer` and loaded with `AutoTokenizer`; each conversation from
 `random_tool_chat` is rendered with `apply_chat_template(messages, tools=...)` and compared with
@@ -32,6 +32,7 @@ FILES = {
     "v2": "mistral_instruct_tokenizer_240216.model.v2",
     "v3": "mistral_instruct_tokenizer_240323.model.v3",
     "v7": "mistral_instruct_tokenizer_241114.model.v7",
+    "v7m1": "mistral_instruct_tokenizer_241114.model.v7m1",
     "tekken": "tekken_240911.json",
     "tekken_240718": "tekken_240718.json",
     "tekken-v7": "tekken_240911.json",

@@ -55,7 +55,7 @@ class Miss:
     """One sequence on which the two sides differ."""
 
     kind: str  # "text" or "chat"
-    source: str  # "builtin" or "prompts"
+    source: str  # "builtin", "builtin-tools" or "prompts"
     index: int
     sample: str
     position: int | None  # first differing token; None when a side rejected the input
