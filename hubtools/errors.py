@@ -58,3 +58,7 @@ class CardError(HubtoolsError):
 
 class PublishError(HubtoolsError):
     """An upload failed or the remote files do not match the local ones."""
+
+
+class SourceError(HubtoolsError):
+    """A remote source (HTTP folder, tar URL, Hub repo) cannot be listed or keeps failing."""

@@ -9,14 +9,15 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from hubtools.checkpoint.pth import Segment, TensorRef, read_pth_index
+from hubtools.checkpoint.pth import ConcatFile, Segment, TensorRef, read_pth_index
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
 from hubtools.errors import CorruptFileError, LayoutError, MappingError
 from hubtools.model.hf_config import from_hf_config
@@ -67,7 +68,11 @@ def detect_weights(folder: Path, *, layout: str | None = None) -> WeightFiles:
     """
     if not folder.is_dir():
         raise LayoutError(f"{folder}: not a folder")
-    names = sorted(p.name for p in folder.iterdir())
+    return classify_weights(folder, sorted(p.name for p in folder.iterdir()), layout=layout)
+
+
+def classify_weights(folder: Path, names: list[str], *, layout: str | None = None) -> WeightFiles:
+    """`detect_weights` on a listing: `names` are the files of `folder` (which may be remote)."""
     native_st = [n for n in names if n == "consolidated.safetensors" or NATIVE_SHARD.fullmatch(n)]
     pth = [n for n in names if re.fullmatch(r"consolidated\.\d+\.pth", n)]
     splits = [n for n in names if PTH_SPLIT.fullmatch(n)]
@@ -131,10 +136,13 @@ def _check_splits(folder: Path, names: list[str]) -> list[str]:
     return ordered
 
 
-def _index_safetensors(files: tuple[Path, ...]) -> dict[str, TensorSource]:
+def _index_safetensors(
+    files: tuple[Path, ...], open_stream: Callable[[Path], tuple[BinaryIO, int]] | None = None
+) -> dict[str, TensorSource]:
     tensors: dict[str, TensorSource] = {}
     for path in files:
-        entries, _ = read_header(path)
+        stream, size = open_stream(path) if open_stream else (None, None)
+        entries, _ = read_header(path, stream=stream, size=size)
         for e in entries:
             if e.name in tensors:
                 other = tensors[e.name].segments[0][0].name
@@ -143,9 +151,9 @@ def _index_safetensors(files: tuple[Path, ...]) -> dict[str, TensorSource]:
     return tensors
 
 
-def _index_pth(files: tuple[Path, ...]) -> dict[str, TensorSource]:
+def _index_pth(files: tuple[Path, ...], stream: ConcatFile | None = None) -> dict[str, TensorSource]:
     tensors: dict[str, TensorSource] = {}
-    for t in read_pth_index(list(files)):
+    for t in read_pth_index(list(files), stream=stream):
         exact = t.ref.contiguous and t.ref.offset == 0 and t.ref.storage.numel == math.prod(t.shape)
         tensors[t.name] = TensorSource(t.name, t.code, t.shape, t.storage_segments, None if exact else t.ref)
     return tensors
@@ -220,10 +228,15 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor (owning its memory) in its stored dtype and shape."""
+        src = self.tensors[name]
+        return self.tensor_from(src, self.read_bytes(src.segments))
+
+    @staticmethod
+    def tensor_from(src: TensorSource, raw: np.ndarray) -> torch.Tensor:
+        """The tensor `src` from its bytes `raw` (as `read_bytes` returns them), without a copy when contiguous."""
         import torch
 
-        src = self.tensors[name]
-        flat = torch.from_numpy(self.read_bytes(src.segments)).view(src.dtype)
+        flat = torch.from_numpy(raw).view(src.dtype)
         if src.view is None:
             return flat.reshape(src.shape)
         return flat.as_strided(src.view.shape, src.view.stride, src.view.offset).clone()

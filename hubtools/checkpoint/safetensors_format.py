@@ -12,7 +12,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hubtools.errors import CorruptFileError
 
@@ -86,8 +86,14 @@ class HeaderEntry:
         return torch_dtype(self.code)
 
 
-def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
+def read_header(
+    path: Path, *, stream: BinaryIO | None = None, size: int | None = None
+) -> tuple[list[HeaderEntry], dict[str, str]]:
     """Parse and validate a safetensors header without reading tensor data.
+
+    Args:
+        stream, size: read from this stream of `size` bytes instead of opening `path` (a remote file);
+            `path` still names the file in messages.
 
     Returns:
         Entries in data order with absolute offsets, and the `__metadata__` mapping.
@@ -95,8 +101,8 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     Raises:
         CorruptFileError: truncated file, malformed JSON, overlapping or out-of-range offsets.
     """
-    size = path.stat().st_size
-    with path.open("rb") as f:
+    size = path.stat().st_size if size is None else size
+    with stream if stream is not None else path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise CorruptFileError(f"{path}: truncated safetensors file ({size} bytes, expected at least 8)")
