@@ -143,17 +143,24 @@ def plan(
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
     """Write one output tensor: a kernel byte copy, a row permutation of raw bytes, or (cast) via torch."""
+    if step.is_copy:
+        copy_segments(fd, step.source.segments, path, ckpt.fd)
+        return
+    write_all(fd, converted_bytes(ckpt, step, ckpt.read_bytes(step.source.segments)), path)
+
+
+def converted_bytes(ckpt: Checkpoint, step: Step, raw: np.ndarray) -> memoryview:
+    """The output bytes of one step from its source bytes `raw`: as is, a row permutation of raw bytes,
+    or (a cast or a strided source) through torch."""
     src = step.source
     if step.is_copy:
-        copy_segments(fd, src.segments, path, ckpt.fd)
-        return
+        return memoryview(raw.data).cast("B")
     direction = to_hf if step.spec.hf == step.out.name else to_native
     if step.out.code == src.code and src.view is None and len(src.shape) == 2:
-        rows = ckpt.read_bytes(src.segments).reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
-        write_all(fd, np.ascontiguousarray(direction(step.transform, rows, ckpt.params)).data, path)
-        return
-    tensor = direction(step.transform, ckpt.read(src.name), ckpt.params).to(step.out.dtype)
-    write_all(fd, tensor_bytes(tensor), path)
+        rows = raw.reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
+        return memoryview(np.ascontiguousarray(direction(step.transform, rows, ckpt.params)).data).cast("B")
+    tensor = direction(step.transform, ckpt.tensor_from(src, raw), ckpt.params).to(step.out.dtype)
+    return tensor_bytes(tensor)
 
 
 def _write_tokenizer(ckpt: Checkpoint, target: str, out: Path, chat_template: str) -> list[str]:
@@ -191,15 +198,18 @@ def write_plan(
 
             write_shard(path, shard, fill)
             written.append(shard.file)
-        if conversion.target_layout == "hf":
-            write_index(out / "model.safetensors.index.json", conversion.shards)
-            _write_json(out / "config.json", conversion.config)
-            _write_json(out / "generation_config.json", conversion.generation)
-            written += ["model.safetensors.index.json", "config.json", "generation_config.json"]
-        else:
-            _write_json(out / "params.json", to_native_params(conversion.params))
-            written.append("params.json")
-        return written + tokenizer.result()
+        return written + write_metadata(conversion, out) + tokenizer.result()
+
+
+def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
+    """The index and configs (HF), or params.json (native): everything but weights and tokenizer."""
+    if conversion.target_layout == "hf":
+        write_index(out / "model.safetensors.index.json", conversion.shards)
+        _write_json(out / "config.json", conversion.config)
+        _write_json(out / "generation_config.json", conversion.generation)
+        return ["model.safetensors.index.json", "config.json", "generation_config.json"]
+    _write_json(out / "params.json", to_native_params(conversion.params))
+    return ["params.json"]
 
 
 def _write_json(path: Path, data: Any) -> None:

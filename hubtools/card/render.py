@@ -58,16 +58,19 @@ class ModelFacts:
     eos_token: str = "</s>"
 
 
-def read_model_facts(model_dir: Path) -> ModelFacts:
+def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) -> ModelFacts:
     """Count the converted model's parameters and read its chat template (`chat_template.jinja` or
     `tokenizer_config.json`'s `chat_template`) and BOS/EOS tokens.
+
+    Args:
+        counts: (total, active) parameters when already known (a release whose shards are gone).
 
     Raises:
         `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
     """
     from hubtools.inspection import count_parameters
 
-    total, active = count_parameters(model_dir)
+    total, active = counts if counts is not None else count_parameters(model_dir)
     config_path = model_dir / "tokenizer_config.json"
     config: dict[str, Any] = {}
     if config_path.is_file():

@@ -46,7 +46,7 @@ from hubtools.checkpoint.remote import (
     read_range,
 )
 from hubtools.checkpoint.tar_index import tar_folder
-from hubtools.errors import LayoutError, SourceError
+from hubtools.errors import HubtoolsError, LayoutError, SourceError
 from hubtools.model.params import load_params
 
 SMALL_MAX = 64 * 1024 * 1024  # params.json and tokenizer files are downloaded; weights never are
@@ -79,16 +79,25 @@ def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native
             (staging / name).write_bytes(read_range(file, 0, file.size))
     if "params.json" not in files:
         raise LayoutError(f"{text}: no params.json (expected a native checkpoint folder)")
-    weights = classify_weights(staging, sorted(files), layout=layout)
     remote = {staging / name: files[name] for name in files}
-    if weights.fmt == "safetensors":
-        tensors = _index_safetensors(weights.files, lambda p: (_stream(remote[p]), remote[p].size))
-    else:
-        tensors = _index_remote_pth(weights, remote)
+    try:
+        weights = classify_weights(staging, sorted(files), layout=layout)
+        if weights.fmt == "safetensors":
+            tensors = _index_safetensors(weights.files, lambda p: (_stream(remote[p]), remote[p].size))
+        else:
+            tensors = _index_remote_pth(weights, remote)
+        params = load_params(staging / "params.json")
+    except HubtoolsError as exc:  # name the remote file, not its local stand-in
+        raise type(exc)(_remote_names(str(exc), staging, remote, text)) from None
     from hubtools.tokenization.files import find_native_tokenizer
 
-    params = load_params(staging / "params.json")
     return RemoteCheckpoint(staging, weights, params, tensors, find_native_tokenizer(staging), remote, text)
+
+
+def _remote_names(message: str, staging: Path, remote: dict[Path, RangeFile], spec: str) -> str:
+    for path, file in remote.items():
+        message = message.replace(str(path), file.url)
+    return message.replace(str(staging), spec)
 
 
 def _tokenizer_name(name: str) -> bool:

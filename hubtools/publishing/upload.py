@@ -190,16 +190,24 @@ def plan_upload(folder: Path) -> UploadPlan:
         raise PublishError(f"not a folder: '{folder}' (expected a model folder to publish)")
     files, ignored = [], []
     for entry in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        role = _role(entry.name)
-        size = entry.stat().st_size
-        if role is None or (role == "other" and size > OTHER_MAX_SIZE):
+        planned = planned_file(entry)
+        if planned is None:
             ignored.append(entry.name)
-            continue
-        lfs = role == "weights" or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
-        files.append(PlannedFile(entry.name, entry, size, role, lfs))
+        else:
+            files.append(planned)
     _check_weights(folder, {f.path for f in files if f.role == "weights"})
     files.sort(key=lambda f: (ROLE_ORDER.index(f.role), f.path))
     return UploadPlan(folder, tuple(files), tuple(ignored))
+
+
+def planned_file(entry: Path) -> PlannedFile | None:
+    """How `entry` would be published (its role and LFS or not), or None when it is left out."""
+    role = _role(entry.name)
+    size = entry.stat().st_size
+    if role is None or (role == "other" and size > OTHER_MAX_SIZE):
+        return None
+    lfs = role == "weights" or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
+    return PlannedFile(entry.name, entry, size, role, lfs)
 
 
 def _role(name: str) -> str | None:

@@ -225,11 +225,18 @@ def compare_logits(
     progress: Callable[[str], None],
 ) -> LogitsCheck:
     """Run both forwards on the built-in prompts and judge the logits by the thresholds for `dtype`."""
-    name = str(dtype).removeprefix("torch.")
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
     ref, out, diffs = run_layered(
         native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
     )
+    return judge_logits(ref, out, diffs, prompts, dtype=dtype)
+
+
+def judge_logits(
+    ref: torch.Tensor, out: torch.Tensor, diffs: list[LayerDiff], prompts: Prompts, *, dtype: torch.dtype
+) -> LogitsCheck:
+    """The logits check from both sides' logits and the per-layer differences (thresholds for `dtype`)."""
+    name = str(dtype).removeprefix("torch.")
     metrics = logit_metrics(ref, out, prompts.valid, near_tie=NEAR_TIE[name])
     return LogitsCheck(
         passed=passes(metrics, THRESHOLDS[name]),

@@ -1,0 +1,145 @@
+"""One-pass checks: the bit-exact comparison and both forwards fed from the same read of each tensor.
+
+`OnePass.feed(spec, native, hf)` takes one tensor pair as it is read (native source bytes and the
+converted tensor), compares them bit for bit against `to_hf(transform, native)`, and keeps them until
+their unit is complete (the embedding, one decoder layer, or the final norm + output); each complete
+unit advances both forwards (the clean-room reference on the native tensors, transformers' decoder layer
+on the converted ones) and is then dropped. Memory is one layer of each side; the hidden states are
+carried from unit to unit. The results are the same `TensorsCheck` and `LogitsCheck` that `verify`
+reports, computed with the same operations, so the numbers are identical to a two-pass run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hubtools.model.names import NameTable, TensorSpec
+from hubtools.model.params import ModelParams
+from hubtools.model.transforms import to_hf
+from hubtools.verification import reference
+from hubtools.verification.hf_forward import LayeredModel
+from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff
+from hubtools.verification.run import TensorsCheck, _bits, _difference
+
+LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def unit_of(spec: TensorSpec) -> int:
+    """-1 for the embedding, the layer index for a layer's tensors, a large number for the head."""
+    if spec.native == "tok_embeddings.weight":
+        return -1
+    match = LAYER.match(spec.native)
+    return int(match[1]) if match else 1 << 30
+
+
+class TensorTally:
+    """The bit-exact tensor check, one pair at a time (what `verify`'s tensors row reports)."""
+
+    def __init__(self, table: NameTable, params: ModelParams) -> None:
+        self.table, self.params = table, params
+        self.compared, self.mismatched, self.differences, self.casts = 0, [], {}, set()  # type: ignore[var-annotated]
+
+    def check(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> bool:
+        """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical."""
+        expected = to_hf(spec.transform, native, self.params)
+        if native.dtype != hf.dtype:
+            self.casts.add(f"{native.dtype} -> {hf.dtype}".replace("torch.", ""))
+            expected = expected.to(hf.dtype)
+        self.compared += 1
+        if hf.dtype == expected.dtype and torch.equal(_bits(hf), _bits(expected)):
+            return True
+        self.mismatched.append(spec.hf)
+        self.differences[spec.hf] = _difference(expected, hf)
+        return False
+
+    def result(self) -> TensorsCheck:
+        expected = len(self.table.specs)
+        notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(self.casts)]
+        if self.compared < expected:
+            notes.append(f"{expected - self.compared} tensor(s) missing or misshapen on a side (see structure)")
+        return TensorsCheck(
+            not self.mismatched and self.compared == expected,
+            self.compared,
+            expected,
+            tuple(self.mismatched),
+            self.differences,
+            tuple(notes),
+        )
+
+
+class Lockstep:
+    """Both forwards advanced unit by unit as tensors arrive (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Any,
+        params: ModelParams,
+        prompts: Prompts,
+        *,
+        dtype: torch.dtype,
+        rope_theta: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.params, self.prompts, self.dtype, self.rope_theta, self.progress = (
+            params,
+            prompts,
+            dtype,
+            rope_theta,
+            progress,
+        )
+        self.native: dict[str, torch.Tensor] = {}
+        self.hf: dict[str, torch.Tensor] = {}
+        self.need: dict[int, int] = {}
+        for spec in NameTable(params).specs:
+            self.need[unit_of(spec)] = self.need.get(unit_of(spec), 0) + 1
+        self.model = LayeredModel(config, lambda name: self.hf[name].to(dtype), dtype)
+        self.positions = torch.arange(prompts.tokens.shape[1])
+        self.h_ref: torch.Tensor | None = None
+        self.h_hf: torch.Tensor | None = None
+        self.diffs: list[LayerDiff] = []
+        self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
+        """Keep one pair; run its unit when the unit's last tensor arrives."""
+        self.native[spec.native], self.hf[spec.hf] = native, hf
+        unit = unit_of(spec)
+        self.need[unit] -= 1
+        if self.need[unit] == 0:
+            with torch.no_grad():
+                self._run(unit)
+            self.native.clear()
+            self.hf.clear()
+
+    def _get(self, name: str) -> torch.Tensor:
+        return self.native[name].to(self.dtype)
+
+    def _run(self, unit: int) -> None:
+        if unit == -1:
+            self.h_ref, self.h_hf = (
+                reference.embed(self.prompts.tokens, self._get),
+                self.model.embed(self.prompts.tokens),
+            )
+            return
+        assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
+        if unit < self.params.n_layers:
+            self.progress(f"logits: layer {unit + 1}/{self.params.n_layers}")
+            self.h_ref = reference.layer_forward(
+                self.h_ref, unit, self._get, self.params, self.positions, rope_theta=self.rope_theta
+            )
+            self.h_hf = self.model.layer(self.h_hf, unit)
+            self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
+            return
+        self.logits = (
+            reference.head(self.h_ref, self._get, self.params).float(),
+            self.model.head(self.h_hf).float(),
+        )
+
+    def result(self) -> LogitsCheck:
+        name = str(self.dtype).removeprefix("torch.")
+        if self.logits is None:
+            return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
+        return judge_logits(*self.logits, self.diffs, self.prompts, dtype=self.dtype)

@@ -1,0 +1,207 @@
+"""release: one pass from a folder or a URL to the local Hub; what lands equals convert's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fakehub import FakeHub
+from huggingface_hub import HfApi
+from rangeserver import RangeServer
+from test_publish import TOKEN, api, hub  # noqa: F401 - fixtures
+
+from hubtools.cli import cli
+from hubtools.converter import convert
+from hubtools.errors import CorruptFileError
+from hubtools.publishing.release import ReleaseOptions, release
+from hubtools.publishing.upload import RetryPolicy
+from hubtools.testing import tiny_params, write_native_checkpoint
+
+REPO = "acme/tiny-release"
+SHARD = 60_000  # bytes: the tiny model becomes several shards (the embedding and output get their own)
+FAST = RetryPolicy(base_delay=0.0, max_delay=0.0)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    params = tiny_params(n_layers=3, vocab_size=32000, dim=32, n_heads=4, n_kv_heads=2, hidden_dim=96)
+    return write_native_checkpoint(tmp_path_factory.mktemp("src") / "native", params, tokenizer="v1")
+
+
+@pytest.fixture(scope="module")
+def converted(native: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("conv") / "hf"
+    convert(native, out, max_shard_size=SHARD)
+    return out
+
+
+@pytest.fixture
+def server(native: Path):
+    srv = RangeServer(native.parent).start()
+    yield srv
+    srv.stop()
+
+
+def landed(hub: FakeHub) -> dict[str, bytes]:
+    return {k: v for k, v in hub.files(REPO).items() if k not in (".gitattributes", "README.md")}
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def shard_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("model-*.safetensors"))
+
+
+def test_the_plan_has_several_shards(converted: Path) -> None:
+    assert len(list(converted.glob("model-*.safetensors"))) >= 4
+
+
+def test_a_release_from_a_folder_lands_exactly_what_convert_writes(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, tmp_path: Path
+) -> None:
+    result = release(str(native), REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    assert landed(hub) == folder_files(converted)
+    assert result.report["passed"] is True and result.commit_oid is not None
+    assert hub.count("POST", "/commit/") == 1
+    assert hub.lfs_bytes == shard_bytes(converted) + (converted / "tokenizer.model").stat().st_size
+
+
+def test_a_release_from_an_http_url_lands_exactly_what_convert_writes(
+    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path
+) -> None:
+    release(server.url + "native/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    assert landed(hub) == folder_files(converted)
+    assert any(r.startswith("bytes=") for _, _, r in server.requests)
+
+
+def test_a_release_survives_connections_dropped_mid_range(
+    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path
+) -> None:
+    server.drop_every, server.drops = 20_000, 6
+    release(server.url + "native/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    assert server.drops == 0  # every planned drop happened, and was resumed
+    assert landed(hub) == folder_files(converted)
+
+
+def test_a_truncated_remote_file_fails_naming_it_and_commits_nothing(
+    hub: FakeHub, api: HfApi, native: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "site" / "broken"
+    broken.mkdir(parents=True)
+    for p in native.iterdir():
+        data = p.read_bytes()
+        (broken / p.name).write_bytes(data[: len(data) - 5000] if p.name == "consolidated.safetensors" else data)
+    srv = RangeServer(tmp_path / "site").start()
+    try:
+        with pytest.raises(CorruptFileError, match=r"^http://127\.0\.0\.1:\d+/broken/consolidated\.safetensors: truncated"):
+            release(srv.url + "broken/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    finally:
+        srv.stop()
+    assert hub.count("POST", "/commit/") == 0
+
+
+def test_the_work_dir_never_holds_more_than_two_shards(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                samples.append(sum(p.stat().st_size for p in work.rglob("*") if p.is_file()))
+            except FileNotFoundError:  # a shard deleted while we looked
+                continue
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = release(
+            str(native), REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD, work_dir=work), retry=FAST
+        )
+    finally:
+        done.set()
+        sampler.join()
+    biggest = sorted((p.stat().st_size for p in converted.glob("model-*.safetensors")), reverse=True)
+    small = sum(p.stat().st_size for p in converted.iterdir() if not p.name.startswith("model-"))
+    bound = biggest[0] + biggest[1] + small + 2 * 1024 * 1024  # two shards + small files (+ the source's)
+    assert max(samples) > 0 and max(samples) <= bound
+    assert result.work_peak_bytes <= bound
+    assert list(work.iterdir()) == []  # our temporary folder is gone
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(hub: FakeHub, native: Path, run_cli) -> None:
+    result = run_cli("release", native, REPO, "--dry-run", "--json", "--max-shard-size", SHARD)
+    plan = json.loads(result.output)
+    assert result.exit_code == 0 and plan["dry_run"] is True
+    first = plan["shards"][0]["tensors"][0]
+    assert first["name"] == "model.embed_tokens.weight" and first["ranges"][0][0].endswith("consolidated.safetensors")
+    assert hub.requests == []
+
+
+def _cli_release(hub: FakeHub, src: str, kill_at: int, sig: int) -> subprocess.Popen:
+    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    args = [sys.executable, "-m", "hubtools.cli", "release", src, REPO, "--quiet", "--max-shard-size", str(SHARD)]
+    proc: subprocess.Popen | None = None
+
+    def interrupt(n: int) -> None:
+        if n == kill_at and proc is not None:
+            os.kill(proc.pid, sig)
+
+    hub.on_lfs_put = interrupt
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_an_interrupted_release_resumes_without_resending_finished_shards(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, sig: int
+) -> None:
+    proc = _cli_release(hub, str(native), kill_at=2, sig=sig)
+    _, err = proc.communicate(timeout=120)
+    hub.on_lfs_put = None
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
+    stored = set(hub.repos[REPO].lfs_oids)
+    assert len(stored) >= 2 and hub.count("POST", "/commit/") == 0
+    hub.reset_counters()
+    release(str(native), REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    assert landed(hub) == folder_files(converted)
+    sent_again = [p for m, p, _ in hub.requests if m == "PUT" and any(oid in p for oid in stored)]
+    assert sent_again == []
+    total = shard_bytes(converted) + (converted / "tokenizer.model").stat().st_size
+    assert 0 < hub.lfs_bytes <= total - 2 * min(p.stat().st_size for p in converted.glob("model-*.safetensors"))
+
+
+def test_a_second_release_sends_nothing_and_makes_no_commit(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path
+) -> None:
+    options = ReleaseOptions(max_shard_size=SHARD)
+    release(str(native), REPO, api=api, options=options, retry=FAST)
+    hub.reset_counters()
+    again = release(str(native), REPO, api=api, options=options, retry=FAST)
+    assert again.commit_oid is None and hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 0
+    assert all(f.action == "skipped" for f in again.files)
+
+
+def test_cli_release_reports_a_missing_source_in_one_line(hub: FakeHub, tmp_path: Path, run_cli) -> None:
+    from conftest import assert_one_line_error
+
+    result = run_cli("release", tmp_path / "nope", REPO, "--dry-run")
+    assert_one_line_error(result, "nope")
+
+
+def test_release_is_a_registered_command() -> None:
+    assert "release" in cli.commands
