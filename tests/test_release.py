@@ -1,5 +1,7 @@
 """release: one pass from a folder or a URL to the local Hub; what lands equals convert's output."""
 
+# ruff: noqa: F811 - the Hub fixtures come from test_publish
+
 from __future__ import annotations
 
 import json
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def native(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    params = tiny_params(n_layers=3, vocab_size=32000, dim=32, n_heads=4, n_kv_heads=2, hidden_dim=96)
+    params = tiny_params(n_layers=2, vocab_size=32000, dim=32, n_heads=4, n_kv_heads=2, hidden_dim=96)
     return write_native_checkpoint(tmp_path_factory.mktemp("src") / "native", params, tokenizer="v1")
 
 
@@ -41,6 +43,11 @@ def converted(native: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("conv") / "hf"
     convert(native, out, max_shard_size=SHARD)
     return out
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> ReleaseOptions:
+    return ReleaseOptions(max_shard_size=SHARD, work_dir=tmp_path / "work")
 
 
 @pytest.fixture
@@ -67,9 +74,9 @@ def test_the_plan_has_several_shards(converted: Path) -> None:
 
 
 def test_a_release_from_a_folder_lands_exactly_what_convert_writes(
-    hub: FakeHub, api: HfApi, native: Path, converted: Path, tmp_path: Path
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, tmp_path: Path, options: ReleaseOptions
 ) -> None:
-    result = release(str(native), REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    result = release(str(native), REPO, api=api, options=options, retry=FAST)
     assert landed(hub) == folder_files(converted)
     assert result.report["passed"] is True and result.commit_oid is not None
     assert hub.count("POST", "/commit/") == 1
@@ -77,24 +84,24 @@ def test_a_release_from_a_folder_lands_exactly_what_convert_writes(
 
 
 def test_a_release_from_an_http_url_lands_exactly_what_convert_writes(
-    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path
+    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path, options: ReleaseOptions
 ) -> None:
-    release(server.url + "native/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    release(server.url + "native/", REPO, api=api, options=options, retry=FAST)
     assert landed(hub) == folder_files(converted)
     assert any(r.startswith("bytes=") for _, _, r in server.requests)
 
 
 def test_a_release_survives_connections_dropped_mid_range(
-    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path
+    hub: FakeHub, api: HfApi, server: RangeServer, converted: Path, options: ReleaseOptions
 ) -> None:
     server.drop_every, server.drops = 20_000, 6
-    release(server.url + "native/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    release(server.url + "native/", REPO, api=api, options=options, retry=FAST)
     assert server.drops == 0  # every planned drop happened, and was resumed
     assert landed(hub) == folder_files(converted)
 
 
 def test_a_truncated_remote_file_fails_naming_it_and_commits_nothing(
-    hub: FakeHub, api: HfApi, native: Path, tmp_path: Path
+    hub: FakeHub, api: HfApi, native: Path, tmp_path: Path, options: ReleaseOptions
 ) -> None:
     broken = tmp_path / "site" / "broken"
     broken.mkdir(parents=True)
@@ -103,8 +110,10 @@ def test_a_truncated_remote_file_fails_naming_it_and_commits_nothing(
         (broken / p.name).write_bytes(data[: len(data) - 5000] if p.name == "consolidated.safetensors" else data)
     srv = RangeServer(tmp_path / "site").start()
     try:
-        with pytest.raises(CorruptFileError, match=r"^http://127\.0\.0\.1:\d+/broken/consolidated\.safetensors: truncated"):
-            release(srv.url + "broken/", REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+        with pytest.raises(
+            CorruptFileError, match=r"^http://127\.0\.0\.1:\d+/broken/consolidated\.safetensors: truncated"
+        ):
+            release(srv.url + "broken/", REPO, api=api, options=options, retry=FAST)
     finally:
         srv.stop()
     assert hub.count("POST", "/commit/") == 0
@@ -151,7 +160,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(hub: FakeHub, native: Path, r
     assert hub.requests == []
 
 
-def _cli_release(hub: FakeHub, src: str, kill_at: int, sig: int) -> subprocess.Popen:
+def _cli_release(hub: FakeHub, src: str, work: Path, kill_at: int, sig: int) -> subprocess.Popen:
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_HUB_OFFLINE", None)
     args = [sys.executable, "-m", "hubtools.cli", "release", src, REPO, "--quiet", "--max-shard-size", str(SHARD)]
@@ -162,38 +171,39 @@ def _cli_release(hub: FakeHub, src: str, kill_at: int, sig: int) -> subprocess.P
             os.kill(proc.pid, sig)
 
     hub.on_lfs_put = interrupt
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*args, "--work-dir", str(work)], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     return proc
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_an_interrupted_release_resumes_without_resending_finished_shards(
-    hub: FakeHub, api: HfApi, native: Path, converted: Path, sig: int
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions, sig: int
 ) -> None:
-    proc = _cli_release(hub, str(native), kill_at=2, sig=sig)
+    assert options.work_dir is not None
+    proc = _cli_release(hub, str(native), options.work_dir, kill_at=2, sig=sig)
     _, err = proc.communicate(timeout=120)
     hub.on_lfs_put = None
     assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
+    left = sum(p.stat().st_size for p in options.work_dir.rglob("*") if p.is_file())
+    assert (left > 0) == (sig == signal.SIGKILL)  # Ctrl-C cleans up; kill -9 cannot
     stored = set(hub.repos[REPO].lfs_oids)
     assert len(stored) >= 2 and hub.count("POST", "/commit/") == 0
     hub.reset_counters()
-    release(str(native), REPO, api=api, options=ReleaseOptions(max_shard_size=SHARD), retry=FAST)
+    result = release(str(native), REPO, api=api, options=options, retry=FAST)
     assert landed(hub) == folder_files(converted)
     sent_again = [p for m, p, _ in hub.requests if m == "PUT" and any(oid in p for oid in stored)]
     assert sent_again == []
     total = shard_bytes(converted) + (converted / "tokenizer.model").stat().st_size
-    assert 0 < hub.lfs_bytes <= total - 2 * min(p.stat().st_size for p in converted.glob("model-*.safetensors"))
-
-
-def test_a_second_release_sends_nothing_and_makes_no_commit(
-    hub: FakeHub, api: HfApi, native: Path, converted: Path
-) -> None:
-    options = ReleaseOptions(max_shard_size=SHARD)
-    release(str(native), REPO, api=api, options=options, retry=FAST)
-    hub.reset_counters()
-    again = release(str(native), REPO, api=api, options=options, retry=FAST)
-    assert again.commit_oid is None and hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 0
-    assert all(f.action == "skipped" for f in again.files)
+    kept = sum(f.size for f in result.files if f.sha256 in stored)  # stored before the interruption
+    assert hub.lfs_bytes == total - kept and kept > 0
+    assert list(options.work_dir.iterdir()) == []  # the killed run's leftovers went with the resumed run
+    if sig == signal.SIGKILL:  # once everything is committed, a re-run sends nothing and commits nothing
+        hub.reset_counters()
+        again = release(str(native), REPO, api=api, options=options, retry=FAST)
+        assert again.commit_oid is None and hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 0
+        assert all(f.action == "skipped" for f in again.files)
 
 
 def test_cli_release_reports_a_missing_source_in_one_line(hub: FakeHub, tmp_path: Path, run_cli) -> None:

@@ -36,7 +36,7 @@ from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
 from hubtools.converter import ConversionPlan, converted_bytes, plan
-from hubtools.errors import PublishError, VerifyError
+from hubtools.errors import DestinationError, PublishError, VerifyError
 from hubtools.publishing.release_files import (
     ReleaseResult,
     dry_run_plan,
@@ -106,9 +106,7 @@ def release(
     started, say = time.monotonic(), say or (lambda _: None)
     if options.tag and options.create_pr:
         raise PublishError(f"--tag '{options.tag}' with --create-pr: a tag must point at a merged commit")
-    parent = options.work_dir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="hubtools-release-", dir=parent))
+    work = _work_dir(options.work_dir, repo_id)
     try:
         with open_source(src, staging=work / "source", layout="native") as ckpt:
             if options.check:
@@ -124,9 +122,7 @@ def release(
 
 def plan_release(src: str, *, options: ReleaseOptions) -> dict[str, Any]:
     """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing."""
-    parent = options.work_dir or Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="hubtools-release-", dir=parent))
+    work = Path(tempfile.mkdtemp(prefix="hubtools-plan-"))
     try:
         with open_source(src, staging=work / "source", layout="native") as ckpt:
             if options.check:
@@ -137,6 +133,27 @@ def plan_release(src: str, *, options: ReleaseOptions) -> dict[str, Any]:
             return dry_run_plan(src, ckpt, conversion)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+MARKER = ".hubtools-release"
+
+
+def _work_dir(parent: Path | None, repo_id: str) -> Path:
+    """Our own folder inside `parent` (default: the system temp dir), one per repo: a folder left behind
+    by a killed run is ours (it carries MARKER) and is emptied, so a resumed run stays within two shards.
+
+    Raises:
+        DestinationError: the folder exists without our marker (someone else's: never deleted).
+    """
+    parent = parent or Path(tempfile.gettempdir())
+    work = parent / f"hubtools-release-{repo_id.replace('/', '--')}"
+    if work.exists():
+        if not (work / MARKER).is_file():
+            raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another --work-dir)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / MARKER).write_text("temporary files of `hubtools release`; deleted when it ends\n")
+    return work
 
 
 class _Run:
