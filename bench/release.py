@@ -106,7 +106,7 @@ def landed(hub: FakeHub, repo: str) -> dict[str, bytes]:
 
 def bench(layers: int, shard: str, workdir: Path, keep: bool) -> list[dict[str, Any]]:
     convert_bench = __import__("convert")  # bench/convert.py builds the checkpoints
-    src = workdir / f"native-{layers}"
+    src = workdir / f"mixtral-{layers}l-safetensors"  # the name bench/convert.py and bench/verify.py use
     if not (src / "params.json").exists():
         subprocess.run([sys.executable, "-c", convert_bench.BUILD, str(layers), "safetensors", str(src)], check=True)
     hub = FakeHub(workdir / "hub", token=TOKEN).start()

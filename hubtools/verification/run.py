@@ -25,8 +25,7 @@ from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
-from hubtools.model.transforms import to_hf
-from hubtools.verification.logits import THRESHOLDS, LogitsCheck, compare_logits
+from hubtools.verification.logits import THRESHOLDS, LogitsCheck
 from hubtools.verification.structure import (
     HfFolder,
     StructureCheck,
@@ -184,37 +183,6 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progress: Progress) -> TensorsCheck:
-    """Every HF tensor against `to_hf(transform, native)` cast to the HF dtype, bit for bit, one pair at a time."""
-    compared, mismatched, differences, casts = 0, [], {}, set()
-    for i, spec in enumerate(table.specs):
-        src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
-        if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
-            continue
-        if i % 50 == 0:
-            progress(f"tensors: {i}/{len(table.specs)}")
-        expected = to_hf(spec.transform, native.read(spec.native), native.params)
-        if src.dtype != dst.dtype:
-            casts.add(f"{src.dtype} -> {dst.dtype}".replace("torch.", ""))
-            expected = expected.to(dst.dtype)
-        actual = hf.read(spec.hf)
-        compared += 1
-        if actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
-            mismatched.append(spec.hf)
-            differences[spec.hf] = _difference(expected, actual)
-    notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(casts)]
-    if compared < len(table.specs):
-        notes.append(f"{len(table.specs) - compared} tensor(s) missing or misshapen on a side (see structure)")
-    return TensorsCheck(
-        not mismatched and compared == len(table.specs),
-        compared,
-        len(table.specs),
-        tuple(mismatched),
-        differences,
-        tuple(notes),
-    )
-
-
 def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
     if actual.dtype != expected.dtype:
         return {
@@ -242,34 +210,6 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     except TokenizerError as exc:
         return TokenizerCheck(False, error=str(exc))
     return TokenizerCheck(bool(report.passed), report.to_dict())
-
-
-def _logits(
-    native: Checkpoint,
-    hf_folder: Path,
-    hf: Checkpoint,
-    ready: bool,
-    *,
-    dtype: torch.dtype,
-    rope_theta: float,
-    enabled: bool,
-    progress: Progress,
-) -> LogitsCheck:
-    name = str(dtype).removeprefix("torch.")
-    if not enabled:
-        return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
-    if not ready:
-        return LogitsCheck(False, name, error="missing or misshapen tensors (see structure) prevent a forward")
-    from hubtools.verification.hf_forward import load_config
-
-    try:
-        config = load_config(hf_folder)
-    except VerifyError as exc:
-        return LogitsCheck(False, name, error=str(exc))
-    try:
-        return compare_logits(native, hf, config, dtype=dtype, rope_theta=rope_theta, progress=progress)
-    except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
-        return LogitsCheck(False, name, error=f"transformers cannot run the HF model: {str(exc).splitlines()[0]}")
 
 
 def verify(
@@ -313,20 +253,15 @@ def verify(
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
-            tensors = compare_tensors(src, dst, table, say)
+            theta = rope_theta if rope_theta is not None else default_rope_theta(src.params)
+            ready = forward_ready(src, audit, table)
+            from hubtools.verification.stream import one_pass
+
+            tensors, logits = one_pass(
+                src, dst, hf, table, ready, dtype=dtype, rope_theta=theta, enabled=check_logits, progress=say
+            )
             say("tokenizer")
             tokenizer = check_tokenizer_parity(src, hf, prompts_path)
-            theta = rope_theta if rope_theta is not None else default_rope_theta(src.params)
-            logits = _logits(
-                src,
-                hf,
-                dst,
-                forward_ready(src, audit, table),
-                dtype=dtype,
-                rope_theta=theta,
-                enabled=check_logits,
-                progress=say,
-            )
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
 
 

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from hubtools.checkpoint.reader import Checkpoint
+from hubtools.errors import VerifyError
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.params import ModelParams
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import LayeredModel
-from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff
+from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff, prompt_tokens
 from hubtools.verification.run import TensorsCheck, _bits, _difference
 
 LAYER = re.compile(r"layers\.(\d+)\.")
@@ -143,3 +146,69 @@ class Lockstep:
         if self.logits is None:
             return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
         return judge_logits(*self.logits, self.diffs, self.prompts, dtype=self.dtype)
+
+
+def one_pass(
+    native: Checkpoint,
+    hf: Checkpoint,
+    hf_folder: Path,
+    table: NameTable,
+    ready: bool,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    enabled: bool,
+    progress: Callable[[str], None],
+) -> tuple[TensorsCheck, LogitsCheck]:
+    """`verify`'s tensors and logits checks from one read of each tensor on each side.
+
+    Pairs missing or misshapen on a side are skipped (the structure check names them); the forward runs
+    only when `ready` (every pair present) and `enabled`.
+    """
+    name = str(dtype).removeprefix("torch.")
+    tally = TensorTally(table, native.params)
+    lockstep, error = None, None
+    if not enabled:
+        skipped: str | None = "logits check disabled (--no-logits)"
+    else:
+        skipped = None
+        lockstep, error = _lockstep(native, hf_folder, ready, dtype=dtype, rope_theta=rope_theta, progress=progress)
+    for i, spec in enumerate(table.specs):
+        src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
+        if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
+            continue
+        if i % 50 == 0:
+            progress(f"tensors: {i}/{len(table.specs)}")
+        a, b = native.read(spec.native), hf.read(spec.hf)
+        tally.check(spec, a, b)
+        if lockstep is not None and error is None:
+            try:
+                lockstep.feed(spec, a, b)
+            except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
+                error = f"transformers cannot run the HF model: {str(exc).splitlines()[0]}"
+    if skipped:
+        return tally.result(), LogitsCheck(True, name, skipped=skipped)
+    if error or lockstep is None:
+        return tally.result(), LogitsCheck(False, name, error=error or "no forward ran")
+    return tally.result(), lockstep.result()
+
+
+def _lockstep(
+    native: Checkpoint,
+    hf_folder: Path,
+    ready: bool,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    progress: Callable[[str], None],
+) -> tuple[Lockstep | None, str | None]:
+    if not ready:
+        return None, "missing or misshapen tensors (see structure) prevent a forward"
+    from hubtools.verification.hf_forward import load_config
+
+    try:
+        config = load_config(hf_folder)
+    except VerifyError as exc:
+        return None, str(exc)
+    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
+    return Lockstep(config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress), None
