@@ -29,6 +29,7 @@ class RangeServer:
         self.drops = 0
         self.fail_status = 0
         self.fails = 0
+        self.index_pages = True  # False: folders answer 404, as most object stores and CDNs do
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> RangeServer:
@@ -78,8 +79,10 @@ class _Handler(SimpleHTTPRequestHandler):
             fail = not head and owner.fails > 0
             owner.fails -= int(fail)
         path = Path(self.translate_path(self.path))
+        if path.is_dir() and not owner.index_pages:
+            self.send_error(404)
+            return
         if path.is_dir() or not path.is_file():
-            self.close_connection = True
             return super().do_HEAD() if head else super().do_GET()
         if fail:
             self.send_error(owner.fail_status)

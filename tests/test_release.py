@@ -100,6 +100,19 @@ def test_a_release_survives_connections_dropped_mid_range(
     assert landed(hub) == folder_files(converted)
 
 
+def test_a_release_from_a_hub_repo_of_native_files_lands_what_convert_writes(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.create_repo("mistralai/tiny-native")
+    api.upload_folder(folder_path=native, repo_id="mistralai/tiny-native")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub.reset_counters()
+    release("hf://mistralai/tiny-native@main", REPO, api=api, options=options, retry=FAST)
+    assert landed(hub) == folder_files(converted)
+    ranged = [p for m, p, _ in hub.requests if m == "GET" and p.startswith("/cdn/")]
+    assert len(ranged) > 3  # tensors read by range requests through the resolve redirect
+
+
 def test_a_truncated_remote_file_fails_naming_it_and_commits_nothing(
     hub: FakeHub, api: HfApi, native: Path, tmp_path: Path, options: ReleaseOptions
 ) -> None:

@@ -163,28 +163,34 @@ class _Retryable(Exception):
     """A transient answer (5xx, 429, a body cut short): retried with backoff."""
 
 
-def probe_size(client: Any, url: str, headers: dict[str, str] | None = None) -> int | None:
+def probe_size(client: Any, url: str, headers: dict[str, str] | None = None, *, attempts: int = 3) -> int | None:
     """The size of the file at `url` (HEAD, else a one-byte range GET), or None when there is none (404).
 
     Raises:
-        SourceError: the server answers neither with a size.
+        SourceError: the server answers neither with a size, or cannot be reached (`attempts` tries).
     """
-    headers = {**(headers or {}), "Accept-Encoding": "identity"}
-    try:
-        response = client.head(url, headers=headers)
-        if response.status_code == 404:
+    for attempt in range(1, attempts + 1):
+        try:
+            return _probe(client, url, {**(headers or {}), "Accept-Encoding": "identity"})
+        except transport_errors() as exc:  # e.g. a keep-alive connection the server had closed
+            if attempt == attempts:
+                raise SourceError(f"{url}: cannot reach the server ({type(exc).__name__}: {exc})") from None
+    raise AssertionError("unreachable")
+
+
+def _probe(client: Any, url: str, headers: dict[str, str]) -> int | None:
+    response = client.head(url, headers=headers)
+    if response.status_code == 404:
+        return None
+    length = response.headers.get("Content-Length")
+    if response.status_code == 200 and length is not None:
+        return int(length)
+    with client.stream("GET", url, headers={**headers, "Range": "bytes=0-0"}) as ranged:
+        if ranged.status_code == 404:
             return None
-        length = response.headers.get("Content-Length")
-        if response.status_code == 200 and length is not None:
-            return int(length)
-        with client.stream("GET", url, headers={**headers, "Range": "bytes=0-0"}) as ranged:
-            if ranged.status_code == 404:
-                return None
-            total = ranged.headers.get("Content-Range", "").rpartition("/")[2]
-            if ranged.status_code == 206 and total.isdigit():
-                return int(total)
-    except transport_errors() as exc:
-        raise SourceError(f"{url}: cannot reach the server ({type(exc).__name__}: {exc})") from None
+        total = ranged.headers.get("Content-Range", "").rpartition("/")[2]
+        if ranged.status_code == 206 and total.isdigit():
+            return int(total)
     raise SourceError(f"{url}: HTTP {response.status_code} without a size (expected Content-Length)")
 
 

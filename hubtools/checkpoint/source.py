@@ -243,7 +243,8 @@ def _hub_files(spec: str) -> dict[str, RangeFile]:
     for entry in entries:
         size = getattr(entry, "size", None)
         if "/" not in entry.path and _wanted(entry.path) and size is not None:
-            url = hf_hub_url(repo_id, entry.path, revision=revision or None, endpoint=api.endpoint)
+            url = hf_hub_url(repo_id, entry.path, revision=revision or None)
+            url = api.endpoint + url[url.index(f"/{repo_id}/resolve/") :]  # the client's endpoint wins
             files[entry.path] = HttpFile(url, size, session, headers=headers)
     if not any(WEIGHT_NAME.fullmatch(n) for n in files):
         raise SourceError(f"{spec}: no native weights in the repo (expected consolidated*.safetensors or .pth)")
