@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,13 @@ from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.params import ModelParams
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
-from hubtools.verification.hf_forward import LayeredModel
+from hubtools.verification.hf_forward import LayeredModel, empty_fused_experts, put_expert
 from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff, prompt_tokens
 from hubtools.verification.run import TensorsCheck, _bits, _difference
 
 LAYER = re.compile(r"layers\.(\d+)\.")
+EXPERT = re.compile(r"\.experts\.\d+\.")
+EXPERT_HF = re.compile(r"\.block_sparse_moe\.experts\.\d+\.")
 
 
 def unit_of(spec: TensorSpec) -> int:
@@ -75,7 +78,14 @@ class TensorTally:
 
 
 class Lockstep:
-    """Both forwards advanced unit by unit as tensors arrive (see the module docstring)."""
+    """Both forwards advanced as tensors arrive (see the module docstring).
+
+    An MoE layer streams on both sides: once its attention tensors, norms and router have arrived, the
+    reference runs attention and routing; each expert then joins the reference's sum as soon as its three
+    tensors are in (in expert order, as `reference.mixture_of_experts` adds them) and is dropped, while on
+    the HF side each expert is copied into the layer's fused tensors as it arrives. Memory is the fused
+    experts of one layer plus one expert, as in a two-pass `verify`.
+    """
 
     def __init__(
         self,
@@ -87,53 +97,92 @@ class Lockstep:
         rope_theta: float,
         progress: Callable[[str], None],
     ) -> None:
-        self.params, self.prompts, self.dtype, self.rope_theta, self.progress = (
-            params,
-            prompts,
-            dtype,
-            rope_theta,
-            progress,
-        )
+        self.config, self.params, self.prompts, self.dtype = config, params, prompts, dtype
+        self.rope_theta, self.progress = rope_theta, progress
         self.native: dict[str, torch.Tensor] = {}
         self.hf: dict[str, torch.Tensor] = {}
         self.need: dict[int, int] = {}
+        self.front: dict[int, int] = {}  # per layer: tensors before the experts (attention, norms, router)
         for spec in NameTable(params).specs:
-            self.need[unit_of(spec)] = self.need.get(unit_of(spec), 0) + 1
+            unit = unit_of(spec)
+            self.need[unit] = self.need.get(unit, 0) + 1
+            if EXPERT.search(spec.native) is None:
+                self.front[unit] = self.front.get(unit, 0) + 1
         self.model = LayeredModel(config, lambda name: self.hf[name].to(dtype), dtype)
         self.positions = torch.arange(prompts.tokens.shape[1])
         self.h_ref: torch.Tensor | None = None
         self.h_hf: torch.Tensor | None = None
+        self.moe: _MoeState | None = None
+        self.fused: dict[str, torch.Tensor] | None = None
         self.diffs: list[LayerDiff] = []
         self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
-        """Keep one pair; run its unit when the unit's last tensor arrives."""
-        self.native[spec.native], self.hf[spec.hf] = native, hf
+        """Take one pair; advance whatever it completes."""
         unit = unit_of(spec)
+        self.native[spec.native] = native
+        streamed = self.params.is_moe and 0 <= unit < self.params.n_layers
+        if not (streamed and self._put_expert(spec.hf, hf)):
+            self.hf[spec.hf] = hf
         self.need[unit] -= 1
-        if self.need[unit] == 0:
-            with torch.no_grad():
+        self.front[unit] -= EXPERT.search(spec.native) is None
+        with torch.no_grad():
+            if streamed:
+                self._stream_moe(unit)
+            if self.need[unit] == 0:
                 self._run(unit)
-            self.native.clear()
-            self.hf.clear()
+                self.native.clear()
+                self.hf.clear()
+
+    def _put_expert(self, name: str, tensor: torch.Tensor) -> bool:
+        if EXPERT_HF.search(name) is None:
+            return False
+        if self.fused is None:
+            self.fused = empty_fused_experts(self.config, self.dtype)
+        return put_expert(self.fused, self.config, name, tensor)
+
+    def _stream_moe(self, layer: int) -> None:
+        """Attention and routing once the layer's front is in, then each complete expert in order."""
+        prefix = f"layers.{layer}.feed_forward."
+        if self.moe is None and self.front[layer] == 0:
+            assert self.h_ref is not None, "units arrive in order: embedding first"
+            h_mid = reference.attention_block(
+                self.h_ref, layer, self._get, self.params, self.positions, rope_theta=self.rope_theta
+            )
+            normed = reference.rms_norm(h_mid, self._get(f"layers.{layer}.ffn_norm.weight"), self.params.norm_eps)
+            flat, chosen, weights = reference.route(normed, prefix, self._get, self.params)
+            self.moe = _MoeState(h_mid, flat, chosen, weights, torch.zeros_like(flat))
+        while self.moe is not None and self.moe.next_expert < self.params.num_experts:
+            names = [f"{prefix}experts.{self.moe.next_expert}.{w}.weight" for w in ("w1", "w2", "w3")]
+            if not all(n in self.native for n in names):
+                return
+            m = self.moe
+            reference.add_expert(
+                m.out, m.flat, m.chosen, m.weights, names[0][: -len("w1.weight")], m.next_expert, self._get
+            )
+            for n in names:
+                del self.native[n]
+            m.next_expert += 1
 
     def _get(self, name: str) -> torch.Tensor:
         return self.native[name].to(self.dtype)
 
     def _run(self, unit: int) -> None:
         if unit == -1:
-            self.h_ref, self.h_hf = (
-                reference.embed(self.prompts.tokens, self._get),
-                self.model.embed(self.prompts.tokens),
-            )
+            tokens = self.prompts.tokens
+            self.h_ref, self.h_hf = reference.embed(tokens, self._get), self.model.embed(tokens)
             return
         assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
         if unit < self.params.n_layers:
             self.progress(f"logits: layer {unit + 1}/{self.params.n_layers}")
-            self.h_ref = reference.layer_forward(
-                self.h_ref, unit, self._get, self.params, self.positions, rope_theta=self.rope_theta
-            )
-            self.h_hf = self.model.layer(self.h_hf, unit)
+            if self.moe is not None:
+                self.h_ref = self.moe.h_mid + self.moe.out.view_as(self.moe.h_mid)
+            else:
+                self.h_ref = reference.layer_forward(
+                    self.h_ref, unit, self._get, self.params, self.positions, rope_theta=self.rope_theta
+                )
+            self.h_hf = self.model.layer(self.h_hf, unit, self.fused)
+            self.moe, self.fused = None, None
             self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
             return
         self.logits = (
@@ -146,6 +195,18 @@ class Lockstep:
         if self.logits is None:
             return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
         return judge_logits(*self.logits, self.diffs, self.prompts, dtype=self.dtype)
+
+
+@dataclass
+class _MoeState:
+    """The reference's MoE layer in progress: hidden after attention, routing, and the sum so far."""
+
+    h_mid: torch.Tensor
+    flat: torch.Tensor
+    chosen: torch.Tensor
+    weights: torch.Tensor
+    out: torch.Tensor
+    next_expert: int = 0
 
 
 def one_pass(
