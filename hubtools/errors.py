@@ -62,3 +62,9 @@ class PublishError(HubtoolsError):
 
 class SourceError(HubtoolsError):
     """A remote source (HTTP folder, tar URL, Hub repo) cannot be listed or keeps failing."""
+
+
+class Interrupted(HubtoolsError):
+    """Ctrl-C during a long command; the message says what was kept."""
+
+    exit_code = 130
