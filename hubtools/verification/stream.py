@@ -11,6 +11,7 @@ reports, computed with the same operations, so the numbers are identical to a tw
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class Lockstep:
                 )
             self.h_hf = self.model.layer(self.h_hf, unit, self.fused)
             self.moe, self.fused = None, None
+            gc.collect()  # the layer's modules hold reference cycles: free its weights now, not at some later GC
             self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
             return
         self.logits = (
