@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fakehub import FakeHub
 from huggingface_hub import HfApi
 from rangeserver import RangeServer
@@ -173,7 +174,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(hub: FakeHub, native: Path, r
     assert hub.requests == []
 
 
-def _cli_release(hub: FakeHub, src: str, work: Path, kill_at: int, sig: int) -> subprocess.Popen:
+def _cli_release(hub: FakeHub, src: str, work: Path, kill_at: int, sig: int = signal.SIGKILL) -> subprocess.Popen:
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_HUB_OFFLINE", None)
     args = [sys.executable, "-m", "hubtools.cli", "release", src, REPO, "--quiet", "--max-shard-size", str(SHARD)]
@@ -190,17 +191,10 @@ def _cli_release(hub: FakeHub, src: str, work: Path, kill_at: int, sig: int) -> 
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_an_interrupted_release_resumes_without_resending_finished_shards(
-    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions, sig: int
+def _resumes_without_resending(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions
 ) -> None:
-    assert options.work_dir is not None
-    proc = _cli_release(hub, str(native), options.work_dir, kill_at=2, sig=sig)
-    _, err = proc.communicate(timeout=120)
-    hub.on_lfs_put = None
-    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err
-    left = sum(p.stat().st_size for p in options.work_dir.rglob("*") if p.is_file())
-    assert (left > 0) == (sig == signal.SIGKILL)  # Ctrl-C cleans up; kill -9 cannot
+    """After an interruption: nothing committed; the re-run sends only what the Hub lacks, then one commit."""
     stored = set(hub.repos[REPO].lfs_oids)
     assert len(stored) >= 2 and hub.count("POST", "/commit/") == 0
     hub.reset_counters()
@@ -211,12 +205,49 @@ def test_an_interrupted_release_resumes_without_resending_finished_shards(
     total = shard_bytes(converted) + (converted / "tokenizer.model").stat().st_size
     kept = sum(f.size for f in result.files if f.sha256 in stored)  # stored before the interruption
     assert hub.lfs_bytes == total - kept and kept > 0
-    assert list(options.work_dir.iterdir()) == []  # the killed run's leftovers went with the resumed run
-    if sig == signal.SIGKILL:  # once everything is committed, a re-run sends nothing and commits nothing
-        hub.reset_counters()
-        again = release(str(native), REPO, api=api, options=options, retry=FAST)
-        assert again.commit_oid is None and hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 0
-        assert all(f.action == "skipped" for f in again.files)
+    assert options.work_dir is not None and list(options.work_dir.iterdir()) == []
+
+
+def test_a_killed_release_resumes_without_resending_finished_shards(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions
+) -> None:
+    assert options.work_dir is not None
+    proc = _cli_release(hub, str(native), options.work_dir, kill_at=2, sig=signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    hub.on_lfs_put = None
+    assert proc.returncode == -signal.SIGKILL, err
+    assert any(p.is_file() for p in options.work_dir.rglob("*.safetensors"))  # kill -9 leaves shards behind
+    _resumes_without_resending(hub, api, native, converted, options)  # ... which the resumed run clears
+    hub.reset_counters()  # once everything is committed, a re-run sends nothing and commits nothing
+    again = release(str(native), REPO, api=api, options=options, retry=FAST)
+    assert again.commit_oid is None and hub.lfs_bytes == 0 and hub.count("POST", "/commit/") == 0
+    assert all(f.action == "skipped" for f in again.files)
+
+
+def test_ctrl_c_stops_a_release_cleanly_and_a_rerun_resumes(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    hub.on_lfs_put = lambda n: os.kill(os.getpid(), signal.SIGINT) if n == 2 else None  # Ctrl-C in our process
+    args = [
+        "release",
+        str(native),
+        REPO,
+        "--quiet",
+        "--max-shard-size",
+        str(SHARD),
+        "--work-dir",
+        str(options.work_dir),
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    hub.on_lfs_put = None
+    assert result.exit_code == 130
+    assert result.stderr.strip() == (
+        f"error: {REPO}: interrupted; nothing committed (shards already sent stay on the Hub: re-run to resume)"
+    )
+    assert options.work_dir is not None and list(options.work_dir.iterdir()) == []  # Ctrl-C cleans up
+    _resumes_without_resending(hub, api, native, converted, options)
 
 
 def test_cli_release_reports_a_missing_source_in_one_line(hub: FakeHub, tmp_path: Path, run_cli) -> None:
