@@ -82,6 +82,7 @@ def release(
     api: HfApi,
     options: ReleaseOptions,
     progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
     say: Say | None = None,
     retry: RetryPolicy | None = None,
 ) -> ReleaseResult:
@@ -91,6 +92,7 @@ def release(
         src: a folder, an http(s) folder URL, a `.tar` URL or `hf://org/name[@rev]`.
         api: the Hub client (endpoint, token).
         progress: called with the number of source bytes each converted tensor consumed.
+        on_total: called once with the source bytes the pass will read (for a progress bar's total).
         say: called with a short line as each stage starts.
 
     Returns:
@@ -114,6 +116,8 @@ def release(
             conversion = plan(
                 ckpt, dtype=options.dtype, max_shard_size=options.max_shard_size, overrides=options.overrides
             )
+            if on_total:
+                on_total(sum(step.source.nbytes for step in conversion.steps.values()))
             run = _Run(ckpt, conversion, work, repo_id, api, options, retry or RetryPolicy(), say, progress)
             return run.go(src, started)
     finally:

@@ -90,7 +90,15 @@ def release_command(
 
     try:
         with _byte_progress(0, quiet or as_json, "release") as bar:
-            result = release(src, repo_id, api=api, options=options, progress=bar.update, say=say)
+            result = release(
+                src,
+                repo_id,
+                api=api,
+                options=options,
+                progress=bar.update,
+                on_total=lambda total: bar.reset(total=total),
+                say=say,
+            )
     except KeyboardInterrupt:
         raise Interrupted(
             f"{repo_id}: interrupted; nothing committed (shards already sent stay on the Hub: re-run to resume)"
