@@ -114,6 +114,19 @@ def test_a_release_from_a_hub_repo_of_native_files_lands_what_convert_writes(
     assert len(ranged) > 3  # tensors read by range requests through the resolve redirect
 
 
+def test_create_pr_opens_one_pull_request_and_leaves_main_alone(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions
+) -> None:
+    api.create_repo(REPO)
+    main_before = hub.repos[REPO].branches["main"]
+    pr = ReleaseOptions(max_shard_size=SHARD, work_dir=options.work_dir, create_pr=True)
+    result = release(str(native), REPO, api=api, options=pr, retry=FAST)
+    assert result.pr_url is not None and result.pr_url.endswith(f"/{REPO}/discussions/1")
+    assert hub.repos[REPO].branches["main"] == main_before
+    pr_files = {k: v for k, v in hub.files(REPO, "refs/pr/1").items() if k != ".gitattributes"}
+    assert pr_files == folder_files(converted) and hub.count("POST", "/commit/") == 1
+
+
 def test_a_truncated_remote_file_fails_naming_it_and_commits_nothing(
     hub: FakeHub, api: HfApi, native: Path, tmp_path: Path, options: ReleaseOptions
 ) -> None:
