@@ -445,6 +445,10 @@ def _register_subcommands() -> None:
     from hubtools.gguf.command import gguf_command
 
     cli.add_command(gguf_command(handle_errors, _byte_progress, emit_json))
+    from hubtools.publishing.release_cli import release_command
+
+    release_command.callback = handle_errors(release_command.callback)  # type: ignore[type-var]
+    cli.add_command(release_command)
 
 
 _register_subcommands()

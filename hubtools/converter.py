@@ -159,19 +159,30 @@ def plan(
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
     """Write one output tensor: a kernel byte copy, a row permutation of raw bytes, or (cast) via torch."""
+    if step.is_copy:
+        copy_segments(fd, step.source.segments, path, ckpt.fd)
+        return
+    write_all(fd, converted_bytes(ckpt, step, ckpt.read_bytes(step.source.segments)), path)
+
+
+def converted_bytes(ckpt: Checkpoint, step: Step, raw: np.ndarray) -> memoryview:
+    """The output bytes of one step from its source bytes `raw`: as is, a row permutation of raw bytes,
+    or (a cast or a strided source) through torch.
+
+    Raises:
+        InvalidValueError: a cast that overflows (see `_check_cast`).
+    """
     src = step.source
     if step.is_copy:
-        copy_segments(fd, src.segments, path, ckpt.fd)
-        return
+        return memoryview(raw.data).cast("B")
     transform = step.spec.transform
     if step.out.code == src.code and src.view is None and len(src.shape) == 2:
-        rows = ckpt.read_bytes(src.segments).reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
-        write_all(fd, np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data, path)
-        return
-    source = transform.towards(step.target, ckpt.read(src.name), ckpt.params)
+        rows = raw.reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
+        return memoryview(np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data).cast("B")
+    source = transform.towards(step.target, ckpt.tensor_from(src, raw), ckpt.params)
     tensor = source.to(step.out.dtype)
     _check_cast(src, source, tensor)
-    write_all(fd, tensor_bytes(tensor), path)
+    return tensor_bytes(tensor)
 
 
 def _check_cast(src: TensorSource, before: Any, after: Any) -> None:
@@ -192,9 +203,10 @@ def _check_cast(src: TensorSource, before: Any, after: Any) -> None:
         )
 
 
-def _write_tokenizer(
-    ckpt: Checkpoint, target: Layout, out: Path, chat_template: str, context_length: int | None
+def write_tokenizer(
+    ckpt: Checkpoint, target: Layout, out: Path, chat_template: str, context_length: int | None = None
 ) -> list[str]:
+    """The tokenizer files of the target layout (HF: tokenizer.json and friends; native: the kept file)."""
     from hubtools.tokenization.files import restore_native_tokenizer, write_hf_tokenizer
 
     if target is Layout.HF:
@@ -222,7 +234,7 @@ def write_plan(
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         context = (conversion.config or {}).get("max_position_embeddings")
-        tokenizer = pool.submit(_write_tokenizer, ckpt, conversion.target_layout, out, chat_template, context)
+        tokenizer = pool.submit(write_tokenizer, ckpt, conversion.target_layout, out, chat_template, context)
         written = []
         for shard in conversion.shards:
             path = out / shard.file
@@ -234,15 +246,18 @@ def write_plan(
 
             write_shard(path, shard, fill)
             written.append(shard.file)
-        if conversion.target_layout is Layout.HF:
-            write_index(out / "model.safetensors.index.json", conversion.shards)
-            _write_json(out / "config.json", conversion.config)
-            _write_json(out / "generation_config.json", conversion.generation)
-            written += ["model.safetensors.index.json", "config.json", "generation_config.json"]
-        else:
-            _write_json(out / "params.json", to_native_params(conversion.params))
-            written.append("params.json")
-        return written + tokenizer.result()
+        return written + write_metadata(conversion, out) + tokenizer.result()
+
+
+def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
+    """The index and configs (HF), or params.json (native): everything but weights and tokenizer."""
+    if conversion.target_layout is Layout.HF:
+        write_index(out / "model.safetensors.index.json", conversion.shards)
+        _write_json(out / "config.json", conversion.config)
+        _write_json(out / "generation_config.json", conversion.generation)
+        return ["model.safetensors.index.json", "config.json", "generation_config.json"]
+    _write_json(out / "params.json", to_native_params(conversion.params))
+    return ["params.json"]
 
 
 def _write_json(path: Path, data: Any) -> None:

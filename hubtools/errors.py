@@ -67,3 +67,13 @@ class CardError(HubtoolsError):
 
 class PublishError(HubtoolsError):
     """An upload failed or the remote files do not match the local ones."""
+
+
+class SourceError(HubtoolsError):
+    """A remote source (HTTP folder, tar URL, Hub repo) cannot be listed or keeps failing."""
+
+
+class Interrupted(HubtoolsError):
+    """Ctrl-C during a long command; the message says what was kept."""
+
+    exit_code = 130

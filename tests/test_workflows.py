@@ -87,18 +87,28 @@ def test_publish_runs_the_release_pipeline_per_target_repo_without_cancelling() 
         "cancel-in-progress": False,
     }
     assert release["permissions"]["id-token"] == "write"
-    script = "\n".join(run_blocks(workflow))
+    script = "\n".join(step.get("run", "") for step in release["steps"])  # the GGUF job has its own checks
     for command in (
-        'hubtools convert "$SRC" "$OUT" --recipe "converters/$RELEASE.yaml"',
-        'hubtools verify "$SRC" "$OUT" --json "$REPORT"',
-        'hubtools card "$RELEASE" -o "$OUT/README.md" --model "$OUT" --report "$REPORT"',
-        'hubtools publish "$OUT" "$REPO_ID"',
+        'hubtools release "$SRC" "$REPO_ID" --recipe "converters/$RELEASE.yaml" --card "$RELEASE"',
         'HF_OIDC_RESOURCE="$REPO_ID"',
     ):
         assert command in script
-    publish_step = next(s for s in release["steps"] if s.get("name") == "Publish")
-    assert publish_step["env"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
+    for gone in ("hubtools convert", "hubtools verify", "hubtools publish", "curl "):
+        assert gone not in script  # one streaming pass: nothing is downloaded whole or converted on disk
+    release_step = next(s for s in release["steps"] if s.get("name") == "Release")
+    assert release_step["env"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}"}
     assert "${{ secrets." not in script
+
+
+def test_publish_streams_http_and_hub_sources_on_a_standard_runner_and_downloads_only_torrents() -> None:
+    release = load("publish.yml")["jobs"]["release"]
+    assert release["runs-on"] == (
+        "${{ needs.plan.outputs.source_kind == 'torrent' && vars.PUBLISH_RUNNER || 'ubuntu-latest' }}"
+    )
+    download = next(s for s in release["steps"] if "torrent" in s.get("name", ""))
+    assert download["if"] == "needs.plan.outputs.source_kind == 'torrent'" and "needs disk" in download["run"]
+    stream = next(s for s in release["steps"] if s.get("name", "").startswith("Stream"))
+    assert stream["if"] == "needs.plan.outputs.source_kind == 'stream'"
 
 
 def test_publish_has_a_gguf_job_after_the_hf_one_for_recipes_with_a_gguf_list() -> None:

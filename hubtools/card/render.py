@@ -69,9 +69,12 @@ class ModelFacts:
     eos_token: str = "</s>"
 
 
-def read_model_facts(model_dir: Path) -> ModelFacts:
+def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) -> ModelFacts:
     """Count the converted model's parameters and read its chat template (`chat_template.jinja` or
     `tokenizer_config.json`'s `chat_template`) and BOS/EOS tokens.
+
+    Args:
+        counts: (total, active) parameters when already known (a release whose shards are gone).
 
     Raises:
         `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
@@ -80,9 +83,17 @@ def read_model_facts(model_dir: Path) -> ModelFacts:
     from hubtools.checkpoint.reader import open_checkpoint
     from hubtools.inspection import parameter_counts
 
-    with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
-        total, active = parameter_counts(ckpt)
-        architecture = ckpt.params.architecture
+    if counts is not None:  # a release whose shards are already uploaded: config.json names the architecture
+        total, active = counts
+        config_file = model_dir / "config.json"
+        names = (
+            json.loads(config_file.read_text(encoding="utf-8")).get("architectures") if config_file.is_file() else None
+        )
+        architecture = names[0] if isinstance(names, list) and names else ""
+    else:
+        with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
+            total, active = parameter_counts(ckpt)
+            architecture = ckpt.params.architecture
     config_path = model_dir / "tokenizer_config.json"
     config: dict[str, Any] = {}
     if config_path.is_file():

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hubtools.checkpoint.pth import Segment, TensorRef
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
@@ -111,13 +112,18 @@ def layouts_present(folder: Path) -> set[Layout]:
 
 
 def detect_layout(
-    folder: Path, *, layout: Layout | str | None = None, prefer: Layout | str | None = None
+    folder: Path,
+    *,
+    layout: Layout | str | None = None,
+    prefer: Layout | str | None = None,
+    names: list[str] | None = None,
 ) -> WeightFiles:
     """Find the weight files of a checkpoint folder and say which layout they are.
 
     Args:
         layout: read only this layout's weights (a folder holding both is then fine).
         prefer: when the folder holds both layouts and `layout` is None, read this one instead of refusing.
+        names: the folder's file names when it is not local (a remote listing); `folder` is then not read.
 
     Raises:
         LayoutError: not a folder, no weights, an ambiguous folder, missing shards or split parts.
@@ -127,10 +133,11 @@ def detect_layout(
         Traceback (most recent call last):
         hubtools.errors.LayoutError: /nonexistent: expected a checkpoint folder, found nothing
     """
-    if not folder.is_dir():
-        found_kind = "a file" if folder.exists() else "nothing"
-        raise LayoutError(f"{folder}: expected a checkpoint folder, found {found_kind}")
-    names = sorted(p.name for p in folder.iterdir())
+    if names is None:
+        if not folder.is_dir():
+            found_kind = "a file" if folder.exists() else "nothing"
+            raise LayoutError(f"{folder}: expected a checkpoint folder, found {found_kind}")
+        names = sorted(p.name for p in folder.iterdir())
     found = _weight_names(names)
     has = {
         Layout.NATIVE: bool(found["safetensors"] or found["pth"] or found["pth-split"]),
@@ -228,12 +235,15 @@ def _fail(problems: list[str] | None, error: HubtoolsError) -> None:
 
 
 def index_safetensors(
-    files: tuple[Path, ...] | list[Path], problems: list[str] | None = None
+    files: tuple[Path, ...] | list[Path],
+    problems: list[str] | None = None,
+    open_stream: Callable[[Path], tuple[BinaryIO, int]] | None = None,
 ) -> tuple[list[Path], dict[str, TensorSource]]:
     """Index the tensors of safetensors files from their headers: (readable files, name -> source).
 
     Strict when `problems` is None (the first unreadable file or duplicate tensor raises); lenient
-    otherwise (it is recorded, the file or the second copy skipped).
+    otherwise (it is recorded, the file or the second copy skipped). `open_stream(path) -> (stream, size)`
+    reads headers from elsewhere (a remote file) instead of opening `path`.
 
     Raises:
         CorruptFileError, MappingError: in strict mode.
@@ -242,7 +252,8 @@ def index_safetensors(
     readable = []
     for path in files:
         try:
-            entries, _ = read_header(path)
+            stream, size = open_stream(path) if open_stream else (None, None)
+            entries, _ = read_header(path, stream=stream, size=size)
         except CorruptFileError as exc:
             _fail(problems, exc)
             continue

@@ -186,15 +186,18 @@ class PthTensor:
     storage_segments: tuple[Segment, ...]
 
 
-def read_pth_index(parts: list[Path]) -> list[PthTensor]:
+def read_pth_index(parts: list[Path], *, stream: ConcatFile | None = None) -> list[PthTensor]:
     """Index a `.pth` archive (one file, or its split parts in order) without reading tensor data.
+
+    Args:
+        stream: read through this joined view of `parts` (e.g. remote parts) instead of opening them.
 
     Raises:
         CorruptFileError: not a zip archive, compressed entries, truncated parts.
         UnsafePickleError: the pickle references code.
     """
     where = str(parts[0]) if len(parts) == 1 else f"{parts[0]} (+{len(parts) - 1} parts)"
-    stream = ConcatFile(parts)
+    stream = ConcatFile(parts) if stream is None else stream
     try:
         archive = _open_archive(stream, where)
         entries = {info.filename: info for info in archive.infolist()}

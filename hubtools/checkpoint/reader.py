@@ -24,7 +24,7 @@ from hubtools.checkpoint.layout import (
     json_object,
     pth_view_is_exact,
 )
-from hubtools.checkpoint.pth import Segment, read_pth_index
+from hubtools.checkpoint.pth import ConcatFile, Segment, read_pth_index
 from hubtools.errors import CorruptFileError, LayoutError
 from hubtools.model.hf_config import from_hf_config
 from hubtools.model.params import ModelParams, load_params
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     import torch
 
 
-def _index_pth(files: tuple[Path, ...]) -> dict[str, TensorSource]:
+def index_pth(files: tuple[Path, ...], stream: ConcatFile | None = None) -> dict[str, TensorSource]:
+    """name -> source for the tensors of a .pth archive (its split parts in order), from the pickle alone."""
     tensors: dict[str, TensorSource] = {}
-    for t in read_pth_index(list(files)):
+    for t in read_pth_index(list(files), stream=stream):
         exact = pth_view_is_exact(t.ref, t.shape)
         tensors[t.name] = TensorSource(t.name, t.code, t.shape, t.storage_segments, None if exact else t.ref)
     return tensors
@@ -85,10 +86,15 @@ class Checkpoint:
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor (owning its memory) in its stored dtype and shape."""
+        src = self.tensors[name]
+        return self.tensor_from(src, self.read_bytes(src.segments))
+
+    @staticmethod
+    def tensor_from(src: TensorSource, raw: np.ndarray) -> torch.Tensor:
+        """The tensor `src` from its bytes `raw` (as `read_bytes` returns them), without a copy when contiguous."""
         import torch
 
-        src = self.tensors[name]
-        flat = torch.from_numpy(self.read_bytes(src.segments)).view(src.dtype)
+        flat = torch.from_numpy(raw).view(src.dtype)
         if src.view is None:
             return flat.reshape(src.shape)
         return flat.as_strided(src.view.shape, src.view.stride, src.view.offset).clone()
@@ -131,7 +137,7 @@ def open_checkpoint(
     if weights.layout is Layout.NATIVE:
         params = load_params(folder / "params.json")
         pth = weights.format in (WeightFormat.PTH, WeightFormat.PTH_SPLIT)
-        tensors = _index_pth(weights.files) if pth else index_safetensors(weights.files)[1]
+        tensors = index_pth(weights.files) if pth else index_safetensors(weights.files)[1]
     else:
         config_path = folder / "config.json"
         if not config_path.is_file():

@@ -13,7 +13,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hubtools.errors import CorruptFileError, InvalidValueError
 
@@ -93,8 +93,14 @@ class HeaderEntry:
         return torch_dtype(self.code)
 
 
-def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
+def read_header(
+    path: Path, *, stream: BinaryIO | None = None, size: int | None = None
+) -> tuple[list[HeaderEntry], dict[str, str]]:
     """Parse and validate a safetensors header without reading tensor data.
+
+    Args:
+        stream, size: read from this stream of `size` bytes instead of opening `path` (a remote file);
+            `path` still names the file in messages.
 
     Returns:
         Entries in data order with absolute offsets, and the `__metadata__` mapping.
@@ -102,11 +108,14 @@ def read_header(path: Path) -> tuple[list[HeaderEntry], dict[str, str]]:
     Raises:
         CorruptFileError: truncated file, malformed JSON, overlapping or out-of-range offsets.
     """
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block
-        raise CorruptFileError(f"{path}: not a regular file")
-    size = info.st_size
-    with path.open("rb") as f:
+    if stream is None:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block
+            raise CorruptFileError(f"{path}: not a regular file")
+        size = info.st_size
+    elif size is None:
+        raise CorruptFileError(f"{path}: expected the size of a streamed file, found none")
+    with stream if stream is not None else path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise CorruptFileError(f"{path}: truncated safetensors file ({size} bytes, expected at least 8)")

@@ -137,13 +137,11 @@ def plan_upload(folder: str | os.PathLike[str]) -> UploadPlan:
         )
     files, ignored = [], []
     for entry in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        role = _role(entry.name)
-        size = entry.stat().st_size
-        if role is None or (role is Role.OTHER and size > OTHER_MAX_SIZE):
+        planned = planned_file(entry)
+        if planned is None:
             ignored.append(entry.name)
-            continue
-        lfs = role is Role.WEIGHTS or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
-        files.append(PlannedFile(entry.name, entry, size, role, lfs))
+        else:
+            files.append(planned)
     try:
         check_folder(folder, sorted(f.path for f in files if f.role is Role.WEIGHTS))
     except PublishError:
@@ -152,6 +150,16 @@ def plan_upload(folder: str | os.PathLike[str]) -> UploadPlan:
         raise PublishError(str(exc)) from None
     files.sort(key=lambda f: (ROLE_ORDER.index(f.role), f.path))
     return UploadPlan(folder, tuple(files), tuple(ignored))
+
+
+def planned_file(entry: Path) -> PlannedFile | None:
+    """How `entry` would be published (its role, LFS or not), or None when it is left out."""
+    role = _role(entry.name)
+    size = entry.stat().st_size
+    if role is None or (role is Role.OTHER and size > OTHER_MAX_SIZE):
+        return None
+    lfs = role is Role.WEIGHTS or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
+    return PlannedFile(entry.name, entry, size, role, lfs)
 
 
 def _role(name: str) -> Role | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,23 +68,58 @@ def _module(config: Any, suffix: str) -> Any:
     return getattr(modeling, kind.capitalize() + suffix)
 
 
-def _fused_experts(config: Any, prefix: str, read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def empty_fused_experts(config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Uninitialised fused expert tensors of one layer, for `put_expert`."""
     experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
-    gate_up = torch.empty(experts, 2 * inter, hidden, dtype=dtype)
-    down = torch.empty(experts, hidden, inter, dtype=dtype)
-    for e in range(experts):
-        gate_up[e, :inter] = read(f"{prefix}block_sparse_moe.experts.{e}.w1.weight")
-        gate_up[e, inter:] = read(f"{prefix}block_sparse_moe.experts.{e}.w3.weight")
-        down[e] = read(f"{prefix}block_sparse_moe.experts.{e}.w2.weight")
-    return {"mlp.experts.gate_up_proj": gate_up, "mlp.experts.down_proj": down}
+    return {
+        "mlp.experts.gate_up_proj": torch.empty(experts, 2 * inter, hidden, dtype=dtype),
+        "mlp.experts.down_proj": torch.empty(experts, hidden, inter, dtype=dtype),
+    }
 
 
-def layer_state(config: Any, layer: int, keys: list[str], read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The decoder layer's state dict (its own key names) from the checkpoint's HF names."""
+EXPERT_NAME = re.compile(r"model\.layers\.\d+\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
+
+
+def put_expert(fused: dict[str, torch.Tensor], config: Any, name: str, tensor: torch.Tensor) -> bool:
+    """Copy the checkpoint's expert tensor `name` into its place in `fused`; False if `name` is no expert."""
+    match = EXPERT_NAME.fullmatch(name)
+    if match is None:
+        return False
+    e, kind, inter = int(match[1]), match[2], config.intermediate_size
+    if kind == "w2":
+        fused["mlp.experts.down_proj"][e] = tensor
+    else:
+        rows = slice(None, inter) if kind == "w1" else slice(inter, None)
+        fused["mlp.experts.gate_up_proj"][e, rows] = tensor
+    return True
+
+
+def _fused_experts(config: Any, prefix: str, read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    fused = empty_fused_experts(config, dtype)
+    for e in range(config.num_local_experts):
+        for kind in ("w1", "w3", "w2"):
+            name = f"{prefix}block_sparse_moe.experts.{e}.{kind}.weight"
+            put_expert(fused, config, name, read(name))
+    return fused
+
+
+def layer_state(
+    config: Any,
+    layer: int,
+    keys: list[str],
+    read: Reader,
+    dtype: torch.dtype,
+    fused: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The decoder layer's state dict (its own key names) from the checkpoint's HF names.
+
+    Args:
+        fused: the layer's fused experts when already built (`put_expert`); else read here.
+    """
     prefix = f"model.layers.{layer}."
     state: dict[str, torch.Tensor] = {}
     if "mlp.experts.gate_up_proj" in keys:
-        state.update(_fused_experts(config, prefix, read, dtype))
+        state.update(fused if fused is not None else _fused_experts(config, prefix, read, dtype))
     for key in keys:
         if key not in state:
             stored = key.replace("mlp.", "block_sparse_moe.", 1) if config.model_type == "mixtral" else key
@@ -91,12 +127,14 @@ def layer_state(config: Any, layer: int, keys: list[str], read: Reader, dtype: t
     return state
 
 
-def build_layer(config: Any, layer: int, read: Reader, dtype: torch.dtype) -> nn.Module:
+def build_layer(
+    config: Any, layer: int, read: Reader, dtype: torch.dtype, fused: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
     """transformers' `MistralDecoderLayer` / `MixtralDecoderLayer` holding layer `layer`'s weights."""
     with torch.device("meta"):
         module = _module(config, "DecoderLayer")(config, layer)
     keys = list(module.state_dict())
-    module.load_state_dict(layer_state(config, layer, keys, read, dtype), strict=True, assign=True)
+    module.load_state_dict(layer_state(config, layer, keys, read, dtype, fused), strict=True, assign=True)
     return module.eval()
 
 
@@ -131,9 +169,9 @@ class LayeredModel:
         return mask, rope, positions
 
     @torch.no_grad()
-    def layer(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        """Run decoder layer `layer` (its weights loaded now, released on return)."""
-        module = build_layer(self.config, layer, self.read, self.dtype)
+    def layer(self, h: torch.Tensor, layer: int, fused: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Run decoder layer `layer` (its weights loaded now, released on return; `fused`: its experts)."""
+        module = build_layer(self.config, layer, self.read, self.dtype, fused)
         mask, rope, positions = self._inputs(h)
         out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
         return out[0] if isinstance(out, tuple) else out

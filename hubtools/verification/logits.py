@@ -200,11 +200,31 @@ def compare_logits(
     texts: Sequence[str] = (),
 ) -> LogitsCheck:
     """Run both forwards on the built-in prompts (and `texts`) and judge the logits by the thresholds for `dtype`."""
-    name = dtype_name(dtype)
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size, texts)
     ref, out, diffs, nonfinite = run_layered(
         native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
     )
+    return judge_logits(ref, out, diffs, prompts, dtype=dtype, nonfinite=nonfinite)
+
+
+def judge_logits(
+    ref: torch.Tensor,
+    out: torch.Tensor,
+    diffs: list[LayerDiff],
+    prompts: Prompts,
+    *,
+    dtype: torch.dtype,
+    nonfinite: tuple[str, ...] | None = None,
+) -> LogitsCheck:
+    """The logits check from both sides' logits and the per-layer differences (thresholds for `dtype`).
+
+    `nonfinite` names where each side first held NaN or inf; when not given, the logits themselves are checked.
+    """
+    name = dtype_name(dtype)
+    if nonfinite is None:
+        found: dict[str, str] = {}
+        note_nonfinite(found, "logits", ref, out, prompts.valid)
+        nonfinite = tuple(found.values())
     metrics = logit_metrics(ref, out, prompts.valid, near_tie=NEAR_TIE[name])
     return LogitsCheck(
         passed=passes(metrics, THRESHOLDS[name]) and not nonfinite,

@@ -85,17 +85,37 @@ def swiglu(x: torch.Tensor, prefix: str, get: Getter) -> torch.Tensor:
 
 def mixture_of_experts(x: torch.Tensor, prefix: str, get: Getter, params: ModelParams) -> torch.Tensor:
     """Top-k routed experts; softmax over the k chosen gate logits. Loads only experts that are chosen."""
+    flat, chosen, weights = route(x, prefix, get, params)
+    out = torch.zeros_like(flat)
+    for expert in range(params.num_experts):
+        add_expert(out, flat, chosen, weights, f"{prefix}experts.{expert}.", expert, get)
+    return out.view_as(x)
+
+
+def route(
+    x: torch.Tensor, prefix: str, get: Getter, params: ModelParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The router: tokens as rows `[n, dim]`, the k experts chosen per token, and their softmax weights."""
     flat = x.reshape(-1, x.shape[-1])
     logits = F.linear(flat, get(prefix + "gate.weight"))
     top, chosen = torch.topk(logits, params.num_experts_per_tok, dim=-1)
-    weights = torch.softmax(top.float(), dim=-1).type_as(x)
-    out = torch.zeros_like(flat)
-    for expert in range(params.num_experts):
-        rows, slot = torch.where(chosen == expert)
-        if rows.numel():
-            y = swiglu(flat[rows], f"{prefix}experts.{expert}.", get)
-            out.index_add_(0, rows, weights[rows, slot, None] * y)
-    return out.view_as(x)
+    return flat, chosen, torch.softmax(top.float(), dim=-1).type_as(x)
+
+
+def add_expert(
+    out: torch.Tensor,
+    flat: torch.Tensor,
+    chosen: torch.Tensor,
+    weights: torch.Tensor,
+    prefix: str,
+    expert: int,
+    get: Getter,
+) -> None:
+    """Add expert `expert`'s weighted output (names under `prefix`) for the tokens routed to it, in place."""
+    rows, slot = torch.where(chosen == expert)
+    if rows.numel():
+        y = swiglu(flat[rows], prefix, get)
+        out.index_add_(0, rows, weights[rows, slot, None] * y)
 
 
 def embed(tokens: torch.Tensor, get: Getter) -> torch.Tensor:
@@ -115,14 +135,22 @@ def layer_forward(
         rope_theta: the rotary base; explicit because params.json may omit it.
     """
     prefix = f"layers.{layer}."
-    cis = rotary_angles(positions, params.head_dim, rope_theta)
-    mask = attention_mask(positions, params.sliding_window)
-    normed = rms_norm(h, get(prefix + "attention_norm.weight"), params.norm_eps)
-    h = h + attention(normed, prefix + "attention.", get, params, cis, mask)
+    h = attention_block(h, layer, get, params, positions, rope_theta=rope_theta)
     normed = rms_norm(h, get(prefix + "ffn_norm.weight"), params.norm_eps)
     if params.is_moe:
         return h + mixture_of_experts(normed, prefix + "feed_forward.", get, params)
     return h + swiglu(normed, prefix + "feed_forward.", get)
+
+
+def attention_block(
+    h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor, *, rope_theta: float
+) -> torch.Tensor:
+    """The first half of a decoder block: `h + attn(norm(h))`."""
+    prefix = f"layers.{layer}."
+    cis = rotary_angles(positions, params.head_dim, rope_theta)
+    mask = attention_mask(positions, params.sliding_window)
+    normed = rms_norm(h, get(prefix + "attention_norm.weight"), params.norm_eps)
+    return h + attention(normed, prefix + "attention.", get, params, cis, mask)
 
 
 def head(h: torch.Tensor, get: Getter, params: ModelParams) -> torch.Tensor:

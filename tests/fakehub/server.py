@@ -267,6 +267,34 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._serve("PUT")
 
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def _download(self, segments: list[str]) -> bool:
+        """`/{ns}/{name}/resolve/{rev}/{path}` redirects to `/cdn/{object}`, which answers Range requests."""
+        hub = self.hub
+        if len(segments) >= 5 and segments[2] == "resolve":
+            with hub.lock:
+                repo = hub.repos.get(f"{segments[0]}/{segments[1]}")
+                commit = repo.commits[hub._resolve(repo, segments[3])] if repo else None
+                entry = commit.files.get("/".join(segments[4:])) if commit else None
+            if entry is None:
+                self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            else:
+                self._send(302, b"", {"Location": f"{hub.endpoint}/cdn/{entry.key}"})
+            return True
+        if len(segments) == 2 and segments[0] == "cdn":
+            data = hub._object(segments[1])
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if match is None:
+                self._send(200, data, content_type="application/octet-stream")
+                return True
+            first, last = int(match[1]), min(int(match[2] or len(data) - 1), len(data) - 1)
+            headers = {"Content-Range": f"bytes {first}-{last}/{len(data)}"}
+            self._send(206, data[first : last + 1], headers, content_type="application/octet-stream")
+            return True
+        return False
+
     # --- plumbing --------------------------------------------------------------------------
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -289,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _serve(self, method: str) -> None:
         hub = self.hub
@@ -299,6 +328,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         with hub.lock:
             hub.requests.append((method, path, len(body)))
+        if method in ("GET", "HEAD") and path.startswith("/cdn/"):
+            self._download(segments)  # presigned, like the CDN the Hub redirects to
+            return
+        with hub.lock:
             fault = next(
                 (
                     f
@@ -326,6 +359,8 @@ class _Handler(BaseHTTPRequestHandler):
                 {"error": "Invalid credentials"},
                 {"X-Error-Message": "Invalid credentials in Authorization header"},
             )
+            return
+        if method in ("GET", "HEAD") and self._download(segments):
             return
         try:
             with hub.lock:

@@ -1,0 +1,134 @@
+"""`hubtools release`: the command line of the one-pass release. `cli.py` registers it on its group and
+wraps it in its error handling (one line, exit code); the helpers it shares are imported when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hubtools.errors import Interrupted
+
+
+@click.command("release")
+@click.argument("src")
+@click.argument("repo_id")
+@click.option(
+    "--recipe", type=click.Path(path_type=Path), help="converters/NAME.yaml: validate SRC, take its settings."
+)
+@click.option("--card", "card_spec", help="Card source (path or release name in cards/); default: the recipe's.")
+@click.option("--max-shard-size", default=None, help="Shard budget, e.g. 5GB (default 5GB or the recipe's).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), help="Where shards wait (default: temp).")
+@click.option("--revision", help="Branch to commit to (created if missing) or refs/pr/N; default main.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--tag", help="Tag the published commit.")
+@click.option("--verify-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, source byte ranges); send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def release_command(
+    src: str,
+    repo_id: str,
+    recipe: Path | None,
+    card_spec: str | None,
+    max_shard_size: str | None,
+    work_dir: Path | None,
+    revision: str | None,
+    create_pr: bool,
+    private: bool,
+    tag: str | None,
+    verify_dtype: str,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Convert, verify and publish SRC to REPO_ID in one streaming pass (disk: two shards).
+
+    SRC is a native folder, an http(s) URL of one, a .tar URL or hf://org/name[@rev]. Uses HF_ENDPOINT and
+    HF_TOKEN from the environment. A re-run resumes: nothing the Hub already holds is sent again.
+    """
+    import os
+
+    from hubtools.cli import _byte_progress
+    from hubtools.publishing.release import ReleaseOptions, plan_release, release
+    from hubtools.recipe import check_source, load_recipe
+    from hubtools.units import parse_size
+
+    rec = load_recipe(recipe) if recipe else None
+    try:
+        shard = parse_size(max_shard_size) if max_shard_size else (rec.max_shard_size if rec else 5 * 10**9)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
+    options = ReleaseOptions(
+        max_shard_size=shard,
+        dtype=rec.dtype if rec else None,
+        overrides=rec.config_overrides() if rec else None,
+        chat_template=rec.chat_template if rec else "auto",
+        card=card_spec or (rec.card if rec else None),
+        verify_dtype=verify_dtype,
+        work_dir=work_dir,
+        revision=revision,
+        create_pr=create_pr,
+        private=private,
+        tag=tag,
+        check=(lambda ckpt: check_source(rec, ckpt)) if rec else None,
+    )
+    if dry_run:
+        _print_release_plan(plan_release(src, options=options), repo_id, as_json)
+        return
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
+
+    def say(message: str) -> None:
+        if not (quiet or as_json):
+            click.echo(f"release: {message}", err=True)
+
+    try:
+        with _byte_progress(0, quiet or as_json, "release") as bar:
+            result = release(
+                src,
+                repo_id,
+                api=api,
+                options=options,
+                progress=bar.update,
+                on_total=lambda total: bar.reset(total=total),
+                say=say,
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{repo_id}: interrupted; nothing committed (shards already sent stay on the Hub: re-run to resume)"
+        ) from None
+    if as_json:
+        from hubtools.cli import emit_json
+
+        emit_json(result.to_dict())
+    elif not quiet:
+        summary = result.to_dict()
+        click.echo(
+            f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
+            f"{summary['skipped_files']} already on the Hub; verified at {result.verified_at}; "
+            f"work dir peak {result.work_peak_bytes:,d} bytes; {result.seconds:.1f}s"
+        )
+        for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
+            if value:
+                click.echo(f"{label}: {value}")
+
+
+def _print_release_plan(plan: dict[str, Any], repo_id: str, as_json: bool) -> None:
+    from hubtools.cli import emit_json
+
+    if as_json:
+        emit_json({**plan, "repo_id": repo_id})
+        return
+    for shard in plan["shards"]:
+        click.echo(f"{shard['bytes']:>15,d}  {shard['file']}")
+        for t in shard["tensors"]:
+            ranges = ", ".join(f"{where} [{offset}, +{length}]" for where, offset, length in t["ranges"])
+            click.echo(f"{'':>17}{t['name']} <- {t['source']}: {ranges}")
+    click.echo(f"{'':>15}  + {', '.join(plan['small_files'])}")
+    click.echo(f"would publish {plan['total_bytes']:,d} bytes of weights to '{repo_id}' in one commit (nothing sent)")

@@ -1,0 +1,278 @@
+"""One-pass checks: the bit-exact comparison and both forwards fed from the same read of each tensor.
+
+`OnePass.feed(spec, native, hf)` takes one tensor pair as it is read (native source bytes and the
+converted tensor), compares them bit for bit against `to_hf(transform, native)`, and keeps them until
+their unit is complete (the embedding, one decoder layer, or the final norm + output); each complete
+unit advances both forwards (the clean-room reference on the native tensors, transformers' decoder layer
+on the converted ones) and is then dropped. Memory is one layer of each side; the hidden states are
+carried from unit to unit. The results are the same `TensorsCheck` and `LogitsCheck` that `verify`
+reports, computed with the same operations, so the numbers are identical to a two-pass run.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubtools.checkpoint.reader import Checkpoint
+from hubtools.errors import VerifyError
+from hubtools.model.names import NameTable, TensorSpec
+from hubtools.model.params import ModelParams
+from hubtools.model.transforms import to_hf
+from hubtools.verification import reference
+from hubtools.verification.hf_forward import LayeredModel, empty_fused_experts, put_expert
+from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff, prompt_tokens
+from hubtools.verification.report import TensorsCheck
+from hubtools.verification.run import _bits, _difference
+
+LAYER = re.compile(r"layers\.(\d+)\.")
+EXPERT = re.compile(r"\.experts\.\d+\.")
+EXPERT_HF = re.compile(r"\.block_sparse_moe\.experts\.\d+\.")
+
+
+def unit_of(spec: TensorSpec) -> int:
+    """-1 for the embedding, the layer index for a layer's tensors, a large number for the head."""
+    if spec.native == "tok_embeddings.weight":
+        return -1
+    match = LAYER.match(spec.native)
+    return int(match[1]) if match else 1 << 30
+
+
+class TensorTally:
+    """The bit-exact tensor check, one pair at a time (what `verify`'s tensors row reports)."""
+
+    def __init__(self, table: NameTable, params: ModelParams) -> None:
+        self.table, self.params = table, params
+        self.compared, self.mismatched, self.differences, self.casts = 0, [], {}, set()  # type: ignore[var-annotated]
+
+    def check(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> bool:
+        """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical."""
+        expected = to_hf(spec.transform, native, self.params)
+        if native.dtype != hf.dtype:
+            self.casts.add(f"{native.dtype} -> {hf.dtype}".replace("torch.", ""))
+            expected = expected.to(hf.dtype)
+        self.compared += 1
+        if hf.dtype == expected.dtype and torch.equal(_bits(hf), _bits(expected)):
+            return True
+        self.mismatched.append(spec.hf)
+        self.differences[spec.hf] = _difference(expected, hf)
+        return False
+
+    def result(self) -> TensorsCheck:
+        expected = len(self.table.specs)
+        notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(self.casts)]
+        if self.compared < expected:
+            notes.append(f"{expected - self.compared} tensor(s) missing or misshapen on a side (see structure)")
+        return TensorsCheck(
+            not self.mismatched and self.compared == expected,
+            self.compared,
+            expected,
+            tuple(self.mismatched),
+            self.differences,
+            tuple(notes),
+        )
+
+
+class Lockstep:
+    """Both forwards advanced as tensors arrive (see the module docstring).
+
+    An MoE layer streams on both sides: once its attention tensors, norms and router have arrived, the
+    reference runs attention and routing; each expert then joins the reference's sum as soon as its three
+    tensors are in (in expert order, as `reference.mixture_of_experts` adds them) and is dropped, while on
+    the HF side each expert is copied into the layer's fused tensors as it arrives. Memory is the fused
+    experts of one layer plus one expert, as in a two-pass `verify`.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        params: ModelParams,
+        prompts: Prompts,
+        *,
+        dtype: torch.dtype,
+        rope_theta: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.config, self.params, self.prompts, self.dtype = config, params, prompts, dtype
+        self.rope_theta, self.progress = rope_theta, progress
+        self.native: dict[str, torch.Tensor] = {}
+        self.hf: dict[str, torch.Tensor] = {}
+        self.need: dict[int, int] = {}
+        self.front: dict[int, int] = {}  # per layer: tensors before the experts (attention, norms, router)
+        for spec in NameTable(params).specs:
+            unit = unit_of(spec)
+            self.need[unit] = self.need.get(unit, 0) + 1
+            if EXPERT.search(spec.native) is None:
+                self.front[unit] = self.front.get(unit, 0) + 1
+        self.model = LayeredModel(config, lambda name: self.hf[name].to(dtype), dtype)
+        self.positions = torch.arange(prompts.tokens.shape[1])
+        self.h_ref: torch.Tensor | None = None
+        self.h_hf: torch.Tensor | None = None
+        self.moe: _MoeState | None = None
+        self.fused: dict[str, torch.Tensor] | None = None
+        self.diffs: list[LayerDiff] = []
+        self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
+        """Take one pair; advance whatever it completes."""
+        unit = unit_of(spec)
+        self.native[spec.native] = native
+        streamed = self.params.is_moe and 0 <= unit < self.params.n_layers
+        if not (streamed and self._put_expert(spec.hf, hf)):
+            self.hf[spec.hf] = hf
+        self.need[unit] -= 1
+        self.front[unit] -= EXPERT.search(spec.native) is None
+        with torch.no_grad():
+            if streamed:
+                self._stream_moe(unit)
+            if self.need[unit] == 0:
+                self._run(unit)
+                self.native.clear()
+                self.hf.clear()
+
+    def _put_expert(self, name: str, tensor: torch.Tensor) -> bool:
+        if EXPERT_HF.search(name) is None:
+            return False
+        if self.fused is None:
+            self.fused = empty_fused_experts(self.config, self.dtype)
+        return put_expert(self.fused, self.config, name, tensor)
+
+    def _stream_moe(self, layer: int) -> None:
+        """Attention and routing once the layer's front is in, then each complete expert in order."""
+        prefix = f"layers.{layer}.feed_forward."
+        if self.moe is None and self.front[layer] == 0:
+            assert self.h_ref is not None, "units arrive in order: embedding first"
+            h_mid = reference.attention_block(
+                self.h_ref, layer, self._get, self.params, self.positions, rope_theta=self.rope_theta
+            )
+            normed = reference.rms_norm(h_mid, self._get(f"layers.{layer}.ffn_norm.weight"), self.params.norm_eps)
+            flat, chosen, weights = reference.route(normed, prefix, self._get, self.params)
+            self.moe = _MoeState(h_mid, flat, chosen, weights, torch.zeros_like(flat))
+        while self.moe is not None and self.moe.next_expert < self.params.num_experts:
+            names = [f"{prefix}experts.{self.moe.next_expert}.{w}.weight" for w in ("w1", "w2", "w3")]
+            if not all(n in self.native for n in names):
+                return
+            m = self.moe
+            reference.add_expert(
+                m.out, m.flat, m.chosen, m.weights, names[0][: -len("w1.weight")], m.next_expert, self._get
+            )
+            for n in names:
+                del self.native[n]
+            m.next_expert += 1
+
+    def _get(self, name: str) -> torch.Tensor:
+        return self.native[name].to(self.dtype)
+
+    def _run(self, unit: int) -> None:
+        if unit == -1:
+            tokens = self.prompts.tokens
+            self.h_ref, self.h_hf = reference.embed(tokens, self._get), self.model.embed(tokens)
+            return
+        assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
+        if unit < self.params.n_layers:
+            self.progress(f"logits: layer {unit + 1}/{self.params.n_layers}")
+            if self.moe is not None:
+                self.h_ref = self.moe.h_mid + self.moe.out.view_as(self.moe.h_mid)
+            else:
+                self.h_ref = reference.layer_forward(
+                    self.h_ref, unit, self._get, self.params, self.positions, rope_theta=self.rope_theta
+                )
+            self.h_hf = self.model.layer(self.h_hf, unit, self.fused)
+            self.moe, self.fused = None, None
+            gc.collect()  # the layer's modules hold reference cycles: free its weights now, not at some later GC
+            self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
+            return
+        self.logits = (
+            reference.head(self.h_ref, self._get, self.params).float(),
+            self.model.head(self.h_hf).float(),
+        )
+
+    def result(self) -> LogitsCheck:
+        name = str(self.dtype).removeprefix("torch.")
+        if self.logits is None:
+            return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
+        return judge_logits(*self.logits, self.diffs, self.prompts, dtype=self.dtype)
+
+
+@dataclass
+class _MoeState:
+    """The reference's MoE layer in progress: hidden after attention, routing, and the sum so far."""
+
+    h_mid: torch.Tensor
+    flat: torch.Tensor
+    chosen: torch.Tensor
+    weights: torch.Tensor
+    out: torch.Tensor
+    next_expert: int = 0
+
+
+def one_pass(
+    native: Checkpoint,
+    hf: Checkpoint,
+    hf_folder: Path,
+    table: NameTable,
+    ready: bool,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    enabled: bool,
+    progress: Callable[[str], None],
+) -> tuple[TensorsCheck, LogitsCheck]:
+    """`verify`'s tensors and logits checks from one read of each tensor on each side.
+
+    Pairs missing or misshapen on a side are skipped (the structure check names them); the forward runs
+    only when `ready` (every pair present) and `enabled`.
+    """
+    name = str(dtype).removeprefix("torch.")
+    tally = TensorTally(table, native.params)
+    lockstep, error = None, None
+    if not enabled:
+        skipped: str | None = "logits check disabled (--no-logits)"
+    else:
+        skipped = None
+        lockstep, error = _lockstep(native, hf_folder, ready, dtype=dtype, rope_theta=rope_theta, progress=progress)
+    for i, spec in enumerate(table.specs):
+        src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
+        if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
+            continue
+        if i % 50 == 0:
+            progress(f"tensors: {i}/{len(table.specs)}")
+        a, b = native.read(spec.native), hf.read(spec.hf)
+        tally.check(spec, a, b)
+        if lockstep is not None and error is None:
+            try:
+                lockstep.feed(spec, a, b)
+            except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
+                error = f"transformers cannot run the HF model: {str(exc).splitlines()[0]}"
+    if skipped:
+        return tally.result(), LogitsCheck(True, name, skipped=skipped)
+    if error or lockstep is None:
+        return tally.result(), LogitsCheck(False, name, error=error or "no forward ran")
+    return tally.result(), lockstep.result()
+
+
+def _lockstep(
+    native: Checkpoint,
+    hf_folder: Path,
+    ready: bool,
+    *,
+    dtype: torch.dtype,
+    rope_theta: float,
+    progress: Callable[[str], None],
+) -> tuple[Lockstep | None, str | None]:
+    if not ready:
+        return None, "missing or misshapen tensors (see structure) prevent a forward"
+    from hubtools.verification.hf_forward import load_config
+
+    try:
+        config = load_config(hf_folder)
+    except VerifyError as exc:
+        return None, str(exc)
+    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
+    return Lockstep(config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress), None
