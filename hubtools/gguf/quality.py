@@ -2,11 +2,14 @@
 original model.
 
 - tokenizer: the vocabulary metadata (tokens, scores, types, merges, special ids, add_bos) equals what
-  the native tokenizer gives, key by key; with llama.cpp's `llama-tokenize` available, llama.cpp's own
-  tokenizer on the file encodes the built-in corpus exactly as mistral-common (`encode(text, bos=True)`);
-  the vocabulary read back by transformers (`gguf_file=`) is compared too and reported (transformers
-  rebuilds SentencePiece merges from the scores, which splits whitespace runs differently: informative,
-  not decisive).
+  the native tokenizer gives, key by key (decisive: it is what hubtools writes). Then two tokenizers built
+  from the file are run on the built-in corpus against mistral-common (`encode(text, bos=True)`) and
+  reported: llama.cpp's own (`llama-tokenize`, when on PATH) and transformers' read-back (`gguf_file=`).
+  Neither decides: the file equals llama.cpp's converter's, and their remaining differences are theirs
+  (measured: llama.cpp 87/87 texts on v1; on v3/v7 it misses the texts with user-defined pieces such as
+  `[REF]`, which sentencepiece matches whole and the converter types NORMAL; on tekken one Devanagari text,
+  from its regex; transformers rebuilds SentencePiece merges from the scores and splits whitespace runs
+  differently, 72/87 on v1).
 - logits: the clean-room reference forward (`hubtools.verification.reference`) on the GGUF weights,
   dequantized one layer at a time by gguf-py, against the same forward on the original weights, both in
   float32: mean KL, top-1 agreement, max |dlogit|. F32 files pass by the float32 rule, F16/BF16 by the
@@ -125,7 +128,7 @@ def check_gguf_tokenizer(
     readback: bool = True,
     llama_tokenize: Path | None = None,
 ) -> Check:
-    """Vocabulary metadata (decisive), llama.cpp's tokenizer when installed (decisive), transformers' read-back."""
+    """Vocabulary metadata (decisive); llama.cpp's tokenizer (when installed) and transformers' read-back (reported)."""
     if source.ckpt.tokenizer_file is None:
         return Check(True, skipped="no tokenizer file in the source folder")
     problems = vocab_problems(source, files, quant or QuantType("F16"))
@@ -136,7 +139,6 @@ def check_gguf_tokenizer(
         with tempfile.TemporaryDirectory() as tmp:
             agreed, misses = _agreement(lambda t: llama_cpp_ids(exe, files.paths[0], t, Path(tmp)), reference, texts)
         details["llama_cpp"] = {"agreed": agreed, "texts": len(texts), "misses": misses[:10]}
-        problems += [f"llama.cpp tokenizer differs from mistral-common on {m}" for m in misses]
     else:
         details["llama_cpp"] = {"skipped": "llama-tokenize not on PATH"}
     if readback:
