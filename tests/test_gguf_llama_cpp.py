@@ -96,7 +96,9 @@ LLAMA_CPP_MISSES = {  # llama.cpp's own tokenizer vs mistral-common on the built
 @pytest.mark.slow
 @pytest.mark.skipif(LLAMA_TOKENIZE is None, reason="llama-tokenize not built (see tests/llama_cpp_peer.py)")
 @pytest.mark.parametrize("version", ["v1", "v3", "v7", "tekken"])
-def test_llama_cpp_tokenizer_on_hubtools_gguf_matches_mistral_common_but_its_known_misses(tmp_path: Path, version: str) -> None:
+def test_llama_cpp_tokenizer_on_hubtools_gguf_matches_mistral_common_but_known_misses(
+    tmp_path: Path, version: str
+) -> None:
     from hubtools.gguf.files import read_gguf
     from hubtools.gguf.quality import check_gguf_tokenizer
     from hubtools.gguf.source import open_source
