@@ -131,6 +131,13 @@ def test_k_quants_go_through_llama_quantize_and_verify_reports_their_quality(
     native = write_native_checkpoint(tmp_path / "n", params, tokenizer="v1")
     result = export(native, tmp_path / "out", quants=parse_quants("q4_k_m"), name="m")
     assert result.outputs[0].files == ("m.Q4_K_M.gguf",) and not (tmp_path / "out" / "intermediate").exists()
-    report = verify_gguf(native, tmp_path / "out" / "m.Q4_K_M.gguf", readback=False)
+    path = tmp_path / "out" / "m.Q4_K_M.gguf"
+    report = verify_gguf(native, path, readback=False)
     assert report.quant == "Q4_K_M" and report.structure.passed, report.structure.problems
-    assert report.tensors.skipped and report.logits.mean_kl is not None and report.passed
+    assert report.tensors.details["by"] == "llama-quantize" and report.tensors.passed
+    assert report.logits.mean_kl is not None and report.passed
+    from tests.test_gguf_verify import flip_expert_value
+
+    flip_expert_value(path, "blk.1.ffn_down_exps.weight", 2)
+    broken = verify_gguf(native, path, readback=False, check_logits=False)
+    assert not broken.passed and broken.tensors.problems[0].startswith("tensor 'blk.1.ffn_down_exps.weight' (expert 2)")
