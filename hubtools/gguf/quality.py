@@ -31,7 +31,17 @@ from hubtools.gguf.files import GgufFiles
 from hubtools.gguf.quant import QuantType
 from hubtools.gguf.source import GgufSource, raw_rows
 from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
-from hubtools.verification.logits import THRESHOLDS, LogitsCheck, layer_diff, logit_metrics, passes, prompt_tokens
+from hubtools.verification.logits import (
+    THRESHOLDS,
+    LogitsCheck,
+    Prompts,
+    layer_diff,
+    logit_metrics,
+    passes,
+    prompt_tokens,
+)
+
+MAX_PROMPT_TOKENS = 256
 
 FLOAT_RULES = {"F32": "float32", "F16": "bfloat16", "BF16": "bfloat16"}
 
@@ -178,8 +188,33 @@ def _source_getter(source: GgufSource) -> Callable[[str], Any]:
     return get
 
 
+def logits_prompts(source: GgufSource, prompts_path: Path | None) -> Prompts:
+    """The built-in prompts, plus the texts of `prompts_path` encoded by mistral-common (BOS, at most 256 tokens)."""
+    import torch
+
+    base = prompt_tokens(source.ckpt.tokenizer_file, source.params.vocab_size)
+    if prompts_path is None or source.ckpt.tokenizer_file is None:
+        return base
+    from hubtools.tokenization.parity import load_prompts
+
+    reference = _reference(source.tokenizer)
+    texts = [p for p in load_prompts(prompts_path) if isinstance(p, str) and p]
+    rows = [base.tokens[i, :n].tolist() for i, n in enumerate(base.lengths)]
+    rows += [list(reference.encode(t, bos=True, eos=False))[:MAX_PROMPT_TOKENS] for t in texts]
+    tokens = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row)
+    return Prompts(tokens, tuple(map(len, rows)), f"{base.source} + {len(texts)} texts of {prompts_path.name}")
+
+
 def check_gguf_logits(
-    source: GgufSource, files: GgufFiles, quant: QuantType | None, *, enabled: bool, progress: Callable[[str], None]
+    source: GgufSource,
+    files: GgufFiles,
+    quant: QuantType | None,
+    *,
+    enabled: bool,
+    progress: Callable[[str], None],
+    prompts_path: Path | None = None,
 ) -> LogitsCheck:
     """The reference forward on the dequantized GGUF weights vs on the original weights, float32, layer by layer."""
     import torch
@@ -193,7 +228,7 @@ def check_gguf_logits(
         return LogitsCheck(False, "float32", error="missing tensors (see structure) prevent a forward")
     params = source.params
     theta = float(source.config.get("rope_theta") or default_rope_theta(params))
-    prompts = prompt_tokens(source.ckpt.tokenizer_file, params.vocab_size)
+    prompts = logits_prompts(source, prompts_path)
     ours, orig = _gguf_getter(source, files), _source_getter(source)
     positions, valid = torch.arange(prompts.tokens.shape[1]), prompts.valid
     with torch.no_grad():

@@ -268,7 +268,7 @@ def verify_gguf(
     """Verify a GGUF file (or split set) against the native or HF checkpoint it was exported from.
 
     Args:
-        prompts_path: extra prompts for the tokenizer check (texts and conversations, JSONL).
+        prompts_path: extra prompts (JSONL): texts for the tokenizer check and the logits.
         check_logits: run the reference forward on the dequantized weights and the original.
         rope_theta: the rotary base when params.json omits it and the default rule is wrong.
         readback: also load the GGUF vocabulary with transformers (slow for tekken).
@@ -291,7 +291,7 @@ def verify_gguf(
         tensors = check_tensors(source, files, quant, say)
         say("tokenizer")
         tokenizer = check_gguf_tokenizer(source, files, quant, gguf_path, prompts_path=prompts_path, readback=readback)
-        logits = check_gguf_logits(source, files, quant, enabled=check_logits, progress=say)
+        logits = check_gguf_logits(source, files, quant, enabled=check_logits, progress=say, prompts_path=prompts_path)
     return GgufReport(
         str(src),
         tuple(str(p) for p in files.paths),
