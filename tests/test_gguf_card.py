@@ -88,3 +88,16 @@ def test_recipes_take_a_gguf_list_of_known_quant_types() -> None:
     raw = yaml.safe_load((CARD.parents[1] / "converters" / "mixtral-8x7b-instruct-v0.1.yaml").read_text())
     with pytest.raises(RecipeError, match="'gguf' must be a list of quant types"):
         parse_recipe({**raw, "gguf": "Q8_0"}, where="r.yaml")
+
+
+def test_a_gguf_folder_publishes_as_weights_and_only_with_complete_split_sets(release_dir: Path) -> None:
+    from hubtools.errors import PublishError
+    from hubtools.publishing.upload import plan_upload
+
+    plan = plan_upload(release_dir)
+    roles = {f.path: (f.role, f.lfs) for f in plan.files}
+    assert roles["m.Q8_0.gguf"] == roles["m.F16-00002-of-00002.gguf"] == ("weights", True)
+    assert roles["m.Q8_0.gguf.verify.json"][0] == "other"
+    (release_dir / "m.F16-00001-of-00002.gguf").unlink()
+    with pytest.raises(PublishError, match="incomplete GGUF split set .*missing m.F16-00001-of-00002.gguf"):
+        plan_upload(release_dir)

@@ -83,10 +83,22 @@ def test_gguf_from_native_and_from_hf_equals_llama_cpp_converter(tmp_path: Path,
 LLAMA_TOKENIZE, LLAMA_QUANTIZE = peer.binary("llama-tokenize"), peer.binary("llama-quantize")
 
 
+LLAMA_CPP_MISSES = {  # llama.cpp's own tokenizer vs mistral-common on the built-in corpus (87 texts)
+    "v1": [],
+    # user-defined pieces: sentencepiece matches them whole; the converter types them NORMAL, and llama.cpp
+    # would not add sentencepiece's "▁" before them even typed USER_DEFINED (measured)
+    "v3": ["text 82: 'x[REFERENCE_DOC_3]y'"],
+    "v7": ["text 80: '[REF]'", "text 81: '[REF] cite'", "text 82: 'x[REFERENCE_DOC_3]y'"],
+    "tekken": ["text 49: 'हिन्दी पाठ'"],  # llama.cpp's tekken regex splits a Devanagari vowel sign
+}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(LLAMA_TOKENIZE is None, reason="llama-tokenize not built (see tests/llama_cpp_peer.py)")
 @pytest.mark.parametrize("version", ["v1", "v3", "v7", "tekken"])
-def test_llama_cpp_tokenizer_on_hubtools_gguf_equals_mistral_common(tmp_path: Path, version: str) -> None:
+def test_llama_cpp_tokenizer_on_hubtools_gguf_matches_mistral_common_but_known_misses(
+    tmp_path: Path, version: str
+) -> None:
     from hubtools.gguf.files import read_gguf
     from hubtools.gguf.quality import check_gguf_tokenizer
     from hubtools.gguf.source import open_source
@@ -101,7 +113,8 @@ def test_llama_cpp_tokenizer_on_hubtools_gguf_equals_mistral_common(tmp_path: Pa
             source, files, quant_of(files), path, readback=False, llama_tokenize=LLAMA_TOKENIZE
         )
     llama = check.details["llama_cpp"]
-    assert llama["agreed"] == llama["texts"] > 80, llama["misses"]
+    assert llama["misses"] == LLAMA_CPP_MISSES[version]
+    assert llama["agreed"] == llama["texts"] - len(LLAMA_CPP_MISSES[version]) and llama["texts"] >= 87
     assert check.passed, check.problems
 
 
@@ -118,6 +131,13 @@ def test_k_quants_go_through_llama_quantize_and_verify_reports_their_quality(
     native = write_native_checkpoint(tmp_path / "n", params, tokenizer="v1")
     result = export(native, tmp_path / "out", quants=parse_quants("q4_k_m"), name="m")
     assert result.outputs[0].files == ("m.Q4_K_M.gguf",) and not (tmp_path / "out" / "intermediate").exists()
-    report = verify_gguf(native, tmp_path / "out" / "m.Q4_K_M.gguf", readback=False)
+    path = tmp_path / "out" / "m.Q4_K_M.gguf"
+    report = verify_gguf(native, path, readback=False)
     assert report.quant == "Q4_K_M" and report.structure.passed, report.structure.problems
-    assert report.tensors.skipped and report.logits.mean_kl is not None and report.passed
+    assert report.tensors.details["by"] == "llama-quantize" and report.tensors.passed
+    assert report.logits.mean_kl is not None and report.passed
+    from tests.test_gguf_verify import flip_expert_value
+
+    flip_expert_value(path, "blk.1.ffn_down_exps.weight", 2)
+    broken = verify_gguf(native, path, readback=False, check_logits=False)
+    assert not broken.passed and broken.tensors.problems[0].startswith("tensor 'blk.1.ffn_down_exps.weight' (expert 2)")

@@ -100,3 +100,12 @@ def test_a_split_set_is_verified_as_one_model_from_any_part(exported: tuple[Path
     (tmp_path / files[0]).unlink()
     with pytest.raises(LayoutError, match="missing part of the split GGUF set"):
         verify_gguf(native, tmp_path / files[-1], readback=False, check_logits=False)
+
+
+def test_prompts_file_adds_texts_to_the_logits_check(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    native, out = exported
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"Bonjour, comment allez-vous ?"\n"def f(x):\\n    return x * 2"\n')
+    report = verify_gguf(native, out / "m.Q8_0.gguf", readback=False, prompts_path=prompts)
+    assert report.logits.sequences == 6 and report.logits.prompts.endswith("+ 2 texts of prompts.jsonl")
+    assert report.tokenizer.passed and report.passed

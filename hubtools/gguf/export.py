@@ -123,6 +123,11 @@ def _existing(dst: Path, name: str, quants: Sequence[QuantType]) -> list[Path]:
     return sorted(p for p in dst.iterdir() if any(pat.fullmatch(p.name) for pat in patterns))
 
 
+def intermediate_type(source: GgufSource) -> QuantType:
+    """What llama-quantize starts from: BF16 for a bfloat16 checkpoint (lossless), else F16."""
+    return QuantType("BF16" if source.ckpt.tensors[next(iter(source.ckpt.tensors))].code == "BF16" else "F16")
+
+
 def _write_quant(
     source: GgufSource,
     tmp: Path,
@@ -138,7 +143,7 @@ def _write_quant(
         return write_gguf(
             source, path, quant, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
         )
-    base = QuantType("BF16" if source.ckpt.tensors[next(iter(source.ckpt.tensors))].code == "BF16" else "F16")
+    base = intermediate_type(source)
     stage = tmp / "intermediate"
     stage.mkdir(exist_ok=True)
     parts = write_gguf(

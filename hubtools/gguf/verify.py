@@ -5,7 +5,8 @@
   equal to what params.json / config.json give (`hubtools.gguf.metadata`);
 - tensors: for the types gguf-py quantizes, each tensor equals gguf-py's quantization of the source
   tensor, byte for byte (the quantizers are deterministic), streamed chunk by chunk; a difference names
-  the tensor and, for merged experts, the expert;
+  the tensor and, for merged experts, the expert. For llama.cpp's types (K-quants), with llama-quantize
+  on PATH, each tensor equals a fresh llama-quantize run on a new F16/BF16 intermediate;
 - tokenizer and logits: `hubtools.gguf.quality`.
 """
 
@@ -159,9 +160,10 @@ def _first_difference(expected: np.ndarray, actual: np.ndarray) -> int:
 
 def check_tensors(source: GgufSource, files: GgufFiles, quant: QuantType | None, progress: Progress) -> Check:
     """Each tensor equals gguf-py's quantization of its source tensor, byte for byte, chunk by chunk."""
-    if quant is None or not quant.builtin:
-        reason = f"{quant.name if quant else 'unknown'} is llama.cpp's own type: not re-quantized here (see logits)"
-        return Check(True, skipped=reason)
+    if quant is None:
+        return Check(False, ("metadata 'general.file_type': missing or unknown, no type to compare with",))
+    if not quant.builtin:
+        return check_llama_cpp_tensors(source, files, quant, progress)
     problems, compared = [], 0
     for i, t in enumerate(source.tensors):
         found = files.tensors.get(t.name)
@@ -176,6 +178,37 @@ def check_tensors(source: GgufSource, files: GgufFiles, quant: QuantType | None,
     complete = compared == len(source.tensors)
     details = {"compared": compared, "expected": len(source.tensors), "mismatched": len(problems)}
     return Check(not problems and complete, tuple(problems[:MAX_NAMED]), details)
+
+
+def check_llama_cpp_tensors(source: GgufSource, files: GgufFiles, quant: QuantType, progress: Progress) -> Check:
+    """llama.cpp's types: quantize a fresh intermediate with llama-quantize; every tensor must be the same bytes."""
+    import shutil
+    import tempfile
+
+    from hubtools.gguf.export import intermediate_type, write_gguf
+    from hubtools.gguf.quant import llama_quantize
+    from hubtools.gguf.vocab import hf_tokenizer_dir
+
+    if shutil.which("llama-quantize") is None:
+        return Check(True, skipped=f"{quant.name} is llama.cpp's own type and llama-quantize is not on PATH")
+    with tempfile.TemporaryDirectory(prefix=".hubtools-verify-", dir=files.paths[0].parent) as tmp:
+        progress(f"tensors: re-quantizing with llama-quantize {quant.name}")
+        folder = hf_tokenizer_dir(source.tokenizer, source.config, chat_template="auto", workdir=Path(tmp))
+        base = write_gguf(source, Path(tmp) / "base.gguf", intermediate_type(source), name="x", tokenizer_dir=folder)
+        llama_quantize(base[0], Path(tmp) / "redo.gguf", quant)
+        redo = read_gguf(Path(tmp) / "redo.gguf")
+        problems = []
+        for t in source.tensors:
+            if t.name not in files.tensors or t.name not in redo.tensors:
+                continue  # structure names it
+            ours, theirs = files.data(t.name).reshape(-1).view(np.uint8), redo.data(t.name).reshape(-1).view(np.uint8)
+            if ours.size != theirs.size or not np.array_equal(ours, theirs):
+                at = _first_difference(theirs, ours) if ours.size == theirs.size else 0
+                per_source = max(1, theirs.size // len(t.sources))
+                expert = f" (expert {at // per_source})" if len(t.sources) > 1 else ""
+                problems.append(f"tensor '{t.name}'{expert}: differs from llama-quantize's output at byte {at}")
+    details = {"compared": len(source.tensors), "expected": len(source.tensors), "mismatched": len(problems)}
+    return Check(not problems, tuple(problems[:MAX_NAMED]), details | {"by": "llama-quantize"})
 
 
 def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.GGMLQuantizationType) -> str | None:
@@ -235,7 +268,7 @@ def verify_gguf(
     """Verify a GGUF file (or split set) against the native or HF checkpoint it was exported from.
 
     Args:
-        prompts_path: extra prompts for the tokenizer check (texts and conversations, JSONL).
+        prompts_path: extra prompts (JSONL): texts for the tokenizer check and the logits.
         check_logits: run the reference forward on the dequantized weights and the original.
         rope_theta: the rotary base when params.json omits it and the default rule is wrong.
         readback: also load the GGUF vocabulary with transformers (slow for tekken).
@@ -258,7 +291,7 @@ def verify_gguf(
         tensors = check_tensors(source, files, quant, say)
         say("tokenizer")
         tokenizer = check_gguf_tokenizer(source, files, quant, gguf_path, prompts_path=prompts_path, readback=readback)
-        logits = check_gguf_logits(source, files, quant, enabled=check_logits, progress=say)
+        logits = check_gguf_logits(source, files, quant, enabled=check_logits, progress=say, prompts_path=prompts_path)
     return GgufReport(
         str(src),
         tuple(str(p) for p in files.paths),
