@@ -66,3 +66,13 @@ def test_all_lists_exactly_the_lazy_names_and_the_errors() -> None:
     assert lazy <= set(hubtools.__all__)
     errors = set(hubtools.__all__) - lazy - {"__version__"}
     assert all(issubclass(getattr(hubtools, name), hubtools.HubtoolsError) for name in errors)
+
+
+def test_bytes_on_disk_do_not_import_tokenization_or_torch() -> None:
+    code = (
+        "import json, sys, hubtools.checkpoint.reader, hubtools.checkpoint.layout, hubtools.converter; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('hubtools.tokenization') "
+        "or m in ('torch', 'transformers'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []

@@ -18,12 +18,12 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hubtools.checkpoint.file_limits import check_tokenizer_file, read_tokenizer_bytes
 from hubtools.checkpoint.pth import Segment, TensorRef
 from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
 from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError, ParamsError
 from hubtools.model.names import Layout
 from hubtools.model.params import read_json_file
-from hubtools.tokenization.file_limits import check_tokenizer_file, read_tokenizer_bytes
 
 if TYPE_CHECKING:
     import torch

@@ -38,12 +38,12 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.checkpoint.layout import SPM_NAME, find_tokenizer_file, is_tekken_name
 from hubtools.errors import DestinationError, InvalidValueError, TokenizerError
 from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
 from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
-from hubtools.tokenization.file_limits import read_tokenizer_bytes
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
-from hubtools.tokenization.file_limits import read_tokenizer_bytes
 from hubtools.tokenization.files import tokenizer_version, tokenizer_vocab_size
 from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.errors import TokenizerError
-from hubtools.tokenization.file_limits import read_tokenizer_bytes
 
 # SentencePiece.Type
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
