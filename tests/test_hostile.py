@@ -440,7 +440,8 @@ def test_tekken_counts_are_bounded_before_anything_is_built(make_native: Callabl
     data["config"]["default_num_special_tokens"] = 1_000_000_000
     (src / "tekken.json").write_text(json.dumps(data))
     result = run_limited(["convert", str(src), str(tmp_path / "out")], memory=1 << 30)
-    assert_one_line_exit(result, "tekken.json", "default_num_special_tokens must be an integer in 0..131072")
+    message = "expected config.default_num_special_tokens to be an integer in 0..131072"
+    assert_one_line_exit(result, "tekken.json", message)
 
 
 # --- item 9: safetensors headers ---
@@ -616,7 +617,7 @@ def test_an_invalid_tekken_pattern_is_a_tokenizer_error(tmp_path: Path) -> None:
     data["vocab"] = data["vocab"][:300]
     data["config"].update(default_vocab_size=data["config"]["default_num_special_tokens"] + 300, pattern="[]")
     (tmp_path / "tekken.json").write_text(json.dumps(data))
-    with pytest.raises(TokenizerError, match="malformed tekken file: .*tekken.json.*empty char-class"):
+    with pytest.raises(TokenizerError, match="tekken.json: expected a tekken tokenizer, found .*empty char-class"):
         build_hf_tokenizer(tmp_path / "tekken.json")
 
 
@@ -634,7 +635,7 @@ def test_a_pathological_prompts_line_is_a_tokenizer_error(tmp_path: Path, line: 
     from hubtools.tokenization.parity import load_prompts
 
     (tmp_path / "prompts.jsonl").write_text('"fine"\n' + line + "\n")
-    with pytest.raises(TokenizerError, match="prompts.jsonl' line 2"):
+    with pytest.raises(TokenizerError, match="prompts.jsonl: line 2"):
         load_prompts(tmp_path / "prompts.jsonl")
 
 

@@ -196,7 +196,7 @@ def test_unknown_chat_template_choice_is_a_tokenizer_error(tmp_path: Path) -> No
 
 
 def test_destination_must_be_an_existing_folder(tmp_path: Path) -> None:
-    with pytest.raises(DestinationError, match="not a folder"):
+    with pytest.raises(DestinationError, match="expected a folder for the tokenizer files"):
         write_hf_tokenizer(V1, tmp_path / "missing")
 
 
@@ -210,7 +210,7 @@ def test_a_corrupt_sentencepiece_file_is_a_tokenizer_error(tmp_path: Path) -> No
 def test_a_malformed_tekken_file_is_a_tokenizer_error(tmp_path: Path) -> None:
     path = tmp_path / "tekken.json"
     path.write_text(json.dumps({"config": {"pattern": "x"}, "vocab": []}))
-    with pytest.raises(TokenizerError, match="malformed tekken file: .*tekken.json"):
+    with pytest.raises(TokenizerError, match="tekken.json: expected (a tekken tokenizer|config.default_vocab_size)"):
         write_hf_tokenizer(path, tmp_path, chat_template="none")
 
 

@@ -124,13 +124,13 @@ def test_prompts_add_texts_and_conversations_and_one_sided_rejections_are_misses
 def test_load_prompts_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "prompts.jsonl"
     path.write_text('"ok"\n42\n')
-    with pytest.raises(TokenizerError, match="bad prompt in .*prompts.jsonl' line 2 .*got int"):
+    with pytest.raises(TokenizerError, match="prompts.jsonl: line 2: expected a string or a list .*found int"):
         load_prompts(path)
     path.write_text('"ok"\n{"messages": [], "tools": {}}\n')
-    with pytest.raises(TokenizerError, match='line 2 .*tools" must be a list'):
+    with pytest.raises(TokenizerError, match='line 2: expected "tools" to be a list'):
         load_prompts(path)
     path.write_text('"ok"\n{not json\n')
-    with pytest.raises(TokenizerError, match="invalid JSON in prompts: .*line 2"):
+    with pytest.raises(TokenizerError, match="prompts.jsonl: line 2: expected JSON"):
         load_prompts(path)
 
 
@@ -161,5 +161,8 @@ def test_without_chat_only_texts_are_compared(converted: dict[str, Path]) -> Non
 
 def test_an_unloadable_folder_is_a_tokenizer_error(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text("{not json")
-    with pytest.raises(TokenizerError, match="cannot load the Hugging Face tokenizer in"):
+    with pytest.raises(
+        TokenizerError,
+        match="expected (the|a) Hugging Face tokenizer",
+    ):
         check_tokenizer(tmp_path, NATIVE["v1"])

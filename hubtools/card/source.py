@@ -59,7 +59,7 @@ def resolve_card_source(spec: str, *, cards_dir: Path) -> Path:
     if path.is_file():
         return path
     if "/" in spec or "\\" in spec:
-        raise CardError(f"card source not found: '{spec}' (expected a file or a release name in {cards_dir}/)")
+        raise CardError(f"{spec}: expected a card source file or a release name in {cards_dir}/, found neither")
     found = sorted(p for p in cards_dir.glob("*") if p.is_file() and p.stem == spec)
     if len(found) != 1:
         what = "no card source" if not found else f"{len(found)} card sources ({', '.join(p.name for p in found)})"

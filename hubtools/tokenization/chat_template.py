@@ -328,7 +328,7 @@ def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
         return chatml_template()
     if flavour == "mistral":
         return mistral_template(version, spm=spm)
-    raise ChatTemplateError(f"unknown chat template flavour: '{flavour}' (expected one of {', '.join(FLAVOURS)})")
+    raise ChatTemplateError(f"'{flavour}': expected a chat template flavour, one of {', '.join(FLAVOURS)}")
 
 
 def template_flavour(template: str | None) -> str:

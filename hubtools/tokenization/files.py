@@ -57,7 +57,7 @@ def _kind(path: Path) -> str:
         return "tekken"
     if SPM_NAME.search(path.name):
         return "spm"
-    raise TokenizerError(f"not a native tokenizer file: '{path}' (expected tokenizer.model[.vN] or tekken*.json)")
+    raise TokenizerError(f"{path}: expected a native tokenizer file (tokenizer.model[.vN] or tekken*.json)")
 
 
 def _read_tekken(path: Path) -> dict[str, Any]:
@@ -70,9 +70,13 @@ def _read_tekken(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(read_tokenizer_bytes(path).decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, too many digits
-        raise TokenizerError(f"not a tekken tokenizer: '{path}' (invalid JSON: {str(exc)[:200]})") from None
+        raise TokenizerError(
+            f"{path}: expected a tekken tokenizer (JSON), found invalid JSON ({str(exc)[:200]})"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or "vocab" not in data:
-        raise TokenizerError(f"not a tekken tokenizer: '{path}' (expected 'config' and 'vocab' keys)")
+        raise TokenizerError(
+            f"{path}: expected a tekken tokenizer with 'config' and 'vocab' keys, found another JSON document"
+        )
     config = data["config"]
     vocab, specials = config.get("default_vocab_size"), config.get("default_num_special_tokens")
     for key, value, top in (
@@ -81,11 +85,11 @@ def _read_tekken(path: Path) -> dict[str, Any]:
     ):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
             shown = repr(value)[:40]
-            raise TokenizerError(
-                f"malformed tekken file: '{path}' (config.{key} must be an integer in 0..{top}, got {shown})"
-            )
+            raise TokenizerError(f"{path}: expected config.{key} to be an integer in 0..{top}, found {shown}")
     if not isinstance(data["vocab"], list) or not isinstance(data.get("special_tokens", []), list):
-        raise TokenizerError(f"malformed tekken file: '{path}' ('vocab' and 'special_tokens' must be lists)")
+        raise TokenizerError(
+            f"{path}: expected 'vocab' and 'special_tokens' lists in a tekken tokenizer, found other types"
+        )
     return data
 
 
@@ -202,7 +206,7 @@ def write_hf_tokenizer(
         ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model']
     """
     if not dst.is_dir():
-        raise DestinationError(f"tokenizer destination is not a folder: '{dst}'")
+        raise DestinationError(f"{dst}: expected a folder for the tokenizer files, found none")
     version = instruct_version(native_file)
     flavour = resolve_chat_template(chat_template, version)
     template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm")
@@ -233,7 +237,7 @@ def restore_native_tokenizer(hf_dir: Path, dst: Path) -> Path | None:
         `DestinationError`: `dst` is not a folder. `LayoutError`: ambiguous tokenizer files in `hf_dir`.
     """
     if not dst.is_dir():
-        raise DestinationError(f"tokenizer destination is not a folder: '{dst}'")
+        raise DestinationError(f"{dst}: expected a folder for the tokenizer files, found none")
     native = find_tokenizer_file(hf_dir)
     if native is None:
         return None

@@ -121,7 +121,7 @@ def spm_tokenizer(model: SentencePieceModel, *, source: str) -> tuple[Tokenizer,
     _check_supported(model, source)
     vocab = {p.piece: i for i, p in enumerate(model.pieces)}
     if len(vocab) != len(model.pieces):
-        raise TokenizerError(f"duplicate pieces in SentencePiece model: '{source}'")
+        raise TokenizerError(f"{source}: expected unique pieces in a SentencePiece model, found duplicates")
     names = SpecialTokens(
         bos=model.pieces[model.bos_id].piece,
         eos=model.pieces[model.eos_id].piece,
@@ -198,18 +198,18 @@ def tekken_tokenizer(
         tokens = [base64.b64decode(v["token_bytes"]) for v in data["vocab"][:inner]]
         pattern = str(config["pattern"])
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-        raise TokenizerError(f"malformed tekken file: '{source}' (missing or bad field: {exc})") from exc
+        raise TokenizerError(f"{source}: expected a tekken tokenizer, found a missing or bad field ({exc})") from exc
     if len(tokens) != inner or any(tokens[i] != bytes([i]) for i in range(min(256, inner))):
         raise TokenizerError(
-            f"malformed tekken file: '{source}' (expected {inner} tokens, the first 256 "
-            f"being the single bytes; got {len(tokens)})"
+            f"{source}: expected a tekken tokenizer of {inner} tokens, the first 256 being the single bytes, "
+            f"found {len(tokens)}"
         )
     try:
         return _tekken_from_tokens(tokens, specials, pattern)
     except MemoryError:
         raise
     except Exception as exc:  # tokenizers raises plain Exception (e.g. an invalid regex pattern)
-        raise TokenizerError(f"malformed tekken file: '{source}' ({str(exc)[:200]})") from None
+        raise TokenizerError(f"{source}: expected a tekken tokenizer, found {str(exc)[:200]}") from None
 
 
 def _tekken_from_tokens(tokens: list[bytes], specials: list[str], pattern: str) -> tuple[Tokenizer, SpecialTokens]:

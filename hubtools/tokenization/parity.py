@@ -140,7 +140,7 @@ def load_prompts(path: Path) -> list[Prompt]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"cannot read prompts: '{path}' ({exc})") from exc
+        raise TokenizerError(f"{path}: expected a readable prompts file, found {exc}") from exc
     prompts: list[Prompt] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -149,10 +149,10 @@ def load_prompts(path: Path) -> list[Prompt]:
             item = json.loads(line)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, deep nesting
             detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-            raise TokenizerError(f"invalid JSON in prompts: '{path}' line {number} ({detail})") from None
+            raise TokenizerError(f"{path}: line {number}: expected JSON, found {detail}") from None
         tools = item.get("tools") if isinstance(item, dict) else None
         if tools is not None and not isinstance(tools, list):
-            raise TokenizerError(f"bad prompt in '{path}' line {number} (\"tools\" must be a list of tools)")
+            raise TokenizerError(f'{path}: line {number}: expected "tools" to be a list of tools, found another value')
         if isinstance(item, dict):
             item = item.get("messages", item.get("text", item.get("prompt")))
         if isinstance(item, list) and all(isinstance(m, dict) for m in item) and tools is not None:
@@ -161,8 +161,8 @@ def load_prompts(path: Path) -> list[Prompt]:
             prompts.append(item)
         else:
             raise TokenizerError(
-                f"bad prompt in '{path}' line {number} (expected a string or a list of "
-                f"{{role, content}} messages, got {type(item).__name__})"
+                f"{path}: line {number}: expected a string or a list of {{role, content}} messages, "
+                f"found {type(item).__name__}"
             )
     return prompts
 
@@ -205,13 +205,13 @@ def _load_hf(hf_dir: Path) -> Any:
     import transformers
 
     if not (hf_dir / "tokenizer.json").is_file():
-        raise TokenizerError(f"cannot load the Hugging Face tokenizer in '{hf_dir}' (no tokenizer.json)")
+        raise TokenizerError(f"{hf_dir}: expected the Hugging Face tokenizer (tokenizer.json), found none")
     try:
         return transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
     except Exception as exc:  # transformers raises many types for a bad folder
         raise TokenizerError(
-            f"cannot load the Hugging Face tokenizer in '{hf_dir}' ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{hf_dir}: expected a Hugging Face tokenizer transformers can load, found {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
         ) from exc
 
 
