@@ -4,7 +4,7 @@ Four checks, each reported with the names of what failed:
 - structure: config.json vs params.json (every field; rope_theta by the documented rule), every tensor
   mapped exactly once, shapes, dtypes, the index against the shards (`verify_structure`);
 - tensors: every HF tensor equals `to_hf(native)` bit for bit (cast first if the conversion changed
-  dtype), one pair in memory at a time;
+  dtype), one pair in memory at a time, read once and also fed to both forwards (`stream.one_pass`);
 - tokenizer: `tokenizer_parity.check_tokenizer` (HF tokenizer vs the native one);
 - logits: the clean-room reference vs transformers' decoder layers, layer by layer (`verify_logits`).
 
@@ -26,14 +26,11 @@ from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import check_counts, default_rope_theta
-from hubtools.model.transforms import to_hf
-from hubtools.verification.logits import compare_logits
 from hubtools.verification.report import (
     THRESHOLDS,
     Bound,
     LogitsCheck,
     StructureCheck,
-    TensorsCheck,
     TokenizerCheck,
     VerifyReport,
 )
@@ -43,7 +40,6 @@ from hubtools.verification.structure import (
     dtype_problems,
     index_hf_folder,
     mapping_problems,
-    size_mismatches,
 )
 
 Progress = Callable[[str], None]
@@ -111,44 +107,6 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(torch.uint8)
 
 
-def compare_tensors(native: Checkpoint, hf: Checkpoint, table: NameTable, progress: Progress) -> TensorsCheck:
-    """Every HF tensor against `to_hf(transform, native)` cast to the HF dtype, bit for bit, one pair at a time."""
-    compared, mismatched, differences, casts = 0, [], {}, set()
-    for i, spec in enumerate(table.specs):
-        src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
-        if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
-            continue
-        if i % 50 == 0:
-            progress(f"tensors: {i}/{len(table.specs)}")
-        expected = to_hf(spec.transform, native.read(spec.native), native.params)
-        overflow = 0
-        if src.dtype != dst.dtype:
-            casts.add(f"{dtype_name(src.code)} -> {dtype_name(dst.code)}")
-            cast = expected.to(dst.dtype)
-            overflow = int((torch.isfinite(expected) & ~torch.isfinite(cast)).sum()) if cast.is_floating_point() else 0
-            expected = cast
-        actual = hf.read(spec.hf)
-        compared += 1
-        if overflow:  # the HF dtype cannot hold the native values: bit-equal to the cast, still wrong
-            mismatched.append(spec.hf)
-            to = str(dst.dtype).removeprefix("torch.")
-            differences[spec.hf] = {"overflow": overflow, "of": expected.numel(), "dtype": to}
-        elif actual.dtype != expected.dtype or not torch.equal(_bits(actual), _bits(expected)):
-            mismatched.append(spec.hf)
-            differences[spec.hf] = _difference(expected, actual)
-    notes = [f"native tensors cast {c} (round to nearest even) before comparing" for c in sorted(casts)]
-    if compared < len(table.specs):
-        notes.append(f"{len(table.specs) - compared} tensor(s) missing or misshapen on a side (see structure)")
-    return TensorsCheck(
-        not mismatched and compared == len(table.specs),
-        compared,
-        len(table.specs),
-        tuple(mismatched),
-        differences,
-        tuple(notes),
-    )
-
-
 def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
     if actual.dtype != expected.dtype:
         return {
@@ -186,41 +144,6 @@ def prompt_texts(prompts_path: Path | None) -> tuple[str, ...]:
         return tuple(p for p in load_prompts(prompts_path) if isinstance(p, str) and p)
     except (ModuleNotFoundError, TokenizerError):
         return ()
-
-
-def _logits(
-    native: Checkpoint,
-    hf_folder: Path,
-    hf: Checkpoint,
-    ready: bool,
-    audit_config: dict[str, Any] | None,
-    *,
-    dtype: torch.dtype,
-    rope_theta: float,
-    enabled: bool,
-    progress: Progress,
-    texts: tuple[str, ...] = (),
-) -> LogitsCheck:
-    name = dtype_name(dtype)
-    if not enabled:
-        return LogitsCheck(True, name, skipped="logits check disabled (--no-logits)")
-    if not ready:
-        return LogitsCheck(False, name, error="missing or misshapen tensors (see structure) prevent a forward")
-    sizes = size_mismatches(audit_config, native.params)
-    if sizes:
-        return LogitsCheck(
-            False, name, error=f"config.json disagrees with params.json on {', '.join(sizes)} (see structure)"
-        )
-    from hubtools.verification.hf_forward import load_config
-
-    try:
-        config = load_config(hf_folder)
-    except VerifyError as exc:
-        return LogitsCheck(False, name, error=str(exc))
-    try:
-        return compare_logits(native, hf, config, dtype=dtype, rope_theta=rope_theta, progress=progress, texts=texts)
-    except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
-        return LogitsCheck(False, name, error=f"transformers cannot run the HF model: {str(exc).splitlines()[0]}")
 
 
 def verify(
@@ -276,22 +199,24 @@ def verify(
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
-            tensors = compare_tensors(src, dst, table, say)
-            say("tokenizer")
-            tokenizer = check_tokenizer_parity(src, hf, prompts_path)
+            from hubtools.verification.stream import one_pass
+
             theta = rope_theta if rope_theta is not None else default_rope_theta(src.params)
-            logits = _logits(
+            tensors, logits = one_pass(  # each tensor read once per side: the bit-exact check and both forwards
                 src,
-                hf,
                 dst,
+                hf,
+                table,
                 forward_ready(src, audit, table),
-                audit.config,
                 dtype=compute,
                 rope_theta=theta,
                 enabled=check_logits,
                 progress=say,
                 texts=prompt_texts(prompts_path),
+                audit_config=audit.config,
             )
+            say("tokenizer")
+            tokenizer = check_tokenizer_parity(src, hf, prompts_path)
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
 
 

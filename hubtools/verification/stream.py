@@ -21,15 +21,25 @@ from typing import Any
 import torch
 
 from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import VerifyError
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.params import ModelParams
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import LayeredModel, empty_fused_experts, put_expert
-from hubtools.verification.logits import LayerDiff, LogitsCheck, Prompts, judge_logits, layer_diff, prompt_tokens
+from hubtools.verification.logits import (
+    LayerDiff,
+    LogitsCheck,
+    Prompts,
+    judge_logits,
+    layer_diff,
+    note_nonfinite,
+    prompt_tokens,
+)
 from hubtools.verification.report import TensorsCheck
 from hubtools.verification.run import _bits, _difference
+from hubtools.verification.structure import size_mismatches
 
 LAYER = re.compile(r"layers\.(\d+)\.")
 EXPERT = re.compile(r"\.experts\.\d+\.")
@@ -54,10 +64,17 @@ class TensorTally:
     def check(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> bool:
         """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical."""
         expected = to_hf(spec.transform, native, self.params)
+        overflow = 0
         if native.dtype != hf.dtype:
-            self.casts.add(f"{native.dtype} -> {hf.dtype}".replace("torch.", ""))
-            expected = expected.to(hf.dtype)
+            self.casts.add(f"{dtype_name(native.dtype)} -> {dtype_name(hf.dtype)}")
+            cast = expected.to(hf.dtype)
+            overflow = int((torch.isfinite(expected) & ~torch.isfinite(cast)).sum()) if cast.is_floating_point() else 0
+            expected = cast
         self.compared += 1
+        if overflow:  # the HF dtype cannot hold the native values: bit-equal to the cast, still wrong
+            self.mismatched.append(spec.hf)
+            self.differences[spec.hf] = {"overflow": overflow, "of": expected.numel(), "dtype": dtype_name(hf.dtype)}
+            return False
         if hf.dtype == expected.dtype and torch.equal(_bits(hf), _bits(expected)):
             return True
         self.mismatched.append(spec.hf)
@@ -118,6 +135,7 @@ class Lockstep:
         self.fused: dict[str, torch.Tensor] | None = None
         self.diffs: list[LayerDiff] = []
         self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.nonfinite: dict[str, str] = {}  # per side, the first stage holding NaN or inf
 
     def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
         """Take one pair; advance whatever it completes."""
@@ -173,6 +191,7 @@ class Lockstep:
         if unit == -1:
             tokens = self.prompts.tokens
             self.h_ref, self.h_hf = reference.embed(tokens, self._get), self.model.embed(tokens)
+            note_nonfinite(self.nonfinite, "embeddings", self.h_ref, self.h_hf, self.prompts.valid)
             return
         assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
         if unit < self.params.n_layers:
@@ -187,17 +206,22 @@ class Lockstep:
             self.moe, self.fused = None, None
             gc.collect()  # the layer's modules hold reference cycles: free its weights now, not at some later GC
             self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
+            stage = f"hidden state after layer {unit}"
+            note_nonfinite(self.nonfinite, stage, self.h_ref, self.h_hf, self.prompts.valid)
             return
         self.logits = (
             reference.head(self.h_ref, self._get, self.params).float(),
             self.model.head(self.h_hf).float(),
         )
+        note_nonfinite(self.nonfinite, "logits", *self.logits, self.prompts.valid)
 
     def result(self) -> LogitsCheck:
         name = str(self.dtype).removeprefix("torch.")
         if self.logits is None:
             return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
-        return judge_logits(*self.logits, self.diffs, self.prompts, dtype=self.dtype)
+        return judge_logits(
+            *self.logits, self.diffs, self.prompts, dtype=self.dtype, nonfinite=tuple(self.nonfinite.values())
+        )
 
 
 @dataclass
@@ -223,20 +247,29 @@ def one_pass(
     rope_theta: float,
     enabled: bool,
     progress: Callable[[str], None],
+    texts: tuple[str, ...] = (),
+    audit_config: dict[str, Any] | None = None,
 ) -> tuple[TensorsCheck, LogitsCheck]:
     """`verify`'s tensors and logits checks from one read of each tensor on each side.
 
     Pairs missing or misshapen on a side are skipped (the structure check names them); the forward runs
-    only when `ready` (every pair present) and `enabled`.
+    only when `ready` (every pair present), `enabled`, and config.json (`audit_config`, when given) sizes
+    the modules as params.json does. `texts` join the built-in prompts.
     """
-    name = str(dtype).removeprefix("torch.")
+    name = dtype_name(dtype)
     tally = TensorTally(table, native.params)
     lockstep, error = None, None
     if not enabled:
         skipped: str | None = "logits check disabled (--no-logits)"
     else:
         skipped = None
-        lockstep, error = _lockstep(native, hf_folder, ready, dtype=dtype, rope_theta=rope_theta, progress=progress)
+        sizes = size_mismatches(audit_config, native.params) if audit_config is not None else []
+        if sizes:
+            error = f"config.json disagrees with params.json on {', '.join(sizes)} (see structure)"
+        else:
+            lockstep, error = _lockstep(
+                native, hf_folder, ready, dtype=dtype, rope_theta=rope_theta, progress=progress, texts=texts
+            )
     for i, spec in enumerate(table.specs):
         src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
         if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
@@ -265,6 +298,7 @@ def _lockstep(
     dtype: torch.dtype,
     rope_theta: float,
     progress: Callable[[str], None],
+    texts: tuple[str, ...] = (),
 ) -> tuple[Lockstep | None, str | None]:
     if not ready:
         return None, "missing or misshapen tensors (see structure) prevent a forward"
@@ -274,5 +308,5 @@ def _lockstep(
         config = load_config(hf_folder)
     except VerifyError as exc:
         return None, str(exc)
-    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size)
+    prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size, texts)
     return Lockstep(config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress), None
