@@ -233,7 +233,7 @@ def _line(check: Check) -> str:
 
 def format_gguf_report(report: GgufReport) -> str:
     """The report as a terminal table: one line per check, then the problems (each names its tensor/key)."""
-    from hubtools.verification.run import _logits_line, _status
+    from hubtools.verification.run import logits_line, status_word
 
     rows = [("structure", report.structure), ("tensors", report.tensors), ("tokenizer", report.tokenizer)]
     lines = [
@@ -242,8 +242,8 @@ def format_gguf_report(report: GgufReport) -> str:
         f"  gguf:   {', '.join(report.files)} ({report.quant})",
         "",
     ]
-    lines += [f"  {name:<10} {_status(c):<5} {_line(c)}" for name, c in rows]
-    lines.append(f"  {'logits':<10} {_status(report.logits):<5} {_logits_line(report.logits)}")
+    lines += [f"  {name:<10} {status_word(c):<5} {_line(c)}" for name, c in rows]
+    lines.append(f"  {'logits':<10} {status_word(report.logits):<5} {logits_line(report.logits)}")
     llama = report.tokenizer.details.get("llama_cpp", {})
     readback = report.tokenizer.details.get("transformers", {})
     for label, info in (("llama.cpp tokenizer", llama), ("transformers read-back", readback)):

@@ -103,21 +103,6 @@ def forward_ready(native: Checkpoint, hf: HfFolder, table: NameTable) -> bool:
     )
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
-def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
-    if actual.dtype != expected.dtype:
-        return {
-            "dtype": dtype_name(actual.dtype),
-            "expected_dtype": dtype_name(expected.dtype),
-        }
-    differ = _bits(expected).view(-1, expected.element_size()).ne(_bits(actual).view(-1, actual.element_size()))
-    delta = (expected.float() - actual.float()).abs()
-    return {"elements": int(differ.any(-1).sum()), "of": expected.numel(), "max_abs": float(delta.nan_to_num().max())}
-
-
 def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Path | None) -> TokenizerCheck:
     """Tokenizer parity via `hubtools.tokenization.parity`, or why it was skipped."""
     if native.tokenizer_file is None:
@@ -220,13 +205,13 @@ def verify(
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
 
 
-def _status(check: Any) -> str:
+def status_word(check: Any) -> str:
     if getattr(check, "skipped", None):
         return "SKIP"
     return "PASS" if check.passed else "FAIL"
 
 
-def _logits_line(c: LogitsCheck) -> str:
+def logits_line(c: LogitsCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
     if c.nonfinite:
@@ -255,10 +240,10 @@ def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
         return format_gguf_report(report)
     s, t = report.structure, report.tensors
     rows = [
-        ("structure", _status(s), f"{len(s.problems)} problem(s)"),
-        ("tensors", _status(t), f"{t.compared - len(t.mismatched)}/{t.expected} bit-identical"),
-        ("tokenizer", _status(report.tokenizer), _tokenizer_line(report.tokenizer)),
-        ("logits", _status(report.logits), _logits_line(report.logits)),
+        ("structure", status_word(s), f"{len(s.problems)} problem(s)"),
+        ("tensors", status_word(t), f"{t.compared - len(t.mismatched)}/{t.expected} bit-identical"),
+        ("tokenizer", status_word(report.tokenizer), _tokenizer_line(report.tokenizer)),
+        ("logits", status_word(report.logits), logits_line(report.logits)),
     ]
     lines = [
         f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",

@@ -38,7 +38,6 @@ from hubtools.verification.logits import (
     prompt_tokens,
 )
 from hubtools.verification.report import TensorsCheck
-from hubtools.verification.run import _bits, _difference
 from hubtools.verification.structure import size_mismatches
 
 LAYER = re.compile(r"layers\.(\d+)\.")
@@ -52,6 +51,21 @@ def unit_of(spec: TensorSpec) -> int:
         return -1
     match = LAYER.match(spec.native)
     return int(match[1]) if match else 1 << 30
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
+    if actual.dtype != expected.dtype:
+        return {
+            "dtype": dtype_name(actual.dtype),
+            "expected_dtype": dtype_name(expected.dtype),
+        }
+    differ = _bits(expected).view(-1, expected.element_size()).ne(_bits(actual).view(-1, actual.element_size()))
+    delta = (expected.float() - actual.float()).abs()
+    return {"elements": int(differ.any(-1).sum()), "of": expected.numel(), "max_abs": float(delta.nan_to_num().max())}
 
 
 class TensorTally:
