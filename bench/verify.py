@@ -6,6 +6,7 @@ HF with hubtools, then runs every method in its own child process and records wa
 (wait4 ru_maxrss) and sampled peak anonymous memory (RssAnon):
 
 - verify bf16 / verify f32: `hubtools verify NATIVE HF --dtype ...` (all four checks);
+- read both: the weight files of both checkpoints read once into a reused buffer (the I/O floor);
 - whole bf16 / whole f32: the whole native state dict + the reference forward, then
   `AutoModelForCausalLM.from_pretrained` + its forward, on the same prompts (what a one-off script does).
   A whole-model run whose estimated need exceeds 60% of available memory is not started.
@@ -58,6 +59,18 @@ with torch.no_grad():
     ref = reference.forward(prompts.tokens, state.__getitem__, params, rope_theta=default_rope_theta(params))
     out = whole_model_logits(hf, prompts.tokens, dtype, attention=None, experts=None)  # the whole HF model too
 print(logit_metrics(ref.float(), out.float(), prompts.valid))
+"""
+
+
+READ = r"""
+import os, sys
+buf = bytearray(64 << 20)
+for folder in sys.argv[1:]:
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with open(os.path.join(folder, name), "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
 """
 
 
@@ -120,7 +133,9 @@ def prepare(layers: int, workdir: Path, shared: ModuleType) -> tuple[Path, Path,
 
 def measure(native: Path, hf: Path, workdir: Path, shared: ModuleType) -> dict[str, dict[str, Any]]:
     size = sum(p.stat().st_size for p in native.glob("consolidated*"))
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {
+        "read both": shared.run_measured([sys.executable, "-c", READ, str(native), str(hf)])
+    }
     for dtype in ("bfloat16", "float32"):
         report = workdir / f"report-{dtype}.json"
         cmd = [sys.executable, "-c", VERIFY, str(native), str(hf), "--dtype", dtype, "--quiet", "--json", str(report)]
@@ -169,6 +184,28 @@ def table(rows: dict[int, dict[str, dict[str, Any]]], sizes: dict[int, int]) -> 
     return "\n".join(lines)
 
 
+def marginal(rows: dict[int, dict[str, dict[str, Any]]], sizes: dict[int, int]) -> str:
+    """Seconds per extra GB of model between the smallest and the largest depth, per method, and each
+    one's ratio to reading that GB from both sides (the issue's target: verify within 2x)."""
+    lo, hi = min(rows), max(rows)
+    if lo == hi:
+        return ""
+    gb = (sizes[hi] - sizes[lo]) / 1e9
+
+    def per_gb(name: str) -> float | None:
+        a, b = rows[lo].get(name, {}), rows[hi].get(name, {})
+        return (b["seconds"] - a["seconds"]) / gb if "seconds" in a and "seconds" in b else None
+
+    read = per_gb("read both")
+    lines = [f"extra cost per GB of model ({lo} -> {hi} layers, +{gb:.1f} GB):"]
+    for name in rows[lo]:
+        cost = per_gb(name)
+        if cost is not None:
+            ratio = f" ({cost / read:.1f}x reading both sides)" if read and name != "read both" else ""
+            lines.append(f"  {name}: {cost:.2f} s/GB{ratio}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
@@ -187,6 +224,7 @@ def main() -> None:
             for path in built:
                 shutil.rmtree(path)
     print(table(rows, sizes))
+    print(marginal(rows, sizes))
     if args.json:
         args.json.write_text(json.dumps({"sizes": sizes, "results": rows}, indent=2))
 

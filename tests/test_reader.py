@@ -126,3 +126,43 @@ def test_close_releases_every_file(make_native: MakeNative) -> None:
     assert open_fd_count() > before
     ckpt.close()
     assert open_fd_count() == before
+
+
+@pytest.mark.parametrize("layout", ["safetensors", "pth"])
+def test_large_tensors_are_private_mappings_of_the_file(
+    make_native: MakeNative, layout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hubtools.checkpoint.reader.MAP_AT_LEAST", 1)  # map every tensor, at any file offset
+    folder = make_native(layout, layout=layout, tokenizer=None)
+    files = sorted(p for p in folder.iterdir() if p.name.startswith("consolidated"))
+    before = {p: p.read_bytes() for p in files}
+    expected = library_tensors(folder)
+    fds = open_fd_count()
+    with open_checkpoint(folder) as ckpt:
+        read = {n: ckpt.read(n) for n in ckpt.tensors}
+        assert all(same_bytes(read[n], t) for n, t in expected.items())
+        assert open_fd_count() > fds + 1  # the mappings are alive
+        for t in read.values():
+            t.zero_()  # writable, copy-on-write: the file never changes
+        assert torch.equal(ckpt.read("norm.weight"), expected["norm.weight"])
+    assert {p: p.read_bytes() for p in files} == before
+    del read, t
+    assert open_fd_count() == fds  # dropping the tensors unmaps them
+
+
+def test_a_file_truncated_after_indexing_is_named_not_a_crash(
+    make_native: MakeNative, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hubtools.checkpoint.reader.MAP_AT_LEAST", 1)
+    folder = make_native(tokenizer=None)
+    with open_checkpoint(folder) as ckpt:
+        path = folder / "consolidated.safetensors"
+        size = path.stat().st_size
+        with path.open("r+b") as fh:
+            fh.truncate(size - 8)
+        last = max(ckpt.tensors.values(), key=lambda src: src.segments[-1][1] + src.segments[-1][2])
+        ending = last.segments[-1][1] + last.segments[-1][2]
+        with pytest.raises(
+            CorruptFileError, match=rf"safetensors: expected at least {ending} bytes .* found {size - 8}"
+        ):
+            ckpt.read(last.name)

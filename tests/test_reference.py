@@ -119,3 +119,29 @@ def test_a_layer_loads_only_its_own_tensors_and_experts_on_demand() -> None:
     assert all(n.startswith("layers.1.") for n in layer_names)
     experts = {n.split(".")[4] for n in layer_names if ".experts." in n}
     assert 0 < len(experts) <= 6  # 6 tokens, top-1: unrouted experts are never loaded
+
+
+def test_packed_prompts_give_the_padded_logits_on_both_sides(pair: tuple[Path, Path, ModelParams]) -> None:
+    from hubtools.verification.logits import Prompts
+
+    native, hf, params = pair
+    lengths = (20, 7, 1, 13)  # a one-token sequence too: its position 0 follows another's 0
+    padded = Prompts(TOKENS.repeat(2, 1), lengths, "test")
+    packed = padded.pack()
+    assert packed.tokens.shape == (1, sum(lengths)) and bool(packed.valid.all())
+    theta = default_rope_theta(params)
+    with open_checkpoint(native) as ckpt:
+        ref_padded = reference.forward(padded.tokens, ckpt.read, params, rope_theta=theta)[padded.valid]
+        h = reference.embed(packed.tokens, ckpt.read)
+        for layer in range(params.n_layers):
+            h = reference.layer_forward(h, layer, ckpt.read, params, packed.positions, rope_theta=theta)
+        ref_packed = reference.head(h, ckpt.read, params)[0]
+    assert (ref_packed - ref_padded).abs().max() <= 1e-5
+    with open_checkpoint(hf) as ckpt:
+        model = LayeredModel(load_config(hf), ckpt.read, torch.float32, positions=packed.positions)
+        h = model.embed(packed.tokens)
+        for layer in range(ckpt.params.n_layers):
+            h = model.layer(h, layer)
+        hf_packed = model.head(h)[0]
+    assert (hf_packed - ref_padded).abs().max() <= 1e-4
+    assert (hf_packed - whole_model_logits(hf, padded.tokens, torch.float32)[padded.valid]).abs().max() <= 1e-5

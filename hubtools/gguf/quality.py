@@ -228,9 +228,9 @@ def check_gguf_logits(
         return LogitsCheck(False, "float32", error="missing tensors (see structure) prevent a forward")
     params = source.params
     theta = float(source.config.get("rope_theta") or default_rope_theta(params))
-    prompts = logits_prompts(source, prompts_path)
+    prompts = logits_prompts(source, prompts_path).pack()  # no compute on padding
     ours, orig = _gguf_getter(source, files), _source_getter(source)
-    positions, valid = torch.arange(prompts.tokens.shape[1]), prompts.valid
+    positions, valid = prompts.positions, prompts.valid
     with torch.no_grad():
         h_gguf, h_orig, diffs = reference.embed(prompts.tokens, ours), reference.embed(prompts.tokens, orig), []
         for layer in range(params.n_layers):

@@ -11,9 +11,11 @@ The tests check this path against `AutoModelForCausalLM.from_pretrained` (`whole
 
 from __future__ import annotations
 
+import gc
 import importlib
 import inspect
 import re
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,8 +148,10 @@ class LayeredModel:
         >>> h = m.embed(tokens); h = m.layer(h, 0); logits = m.head(h)  # doctest: +SKIP
     """
 
-    def __init__(self, config: Any, read: Reader, dtype: torch.dtype) -> None:
-        self.config, self.read, self.dtype = config, read, dtype
+    def __init__(self, config: Any, read: Reader, dtype: torch.dtype, *, positions: torch.Tensor | None = None) -> None:
+        """`positions` `[seq]`: restarting at 0 for packed sequences (transformers' masks detect them); default
+        0..seq-1."""
+        self.config, self.read, self.dtype, self.positions = config, read, dtype, positions
         self.rotary = _module(config, "RotaryEmbedding")(config=config)
         self._cache: tuple[int, Any, Any] | None = None
 
@@ -158,7 +162,7 @@ class LayeredModel:
         if self._cache is None or self._cache[0] != h.shape[1]:
             from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-            positions = torch.arange(h.shape[1])[None]
+            positions = (self.positions if self.positions is not None else torch.arange(h.shape[1]))[None]
             make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
             no_cache = {_cache_keyword(make_mask): None}  # `cache` since transformers 5.x, `past_key_values` before
             mask = make_mask(
@@ -174,6 +178,10 @@ class LayeredModel:
         module = build_layer(self.config, layer, self.read, self.dtype, fused)
         mask, rope, positions = self._inputs(h)
         out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+        alive = weakref.ref(module)
+        del module
+        if alive() is not None:  # held by a reference cycle: free the layer's weights now, not at some later GC
+            gc.collect()
         return out[0] if isinstance(out, tuple) else out
 
     @torch.no_grad()

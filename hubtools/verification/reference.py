@@ -9,7 +9,8 @@ window W keeping the last W keys; MoE: gate logits -> top-k -> softmax over thos
 It runs layer by layer: every function takes `get(native_name) -> Tensor`, which loads one tensor on
 demand (already in the compute dtype), so only one layer's weights (for MoE: one expert's) need to be
 in memory at a time. Hidden states are `[batch, seq, dim]`; sequences are right-padded, which a causal
-mask makes harmless for the real positions.
+mask makes harmless for the real positions, or packed in one row with positions restarting at 0 for
+each (`attention_mask` then keeps each within itself).
 """
 
 from __future__ import annotations
@@ -51,9 +52,17 @@ def apply_rotary(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
 
 
 def attention_mask(positions: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Additive float32 mask `[seq, seq]`: 0 where query i may see key j (j <= i, and i - j < window)."""
+    """Additive float32 mask `[seq, seq]`: 0 where query i may see key j (j <= i, and i - j < window).
+
+    Sequences packed back to back (positions restarting at 0) see only themselves: block-diagonal causal.
+
+    Example:
+        >>> (attention_mask(torch.tensor([0, 1, 0, 1]), None) == 0).int().tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    """
     distance = positions[:, None] - positions[None, :]
-    allowed = distance >= 0
+    sequence = torch.cumsum(positions == 0, 0)
+    allowed = (distance >= 0) & (sequence[:, None] == sequence[None, :])
     if window is not None:
         allowed &= distance < window
     return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
