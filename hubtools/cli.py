@@ -7,6 +7,7 @@ Environment variables are read here and nowhere else.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import signal
@@ -365,7 +366,7 @@ def publish_command(
     import os
 
     from hubtools.publishing.plan import check_repo_id, plan_upload
-    from hubtools.publishing.upload import publish
+    from hubtools.publishing.upload import files_line, publish
 
     check_repo_id(repo_id)
     plan = plan_upload(folder)
@@ -419,11 +420,7 @@ def publish_command(
     if as_json:
         emit_json(result.to_dict())
         return
-    summary = result.to_dict()
-    click.echo(
-        f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
-        f"{summary['skipped_files']} already on the Hub; all verified at {result.verified_at}"
-    )
+    click.echo(f"{files_line(result.files)}; all verified at {result.verified_at}")
     for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
         if value:
             click.echo(f"{label}: {value}")
@@ -454,8 +451,17 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+GC_THRESHOLD = (50_000, 20, 20)  # allocations between young collections (CPython's default: 700)
+
+
 def main() -> None:
-    """Console-script entry point: SIGTERM and SIGHUP unwind like Ctrl-C, so outputs are cleaned up."""
+    """Console-script entry point: SIGTERM and SIGHUP unwind like Ctrl-C, so outputs are cleaned up.
+
+    The cyclic garbage collector runs less often than CPython's default: with its 700-allocation trigger
+    it walks the million objects that importing torch and transformers creates about a thousand times per
+    `verify` (1.1 s of 6 on the 3.4 GB bench model); at 50,000 it runs a dozen times and still collects.
+    """
+    gc.set_threshold(*GC_THRESHOLD)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
     argv = sys.argv[1:]

@@ -5,7 +5,6 @@ writer copy bytes straight from disk.
 
 from __future__ import annotations
 
-import mmap
 import os
 from pathlib import Path
 from types import TracebackType
@@ -29,13 +28,12 @@ from hubtools.checkpoint.pth import ConcatFile, Segment, read_pth_index
 from hubtools.errors import CorruptFileError, LayoutError
 from hubtools.model.hf_config import from_hf_config
 from hubtools.model.params import ModelParams, load_params
+from hubtools.pages import map_range
 
 if TYPE_CHECKING:
     import torch
 
-MAP_AT_LEAST = 1 << 20  # bytes: a tensor this large is mapped, not copied
-MADV_POPULATE_READ = 22  # linux/mman.h; Python's mmap module names it only from 3.14
-PREFETCH = (MADV_POPULATE_READ, mmap.MADV_WILLNEED)
+MAP_AT_LEAST = 1 << 20  # bytes: a tensor this large is mapped, not copied (see hubtools.pages)
 
 
 def index_pth(files: tuple[Path, ...], stream: ConcatFile | None = None) -> dict[str, TensorSource]:
@@ -96,31 +94,8 @@ class Checkpoint:
         return buf
 
     def map_bytes(self, path: Path, offset: int, length: int) -> np.ndarray:
-        """`length` bytes of `path` from `offset` as a private copy-on-write mapping of the page cache.
-
-        No copy and no fresh anonymous memory (whose first touch costs a page fault per 4 KiB: on a VM
-        that is most of a warm read's time); writes to the array stay private. The mapping lives as long
-        as the array (or a tensor made from it).
-
-        Raises:
-            CorruptFileError: the file is now shorter than the range (it changed after it was indexed).
-        """
-        fd = self.fd(path)
-        size = os.fstat(fd).st_size
-        if offset + length > size:
-            raise CorruptFileError(
-                f"{path}: expected at least {offset + length} bytes (a tensor ends there), found {size}: "
-                "the file is truncated or changed while it was read"
-            )
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_COPY)
-        for advice in PREFETCH:  # fault the range in with one call (and start readahead when cold)
-            try:
-                mapped.madvise(advice)
-                break
-            except OSError:  # MADV_POPULATE_READ needs Linux 5.14
-                continue
-        return np.frombuffer(mapped, dtype=np.uint8, count=length, offset=offset - start)
+        """`length` bytes of `path` from `offset`, mapped from the page cache (`pages.map_range`)."""
+        return map_range(self.fd(path), path, offset, length)
 
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor in its stored dtype and shape (writable; large ones map the file, see `map_bytes`)."""
