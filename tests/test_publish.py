@@ -186,6 +186,8 @@ def test_an_interrupted_upload_resumes_with_only_the_missing_shards(hub: FakeHub
     result = publish(model, REPO, api=api, retry=FAST)
     assert hub.lfs_bytes == lfs_bytes(model, [SHARDS[2], "tokenizer.model"])
     assert hub.count("PUT", "^/lfs-upload/") == 2
+    assert [f.path for f in result.files if f.action == "stored"] == SHARDS[:2]  # committed, not re-sent
+    assert result.to_dict()["stored_bytes"] == lfs_bytes(model, SHARDS[:2])
     assert {k: v for k, v in hub.files(REPO).items() if k != ".gitattributes"} == local_files(model)
     assert result.commit_oid is not None
 

@@ -218,6 +218,9 @@ def _resumes_without_resending(
     total = shard_bytes(converted) + (converted / "tokenizer.model").stat().st_size
     kept = sum(f.size for f in result.files if f.sha256 in stored)  # stored before the interruption
     assert hub.lfs_bytes == total - kept and kept > 0
+    reported = {f.path for f in result.files if f.action == "stored"}  # and reported as such, not as uploaded
+    assert reported == {f.path for f in result.files if f.sha256 in stored}
+    assert result.to_dict()["stored_bytes"] == kept
     assert options.work_dir is not None and list(options.work_dir.iterdir()) == []
 
 

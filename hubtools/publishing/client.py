@@ -95,6 +95,34 @@ class HubClient:
             found.update((info.path, info) for info in infos)
         return found
 
+    def stored(self, ops: list[CommitOperationAdd]) -> set[str]:
+        """The paths of `ops` whose bytes the Hub's LFS store already holds (an interrupted run sent them).
+
+        Asks the git-lfs batch API, which answers such objects without upload actions. Only a report: if
+        the Hub cannot answer, no path is called stored (preupload skips them anyway).
+        """
+        token = self.api.token
+        if not ops or isinstance(token, bool):  # False: no token at all, which this call cannot say; True: deprecated
+            return set()
+        from huggingface_hub.lfs import post_lfs_batch_info
+
+        try:
+            objects, _, _ = self.call(
+                "ask the LFS store",
+                lambda: post_lfs_batch_info(
+                    [op.upload_info for op in ops],
+                    token=token,
+                    repo_type="model",
+                    repo_id=self.repo_id,
+                    endpoint=self.api.endpoint,
+                    headers=self.api.headers,
+                ),
+            )
+        except PublishError:
+            return set()
+        held = {o.get("oid") for o in objects if isinstance(o, dict) and not o.get("actions") and not o.get("error")}
+        return {op.path_in_repo for op in ops if op.upload_info.sha256.hex() in held}
+
     def commit(
         self, ops: list[CommitOperationAdd], *, revision: str, create_pr: bool, parent: str | None
     ) -> CommitInfo:

@@ -47,7 +47,7 @@ from hubtools.publishing.release_files import (
     write_small_files,
 )
 from hubtools.publishing.remote import difference, verify_remote
-from hubtools.publishing.upload import Action, FileResult
+from hubtools.publishing.upload import FileResult, file_action
 
 Say = Callable[[str], None]
 
@@ -177,6 +177,7 @@ class _Run:
         self.hub = HubClient(api, repo_id, retry)
         self.target = options.revision or "main"
         self.peak = 0
+        self.stored: set[str] = set()  # paths whose bytes the Hub's store held before we sent them
 
     def go(self, src: str, started: float) -> Any:
         from hubtools.verification.release_checks import ReleaseChecks
@@ -213,10 +214,9 @@ class _Run:
         verified_at = head if commit is None else commit.oid
         if options.tag:
             hub.tag(options.tag, verified_at)
-        sent = {op.path_in_repo for op in ops}
+        sent = {op.path_in_repo for op in ops} - self.stored
         results = tuple(
-            FileResult(f.path, f.size, digests[f.path], Action.UPLOADED if f.path in sent else Action.SKIPPED)
-            for f in planned
+            FileResult(f.path, f.size, digests[f.path], file_action(f.path, sent, self.stored)) for f in planned
         )
         return ReleaseResult.build(
             hub.repo_id, self.target, commit, options.tag, verified_at, results, report, self.peak, started
@@ -298,6 +298,7 @@ class _Run:
 
     def _preupload(self, op: CommitOperationAdd, path: Path) -> None:
         hub = self.hub
+        self.stored |= hub.stored([op])
         hub.call(
             f"upload of '{op.path_in_repo}'",
             lambda: hub.api.preupload_lfs_files(
@@ -313,6 +314,7 @@ class _Run:
             [[f for f in todo if not f.lfs]] if any(not f.lfs for f in todo) else []
         ):
             batch = [_operation(f, digests[f.path]) for f in group]
+            self.stored |= self.hub.stored([op for op, f in zip(batch, group, strict=True) if f.lfs])
             self.hub.call(
                 f"upload of '{group[0].path}'",
                 lambda: self.hub.api.preupload_lfs_files(

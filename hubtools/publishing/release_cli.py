@@ -108,10 +108,10 @@ def release_command(
 
         emit_json(result.to_dict())
     elif not quiet:
-        summary = result.to_dict()
+        from hubtools.publishing.upload import files_line
+
         click.echo(
-            f"files: {summary['uploaded_files']} uploaded ({result.uploaded_bytes:,d} bytes), "
-            f"{summary['skipped_files']} already on the Hub; verified at {result.verified_at}; "
+            f"{files_line(result.files)}; verified at {result.verified_at}; "
             f"work dir peak {result.work_peak_bytes:,d} bytes; {result.seconds:.1f}s"
         )
         for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):

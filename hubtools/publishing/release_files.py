@@ -16,7 +16,7 @@ from hubtools.converter import ConversionPlan, write_metadata, write_tokenizer
 from hubtools.model.names import Layout
 from hubtools.publishing.plan import ROLE_ORDER, PlannedFile, Role, planned_file
 from hubtools.publishing.remote import hexdigest
-from hubtools.publishing.upload import Action, FileResult
+from hubtools.publishing.upload import Action, FileResult, action_totals
 
 
 def write_small_files(ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, chat_template: str) -> list[str]:
@@ -128,10 +128,5 @@ class ReleaseResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(
-            files=[f.to_dict() for f in self.files],
-            uploaded_files=sum(f.action is Action.UPLOADED for f in self.files),
-            skipped_files=sum(f.action is Action.SKIPPED for f in self.files),
-            uploaded_bytes=self.uploaded_bytes,
-        )
+        out.update(files=[f.to_dict() for f in self.files], **action_totals(self.files))
         return out

@@ -37,12 +37,14 @@ class Action(str, Enum):
     """What `publish` did with a file."""
 
     UPLOADED = "uploaded"
+    STORED = "stored"  # committed now, but its bytes were already in the Hub's LFS store (an interrupted run)
     SKIPPED = "skipped"  # the remote already had it
 
 
 @dataclass(frozen=True)
 class FileResult:
-    """What happened to one file: `skipped` (the remote already had it) or `uploaded`."""
+    """What happened to one file: `uploaded`, `stored` (committed without sending: an interrupted run had
+    sent its bytes) or `skipped` (the remote already had it)."""
 
     path: str
     size: int
@@ -51,6 +53,34 @@ class FileResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "action": self.action.value}
+
+
+def action_totals(files: tuple[FileResult, ...]) -> dict[str, int]:
+    """`{action}_files` and `{action}_bytes` for every action (the summary fields of the JSON results)."""
+    totals: dict[str, int] = {}
+    for action in Action:
+        mine = [f for f in files if f.action is action]
+        totals[f"{action.value}_files"] = len(mine)
+        totals[f"{action.value}_bytes"] = sum(f.size for f in mine)
+    return totals
+
+
+def files_line(files: tuple[FileResult, ...]) -> str:
+    """The one-line summary both `publish` and `release` print.
+
+    Example:
+        >>> files_line((FileResult("a", 5, "0" * 64, Action.UPLOADED), FileResult("b", 9, "1" * 64, Action.STORED)))
+        'files: 1 uploaded (5 bytes), 1 sent by an interrupted run (9 bytes not re-sent), 0 already on the Hub'
+    """
+    t = action_totals(files)
+    stored = (
+        t["stored_files"]
+        and f"{t['stored_files']} sent by an interrupted run ({t['stored_bytes']:,d} bytes not re-sent), "
+    )
+    return (
+        f"files: {t['uploaded_files']} uploaded ({t['uploaded_bytes']:,d} bytes), {stored or ''}"
+        f"{t['skipped_files']} already on the Hub"
+    )
 
 
 @dataclass(frozen=True)
@@ -78,14 +108,7 @@ class PublishResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(
-            files=[f.to_dict() for f in self.files],
-            uploaded_bytes=self.uploaded_bytes,
-            skipped_bytes=self.skipped_bytes,
-            uploaded_files=sum(f.action is Action.UPLOADED for f in self.files),
-            skipped_files=sum(f.action is Action.SKIPPED for f in self.files),
-            verified=True,
-        )
+        out.update(files=[f.to_dict() for f in self.files], **action_totals(self.files), verified=True)
         return out
 
 
@@ -145,14 +168,15 @@ def publish(
     remote = hub.remote_files([f.path for f in plan.files], head)
     todo = [f for f in plan.files if difference(f, digests[f.path], remote.get(f.path))]
     commit: CommitInfo | None = None
+    stored: set[str] = set()
     if todo:
-        ops = _upload(hub, todo, digests, revision=target, create_pr=create_pr, progress=progress)
+        ops, stored = _upload(hub, todo, digests, revision=target, create_pr=create_pr, progress=progress)
         commit = hub.commit(ops, revision=target, create_pr=create_pr, parent=None if create_pr else head)
         verify_remote(plan, digests, hub.remote_files([f.path for f in plan.files], commit.oid))
     verified_at = head if commit is None else commit.oid
     if tag:
         hub.tag(tag, verified_at)
-    uploaded = {f.path for f in todo}
+    sent = {f.path for f in todo} - stored
     return PublishResult(
         repo_id=repo_id,
         repo_url=repo_url,
@@ -163,10 +187,7 @@ def publish(
         pr_revision=None if commit is None else commit.pr_revision,
         tag=tag,
         verified_at=verified_at,
-        files=tuple(
-            FileResult(f.path, f.size, digests[f.path], Action.UPLOADED if f.path in uploaded else Action.SKIPPED)
-            for f in plan.files
-        ),
+        files=tuple(FileResult(f.path, f.size, digests[f.path], file_action(f.path, sent, stored)) for f in plan.files),
     )
 
 
@@ -178,7 +199,9 @@ def _upload(
     revision: str,
     create_pr: bool,
     progress: Callable[[ProgressEvent], None] | None,
-) -> list[CommitOperationAdd]:
+) -> tuple[list[CommitOperationAdd], set[str]]:
+    """Pre-upload `todo`; the operations to commit, and the paths whose bytes the Hub's store already held."""
+    stored = hub.stored([_operation(f, digests[f.path]) for f in todo if f.lfs])
     total, done, ops = sum(f.size for f in todo), 0, []
     large = [[f] for f in todo if f.lfs]
     small = [f for f in todo if not f.lfs]
@@ -195,7 +218,14 @@ def _upload(
         done += sum(f.size for f in group)
         if progress:
             progress(ProgressEvent("upload", group[-1].path, done, total))
-    return ops
+    return ops, stored
+
+
+def file_action(path: str, sent: set[str], stored: set[str]) -> Action:
+    """UPLOADED if `path` was sent, STORED if committed from bytes the Hub already held, else SKIPPED."""
+    if path in sent:
+        return Action.UPLOADED
+    return Action.STORED if path in stored else Action.SKIPPED
 
 
 def _operation(f: PlannedFile, sha256: str) -> CommitOperationAdd:
