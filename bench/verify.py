@@ -12,7 +12,7 @@ once (untimed), so every method starts with them warm in the page cache:
   `AutoModelForCausalLM.from_pretrained` + its forward, on the same prompts (what a one-off script does).
   A whole-model run whose estimated need exceeds 60% of available memory is not started.
 
-    python bench/verify.py [--layers 1 2] [--repeat 3] [--workdir .bench] [--keep]
+    python bench/verify.py [--layers 1 2] [--repeat 3] [--cold] [--workdir .bench] [--keep]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,10 +133,18 @@ def prepare(layers: int, workdir: Path, shared: ModuleType) -> tuple[Path, Path,
     return native, hf, built
 
 
-def measure(native: Path, hf: Path, workdir: Path, shared: ModuleType, repeat: int) -> dict[str, dict[str, Any]]:
-    """Each method `repeat` times, interleaved, each run right after reading both checkpoints once (untimed):
-    the median run per method, its best time and every time (a shared VM's page-fault and cache noise only
-    adds time, so the best is the most repeatable figure)."""
+def drop_caches() -> None:
+    """Empty the page cache (root only), so the next run reads both checkpoints from disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def measure(
+    native: Path, hf: Path, workdir: Path, shared: ModuleType, repeat: int, *, cold: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Each method `repeat` times, interleaved, each run right after reading both checkpoints once (untimed),
+    or (`cold`) after emptying the page cache: the median run per method, its best time and every time (a
+    shared VM's page-fault and cache noise only adds time, so the best is the most repeatable figure)."""
     size = sum(p.stat().st_size for p in native.glob("consolidated*"))
     read = [sys.executable, "-c", READ, str(native), str(hf)]
     methods: dict[str, list[str] | str] = {"read both": read}
@@ -155,7 +164,7 @@ def measure(native: Path, hf: Path, workdir: Path, shared: ModuleType, repeat: i
         for name, cmd in methods.items():
             if isinstance(cmd, str):
                 continue
-            subprocess.run(read, check=True)
+            drop_caches() if cold else subprocess.run(read, check=True)
             run = dict(shared.run_measured(cmd))
             if name.startswith("verify"):
                 run.update(_summary(json.loads(Path(cmd[-1]).read_text())))
@@ -243,6 +252,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".bench"))
     parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (interleaved); the median is shown")
+    parser.add_argument("--cold", action="store_true", help="empty the page cache before each run (needs root)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +261,7 @@ def main() -> None:
     for layers in args.layers:
         native, hf, built = prepare(layers, args.workdir, shared)
         sizes[layers] = sum(p.stat().st_size for p in native.glob("consolidated*"))
-        rows[layers] = measure(native, hf, args.workdir, shared, args.repeat)
+        rows[layers] = measure(native, hf, args.workdir, shared, args.repeat, cold=args.cold)
         if not args.keep:
             for path in built:
                 shutil.rmtree(path)

@@ -97,6 +97,13 @@ class Checkpoint:
         """`length` bytes of `path` from `offset`, mapped from the page cache (`pages.map_range`)."""
         return map_range(self.fd(path), path, offset, length)
 
+    def prefetch(self, name: str) -> None:
+        """Start reading `name`'s bytes into the page cache in the background (a hint: returns at once), so
+        that a cold read of it later overlaps whatever runs in between."""
+        src = self.tensors.get(name)
+        for path, offset, length in src.segments if src is not None else ():
+            os.posix_fadvise(self.fd(path), offset, length, os.POSIX_FADV_WILLNEED)
+
     def read(self, name: str) -> torch.Tensor:
         """Load one tensor in its stored dtype and shape (writable; large ones map the file, see `map_bytes`)."""
         src = self.tensors[name]

@@ -154,6 +154,9 @@ class RemoteCheckpoint(Checkpoint):
     def fd(self, path: Path) -> int:
         raise SourceError(f"{self.remote[path].url}: a remote file has no local descriptor (read it with read_bytes)")
 
+    def prefetch(self, name: str) -> None:
+        """Nothing: remote reads are fetched when asked for (in parallel ranges)."""
+
     def read_bytes(self, segments: tuple[Segment, ...]) -> np.ndarray:
         buf = np.empty(sum(n for _, _, n in segments), dtype=np.uint8)
         view, done = memoryview(buf.data).cast("B"), 0

@@ -332,6 +332,9 @@ def one_pass(
         src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
         if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
             continue
+        if i + 1 < len(table.specs):  # cold checkpoints: the next pair's reads overlap this pair's work
+            native.prefetch(table.specs[i + 1].native)
+            hf.prefetch(table.specs[i + 1].hf)
         if i % 50 == 0:
             progress(f"tensors: {i}/{len(table.specs)}")
         a, b = native.read(spec.native), hf.read(spec.hf)
