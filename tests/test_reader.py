@@ -166,3 +166,15 @@ def test_a_file_truncated_after_indexing_is_named_not_a_crash(
             CorruptFileError, match=rf"safetensors: expected at least {ending} bytes .* found {size - 8}"
         ):
             ckpt.read(last.name)
+
+
+def test_a_file_that_cannot_be_mapped_is_read_instead(make_native: MakeNative, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object) -> None:
+        raise OSError(19, "No such device")  # what mmap says on a file system without mmap support
+
+    monkeypatch.setattr("hubtools.checkpoint.reader.MAP_AT_LEAST", 1)
+    monkeypatch.setattr("hubtools.checkpoint.reader.map_range", refuse)
+    folder = make_native(tokenizer=None)
+    expected = library_tensors(folder)
+    with open_checkpoint(folder) as ckpt:
+        assert all(same_bytes(ckpt.read(n), t) for n, t in expected.items())

@@ -5,6 +5,7 @@ writer copy bytes straight from disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -79,10 +80,12 @@ class Checkpoint:
         """The bytes of `segments`, concatenated, as a uint8 array.
 
         One segment of at least `MAP_AT_LEAST` bytes is mapped, not copied (`map_bytes`); smaller or split
-        ones are read with preadv into fresh memory.
+        ones, and files that cannot be mapped (some network or FUSE file systems), are read with preadv into
+        fresh memory.
         """
         if len(segments) == 1 and segments[0][2] >= MAP_AT_LEAST:
-            return self.map_bytes(*segments[0])
+            with contextlib.suppress(OSError):  # ENODEV, EACCES...: fall back to reading
+                return self.map_bytes(*segments[0])
         buf = np.empty(sum(n for _, _, n in segments), dtype=np.uint8)
         view, done = buf.data, 0
         for path, offset, length in segments:
