@@ -1,7 +1,7 @@
 """Benchmark: `hubtools release` (one pass) vs convert + verify + card + publish in sequence, side by side.
 
 Uses the Mixtral-shaped native checkpoints of bench/convert.py (1 layer = 3.4 GB, 2 layers = 6.3 GB,
-bfloat16), a local Hub (tests/fakehub.py, classic LFS) and a local range-capable HTTP server
+bfloat16), a local Hub (tests/fakehub/, classic LFS) and a local range-capable HTTP server
 (tests/rangeserver.py), both started here on 127.0.0.1. Each method runs in child processes; recorded:
 wall time, peak disk of the work dir (sampled every 50 ms: the release's temporary folder, or the
 converted folder plus the verify report for the sequence), and the children's peak RSS (wait4). After
@@ -25,14 +25,34 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from fakehub import FakeHub  # noqa: E402
-from rangeserver import RangeServer  # noqa: E402
+from tests.fakehub import FakeHub  # noqa: E402
+from tests.rangeserver import RangeServer  # noqa: E402
 
 TOKEN = "hf_BENCHtokenFORtheLOCALhub0123456789"
-CARD = "mixtral-8x7b-v0.1"
+CARD = ROOT / "cards" / "mixtral-8x7b-v0.1.md"
+
+
+def bench_card(src: Path, workdir: Path) -> Path:
+    """The 8x7B card source with the bench model's parameter counts (a card must match its model)."""
+    import math
+    import re
+
+    from hubtools.checkpoint.reader import open_checkpoint
+
+    with open_checkpoint(src) as ckpt:
+        sizes = {name: math.prod(t.shape) for name, t in ckpt.tensors.items()}
+        p = ckpt.params
+    total = sum(sizes.values())
+    experts = sum(n for name, n in sizes.items() if ".experts." in name)
+    active = total - experts + experts * p.num_experts_per_tok // max(p.num_experts, 1)
+    text = re.sub(r"(?m)^parameters: \d+", f"parameters: {total}", CARD.read_text())
+    text = re.sub(r"(?m)^active_parameters: \d+", f"active_parameters: {active}", text)
+    card = workdir / f"{src.name}.card.md"
+    card.write_text(text)
+    return card
 
 
 def du(path: Path) -> int:
@@ -77,12 +97,12 @@ def run(args: list[str], env: dict[str, str]) -> tuple[float, int]:
     return time.monotonic() - started, usage.ru_maxrss * 1024
 
 
-def sequence(src: Path, work: Path, repo: str, shard: str, env: dict[str, str]) -> dict[str, Any]:
+def sequence(src: Path, work: Path, repo: str, shard: str, env: dict[str, str], card: Path) -> dict[str, Any]:
     out, report = work / "out", work / "verify.json"
     steps = [
         ["convert", str(src), str(out), "--max-shard-size", shard, "--quiet"],
         ["verify", str(src), str(out), "--json", str(report), "--quiet"],
-        ["card", CARD, "-o", str(out / "README.md"), "--model", str(out), "--report", str(report)],
+        ["card", str(card), "-o", str(out / "README.md"), "--model", str(out), "--report", str(report)],
         ["publish", str(out), repo, "--quiet"],
     ]
     wall, rss, parts = 0.0, 0, {}
@@ -93,8 +113,8 @@ def sequence(src: Path, work: Path, repo: str, shard: str, env: dict[str, str]) 
     return {"wall_s": round(wall, 2), "steps_s": parts, "peak_disk": disk.peak, "peak_rss": rss}
 
 
-def one_pass(src: str, work: Path, repo: str, shard: str, env: dict[str, str]) -> dict[str, Any]:
-    args = ["release", src, repo, "--max-shard-size", shard, "--work-dir", str(work), "--card", CARD, "--quiet"]
+def one_pass(src: str, work: Path, repo: str, shard: str, env: dict[str, str], card: Path) -> dict[str, Any]:
+    args = ["release", src, repo, "--max-shard-size", shard, "--work-dir", str(work), "--card", str(card), "--quiet"]
     with DiskSampler(work) as disk:
         seconds, rss = run(args, env)
     return {"wall_s": round(seconds, 2), "peak_disk": disk.peak, "peak_rss": rss}
@@ -118,7 +138,8 @@ def bench(layers: int, shard: str, workdir: Path, keep: bool) -> list[dict[str, 
         work = workdir / "work"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        rows.append({"method": "convert+verify+card+publish", **sequence(src, work, "bench/seq", shard, env)})
+        card = bench_card(src, workdir)
+        rows.append({"method": "convert+verify+card+publish", **sequence(src, work, "bench/seq", shard, env, card)})
         expected = landed(hub, "bench/seq")
         shutil.rmtree(work)
         for label, source, repo in (
@@ -126,7 +147,7 @@ def bench(layers: int, shard: str, workdir: Path, keep: bool) -> list[dict[str, 
             ("release (http)", f"{server.url}{src.name}/", "bench/http"),
         ):
             work.mkdir()
-            row = {"method": label, **one_pass(source, work, repo, shard, env)}
+            row = {"method": label, **one_pass(source, work, repo, shard, env, card)}
             row["identical"] = landed(hub, repo) == expected
             rows.append(row)
             shutil.rmtree(work)

@@ -275,3 +275,25 @@ def test_cli_release_reports_a_missing_source_in_one_line(hub: FakeHub, tmp_path
 
 def test_release_is_a_registered_command() -> None:
     assert "release" in cli.commands
+
+
+def test_a_release_with_a_card_lands_the_card_that_verify_then_card_render(
+    hub: FakeHub, api: HfApi, native: Path, converted: Path, options: ReleaseOptions, tmp_path: Path, run_cli
+) -> None:
+    from dataclasses import replace
+
+    from hubtools.inspection import count_parameters
+
+    parameters, _ = count_parameters(converted)
+    card = tmp_path / "tiny.md"
+    card.write_text(
+        "---\ntitle: Tiny\nrepo_id: acme/tiny-release\nkind: base\ntokenizer: v1\narchitecture: MixtralForCausalLM\n"
+        f"parameters: {parameters}\nmetadata:\n  license: apache-2.0\n---\nA tiny model.\n"
+    )
+    release(str(native), REPO, api=api, options=replace(options, card=str(card)), retry=FAST)
+    report = tmp_path / "verify.json"  # the sequence: hubtools verify --json, then hubtools card --report
+    assert run_cli("verify", native, converted, "--json", report, "--quiet").exit_code == 0
+    result = run_cli("card", card, "-o", tmp_path / "README.md", "--model", converted, "--report", report)
+    assert result.exit_code == 0, result.output
+    assert hub.files(REPO)["README.md"] == (tmp_path / "README.md").read_bytes()
+    assert landed(hub) == folder_files(converted)

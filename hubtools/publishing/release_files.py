@@ -45,7 +45,7 @@ def write_card(spec: str, out: Path, *, cards_dir: Path, ckpt: Checkpoint, repor
 
     source = load_card_source(resolve_card_source(spec, cards_dir=cards_dir))
     facts = read_model_facts(out, counts=parameter_counts(ckpt))
-    text = render_card(source, model=facts, report=report.to_dict())
+    text = render_card(source, model=facts, report=report)
     return write_text(text, out / "README.md", force=True)
 
 
