@@ -297,3 +297,22 @@ def test_a_release_with_a_card_lands_the_card_that_verify_then_card_render(
     assert result.exit_code == 0, result.output
     assert hub.files(REPO)["README.md"] == (tmp_path / "README.md").read_bytes()
     assert landed(hub) == folder_files(converted)
+
+
+def test_the_cli_release_to_a_branch_with_a_tag_reports_in_json(
+    hub: FakeHub, native: Path, converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    args = ["release", str(native), REPO, "--max-shard-size", str(SHARD), "--work-dir", str(tmp_path / "w")]
+    result = CliRunner().invoke(cli, [*args, "--revision", "dev", "--tag", "v1", "--private", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    repo = hub.repos[REPO]
+    assert out["revision"] == "dev" and out["tag"] == "v1" and out["report"]["passed"] is True
+    assert repo.private and repo.tags["v1"] == repo.branches["dev"] == out["verified_at"] == out["commit_oid"]
+    assert out["uploaded_files"] == len(out["files"]) and out["stored_files"] == out["skipped_files"] == 0
+    assert out["work_peak_bytes"] > 0 and TOKEN not in result.output
+    again = CliRunner().invoke(cli, [*args, "--revision", "dev", "--tag", "v1"])  # nothing to send: one line
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith(f"files: 0 uploaded (0 bytes), {len(out['files'])} already on the Hub; ")
