@@ -58,26 +58,36 @@ for i, s in enumerate(shards, 1):
 """
 
 
-def rss_anon(pid: int) -> int:
+def proc_status(pid: int, field: str) -> int:
+    """A `/proc/PID/status` memory field in bytes (0 once the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
+def rss_anon(pid: int) -> int:
+    return proc_status(pid, "RssAnon")
+
+
 def run_measured(cmd: list[str]) -> dict[str, float]:
-    """Run a command; wall time (incl. sync), peak RSS (ru_maxrss) and sampled peak anonymous memory."""
+    """Run a command; wall time (incl. sync), peak RSS and sampled peak anonymous memory.
+
+    Peak RSS is the child's own high-water mark (VmHWM, sampled until it exits), not wait4's ru_maxrss:
+    that one also counts the parent's high-water mark, inherited through the fork before exec.
+    """
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak = [0]
+    peak, hwm = [0], [0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], rss_anon(proc.pid))
+            hwm[0] = max(hwm[0], proc_status(proc.pid, "VmHWM"))
             time.sleep(0.02)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -88,7 +98,11 @@ def run_measured(cmd: list[str]) -> dict[str, float]:
     os.sync()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}")
-    return {"seconds": time.perf_counter() - started, "peak_rss": usage.ru_maxrss * 1024, "peak_anon": peak[0]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_rss": hwm[0] or usage.ru_maxrss * 1024,
+        "peak_anon": peak[0],
+    }
 
 
 def measure(src: Path, work: Path, repeat: int) -> dict[str, dict[str, float]]:
