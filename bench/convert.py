@@ -73,14 +73,14 @@ def rss_anon(pid: int) -> int:
     return proc_status(pid, "RssAnon")
 
 
-def run_measured(cmd: list[str]) -> dict[str, float]:
+def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
     """Run a command; wall time (incl. sync), peak RSS and sampled peak anonymous memory.
 
     Peak RSS is the child's own high-water mark (VmHWM, sampled until it exits), not wait4's ru_maxrss:
     that one also counts the parent's high-water mark, inherited through the fork before exec.
     """
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
     peak, hwm = [0], [0]
     done = threading.Event()
 

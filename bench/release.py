@@ -86,33 +86,12 @@ class DiskSampler:
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Run `python -m hubtools.cli ARGS`; (wall seconds, peak RSS bytes).
+    """Run `python -m hubtools.cli ARGS`; (wall seconds, the child's own peak RSS bytes: see run_measured)."""
+    from convert import run_measured  # bench/convert.py
 
-    The peak is the child's own high-water mark (VmHWM, sampled every 20 ms until it exits): wait4's
-    ru_maxrss would also count this process's high-water mark (it holds the published files to compare
-    them), inherited through the fork before exec.
-    """
-    from convert import proc_status  # bench/convert.py
-
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, *os.environ.get("BENCH_PY_ARGS", "").split(), "-m", "hubtools.cli", *args], env=env, cwd=ROOT
-    )
-    hwm, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            hwm[0] = max(hwm[0], proc_status(proc.pid, "VmHWM"))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    done.set()
-    sampler.join()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"hubtools {args[0]} failed ({os.waitstatus_to_exitcode(status)})")
-    return time.monotonic() - started, hwm[0] or usage.ru_maxrss * 1024
+    cmd = [sys.executable, *os.environ.get("BENCH_PY_ARGS", "").split(), "-m", "hubtools.cli", *args]
+    measured = run_measured(cmd, env=env, cwd=ROOT)
+    return measured["seconds"], int(measured["peak_rss"])
 
 
 def sequence(src: Path, work: Path, repo: str, shard: str, env: dict[str, str], card: Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from hubtools.converter import ConversionPlan, write_metadata, write_tokenizer
 from hubtools.model.names import Layout
 from hubtools.publishing.plan import ROLE_ORDER, PlannedFile, Role, planned_file
 from hubtools.publishing.remote import hexdigest
-from hubtools.publishing.upload import Action, FileResult, action_totals
+from hubtools.publishing.upload import FileResult, action_totals
 
 
 def write_small_files(ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, chat_template: str) -> list[str]:
@@ -124,7 +124,7 @@ class ReleaseResult:
 
     @property
     def uploaded_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.action is Action.UPLOADED)
+        return action_totals(self.files)["uploaded_bytes"]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -73,14 +73,11 @@ def files_line(files: tuple[FileResult, ...]) -> str:
         'files: 1 uploaded (5 bytes), 1 sent by an interrupted run (9 bytes not re-sent), 0 already on the Hub'
     """
     t = action_totals(files)
-    stored = (
-        t["stored_files"]
-        and f"{t['stored_files']} sent by an interrupted run ({t['stored_bytes']:,d} bytes not re-sent), "
-    )
-    return (
-        f"files: {t['uploaded_files']} uploaded ({t['uploaded_bytes']:,d} bytes), {stored or ''}"
-        f"{t['skipped_files']} already on the Hub"
-    )
+    parts = [f"{t['uploaded_files']} uploaded ({t['uploaded_bytes']:,d} bytes)"]
+    if t["stored_files"]:
+        parts.append(f"{t['stored_files']} sent by an interrupted run ({t['stored_bytes']:,d} bytes not re-sent)")
+    parts.append(f"{t['skipped_files']} already on the Hub")
+    return "files: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -100,11 +97,11 @@ class PublishResult:
 
     @property
     def uploaded_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.action is Action.UPLOADED)
+        return action_totals(self.files)["uploaded_bytes"]
 
     @property
     def skipped_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.action is Action.SKIPPED)
+        return action_totals(self.files)["skipped_bytes"]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -201,12 +198,13 @@ def _upload(
     progress: Callable[[ProgressEvent], None] | None,
 ) -> tuple[list[CommitOperationAdd], set[str]]:
     """Pre-upload `todo`; the operations to commit, and the paths whose bytes the Hub's store already held."""
-    stored = hub.stored([_operation(f, digests[f.path]) for f in todo if f.lfs])
+    operations = {f.path: _operation(f, digests[f.path]) for f in todo}
+    stored = hub.stored([operations[f.path] for f in todo if f.lfs])
     total, done, ops = sum(f.size for f in todo), 0, []
     large = [[f] for f in todo if f.lfs]
     small = [f for f in todo if not f.lfs]
     for group in large + ([small] if small else []):
-        batch = [_operation(f, digests[f.path]) for f in group]
+        batch = [operations[f.path] for f in group]
         name = group[0].path if len(group) == 1 else f"{len(group)} small files"
         hub.call(
             f"upload of '{name}'",
