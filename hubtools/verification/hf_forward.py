@@ -59,9 +59,17 @@ def load_config(folder: Path) -> Any:
     return config
 
 
-def _cache_keyword(make_mask: Callable[..., Any]) -> str:
-    """The name under which transformers' mask builders take the KV cache (renamed in 5.x)."""
-    return "cache" if "cache" in inspect.signature(make_mask).parameters else "past_key_values"
+def _mask_keywords(make_mask: Callable[..., Any], embeds: torch.Tensor) -> dict[str, Any]:
+    """The embeddings and an empty KV cache under the names this transformers' mask builders take
+    (5.x: `inputs_embeds`, `cache`; 4.x: `input_embeds`, `past_key_values`, and `cache_position`)."""
+    names = inspect.signature(make_mask).parameters
+    keywords = {
+        "inputs_embeds" if "inputs_embeds" in names else "input_embeds": embeds,
+        "cache" if "cache" in names else "past_key_values": None,
+    }
+    if "cache_position" in names:
+        keywords["cache_position"] = torch.arange(embeds.shape[1])
+    return keywords
 
 
 def _module(config: Any, suffix: str) -> Any:
@@ -164,9 +172,8 @@ class LayeredModel:
 
             positions = (self.positions if self.positions is not None else torch.arange(h.shape[1]))[None]
             make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
-            no_cache = {_cache_keyword(make_mask): None}  # `cache` since transformers 5.x, `past_key_values` before
             mask = make_mask(
-                config=self.config, inputs_embeds=h, attention_mask=None, position_ids=positions, **no_cache
+                config=self.config, attention_mask=None, position_ids=positions, **_mask_keywords(make_mask, h)
             )
             self._cache = (h.shape[1], mask, (self.rotary(h, positions), positions))
         _, mask, (rope, positions) = self._cache
