@@ -35,7 +35,7 @@ import json, sys, torch
 from pathlib import Path
 from safetensors.torch import load_file, save_file
 from hubtools.model.names import NameTable
-from hubtools.model.params import load_params
+from hubtools.families import load_params
 from hubtools.model.transforms import to_hf
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 params = load_params(src / "params.json")

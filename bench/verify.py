@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from hubtools.model.params import ModelParams
+from hubtools.model.family import ModelParams
 from hubtools.testing import tiny_params
 
 VERIFY = r"""
@@ -49,7 +49,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import whole_model_logits
-from hubtools.model.params import default_rope_theta, load_params
+from hubtools.families import load_params
+from hubtools.model.params import default_rope_theta
 from hubtools.verification.logits import logit_metrics, prompt_tokens
 native, hf, dtype = Path(sys.argv[1]), Path(sys.argv[2]), getattr(torch, sys.argv[3])
 params = load_params(native / "params.json")

@@ -32,9 +32,10 @@ from hubtools.checkpoint.writer import (
 )
 from hubtools.destination import atomic_folder, check_destination
 from hubtools.errors import InvalidValueError, ParamsError, TokenizerError
+from hubtools.families import check_counts
+from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
-from hubtools.model.params import ModelParams, check_counts
 from hubtools.model.transforms import Transform
 from hubtools.units import parse_size
 

@@ -34,17 +34,14 @@ class Summary:
         return dict(self.__dict__)
 
 
-def _is_expert(name: str) -> bool:
-    return ".experts." in name
-
-
 def parameter_counts(ckpt: Checkpoint) -> tuple[int, int]:
     """(total, active per token): for MoE, only top-k of the experts' parameters count as active."""
     total = expert = 0
+    family = ckpt.params.family
     for name, src in ckpt.tensors.items():
         n = src.nbytes // itemsize(src.code)
         total += n
-        expert += n if _is_expert(name) else 0
+        expert += n if family.indices([name])[1] else 0  # the family reads its own names (no table: any size)
     p = ckpt.params
     active = total - expert + (expert * p.num_experts_per_tok // p.num_experts if p.is_moe else 0)
     return total, active

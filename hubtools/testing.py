@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from hubtools.checkpoint.safetensors_format import build_header
+from hubtools.families import family_named
+from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import to_native_params
-from hubtools.model.names import TensorSpec, tensor_specs
-from hubtools.model.params import ModelParams
+from hubtools.model.names import Part, TensorSpec, tensor_specs
 
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
 TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name, vocab size)
@@ -62,6 +63,7 @@ def tiny_params(
         sliding_window=sliding_window,
         num_experts=num_experts if moe else 0,
         num_experts_per_tok=top_k if moe else 0,
+        family=family_named("mixtral" if moe else "mistral"),
     )
 
 
@@ -69,7 +71,7 @@ def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Gene
     """A random tensor for one spec: norms near 1, matrices scaled by 1/sqrt(fan_in)."""
     if len(spec.shape) == 1:
         return (1.0 + 0.1 * torch.randn(spec.shape, generator=generator)).to(dtype)
-    scale = spec.shape[1] ** -0.5 if "embed" not in spec.hf else 1.0
+    scale = spec.shape[1] ** -0.5 if spec.part is not Part.EMBEDDING else 1.0
     return (torch.randn(spec.shape, generator=generator) * scale).to(dtype)
 
 

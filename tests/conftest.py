@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hubtools.cli import cli
-from hubtools.model.params import ModelParams
+from hubtools.model.family import ModelParams
 from hubtools.testing import tiny_params, write_native_checkpoint
 from hubtools.tokenization.files import write_hf_tokenizer
 from tests.helpers import SHIPPED_TOKENIZERS, MakeNative, RunCli

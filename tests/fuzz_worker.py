@@ -19,8 +19,8 @@ from typing import Any
 from hubtools.checkpoint.pth import read_pth_index
 from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.errors import HubtoolsError
-from hubtools.model.hf_config import from_hf_config
-from hubtools.model.params import load_params, read_json_file
+from hubtools.families import from_hf_config, load_params
+from hubtools.model.params import read_json_file
 from hubtools.tokenization.files import build_hf_tokenizer, tokenizer_version, tokenizer_vocab_size
 from hubtools.tokenization.sentencepiece_model import read_sentencepiece_model
 

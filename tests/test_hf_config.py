@@ -11,8 +11,8 @@ import torch
 from transformers import MistralConfig, MixtralConfig
 
 from hubtools.errors import ParamsError
-from hubtools.model.hf_config import ConfigOverrides, from_hf_config, to_hf_config, to_native_params
-from hubtools.model.params import parse_params
+from hubtools.families import from_hf_config, parse_params
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.testing import tiny_params
 from tests.helpers import MakeNative, RunCli
 

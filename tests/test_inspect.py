@@ -12,8 +12,8 @@ from click.testing import Result
 from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.converter import convert
 from hubtools.inspection import summarize
+from hubtools.model.family import ModelParams
 from hubtools.model.names import tensor_specs
-from hubtools.model.params import ModelParams
 from hubtools.testing import tiny_params
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from hubtools.errors import ParamsError
-from hubtools.model.params import ModelParams, default_rope_theta, load_params, parse_params
+from hubtools.families import load_params, parse_params
+from hubtools.model.family import ModelParams
+from hubtools.model.params import default_rope_theta
 
 MIXTRAL_8X7B = {  # params.json of the Mixtral 8x7B torrent
     "dim": 4096,

@@ -9,7 +9,9 @@ import torch
 
 from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.converter import convert
-from hubtools.model.params import ModelParams, default_rope_theta
+from hubtools.model import ops
+from hubtools.model.family import ModelParams
+from hubtools.model.params import default_rope_theta
 from hubtools.model.transforms import interleaved_to_half
 from hubtools.testing import synthetic_tensors, tiny_params, write_native_checkpoint
 from hubtools.verification import reference
@@ -78,7 +80,7 @@ def test_interleaved_rotary_equals_rotate_half_after_the_conversion_permutation(
     weight = torch.randn(heads * head_dim, 16, generator=torch.Generator().manual_seed(0))
     x = torch.randn(1, seq, 16, generator=torch.Generator().manual_seed(1))
     native = (x @ weight.T).view(1, seq, heads, head_dim)
-    rotated = reference.apply_rotary(native, reference.rotary_angles(torch.arange(seq), head_dim, 1e4))
+    rotated = ops.apply_rotary(native, ops.rotary_angles(torch.arange(seq), head_dim, 1e4))
     hf = (x @ interleaved_to_half(weight, heads).T).view(1, seq, heads, head_dim).transpose(1, 2)
     freqs = 1e4 ** (-torch.arange(0, head_dim, 2).float() / head_dim)
     angles = torch.outer(torch.arange(seq).float(), freqs)
@@ -90,11 +92,11 @@ def test_interleaved_rotary_equals_rotate_half_after_the_conversion_permutation(
 
 
 def test_sliding_window_keeps_the_last_w_keys_including_the_query() -> None:
-    mask = reference.attention_mask(torch.arange(6), 3)
+    mask = ops.attention_mask(torch.arange(6), 3)
     allowed = (mask == 0).int()
     assert allowed[5].tolist() == [0, 0, 0, 1, 1, 1]
     assert allowed[1].tolist() == [1, 1, 0, 0, 0, 0]
-    assert (reference.attention_mask(torch.arange(6), None) == 0).int().tril().sum() == 21
+    assert (ops.attention_mask(torch.arange(6), None) == 0).int().tril().sum() == 21
 
 
 def test_moe_softmax_over_top_k_equals_softmax_all_then_renormalise() -> None:
@@ -113,8 +115,8 @@ def test_a_layer_loads_only_its_own_tensors_and_experts_on_demand() -> None:
         asked.append(name)
         return weights[name]
 
-    h = reference.embed(TOKENS[:, :3], get)
-    reference.layer_forward(h, 1, get, params, torch.arange(3), rope_theta=1e6)
+    model = reference.ReferenceModel(params, get, rope_theta=1e6)
+    model.layer(model.embed(TOKENS[:, :3]), 1)
     layer_names = asked[1:]
     assert all(n.startswith("layers.1.") for n in layer_names)
     experts = {n.split(".")[4] for n in layer_names if ".experts." in n}
@@ -132,10 +134,11 @@ def test_packed_prompts_give_the_padded_logits_on_both_sides(pair: tuple[Path, P
     theta = default_rope_theta(params)
     with open_checkpoint(native) as ckpt:
         ref_padded = reference.forward(padded.tokens, ckpt.read, params, rope_theta=theta)[padded.valid]
-        h = reference.embed(packed.tokens, ckpt.read)
+        ref = reference.ReferenceModel(params, ckpt.read, rope_theta=theta, positions=packed.positions)
+        h = ref.embed(packed.tokens)
         for layer in range(params.n_layers):
-            h = reference.layer_forward(h, layer, ckpt.read, params, packed.positions, rope_theta=theta)
-        ref_packed = reference.head(h, ckpt.read, params)[0]
+            h = ref.layer(h, layer)
+        ref_packed = ref.head(h)[0]
     assert (ref_packed - ref_padded).abs().max() <= 1e-5
     with open_checkpoint(hf) as ckpt:
         model = LayeredModel(load_config(hf), ckpt.read, torch.float32, positions=packed.positions)

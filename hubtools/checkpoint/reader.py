@@ -27,8 +27,8 @@ from hubtools.checkpoint.layout import (
 )
 from hubtools.checkpoint.pth import ConcatFile, Segment, read_pth_index
 from hubtools.errors import CorruptFileError, LayoutError
-from hubtools.model.hf_config import from_hf_config
-from hubtools.model.params import ModelParams, load_params
+from hubtools.families import from_hf_config, load_params
+from hubtools.model.family import ModelParams
 from hubtools.pages import map_range
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class Checkpoint:
 
     Example:
         >>> with open_checkpoint(Path("model")) as ckpt:  # doctest: +SKIP
-        ...     w = ckpt.read("tok_embeddings.weight")
+        ...     w = ckpt.read(next(iter(ckpt.tensors)))
     """
 
     def __init__(

@@ -48,7 +48,7 @@ from hubtools.checkpoint.remote import (
 )
 from hubtools.checkpoint.tar_index import tar_folder
 from hubtools.errors import HubtoolsError, LayoutError, SourceError
-from hubtools.model.params import load_params
+from hubtools.families import load_params
 
 SMALL_MAX = 64 * 1024 * 1024  # params.json and tokenizer files are downloaded; weights never are
 TOKENIZER_NAMES = ("tekken.json", "tokenizer.model.v7", "tokenizer.model.v3", "tokenizer.model.v1", "tokenizer.model")

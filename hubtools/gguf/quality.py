@@ -33,13 +33,15 @@ from hubtools.gguf.source import GgufSource, raw_rows
 from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
 from hubtools.verification.logits import (
     THRESHOLDS,
+    Divergence,
     LogitsCheck,
     Prompts,
-    layer_diff,
     logit_metrics,
     passes,
     prompt_tokens,
+    run_sides,
 )
+from hubtools.verification.reference import ReferenceModel
 
 MAX_PROMPT_TOKENS = 256
 
@@ -217,10 +219,7 @@ def check_gguf_logits(
     prompts_path: Path | None = None,
 ) -> LogitsCheck:
     """The reference forward on the dequantized GGUF weights vs on the original weights, float32, layer by layer."""
-    import torch
-
     from hubtools.model.params import default_rope_theta
-    from hubtools.verification import reference
 
     if not enabled:
         return LogitsCheck(True, "float32", skipped="logits check disabled (--no-logits)")
@@ -229,16 +228,12 @@ def check_gguf_logits(
     params = source.params
     theta = float(source.config.get("rope_theta") or default_rope_theta(params))
     prompts = logits_prompts(source, prompts_path).pack()  # no compute on padding
-    ours, orig = _gguf_getter(source, files), _source_getter(source)
     positions, valid = prompts.positions, prompts.valid
-    with torch.no_grad():
-        h_gguf, h_orig, diffs = reference.embed(prompts.tokens, ours), reference.embed(prompts.tokens, orig), []
-        for layer in range(params.n_layers):
-            progress(f"logits: layer {layer + 1}/{params.n_layers}")
-            h_gguf = reference.layer_forward(h_gguf, layer, ours, params, positions, rope_theta=theta)
-            h_orig = reference.layer_forward(h_orig, layer, orig, params, positions, rope_theta=theta)
-            diffs.append(layer_diff(layer, h_orig, h_gguf, valid))
-        out, ref = reference.head(h_gguf, ours, params), reference.head(h_orig, orig, params)
+    ours = ReferenceModel(params, _gguf_getter(source, files), rope_theta=theta, positions=positions)
+    orig = ReferenceModel(params, _source_getter(source), rope_theta=theta, positions=positions)
+    track = Divergence(valid, sides=("original", "GGUF"))
+    ref, out = run_sides(orig, ours, prompts.tokens, params.n_layers, track, progress)
+    diffs = track.diffs
     rule = FLOAT_RULES.get(quant.name if quant else "")
     thresholds = THRESHOLDS[rule] if rule else ()
     metrics = logit_metrics(ref, out, valid, near_tie=0.1 if rule != "float32" else 0.0)

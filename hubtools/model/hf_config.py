@@ -17,7 +17,8 @@ from typing import Any
 
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import InvalidValueError, ParamsError
-from hubtools.model.params import ModelParams, default_rope_theta, parse_params
+from hubtools.model.family import ModelParams
+from hubtools.model.params import default_rope_theta
 
 DEFAULT_MAX_POSITIONS = 32768
 _HF_REQUIRED = (
@@ -28,7 +29,7 @@ _HF_REQUIRED = (
     "rms_norm_eps",
     "vocab_size",
 )
-_HF_FIELDS = {  # config.json key -> params.json field
+HF_FIELDS = {  # config.json key -> params.json field, for the fields every family shares
     "hidden_size": "dim",
     "num_hidden_layers": "n_layers",
     "num_attention_heads": "n_heads",
@@ -39,10 +40,7 @@ _HF_FIELDS = {  # config.json key -> params.json field
     "head_dim": "head_dim",
     "rope_theta": "rope_theta",
     "sliding_window": "sliding_window",
-    "num_local_experts": "num_experts",
-    "num_experts_per_tok": "num_experts_per_tok",
 }
-ROUTER_AUX_LOSS_COEF = 0.02  # the value in the published Mixtral configs
 
 
 @dataclass(frozen=True)
@@ -100,17 +98,14 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
     """Build config.json and generation_config.json for `params`.
 
     Example:
-        >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
-        ...                 norm_eps=1e-5, vocab_size=10, sliding_window=4096)
-        >>> to_hf_config(p, dtype="bfloat16").config["rope_theta"]
+        >>> from hubtools.testing import tiny_params
+        >>> to_hf_config(tiny_params(sliding_window=4096), dtype="bfloat16").config["rope_theta"]
         10000.0
     """
     overrides = overrides or ConfigOverrides()
     theta, theta_rule = _rope_theta(params, overrides)
     positions, positions_rule = _max_positions(params, overrides)
     config: dict[str, Any] = {
-        "architectures": [params.architecture],
-        "model_type": "mixtral" if params.is_moe else "mistral",
         "hidden_size": params.dim,
         "intermediate_size": params.hidden_dim,
         "num_hidden_layers": params.n_layers,
@@ -131,13 +126,7 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
         "eos_token_id": overrides.eos_token_id,
         "torch_dtype": dtype_name(dtype),
     }
-    if params.is_moe:
-        config.update(
-            num_local_experts=params.num_experts,
-            num_experts_per_tok=params.num_experts_per_tok,
-            router_aux_loss_coef=ROUTER_AUX_LOSS_COEF,
-            output_router_logits=False,
-        )
+    config.update(params.family.config_fields(params))
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     config["transformers_version"] = transformers_version()
     generation["transformers_version"] = config["transformers_version"]
@@ -170,30 +159,22 @@ def config_rope_theta(config: dict[str, Any]) -> Any:
     return config.get("rope_theta") or nested
 
 
-def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
-    """Translate a Mistral/Mixtral config.json back into native params.
+def config_to_common(config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The shared fields of a config.json as a params.json-shaped dict, and params field -> config key.
 
     Raises:
-        ParamsError: not a Mistral/Mixtral config, fields missing, or a value of the wrong type or
-            range (the message names the config.json key).
+        ParamsError: a required field is missing (named by its config.json key).
     """
-    if not isinstance(config, dict):
-        raise ParamsError(f"{source}: expected a JSON object")
-    model_type = config.get("model_type")
-    if model_type not in ("mistral", "mixtral"):
-        raise ParamsError(f"{source}: model_type '{model_type}' is not supported (expected 'mistral' or 'mixtral')")
     missing = [k for k in _HF_REQUIRED if config.get(k) is None]
     if missing:
         raise ParamsError(f"{source}: missing field {missing[0]}")
-    keys = {native: hf for hf, native in _HF_FIELDS.items()}
-    raw: dict[str, Any] = {native: config.get(hf) for hf, native in _HF_FIELDS.items()}
+    keys = {native: hf for hf, native in HF_FIELDS.items()}
+    raw: dict[str, Any] = {native: config.get(hf) for hf, native in HF_FIELDS.items()}
     raw["n_kv_heads"] = raw["n_kv_heads"] or raw["n_heads"]
     raw["rope_theta"] = config_rope_theta(config)
     if config.get("rope_theta") is None:
         keys["rope_theta"] = "rope_parameters.rope_theta"
-    if model_type == "mixtral":
-        raw["moe"] = {"num_experts": raw.pop("num_experts"), "num_experts_per_tok": raw.pop("num_experts_per_tok")}
-    return parse_params(raw, source=source, names=keys)
+    return raw, keys
 
 
 def to_native_params(params: ModelParams) -> dict[str, Any]:

@@ -1,113 +1,22 @@
-"""THE name table: native (consolidated) tensor names <-> Hugging Face names, one table, both directions.
+"""THE name table: native (consolidated) <-> Hugging Face <-> GGUF tensor names, one table, every direction.
 
-The table is data: per-model, per-layer and per-expert rows with `{layer}` / `{expert}` placeholders,
-expanded for a given `ModelParams` into `TensorSpec`s in the canonical order (embeddings, layer 0 ..
-layer N-1, final norm, output) that both writers use, so shards are grouped by layer. `NameTable`
-checks that the expansion is a bijection and raises `MappingError` for anything it does not know.
+A family (`hubtools.families`) states its rows as data (`hubtools.model.rows`); `tensor_specs` expands
+them for a given `ModelParams` into `TensorSpec`s in the canonical order (embeddings, layer 0 .. layer
+N-1, final norm, output) that both writers use, so shards are grouped by layer; the layer and expert of
+each spec are typed fields, so nobody parses names. `NameTable` checks that the expansion is a bijection
+and raises `MappingError` for anything it does not know.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from enum import Enum
 
 from hubtools.errors import LayoutError, MappingError
-from hubtools.model.params import ModelParams
-from hubtools.model.transforms import Transform
+from hubtools.model.family import ModelParams
+from hubtools.model.rows import Part, TensorSpec
 
-# (native template, HF template, transform, shape recipe). Shapes are symbolic in params fields.
-MODEL_ROWS = (("tok_embeddings.weight", "model.embed_tokens.weight", Transform.IDENTITY, ("vocab_size", "dim")),)
-FINAL_ROWS = (
-    ("norm.weight", "model.norm.weight", Transform.IDENTITY, ("dim",)),
-    ("output.weight", "lm_head.weight", Transform.IDENTITY, ("vocab_size", "dim")),
-)
-ATTENTION_ROWS = (
-    (
-        "layers.{layer}.attention_norm.weight",
-        "model.layers.{layer}.input_layernorm.weight",
-        Transform.IDENTITY,
-        ("dim",),
-    ),
-    (
-        "layers.{layer}.attention.wq.weight",
-        "model.layers.{layer}.self_attn.q_proj.weight",
-        Transform.ROTARY_Q,
-        ("q_out", "dim"),
-    ),
-    (
-        "layers.{layer}.attention.wk.weight",
-        "model.layers.{layer}.self_attn.k_proj.weight",
-        Transform.ROTARY_K,
-        ("kv_out", "dim"),
-    ),
-    (
-        "layers.{layer}.attention.wv.weight",
-        "model.layers.{layer}.self_attn.v_proj.weight",
-        Transform.IDENTITY,
-        ("kv_out", "dim"),
-    ),
-    (
-        "layers.{layer}.attention.wo.weight",
-        "model.layers.{layer}.self_attn.o_proj.weight",
-        Transform.IDENTITY,
-        ("dim", "q_out"),
-    ),
-    (
-        "layers.{layer}.ffn_norm.weight",
-        "model.layers.{layer}.post_attention_layernorm.weight",
-        Transform.IDENTITY,
-        ("dim",),
-    ),
-)
-DENSE_FFN_ROWS = (
-    (
-        "layers.{layer}.feed_forward.w1.weight",
-        "model.layers.{layer}.mlp.gate_proj.weight",
-        Transform.IDENTITY,
-        ("hidden_dim", "dim"),
-    ),
-    (
-        "layers.{layer}.feed_forward.w2.weight",
-        "model.layers.{layer}.mlp.down_proj.weight",
-        Transform.IDENTITY,
-        ("dim", "hidden_dim"),
-    ),
-    (
-        "layers.{layer}.feed_forward.w3.weight",
-        "model.layers.{layer}.mlp.up_proj.weight",
-        Transform.IDENTITY,
-        ("hidden_dim", "dim"),
-    ),
-)
-MOE_GATE_ROWS = (
-    (
-        "layers.{layer}.feed_forward.gate.weight",
-        "model.layers.{layer}.block_sparse_moe.gate.weight",
-        Transform.IDENTITY,
-        ("num_experts", "dim"),
-    ),
-)
-EXPERT_ROWS = (
-    (
-        "layers.{layer}.feed_forward.experts.{expert}.w1.weight",
-        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w1.weight",
-        Transform.IDENTITY,
-        ("hidden_dim", "dim"),
-    ),
-    (
-        "layers.{layer}.feed_forward.experts.{expert}.w2.weight",
-        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w2.weight",
-        Transform.IDENTITY,
-        ("dim", "hidden_dim"),
-    ),
-    (
-        "layers.{layer}.feed_forward.experts.{expert}.w3.weight",
-        "model.layers.{layer}.block_sparse_moe.experts.{expert}.w3.weight",
-        Transform.IDENTITY,
-        ("hidden_dim", "dim"),
-    ),
-)
+__all__ = ["Layout", "NameTable", "Part", "TensorSpec", "tensor_specs"]
 
 
 class Layout(str, Enum):
@@ -140,68 +49,15 @@ class Layout(str, Enum):
             raise LayoutError(f"{value!r}: expected a layout, one of 'native' or 'hf'") from None
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One tensor of a model: its native and HF names, expected shape, transform and layer."""
-
-    native: str
-    hf: str
-    shape: tuple[int, ...]
-    transform: Transform
-    layer: int | None = None
-    expert: int | None = None
-
-
-def _dims(params: ModelParams) -> dict[str, int]:
-    return {
-        "vocab_size": params.vocab_size,
-        "dim": params.dim,
-        "hidden_dim": params.hidden_dim,
-        "q_out": params.n_heads * params.head_dim,
-        "kv_out": params.n_kv_heads * params.head_dim,
-        "num_experts": params.num_experts,
-    }
-
-
-def _expand(
-    rows: Iterable[tuple[str, str, Transform, tuple[str, ...]]],
-    dims: dict[str, int],
-    layer: int | None = None,
-    expert: int | None = None,
-) -> Iterator[TensorSpec]:
-    for native, hf, transform, shape in rows:
-        yield TensorSpec(
-            native=native.format(layer=layer, expert=expert),
-            hf=hf.format(layer=layer, expert=expert),
-            shape=tuple(dims[s] for s in shape),
-            transform=transform,
-            layer=layer,
-            expert=expert,
-        )
-
-
 def tensor_specs(params: ModelParams) -> list[TensorSpec]:
-    """Every tensor the model has, in canonical order (grouped by layer).
+    """Every tensor the model has, in canonical order (grouped by layer), as its family states them.
 
     Example:
-        >>> from hubtools.model.params import ModelParams
-        >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
-        ...                 norm_eps=1e-5, vocab_size=10)
-        >>> [s.hf for s in tensor_specs(p)][:2]
-        ['model.embed_tokens.weight', 'model.layers.0.input_layernorm.weight']
+        >>> from hubtools.testing import tiny_params
+        >>> [(s.part.name, s.layer) for s in tensor_specs(tiny_params(moe=False))][:2]
+        [('EMBEDDING', None), ('LAYER', 0)]
     """
-    dims = _dims(params)
-    specs = list(_expand(MODEL_ROWS, dims))
-    for layer in range(params.n_layers):
-        specs.extend(_expand(ATTENTION_ROWS, dims, layer))
-        if not params.is_moe:
-            specs.extend(_expand(DENSE_FFN_ROWS, dims, layer))
-            continue
-        specs.extend(_expand(MOE_GATE_ROWS, dims, layer))
-        for expert in range(params.num_experts):
-            specs.extend(_expand(EXPERT_ROWS, dims, layer, expert))
-    specs.extend(_expand(FINAL_ROWS, dims))
-    return specs
+    return params.family.tensor_specs(params)
 
 
 class NameTable:
@@ -243,6 +99,10 @@ class NameTable:
                 f"with {self.params.n_layers} layers"
                 + (f" and {self.params.num_experts} experts" if self.params.is_moe else "")
             ) from None
+
+    def of_part(self, part: Part) -> list[TensorSpec]:
+        """The specs of one part (the embedding, the layers or the head), in order."""
+        return [s for s in self.specs if s.part is part]
 
     def check_complete(self, names: Iterable[str], *, layout: Layout | str, where: str) -> None:
         """Check that `names` are exactly this model's tensors.

@@ -8,14 +8,22 @@ historical bug of transformers #31766 / llama.cpp #3364).
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from hubtools.errors import MappingError
-from hubtools.model.params import ModelParams
 
 # Transforms only reorder rows, so they work alike on torch tensors and on numpy arrays, including a
 # [rows, cols * itemsize] uint8 view of raw bytes: the converter permutes q/k without importing torch.
 Array = Any
+
+
+class HeadCounts(Protocol):
+    """What the rotary permutation needs of a model (`ModelParams` has it)."""
+
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def n_kv_heads(self) -> int: ...
 
 
 def interleaved_to_half(w: Array, n_heads: int) -> Array:
@@ -60,28 +68,28 @@ class Transform(str, Enum):
             names = ", ".join(t.value for t in cls)
             raise MappingError(f"'{value}': expected a transform, one of {names}") from None
 
-    def heads(self, params: ModelParams) -> int:
+    def heads(self, params: HeadCounts) -> int:
         """The head count the rotary permutation groups rows by (q: n_heads, k: n_kv_heads)."""
         return params.n_heads if self is Transform.ROTARY_Q else params.n_kv_heads
 
-    def forward(self, w: Array, params: ModelParams) -> Array:
+    def forward(self, w: Array, params: HeadCounts) -> Array:
         """native -> HF."""
         return w if self is Transform.IDENTITY else interleaved_to_half(w, self.heads(params))
 
-    def inverse(self, w: Array, params: ModelParams) -> Array:
+    def inverse(self, w: Array, params: HeadCounts) -> Array:
         """HF -> native."""
         return w if self is Transform.IDENTITY else half_to_interleaved(w, self.heads(params))
 
-    def towards(self, target: str, w: Array, params: ModelParams) -> Array:
+    def towards(self, target: str, w: Array, params: HeadCounts) -> Array:
         """Apply the direction that produces `target`'s layout."""
         return self.forward(w, params) if target == "hf" else self.inverse(w, params)
 
 
-def to_hf(transform: Transform | str, w: Array, params: ModelParams) -> Array:
+def to_hf(transform: Transform | str, w: Array, params: HeadCounts) -> Array:
     """Apply a transform native -> HF."""
     return Transform.parse(transform).forward(w, params)
 
 
-def to_native(transform: Transform | str, w: Array, params: ModelParams) -> Array:
+def to_native(transform: Transform | str, w: Array, params: HeadCounts) -> Array:
     """Apply a transform HF -> native."""
     return Transform.parse(transform).inverse(w, params)

@@ -16,7 +16,7 @@ from typing import Any
 
 from hubtools.checkpoint.layout import INDEX_NAME, index_safetensors, json_object, read_weight_map
 from hubtools.errors import HubtoolsError, PublishError
-from hubtools.model.hf_config import from_hf_config
+from hubtools.families import from_hf_config
 
 
 def check_repo_id(repo_id: str) -> str:

@@ -1,12 +1,10 @@
-"""transformers' own Mistral / Mixtral modules, run one decoder layer at a time from an HF folder.
+"""transformers' own decoder layers, run one at a time from an HF folder (the HF side of verify).
 
 Each step instantiates the transformers module on the meta device (no allocation), fills it with that
-layer's tensors read from the shards (`read(hf_name) -> Tensor` in the compute dtype) and runs it, so
-only one layer's weights are in memory. transformers 5.x fuses experts at load time
-(`conversion_mapping.py`, entry "mixtral": `.block_sparse_moe.` -> `.mlp.`, `experts.*.w1|w3` ->
-`experts.gate_up_proj [E, 2I, H]` with w1 rows first, `experts.*.w2` -> `experts.down_proj [E, H, I]`);
-`layer_state` builds the same fused tensors, copying one expert at a time into preallocated storage.
-The tests check this path against `AutoModelForCausalLM.from_pretrained` (`whole_model_logits`).
+layer's tensors read from the shards (`read(hf_name) -> Tensor` in the compute dtype; the family maps
+transformers' keys to the checkpoint's names, fusing a MoE layer's experts as transformers 5.x does at
+load time) and runs it, so only one layer's weights are in memory. The tests check this path against
+`AutoModelForCausalLM.from_pretrained` (`whole_model_logits`).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ from __future__ import annotations
 import gc
 import importlib
 import inspect
-import re
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hubtools.errors import VerifyError
+from hubtools.errors import ParamsError, VerifyError
+from hubtools.families import family_of_config, known_families
+from hubtools.model.family import Family
 
 Reader = Callable[[str], torch.Tensor]
 IMPLEMENTATION = "eager"  # attention and experts: the plain-torch paths, softmax in float32
@@ -52,11 +51,23 @@ def load_config(folder: Path) -> Any:
         raise VerifyError(
             f"{folder / 'config.json'}: transformers cannot load it ({type(exc).__name__}: {first})"
         ) from None
-    if config.model_type not in ("mistral", "mixtral"):
-        raise VerifyError(
-            f"{folder / 'config.json'}: model_type '{config.model_type}' (expected 'mistral' or 'mixtral')"
-        )
+    types = list(dict.fromkeys(f.model_type for f in known_families()))
+    if config.model_type not in types:
+        expected = " or ".join(f"'{t}'" for t in types)
+        raise VerifyError(f"{folder / 'config.json'}: model_type '{config.model_type}' (expected {expected})")
     return config
+
+
+def config_family(config: Any) -> Family:
+    """The family of a transformers config.
+
+    Raises:
+        VerifyError: no family, or several, recognise it.
+    """
+    try:
+        return family_of_config(config.to_dict())
+    except ParamsError as exc:
+        raise VerifyError(str(exc)) from None
 
 
 def _mask_keywords(make_mask: Callable[..., Any], embeds: torch.Tensor) -> dict[str, Any]:
@@ -78,73 +89,21 @@ def _module(config: Any, suffix: str) -> Any:
     return getattr(modeling, kind.capitalize() + suffix)
 
 
-def empty_fused_experts(config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Uninitialised fused expert tensors of one layer, for `put_expert`."""
-    experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
-    return {
-        "mlp.experts.gate_up_proj": torch.empty(experts, 2 * inter, hidden, dtype=dtype),
-        "mlp.experts.down_proj": torch.empty(experts, hidden, inter, dtype=dtype),
-    }
-
-
-EXPERT_NAME = re.compile(r"model\.layers\.\d+\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
-
-
-def put_expert(fused: dict[str, torch.Tensor], config: Any, name: str, tensor: torch.Tensor) -> bool:
-    """Copy the checkpoint's expert tensor `name` into its place in `fused`; False if `name` is no expert."""
-    match = EXPERT_NAME.fullmatch(name)
-    if match is None:
-        return False
-    e, kind, inter = int(match[1]), match[2], config.intermediate_size
-    if kind == "w2":
-        fused["mlp.experts.down_proj"][e] = tensor
-    else:
-        rows = slice(None, inter) if kind == "w1" else slice(inter, None)
-        fused["mlp.experts.gate_up_proj"][e, rows] = tensor
-    return True
-
-
-def _fused_experts(config: Any, prefix: str, read: Reader, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    fused = empty_fused_experts(config, dtype)
-    for e in range(config.num_local_experts):
-        for kind in ("w1", "w3", "w2"):
-            name = f"{prefix}block_sparse_moe.experts.{e}.{kind}.weight"
-            put_expert(fused, config, name, read(name))
-    return fused
-
-
-def layer_state(
+def build_layer(
     config: Any,
     layer: int,
-    keys: list[str],
     read: Reader,
     dtype: torch.dtype,
     fused: dict[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
-    """The decoder layer's state dict (its own key names) from the checkpoint's HF names.
-
-    Args:
-        fused: the layer's fused experts when already built (`put_expert`); else read here.
-    """
-    prefix = f"model.layers.{layer}."
-    state: dict[str, torch.Tensor] = {}
-    if "mlp.experts.gate_up_proj" in keys:
-        state.update(fused if fused is not None else _fused_experts(config, prefix, read, dtype))
-    for key in keys:
-        if key not in state:
-            stored = key.replace("mlp.", "block_sparse_moe.", 1) if config.model_type == "mixtral" else key
-            state[key] = read(prefix + stored)
-    return state
-
-
-def build_layer(
-    config: Any, layer: int, read: Reader, dtype: torch.dtype, fused: dict[str, torch.Tensor] | None = None
+    family: Family | None = None,
 ) -> nn.Module:
-    """transformers' `MistralDecoderLayer` / `MixtralDecoderLayer` holding layer `layer`'s weights."""
+    """transformers' decoder layer (`MistralDecoderLayer`, ...) holding layer `layer`'s weights."""
+    family = family or config_family(config)
     with torch.device("meta"):
         module = _module(config, "DecoderLayer")(config, layer)
     keys = list(module.state_dict())
-    module.load_state_dict(layer_state(config, layer, keys, read, dtype, fused), strict=True, assign=True)
+    state = family.hf_layer_state(config, layer, keys, read, dtype, fused)
+    module.load_state_dict(state, strict=True, assign=True)
     return module.eval()
 
 
@@ -160,11 +119,12 @@ class LayeredModel:
         """`positions` `[seq]`: restarting at 0 for packed sequences (transformers' masks detect them); default
         0..seq-1."""
         self.config, self.read, self.dtype, self.positions = config, read, dtype, positions
+        self.family = config_family(config)
         self.rotary = _module(config, "RotaryEmbedding")(config=config)
         self._cache: tuple[int, Any, Any] | None = None
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.embedding(tokens, self.read("model.embed_tokens.weight"))
+        return self.family.hf_embed(tokens, self.read)
 
     def _inputs(self, h: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
         if self._cache is None or self._cache[0] != h.shape[1]:
@@ -182,7 +142,7 @@ class LayeredModel:
     @torch.no_grad()
     def layer(self, h: torch.Tensor, layer: int, fused: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Run decoder layer `layer` (its weights loaded now, released on return; `fused`: its experts)."""
-        module = build_layer(self.config, layer, self.read, self.dtype, fused)
+        module = build_layer(self.config, layer, self.read, self.dtype, fused, self.family)
         mask, rope, positions = self._inputs(h)
         out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
         alive = weakref.ref(module)
@@ -195,8 +155,9 @@ class LayeredModel:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         with torch.device("meta"):
             norm = _module(self.config, "RMSNorm")(self.config.hidden_size, eps=self.config.rms_norm_eps)
-        norm.load_state_dict({"weight": self.read("model.norm.weight")}, assign=True)
-        return F.linear(norm(h), self.read("lm_head.weight"))
+        weight, output = self.family.hf_head_weights(self.read)
+        norm.load_state_dict({"weight": weight}, assign=True)
+        return F.linear(norm(h), output)
 
 
 @torch.no_grad()

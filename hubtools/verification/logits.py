@@ -17,13 +17,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.model.params import ModelParams
+from hubtools.model.family import ModelParams
 from hubtools.verification import reference
 from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.report import THRESHOLDS, LayerDiff, LogitsCheck, Threshold
@@ -132,12 +132,67 @@ def nonfinite_count(t: torch.Tensor, valid: torch.Tensor) -> int:
     return int((~torch.isfinite(t[valid])).sum())
 
 
-def note_nonfinite(found: dict[str, str], stage: str, ref: torch.Tensor, hf: torch.Tensor, valid: torch.Tensor) -> None:
+def note_nonfinite(
+    found: dict[str, str],
+    stage: str,
+    ref: torch.Tensor,
+    hf: torch.Tensor,
+    valid: torch.Tensor,
+    sides: tuple[str, str] = ("reference", "transformers"),
+) -> None:
     """Record, for each side without a finding yet, the first stage at which it holds NaN or inf."""
-    for side, t in (("reference", ref), ("transformers", hf)):
+    for side, t in zip(sides, (ref, hf), strict=True):
         n = nonfinite_count(t, valid)
         if n and side not in found:
             found[side] = f"{side} {stage}: {n} of {int(valid.sum()) * t.shape[-1]} values are NaN or inf"
+
+
+class Side(Protocol):
+    """One model of a layer-by-layer comparison (`ReferenceModel`, `LayeredModel`)."""
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def layer(self, h: torch.Tensor, layer: int) -> torch.Tensor: ...
+    def head(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+class Divergence:
+    """What a layer-by-layer comparison records: the difference after each layer, and the first stage at which
+    each side holds NaN or inf. Fed by `run_sides` and by the one-pass `Lockstep`."""
+
+    def __init__(self, valid: torch.Tensor, sides: tuple[str, str] = ("reference", "transformers")) -> None:
+        self.valid, self.sides = valid, sides
+        self.diffs: list[LayerDiff] = []
+        self.found: dict[str, str] = {}
+
+    def embeddings(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        note_nonfinite(self.found, "embeddings", a, b, self.valid, self.sides)
+
+    def layer(self, layer: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.diffs.append(layer_diff(layer, a, b, self.valid))
+        note_nonfinite(self.found, f"hidden state after layer {layer}", a, b, self.valid, self.sides)
+
+    def logits(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        note_nonfinite(self.found, "logits", a, b, self.valid, self.sides)
+
+    @property
+    def nonfinite(self) -> tuple[str, ...]:
+        return tuple(self.found.values())
+
+
+@torch.no_grad()
+def run_sides(
+    a: Side, b: Side, tokens: torch.Tensor, n_layers: int, track: Divergence, progress: Callable[[str], None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """THE layer-by-layer loop: both sides embedded, advanced one layer at a time, and headed; float32 logits."""
+    h_a, h_b = a.embed(tokens), b.embed(tokens)
+    track.embeddings(h_a, h_b)
+    for layer in range(n_layers):
+        progress(f"logits: layer {layer + 1}/{n_layers}")
+        h_a, h_b = a.layer(h_a, layer), b.layer(h_b, layer)
+        track.layer(layer, h_a, h_b)
+    logits = a.head(h_a).float(), b.head(h_b).float()
+    track.logits(*logits)
+    return logits
 
 
 def logit_metrics(
@@ -198,22 +253,12 @@ def run_layered(
     def read(name: str) -> torch.Tensor:
         return hf.read(name).to(dtype)
 
-    tokens, valid, positions = prompts.tokens, prompts.valid, prompts.positions
+    positions = prompts.positions
+    ref = reference.ReferenceModel(params, get, rope_theta=rope_theta, positions=positions)
     model = LayeredModel(config, read, dtype, positions=positions)
-    with torch.no_grad():
-        h_ref, h_hf = reference.embed(tokens, get), model.embed(tokens)
-        diffs: list[LayerDiff] = []
-        found: dict[str, str] = {}
-        note_nonfinite(found, "embeddings", h_ref, h_hf, valid)
-        for layer in range(params.n_layers):
-            progress(f"logits: layer {layer + 1}/{params.n_layers}")
-            h_ref = reference.layer_forward(h_ref, layer, get, params, positions, rope_theta=rope_theta)
-            h_hf = model.layer(h_hf, layer)
-            diffs.append(layer_diff(layer, h_ref, h_hf, valid))
-            note_nonfinite(found, f"hidden state after layer {layer}", h_ref, h_hf, valid)
-        ref_logits, hf_logits = reference.head(h_ref, get, params).float(), model.head(h_hf).float()
-        note_nonfinite(found, "logits", ref_logits, hf_logits, valid)
-        return ref_logits, hf_logits, diffs, tuple(found.values())
+    track = Divergence(prompts.valid)
+    ref_logits, hf_logits = run_sides(ref, model, prompts.tokens, params.n_layers, track, progress)
+    return ref_logits, hf_logits, track.diffs, track.nonfinite
 
 
 def compare_logits(

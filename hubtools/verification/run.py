@@ -24,8 +24,9 @@ from hubtools.checkpoint.layout import Layout, layouts_present
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
+from hubtools.families import check_counts
 from hubtools.model.names import NameTable
-from hubtools.model.params import check_counts, default_rope_theta
+from hubtools.model.params import default_rope_theta
 from hubtools.verification.report import (
     THRESHOLDS,
     Bound,

@@ -16,9 +16,7 @@ memory (`CastPool`), so after the first layer no new memory is touched.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -27,35 +25,20 @@ import torch
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import VerifyError
-from hubtools.model.names import NameTable, TensorSpec
-from hubtools.model.params import ModelParams
+from hubtools.model.family import ModelParams
+from hubtools.model.names import NameTable, Part, TensorSpec
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
-from hubtools.verification.hf_forward import LayeredModel, empty_fused_experts, put_expert
+from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.logits import (
-    LayerDiff,
+    Divergence,
     LogitsCheck,
     Prompts,
     judge_logits,
-    layer_diff,
-    note_nonfinite,
     prompt_tokens,
 )
 from hubtools.verification.report import TensorsCheck
 from hubtools.verification.structure import size_mismatches
-
-LAYER = re.compile(r"layers\.(\d+)\.")
-EXPERT = re.compile(r"\.experts\.\d+\.")
-EXPERT_HF = re.compile(r"\.block_sparse_moe\.experts\.\d+\.")
-NUMBER = re.compile(r"\d+")
-
-
-def unit_of(spec: TensorSpec) -> int:
-    """-1 for the embedding, the layer index for a layer's tensors, a large number for the head."""
-    if spec.native == "tok_embeddings.weight":
-        return -1
-    match = LAYER.match(spec.native)
-    return int(match[1]) if match else 1 << 30
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -135,18 +118,23 @@ class CastPool:
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self.buffers: dict[tuple[str, torch.Size], torch.Tensor] = {}
+        self.buffers: dict[tuple[Hashable, torch.Size], torch.Tensor] = {}
 
-    def cast(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def cast(self, key: Hashable | None, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` in the compute dtype, in the buffer of role `key` (None: outside the layers, cast fresh)."""
         if tensor.dtype == self.dtype:
             return tensor
-        if LAYER.search(name) is None:
+        if key is None:
             return tensor.to(self.dtype)
-        key = (NUMBER.sub("#", name), tensor.shape)
-        buffer = self.buffers.get(key)
+        buffer = self.buffers.get((key, tensor.shape))
         if buffer is None:
-            buffer = self.buffers[key] = torch.empty(tensor.shape, dtype=self.dtype)
+            buffer = self.buffers[(key, tensor.shape)] = torch.empty(tensor.shape, dtype=self.dtype)
         return buffer.copy_(tensor)
+
+
+def role(spec: TensorSpec | None, side: str) -> Hashable | None:
+    """The `CastPool` key of a tensor: its side and family row for a layer's tensors, else None."""
+    return (side, spec.row) if spec is not None and spec.part is Part.LAYER else None
 
 
 class Lockstep:
@@ -154,7 +142,7 @@ class Lockstep:
 
     An MoE layer streams on both sides: once its attention tensors, norms and router have arrived, the
     reference runs attention and routing; each expert then joins the reference's sum as soon as its three
-    tensors are in (in expert order, as `reference.mixture_of_experts` adds them) and is dropped, while on
+    tensors are in (in expert order, as the family's feed-forward adds them) and is dropped, while on
     the HF side each expert is copied into the layer's fused tensors as it arrives. Memory is the fused
     experts of one layer plus one expert, as in a two-pass `verify`.
     """
@@ -170,128 +158,111 @@ class Lockstep:
         progress: Callable[[str], None],
     ) -> None:
         self.config, self.params, self.prompts, self.dtype = config, params, prompts.pack(), dtype
-        self.rope_theta, self.progress = rope_theta, progress
+        self.family, self.progress = params.family, progress
         self.native: dict[str, torch.Tensor] = {}
         self.hf: dict[str, torch.Tensor] = {}
         self.need: dict[int, int] = {}
         self.front: dict[int, int] = {}  # per layer: tensors before the experts (attention, norms, router)
-        for spec in NameTable(params).specs:
-            unit = unit_of(spec)
-            self.need[unit] = self.need.get(unit, 0) + 1
-            if EXPERT.search(spec.native) is None:
-                self.front[unit] = self.front.get(unit, 0) + 1
+        self.table = NameTable(params)
+        self.expert_names: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> its native names
+        for spec in self.table.specs:
+            self.need[spec.unit] = self.need.get(spec.unit, 0) + 1
+            if spec.expert is None:
+                self.front[spec.unit] = self.front.get(spec.unit, 0) + 1
+            else:
+                self.expert_names.setdefault((spec.unit, spec.expert), []).append(spec.native)
+        shared = self.family.shared_rows(params)  # kept to the end (a tied head uses the embedding again)
+        self.keep_native = {s.native for s in self.table.specs if s.row in shared}
+        self.keep_hf = {s.hf for s in self.table.specs if s.row in shared}
         self.pool = CastPool(dtype)
         self.positions = self.prompts.positions
-        self.model = LayeredModel(
-            config, lambda name: self.pool.cast(name, self.hf[name]), dtype, positions=self.positions
-        )
+        self.model = LayeredModel(config, self._read, dtype, positions=self.positions)
+        self.reference = reference.ReferenceModel(params, self._get, rope_theta=rope_theta, positions=self.positions)
         self.h_ref: torch.Tensor | None = None
         self.h_hf: torch.Tensor | None = None
-        self.moe: _MoeState | None = None
+        self.moe: Any = None  # the family's routing state of the MoE layer in progress
         self.fused: dict[str, torch.Tensor] | None = None  # the current layer's experts (transformers' layout)
         self.experts: dict[str, torch.Tensor] | None = None  # their storage, reused by every layer
-        self.diffs: list[LayerDiff] = []
+        self.track = Divergence(self.prompts.valid)
         self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.nonfinite: dict[str, str] = {}  # per side, the first stage holding NaN or inf
 
     def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
         """Take one pair; advance whatever it completes."""
-        unit = unit_of(spec)
+        unit = spec.unit
         self.native[spec.native] = native
-        streamed = self.params.is_moe and 0 <= unit < self.params.n_layers
-        if not (streamed and self._put_expert(spec.hf, hf)):
+        streamed = spec.part is Part.LAYER and self.family.experts(self.params, unit) > 0
+        if not (streamed and self._put_expert(spec, hf)):
             self.hf[spec.hf] = hf
         self.need[unit] -= 1
-        self.front[unit] -= EXPERT.search(spec.native) is None
+        self.front[unit] -= spec.expert is None
         with torch.no_grad():
             if streamed:
                 self._stream_moe(unit)
             if self.need[unit] == 0:
                 self._run(unit)
-                self.native.clear()
-                self.hf.clear()
+                for side, keep in ((self.native, self.keep_native), (self.hf, self.keep_hf)):
+                    for name in [n for n in side if n not in keep]:
+                        del side[name]
 
-    def _put_expert(self, name: str, tensor: torch.Tensor) -> bool:
-        if EXPERT_HF.search(name) is None:
+    def _put_expert(self, spec: TensorSpec, tensor: torch.Tensor) -> bool:
+        if spec.expert is None:
             return False
         if self.fused is None:
             if self.experts is None:
-                self.experts = empty_fused_experts(self.config, self.dtype)
+                self.experts = self.family.empty_fused_experts(self.config, self.dtype)
             self.fused = self.experts
-        return put_expert(self.fused, self.config, name, tensor)
+        return self.family.put_expert(self.fused, self.config, spec, tensor)
 
     def _stream_moe(self, layer: int) -> None:
         """Attention and routing once the layer's front is in, then each complete expert in order."""
-        prefix = f"layers.{layer}.feed_forward."
         if self.moe is None and self.front[layer] == 0:
             assert self.h_ref is not None, "units arrive in order: embedding first"
-            h_mid = reference.attention_block(
-                self.h_ref, layer, self._get, self.params, self.positions, rope_theta=self.rope_theta
-            )
-            normed = reference.rms_norm(h_mid, self._get(f"layers.{layer}.ffn_norm.weight"), self.params.norm_eps)
-            flat, chosen, weights = reference.route(normed, prefix, self._get, self.params)
-            self.moe = _MoeState(h_mid, flat, chosen, weights, torch.zeros_like(flat))
-        while self.moe is not None and self.moe.next_expert < self.params.num_experts:
-            names = [f"{prefix}experts.{self.moe.next_expert}.{w}.weight" for w in ("w1", "w2", "w3")]
+            h_mid = self.reference.attention_block(self.h_ref, layer)
+            self.moe = self.family.route(h_mid, layer, self._get, self.params)
+        while self.moe is not None and self.moe.next_expert < self.family.experts(self.params, layer):
+            names = self.expert_names[(layer, self.moe.next_expert)]
             if not all(n in self.native for n in names):
                 return
-            m = self.moe
-            reference.add_expert(
-                m.out, m.flat, m.chosen, m.weights, names[0][: -len("w1.weight")], m.next_expert, self._get
-            )
+            self.family.add_expert(self.moe, layer, self.moe.next_expert, self._get)
             for n in names:
                 del self.native[n]
-            m.next_expert += 1
 
     def _get(self, name: str) -> torch.Tensor:
-        return self.pool.cast(name, self.native[name])
+        return self.pool.cast(role(self.table.by_native.get(name), "native"), self.native[name])
+
+    def _read(self, name: str) -> torch.Tensor:
+        return self.pool.cast(role(self.table.by_hf.get(name), "hf"), self.hf[name])
 
     def _run(self, unit: int) -> None:
         if unit == -1:
             tokens = self.prompts.tokens
-            self.h_ref, self.h_hf = reference.embed(tokens, self._get), self.model.embed(tokens)
-            note_nonfinite(self.nonfinite, "embeddings", self.h_ref, self.h_hf, self.prompts.valid)
+            self.h_ref, self.h_hf = self.reference.embed(tokens), self.model.embed(tokens)
+            self.track.embeddings(self.h_ref, self.h_hf)
             return
         assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
         if unit < self.params.n_layers:
             self.progress(f"logits: layer {unit + 1}/{self.params.n_layers}")
             if self.moe is not None:
-                self.h_ref = self.moe.h_mid + self.moe.out.view_as(self.moe.h_mid)
+                self.h_ref = self.family.routed_output(self.moe)
             else:
-                self.h_ref = reference.layer_forward(
-                    self.h_ref, unit, self._get, self.params, self.positions, rope_theta=self.rope_theta
-                )
+                self.h_ref = self.reference.layer(self.h_ref, unit)
             self.h_hf = self.model.layer(self.h_hf, unit, self.fused)
             self.moe, self.fused = None, None
-            self.diffs.append(layer_diff(unit, self.h_ref, self.h_hf, self.prompts.valid))
-            stage = f"hidden state after layer {unit}"
-            note_nonfinite(self.nonfinite, stage, self.h_ref, self.h_hf, self.prompts.valid)
+            self.track.layer(unit, self.h_ref, self.h_hf)
             return
         self.logits = (
-            reference.head(self.h_ref, self._get, self.params).float(),
+            self.reference.head(self.h_ref).float(),
             self.model.head(self.h_hf).float(),
         )
-        note_nonfinite(self.nonfinite, "logits", *self.logits, self.prompts.valid)
+        self.track.logits(*self.logits)
 
     def result(self) -> LogitsCheck:
         name = str(self.dtype).removeprefix("torch.")
         if self.logits is None:
             return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
         return judge_logits(
-            *self.logits, self.diffs, self.prompts, dtype=self.dtype, nonfinite=tuple(self.nonfinite.values())
+            *self.logits, self.track.diffs, self.prompts, dtype=self.dtype, nonfinite=self.track.nonfinite
         )
-
-
-@dataclass
-class _MoeState:
-    """The reference's MoE layer in progress: hidden after attention, routing, and the sum so far."""
-
-    h_mid: torch.Tensor
-    flat: torch.Tensor
-    chosen: torch.Tensor
-    weights: torch.Tensor
-    out: torch.Tensor
-    next_expert: int = 0
 
 
 def one_pass(

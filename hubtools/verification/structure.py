@@ -25,9 +25,10 @@ from hubtools.checkpoint.layout import (
 )
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
+from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
-from hubtools.model.params import MAX_JSON_BYTES, ModelParams
+from hubtools.model.params import MAX_JSON_BYTES
 
 MAX_NAMED = 20  # per kind of problem; the rest are counted
 COMPARED_FIELDS = (

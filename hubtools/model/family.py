@@ -1,0 +1,281 @@
+"""The contract of a model family (what every module in `hubtools.families` states), and `ModelParams`.
+
+`ModelParams` is the one description of a model that the name table, the config translation, the
+reference forward and the verifier share; its `family` says what kind of model it is.
+
+A family is a stateless object; the engines (convert, verify, gguf, inspect, release) ask it and never
+spell a tensor name. It states:
+
+- recognition: whether a decoded params.json / config.json is one of its models;
+- fields: params.json <-> `ModelParams` <-> config.json;
+- its rows of the name table (native <-> HF <-> GGUF, per model, layer and expert, with transforms);
+- its blocks for the clean-room reference forward on native names (embedding, attention, feed-forward,
+  head), each loading weights through `get(native_name)`;
+- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names).
+
+`Family` holds the generic machinery (expanding rows, counting layers); the families implement the rest.
+Two families are equal when they are the same class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hubtools.errors import ParamsError
+from hubtools.model.rows import Part, Row, TensorSpec, expand
+
+if TYPE_CHECKING:
+    import torch
+
+Getter = Callable[[str], "torch.Tensor"]
+
+COMMON_FIELDS = (  # in params.json order
+    "dim",
+    "n_layers",
+    "head_dim",
+    "hidden_dim",
+    "n_heads",
+    "n_kv_heads",
+    "norm_eps",
+    "vocab_size",
+    "rope_theta",
+    "sliding_window",
+    "max_seq_len",
+    "num_experts",
+    "num_experts_per_tok",
+)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Native hyper-parameters. `rope_theta` / `max_seq_len` are None when params.json omits them.
+
+    Example:
+        >>> from hubtools.testing import tiny_params
+        >>> tiny_params(moe=False).is_moe
+        False
+    """
+
+    dim: int
+    n_layers: int
+    head_dim: int
+    hidden_dim: int
+    n_heads: int
+    n_kv_heads: int
+    norm_eps: float
+    vocab_size: int
+    rope_theta: float | None = None
+    sliding_window: int | None = None
+    max_seq_len: int | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    family: Family = field(kw_only=True)
+    options: tuple[tuple[str, Any], ...] = field(default=(), kw_only=True)  # a family's own fields
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def architecture(self) -> str:
+        return self.family.architecture
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """A family's own field (`options`), or `default`."""
+        return dict(self.options).get(key, default)
+
+    def common(self) -> dict[str, Any]:
+        """The fields every family shares, absent optional ones omitted (MoE counts only when MoE)."""
+        out = {k: getattr(self, k) for k in COMMON_FIELDS if getattr(self, k) is not None}
+        if not self.is_moe:
+            out.pop("num_experts"), out.pop("num_experts_per_tok")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The params.json form (the family's)."""
+        return self.family.params_json(self)
+
+
+class Family:
+    """A model family (see the module docstring). Subclass the nearest relative and state what differs."""
+
+    name: ClassVar[str]
+    architecture: ClassVar[str]  # config.json `architectures[0]`
+    model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
+    gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # -- recognition and fields ------------------------------------------------------------------------------
+
+    def recognises_params(self, raw: Mapping[str, Any]) -> bool:
+        """Whether a decoded params.json describes one of this family's models."""
+        raise NotImplementedError
+
+    def recognises_config(self, config: Mapping[str, Any]) -> bool:
+        """Whether a decoded config.json describes one of this family's models."""
+        raise NotImplementedError
+
+    def parse_params(
+        self, raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | None = None
+    ) -> ModelParams:
+        """Validate a decoded params.json (or config.json translated by `config_to_params`)."""
+        raise NotImplementedError
+
+    def params_json(self, params: ModelParams) -> dict[str, Any]:
+        """The params.json form of `params`."""
+        raise NotImplementedError
+
+    def config_fields(self, params: ModelParams) -> dict[str, Any]:
+        """The config.json keys that are this family's own (architecture, model_type, ...)."""
+        raise NotImplementedError
+
+    def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
+        raise NotImplementedError
+
+    # -- the name table ---------------------------------------------------------------------------------------
+
+    def dims(self, params: ModelParams) -> dict[str, int]:
+        """The sizes that row shapes name."""
+        raise NotImplementedError
+
+    def embedding_rows(self, params: ModelParams) -> tuple[Row, ...]:
+        raise NotImplementedError
+
+    def layer_rows(self, params: ModelParams, layer: int) -> tuple[Row, ...]:
+        """The rows of decoder layer `layer` that belong to no expert."""
+        raise NotImplementedError
+
+    def expert_rows(self, params: ModelParams, layer: int) -> tuple[Row, ...]:
+        """The rows of each expert of layer `layer` (none for a dense layer)."""
+        return ()
+
+    def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
+        raise NotImplementedError
+
+    def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:
+        """Rows whose tensors a later part of the forward uses again (a tied output: the embedding)."""
+        return ()
+
+    def experts(self, params: ModelParams, layer: int) -> int:
+        """How many experts layer `layer` holds."""
+        return params.num_experts if self.expert_rows(params, layer) else 0
+
+    def tensor_specs(self, params: ModelParams) -> list[TensorSpec]:
+        """Every tensor in canonical order: embedding, each layer (its own rows, then expert by expert), head."""
+        dims = self.dims(params)
+        specs = list(expand(self.embedding_rows(params), dims, Part.EMBEDDING))
+        for layer in range(params.n_layers):
+            specs.extend(expand(self.layer_rows(params, layer), dims, Part.LAYER, layer))
+            rows = self.expert_rows(params, layer)
+            for expert in range(self.experts(params, layer)):
+                specs.extend(expand(rows, dims, Part.LAYER, layer, expert))
+        specs.extend(expand(self.head_rows(params), dims, Part.HEAD))
+        return specs
+
+    def check_counts(self, params: ModelParams, names: Iterable[str], *, source: str) -> None:
+        """n_layers (and the expert count) must match the indices the weights hold.
+
+        Checked before anything the size of n_layers x num_experts is built (a name table for a crafted
+        n_layers of 1e9 would never finish).
+
+        Raises:
+            ParamsError: the counts disagree, naming the file and what the weights hold.
+        """
+        layers, experts = self.indices(names)
+        counted = [("n_layers", params.n_layers, layers, "layers")]
+        if params.is_moe:
+            counted.append(("num_experts", params.num_experts, experts, "experts"))
+        for name, count, found, what in counted:
+            if count != len(found) or (found and max(found) + 1 != count):
+                held = f"{len(found)} (indices {min(found)}..{max(found)})" if found else "none"
+                raise ParamsError(f"{source}: {name} is {count}, but the weights hold {what}: {held}")
+
+    def indices(self, names: Iterable[str]) -> tuple[set[int], set[int]]:
+        """The layer and expert indices that tensor names (native or HF) hold, without a table."""
+        raise NotImplementedError
+
+    # -- the reference forward (native names) -----------------------------------------------------------------
+
+    def embed(self, tokens: torch.Tensor, get: Getter) -> torch.Tensor:
+        raise NotImplementedError
+
+    def attention_block(
+        self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor, rope_theta: float
+    ) -> torch.Tensor:
+        """`h + attention(norm(h))` of one layer."""
+        raise NotImplementedError
+
+    def feed_forward_block(self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> torch.Tensor:
+        """`h + feed_forward(norm(h))` of one layer."""
+        raise NotImplementedError
+
+    def layer_forward(
+        self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor, rope_theta: float
+    ) -> torch.Tensor:
+        """One pre-norm decoder block."""
+        h = self.attention_block(h, layer, get, params, positions, rope_theta)
+        return self.feed_forward_block(h, layer, get, params)
+
+    def head(self, h: torch.Tensor, get: Getter, params: ModelParams) -> torch.Tensor:
+        """Final norm and output projection: hidden states -> logits."""
+        raise NotImplementedError
+
+    # A family with experts also streams its feed-forward: `route` once the layer's own tensors are in, then
+    # `add_expert` as each expert's arrive, then `routed_output` (verify never holds more than one expert).
+
+    def route(self, h_mid: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> Any:
+        """The routing state of layer `layer` for the hidden state after attention."""
+        raise NotImplementedError
+
+    def add_expert(self, routing: Any, layer: int, expert: int, get: Getter) -> None:
+        """Add one expert's contribution to `routing`."""
+        raise NotImplementedError
+
+    def routed_output(self, routing: Any) -> torch.Tensor:
+        """The layer's output once every expert is added."""
+        raise NotImplementedError
+
+    # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------
+
+    def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hf_layer_state(
+        self,
+        config: Any,
+        layer: int,
+        keys: list[str],
+        read: Getter,
+        dtype: torch.dtype,
+        fused: dict[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """transformers' decoder-layer state dict (its own `keys`) from the checkpoint's HF names.
+
+        Args:
+            read: loads an HF tensor in the compute dtype `dtype`.
+            fused: a MoE layer's experts already fused (streamed in by `put_expert`), else None.
+        """
+        raise NotImplementedError
+
+    def hf_head_weights(self, read: Getter) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final norm weight, output projection) under their HF names."""
+        raise NotImplementedError
+
+    def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """(Families with experts) uninitialised storage for one layer's experts in transformers' layout."""
+        raise NotImplementedError
+
+    def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
+        """(Families with experts) copy one expert tensor into `fused`; False if `spec` is no expert's."""
+        raise NotImplementedError

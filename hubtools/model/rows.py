@@ -1,0 +1,81 @@
+"""The rows of a family's name table, and the tensor specs they expand to.
+
+A row is data: native, HF and GGUF name templates with `{layer}` / `{expert}` placeholders, a symbolic
+shape and a transform (`hubtools.model.transforms`). `expand` resolves them for one layer (and expert).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from hubtools.model.transforms import Transform
+
+
+class Part(IntEnum):
+    """Where a tensor sits in the forward: before the decoder layers, in one, or after them."""
+
+    EMBEDDING = 0
+    LAYER = 1
+    HEAD = 2
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a family's name table.
+
+    `native`, `hf` and `gguf` are templates (`{layer}`, `{expert}`); `shape` names `ModelParams`-derived
+    sizes (the family's `dims`). A row of experts in GGUF is one merged tensor per layer (its template has
+    no `{expert}`): the experts are stacked in expert order.
+    """
+
+    native: str
+    hf: str
+    gguf: str
+    shape: tuple[str, ...]
+    transform: Transform = Transform.IDENTITY
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a model: its names, expected shape, transform, and where it sits.
+
+    `row` is the family row it came from (tensors of the same row share a role: the same weight of
+    every layer or expert).
+    """
+
+    native: str
+    hf: str
+    gguf: str
+    shape: tuple[int, ...]
+    transform: Transform
+    part: Part
+    row: Row
+    layer: int | None = None
+    expert: int | None = None
+
+    @property
+    def unit(self) -> int:
+        """The forward step that needs this tensor: -1 embedding, the layer index, or 2**30 for the head."""
+        if self.part is Part.EMBEDDING:
+            return -1
+        return self.layer if self.part is Part.LAYER and self.layer is not None else 1 << 30
+
+
+def expand(
+    rows: Iterable[Row], dims: dict[str, int], part: Part, layer: int | None = None, expert: int | None = None
+) -> Iterator[TensorSpec]:
+    """The specs of `rows` for one layer (and expert), shapes resolved through `dims`."""
+    for row in rows:
+        yield TensorSpec(
+            native=row.native.format(layer=layer, expert=expert),
+            hf=row.hf.format(layer=layer, expert=expert),
+            gguf=row.gguf.format(layer=layer, expert=expert),
+            shape=tuple(dims[s] for s in row.shape),
+            transform=row.transform,
+            part=part,
+            row=row,
+            layer=layer,
+            expert=expert,
+        )
