@@ -4,6 +4,7 @@ splits, atomic output and --force, from native and from HF (the same bytes)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import Result
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
 
 from hubtools.converter import convert
-from hubtools.errors import DestinationError
+from hubtools.errors import CorruptFileError, DestinationError
 from hubtools.gguf.export import export
 from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import QuantizeError, parse_quants, tensor_type
@@ -200,9 +201,12 @@ def test_existing_output_is_refused_and_force_replaces_only_its_own_files(
 
 def test_a_failure_leaves_nothing_behind(make_native: Callable[..., Path], tmp_path: Path) -> None:
     native = make_native("bad", tiny_params(), tokenizer="v1")
-    with (native / "consolidated.safetensors").open("r+b") as f:
-        f.truncate(os.path.getsize(native / "consolidated.safetensors") - 100)
-    with pytest.raises(Exception, match="truncated"):
+    weights = native / "consolidated.safetensors"
+    size = os.path.getsize(weights)
+    with weights.open("r+b") as f:
+        f.truncate(size - 100)
+    truncated = f"{weights}: truncated (header needs {size} bytes, file has {size - 100})"
+    with pytest.raises(CorruptFileError, match=f"^{re.escape(truncated)}$"):
         export(native, tmp_path / "out", quants=parse_quants("f16"), name="m")
     assert not (tmp_path / "out").exists()
 
