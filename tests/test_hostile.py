@@ -581,7 +581,7 @@ def test_an_unexpected_exception_is_one_line_and_the_traceback_needs_debug(
     monkeypatch.setattr(hubtools.inspection, "summarize", broken)
     src = make_native(tokenizer=None)
     assert_one_line_error(run_cli("inspect", src), "ValueError: something no reader anticipated", "--debug")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^something no reader anticipated\nsecond line$"):  # the very exception
         run_cli("--debug", "inspect", src)
 
 
