@@ -137,8 +137,13 @@ def test_parallel_calls_results_and_a_follow_up_turn_with_a_system_prompt(pairs:
         with pytest.raises(ChatTemplateError, match=f"^{re.escape(REFUSED + refusal)}$"):
             hf_chat_ids(pairs[version][0], messages[:5], TOOLS)
     text = _same(pairs, version, messages, TOOLS)
-    system = "[SYSTEM_PROMPT]" if version == "v7" else "Answer▁briefly.<0x0A><0x0A>Merci"
-    assert system in text or version == "tekken"
+    system = {  # v7 has system-prompt tokens; before it, the system message opens the last user turn
+        "v2": "[INST]▁Answer▁briefly.<0x0A><0x0A>Merci",
+        "v3": "[INST]▁Answer▁briefly.<0x0A><0x0A>Merci",
+        "v7": "<s>[SYSTEM_PROMPT]▁Answer▁briefly.[/SYSTEM_PROMPT][INST]",
+        "tekken": "[INST]Answer briefly.\n\nMerci",
+    }[version]
+    assert system in text
     # v2 drops the calls and results before the last user message; v3 and later keep them
     assert ("[TOOL_CALLS]" in text) is (version != "v2")
 
