@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mistral_common.exceptions import (
+    InvalidAssistantMessageException,
+    InvalidMessageStructureException,
+    InvalidUserMessageException,
+    TokenizerException,
+)
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+from pydantic import ValidationError
 from transformers import AutoTokenizer
 
 from hubtools.errors import ChatTemplateError
@@ -114,38 +122,113 @@ def test_assistant_text_is_right_stripped_from_v2_on(toks: dict[str, Any], versi
     assert ("a▁▁▁</s>" in _pieces(version, ids)) is kept
 
 
+LATE_SYSTEM = [
+    {"role": "user", "content": "q"},
+    {"role": "assistant", "content": "a"},
+    {"role": "system", "content": "late"},
+    {"role": "user", "content": "u"},
+]
+ASSISTANT_ONLY = [{"role": "assistant", "content": "a"}]
+ENDS_WITH_ASSISTANT = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+EMPTY_ASSISTANT = [
+    {"role": "user", "content": "q"},
+    {"role": "assistant", "content": ""},
+    {"role": "user", "content": "u"},
+]
+UNKNOWN_ROLE = [{"role": "critic", "content": "q"}, {"role": "user", "content": "u"}]
+IMAGE_CHUNK = [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]
+
+
+Rejection = tuple[type[BaseException], str, str]  # the reference's error, a fragment of its message, our message
+
+
+def _rejected(case: str, messages: list[dict[str, Any]], v1: Rejection, v7: Rejection | None = None) -> list[Any]:
+    """One row per version (v7 rejects as v1 does unless given): (version, messages, *Rejection)."""
+    return [pytest.param(v, messages, *r, id=f"{case}-{v}") for v, r in (("v1", v1), ("v7", v7 or v1))]
+
+
 @pytest.mark.parametrize(
-    ("messages", "message"),
+    ("version", "messages", "reference_error", "reference_message", "message"),
     [
-        (
-            [
-                {"role": "user", "content": "q"},
-                {"role": "assistant", "content": "a"},
-                {"role": "system", "content": "late"},
-                {"role": "user", "content": "u"},
-            ],
-            "Unexpected role 'system' after role 'assistant'",
+        *_rejected(
+            "late-system",
+            LATE_SYSTEM,
+            (
+                InvalidMessageStructureException,
+                "Unexpected role 'system' after role 'assistant'",
+                "Unexpected role 'system' after role 'assistant'.",
+            ),
         ),
-        ([{"role": "assistant", "content": "a"}], "must be a user or system message"),
-        (
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
-            "last message must be a user \\(or system\\) message",
+        *_rejected(
+            "assistant-only",
+            ASSISTANT_ONLY,
+            (
+                InvalidMessageStructureException,
+                "Conversation must start with a user message or system message",
+                "A conversation of one message must be a user or system message, got assistant.",
+            ),
         ),
-        (
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "u"}],
-            "ssistant message must have (either )?content",
+        *_rejected(
+            "ends-with-assistant",
+            ENDS_WITH_ASSISTANT,
+            (
+                InvalidMessageStructureException,
+                "Expected last role User or Tool (or Assistant with prefix) for serving but got assistant",
+                "The last message must be a user (or system) message to generate a reply, got assistant.",
+            ),
         ),
-        ([{"role": "critic", "content": "q"}, {"role": "user", "content": "u"}], "Unknown role 'critic'"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "Only text chunks"),
+        *_rejected(
+            "empty-assistant",
+            EMPTY_ASSISTANT,
+            (
+                InvalidAssistantMessageException,
+                "Assistant message must have either content or tool_calls, but not both.",
+                "Assistant message must have either content or tool_calls, but not both.",
+            ),
+            (
+                TokenizerException,
+                "Invalid assistant message: role='assistant' content=''",
+                "An assistant message must have content or tool calls.",
+            ),
+        ),
+        *_rejected(
+            "unknown-role",
+            UNKNOWN_ROLE,
+            (
+                ValidationError,
+                "Input tag 'critic' found using 'role' does not match any of the expected tags",
+                "Unknown role 'critic'; expected system, user, assistant or tool.",
+            ),
+        ),
+        *_rejected(
+            "image-chunk",
+            IMAGE_CHUNK,
+            (
+                InvalidUserMessageException,
+                "Unexpected content chunk types in user message: ['ImageURLChunk']",
+                "Only text chunks are supported in user messages.",
+            ),
+            (
+                AssertionError,  # mistral-common's own check: a v7 tokenizer without an image encoder
+                "Make sure to define a image encoder at init",
+                "Only text chunks are supported in user messages.",
+            ),
+        ),
     ],
 )
-@pytest.mark.parametrize("version", ["v1", "v7"])
 def test_conversations_mistral_common_rejects_raise_a_chat_template_error(
-    toks: dict[str, Any], version: str, messages: list[dict[str, Any]], message: str
+    toks: dict[str, Any],
+    version: str,
+    messages: list[dict[str, Any]],
+    reference_error: type[BaseException],
+    reference_message: str,
+    message: str,
 ) -> None:
-    with pytest.raises(Exception):  # noqa: B017 - the reference rejects it, whatever its exception type
+    with pytest.raises(reference_error, match=re.escape(reference_message)):
         _reference(version, messages)
-    with pytest.raises(ChatTemplateError, match=f"conversation rejected by the chat template: .*{message}"):
+    with pytest.raises(
+        ChatTemplateError, match=f"^{re.escape(f'conversation rejected by the chat template: {message}')}$"
+    ):
         hf_chat_ids(toks[version], messages)
 
 

@@ -4,6 +4,7 @@ splits, atomic output and --force, from native and from HF (the same bytes)."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import Result
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
 
 from hubtools.converter import convert
-from hubtools.errors import DestinationError
+from hubtools.errors import CorruptFileError, DestinationError
 from hubtools.gguf.export import export
 from hubtools.gguf.files import FastReader
 from hubtools.gguf.quant import QuantizeError, parse_quants, tensor_type
@@ -153,17 +154,23 @@ def test_tekken_is_byte_level_bpe_with_the_tekken_pre_tokenizer(tmp_path: Path) 
 
 def test_from_hf_gives_the_same_bytes_as_from_native(moe_files: tuple[Path, Path, dict], tmp_path: Path) -> None:
     native, out, _ = moe_files
+    convert(native, tmp_path / "hf")  # the shard plan export assumes for a native source
+    export(tmp_path / "hf", tmp_path / "out", quants=parse_quants("q8_0"), name="tiny")
+    assert (tmp_path / "out" / "tiny.Q8_0.gguf").read_bytes() == (out / "tiny.Q8_0.gguf").read_bytes()
+
+
+def test_from_hf_in_other_shards_gives_the_same_metadata_and_tensors_in_its_reading_order(
+    moe_files: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    native, out, _ = moe_files
     convert(native, tmp_path / "hf", max_shard_size=2_000_000)
     export(tmp_path / "hf", tmp_path / "out", quants=parse_quants("q8_0"), name="tiny")
-    hf = (tmp_path / "out" / "tiny.Q8_0.gguf").read_bytes()
-    assert hf == (out / "tiny.Q8_0.gguf").read_bytes() or _same_but_order(tmp_path, out)
-
-
-def _same_but_order(tmp_path: Path, out: Path) -> bool:
     a, b = reader(tmp_path / "out", "tiny.Q8_0.gguf"), reader(out, "tiny.Q8_0.gguf")
-    return {t.name: bytes(np.asarray(t.data)) for t in a.tensors} == {
-        t.name: bytes(np.asarray(t.data)) for t in b.tensors
-    }
+    assert {key: field(a, key) for key in a.fields} == {key: field(b, key) for key in b.fields}
+    tensors_a = {t.name: bytes(np.asarray(t.data)) for t in a.tensors}
+    assert tensors_a == {t.name: bytes(np.asarray(t.data)) for t in b.tensors}
+    names = list(tensors_a)  # lm_head.weight, first in one sorted shard, now comes with the last shard
+    assert (names[0], names[-2:]) == ("token_embd.weight", ["output_norm.weight", "output.weight"])
 
 
 def test_rows_not_a_multiple_of_the_block_fall_back_to_f16() -> None:
@@ -200,9 +207,12 @@ def test_existing_output_is_refused_and_force_replaces_only_its_own_files(
 
 def test_a_failure_leaves_nothing_behind(make_native: Callable[..., Path], tmp_path: Path) -> None:
     native = make_native("bad", tiny_params(), tokenizer="v1")
-    with (native / "consolidated.safetensors").open("r+b") as f:
-        f.truncate(os.path.getsize(native / "consolidated.safetensors") - 100)
-    with pytest.raises(Exception, match="truncated"):
+    weights = native / "consolidated.safetensors"
+    size = os.path.getsize(weights)
+    with weights.open("r+b") as f:
+        f.truncate(size - 100)
+    truncated = f"{weights}: truncated (header needs {size} bytes, file has {size - 100})"
+    with pytest.raises(CorruptFileError, match=f"^{re.escape(truncated)}$"):
         export(native, tmp_path / "out", quants=parse_quants("f16"), name="m")
     assert not (tmp_path / "out").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,6 @@ def test_load_params_reads_a_file_and_names_it_in_errors(tmp_path: Path) -> None
 
 def test_model_params_are_frozen() -> None:
     p = parse_params(MIXTRAL_8X7B)
-    with pytest.raises(AttributeError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="^cannot assign to field 'dim'$"):
         p.dim = 1  # type: ignore[misc]
     assert isinstance(p, ModelParams)

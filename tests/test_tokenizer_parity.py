@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -161,8 +162,6 @@ def test_without_chat_only_texts_are_compared(converted: dict[str, Path]) -> Non
 
 def test_an_unloadable_folder_is_a_tokenizer_error(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text("{not json")
-    with pytest.raises(
-        TokenizerError,
-        match="expected (the|a) Hugging Face tokenizer",
-    ):
+    refusal = f"{tmp_path}: expected the Hugging Face tokenizer (tokenizer.json), found none"
+    with pytest.raises(TokenizerError, match=f"^{re.escape(refusal)}$"):
         check_tokenizer(tmp_path, NATIVE["v1"])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mistral_common.exceptions import InvalidAssistantMessageException, UnsupportedTokenizerFeatureException
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
@@ -30,6 +32,7 @@ FILES = {
     "tekken": "tekken_240911.json",
 }
 VERSIONS = list(FILES)
+REFUSED = "conversation rejected by the chat template: "  # ChatTemplateError: this, then the reference's reason
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +131,19 @@ def test_parallel_calls_results_and_a_follow_up_turn_with_a_system_prompt(pairs:
         {"role": "user", "content": "Merci ! Et à Oslo ?"},
     ]
     if version == "v2":
-        with pytest.raises(Exception, match="does not support multiple tool results"):
+        refusal = "Tokenizer v2 does not support multiple tool results for one assistant turn."
+        with pytest.raises(UnsupportedTokenizerFeatureException, match=f"^{re.escape(refusal)}$"):
             _reference(pairs[version][1], messages[:5], TOOLS)
-        with pytest.raises(ChatTemplateError, match="does not support multiple tool results"):
+        with pytest.raises(ChatTemplateError, match=f"^{re.escape(REFUSED + refusal)}$"):
             hf_chat_ids(pairs[version][0], messages[:5], TOOLS)
     text = _same(pairs, version, messages, TOOLS)
-    system = "[SYSTEM_PROMPT]" if version == "v7" else "Answer▁briefly.<0x0A><0x0A>Merci"
-    assert system in text or version == "tekken"
+    system = {  # v7 has system-prompt tokens; before it, the system message opens the last user turn
+        "v2": "[INST]▁Answer▁briefly.<0x0A><0x0A>Merci",
+        "v3": "[INST]▁Answer▁briefly.<0x0A><0x0A>Merci",
+        "v7": "<s>[SYSTEM_PROMPT]▁Answer▁briefly.[/SYSTEM_PROMPT][INST]",
+        "tekken": "[INST]Answer briefly.\n\nMerci",
+    }[version]
+    assert system in text
     # v2 drops the calls and results before the last user message; v3 and later keep them
     assert ("[TOOL_CALLS]" in text) is (version != "v2")
 
@@ -145,9 +154,10 @@ def test_content_beside_tool_calls_renders_in_v7_and_is_refused_before(pairs: di
     if version == "v7":
         assert "Let▁me▁check.[TOOL_CALLS]" in _same(pairs, version, messages, [WEATHER])
         return
-    with pytest.raises(Exception, match="either content or tool_calls, but not both"):
+    refusal = "Assistant message must have either content or tool_calls, but not both."
+    with pytest.raises(InvalidAssistantMessageException, match=f"^{re.escape(refusal)}$"):
         _reference(pairs[version][1], messages, [WEATHER])
-    with pytest.raises(ChatTemplateError, match="either content or tool_calls, but not both"):
+    with pytest.raises(ChatTemplateError, match=f"^{re.escape(REFUSED + refusal)}$"):
         hf_chat_ids(pairs[version][0], messages, [WEATHER])
 
 
