@@ -64,16 +64,6 @@ LAYER_NUMBER = re.compile(r"(?:^|\.)layers\.(\d{1,9})\.")  # longer numbers are 
 HF_LAYER = "model.layers.{layer}."  # transformers' decoder layer `layer` holds the names under this prefix
 
 
-def native(row: Row, layer: int | None = None, expert: int | None = None) -> str:
-    """A row's native name for one layer (and expert)."""
-    return row.native.format(layer=layer, expert=expert)
-
-
-def hf(row: Row, layer: int | None = None, expert: int | None = None) -> str:
-    """A row's HF name for one layer (and expert)."""
-    return row.hf.format(layer=layer, expert=expert)
-
-
 class Mistral(Family):
     name = "mistral"
     architecture = "MistralForCausalLM"
@@ -131,7 +121,7 @@ class Mistral(Family):
     # -- the reference forward --------------------------------------------------------------------------------
 
     def embed(self, tokens: torch.Tensor, get: Getter) -> torch.Tensor:
-        return get(native(EMBEDDING))[tokens]
+        return get(EMBEDDING.native_name())[tokens]
 
     def attention_block(
         self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, positions: torch.Tensor, rope_theta: float
@@ -142,32 +132,34 @@ class Mistral(Family):
 
         cis = ops.rotary_angles(positions, params.head_dim, rope_theta)
         mask = ops.attention_mask(positions, params.sliding_window)
-        x = ops.rms_norm(h, get(native(ATTENTION_NORM, layer)), params.norm_eps)
+        x = ops.rms_norm(h, get(ATTENTION_NORM.native_name(layer)), params.norm_eps)
         batch, seq, _ = x.shape
-        q = F.linear(x, get(native(WQ, layer))).view(batch, seq, params.n_heads, params.head_dim)
-        k = F.linear(x, get(native(WK, layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
-        v = F.linear(x, get(native(WV, layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
+        q = F.linear(x, get(WQ.native_name(layer))).view(batch, seq, params.n_heads, params.head_dim)
+        k = F.linear(x, get(WK.native_name(layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
+        v = F.linear(x, get(WV.native_name(layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
         q, k = ops.apply_rotary(q, cis), ops.apply_rotary(k, cis)
         out = ops.grouped_query_attention(q, k, v, mask, params.head_dim)
-        return h + F.linear(out, get(native(WO, layer)))
+        return h + F.linear(out, get(WO.native_name(layer)))
 
     def feed_forward_norm(self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> torch.Tensor:
         from hubtools.model import ops
 
-        return ops.rms_norm(h, get(native(FFN_NORM, layer)), params.norm_eps)
+        return ops.rms_norm(h, get(FFN_NORM.native_name(layer)), params.norm_eps)
 
     def feed_forward_block(self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> torch.Tensor:
         from hubtools.model import ops
 
         x = self.feed_forward_norm(h, layer, get, params)
-        return h + ops.swiglu(x, get(native(W1, layer)), get(native(W2, layer)), get(native(W3, layer)))
+        w1, w2, w3 = (get(row.native_name(layer)) for row in (W1, W2, W3))
+        return h + ops.swiglu(x, w1, w2, w3)
 
     def head(self, h: torch.Tensor, get: Getter, params: ModelParams) -> torch.Tensor:
         import torch.nn.functional as F
 
         from hubtools.model import ops
 
-        return F.linear(ops.rms_norm(h, get(native(NORM)), params.norm_eps), get(native(self.output_row())))
+        normed = ops.rms_norm(h, get(NORM.native_name()), params.norm_eps)
+        return F.linear(normed, get(self.output_row().native_name()))
 
     def output_row(self) -> Row:
         """The row whose weight projects to the vocabulary (a tied family: the embedding's)."""
@@ -178,7 +170,7 @@ class Mistral(Family):
     def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:
         import torch.nn.functional as F
 
-        return F.embedding(tokens, read(hf(EMBEDDING)))
+        return F.embedding(tokens, read(EMBEDDING.hf_name()))
 
     def hf_layer_state(
         self,
@@ -193,7 +185,7 @@ class Mistral(Family):
         return {key: read(prefix + key) for key in keys}
 
     def hf_head_weights(self, read: Getter) -> tuple[torch.Tensor, torch.Tensor]:
-        return read(hf(NORM)), read(hf(self.output_row()))
+        return read(NORM.hf_name()), read(self.output_row().hf_name())
 
 
 FAMILY = Mistral()

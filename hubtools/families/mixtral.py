@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import ParamsError
-from hubtools.families.mistral import HF_LAYER, Mistral, native
+from hubtools.families.mistral import HF_LAYER, Mistral
 from hubtools.model.family import Getter, ModelParams
 from hubtools.model.params import Bad, bad_value, parse_common, positive_int
 from hubtools.model.rows import Row, TensorSpec
@@ -123,7 +123,7 @@ class Mixtral(Mistral):
         from hubtools.model import ops
 
         normed = self.feed_forward_norm(h_mid, layer, get, params)
-        flat, chosen, weights = ops.top_k_routing(normed, get(native(ROUTER, layer)), params.num_experts_per_tok)
+        flat, chosen, weights = ops.top_k_routing(normed, get(ROUTER.native_name(layer)), params.num_experts_per_tok)
         return Routing(h_mid, flat, chosen, weights, torch.zeros_like(flat))
 
     def add_expert(self, routing: Routing, layer: int, expert: int, get: Getter) -> None:
@@ -134,7 +134,7 @@ class Mixtral(Mistral):
 
         rows, slot = torch.where(routing.chosen == expert)
         if rows.numel():
-            w1, w2, w3 = (get(native(row, layer, expert)) for row in (EXPERT_W1, EXPERT_W2, EXPERT_W3))
+            w1, w2, w3 = (get(row.native_name(layer, expert)) for row in (EXPERT_W1, EXPERT_W2, EXPERT_W3))
             y = ops.swiglu(routing.flat[rows], w1, w2, w3)
             routing.out.index_add_(0, rows, routing.weights[rows, slot, None] * y)
         routing.next_expert = expert + 1
@@ -177,7 +177,7 @@ class Mixtral(Mistral):
                 fused = self.empty_fused_experts(config, dtype)
                 for expert in range(config.num_local_experts):
                     for row in (EXPERT_W1, EXPERT_W3, EXPERT_W2):
-                        _place(fused, config, row, expert, read(row.hf.format(layer=layer, expert=expert)))
+                        _place(fused, config, row, expert, read(row.hf_name(layer, expert)))
             state.update(fused)
         prefix = HF_LAYER.format(layer=layer)
         for key in keys:

@@ -36,6 +36,14 @@ class Row:
     shape: tuple[str, ...]
     transform: Transform = Transform.IDENTITY
 
+    def native_name(self, layer: int | None = None, expert: int | None = None) -> str:
+        """The native name for one layer (and expert)."""
+        return self.native.format(layer=layer, expert=expert)
+
+    def hf_name(self, layer: int | None = None, expert: int | None = None) -> str:
+        """The HF name for one layer (and expert)."""
+        return self.hf.format(layer=layer, expert=expert)
+
 
 @dataclass(frozen=True)
 class TensorSpec:
