@@ -24,10 +24,10 @@ from hubtools.card.render import _environment
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource
 from hubtools.errors import CardError
+from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, gguf_include_pattern, report_name
 from hubtools.units import size_both
 
 MAX_RAM_EXTRA = 2.5e9  # TheBloke's "max RAM required": the file size plus 2.5 GB
-_FILE = re.compile(r"(?P<stem>.+)\.(?P<quant>[A-Z0-9_]+)(?:-(?P<no>\d{5})-of-(?P<count>\d{5}))?\.gguf")
 _NOMINAL_BITS = {"F32": 32, "F16": 16, "BF16": 16}
 
 
@@ -59,8 +59,8 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
         CardError: the folder holds no GGUF file.
     """
     groups: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob("*.gguf")):
-        match = _FILE.fullmatch(path.name)
+    for path in sorted(folder.glob(f"*{GGUF_SUFFIX}")):
+        match = GGUF_FILE.fullmatch(path.name)
         if match:
             groups.setdefault(match["quant"], []).append(path)
     if not groups:
@@ -68,7 +68,7 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
     given = [load_report(p) for p in reports]
     found = []
     for quant, paths in groups.items():
-        beside = folder / f"{paths[0].name}.verify.json"
+        beside = folder / report_name(paths[0].name)
         report = load_report(beside) if beside.is_file() else _matching(given, paths[0].name)
         found.append(GgufRelease(quant, tuple(p.name for p in paths), sum(p.stat().st_size for p in paths), report))
     return sorted(found, key=lambda r: r.size)
@@ -167,7 +167,7 @@ def _row(release: GgufRelease, repo: str) -> dict[str, Any]:
         "bits": release.bits,
         "size": size_both(release.size),
         "max_ram": size_both(int(release.size + MAX_RAM_EXTRA)),
-        "pattern": release.name if len(release.files) == 1 else f"*{release.quant}-*-of-*.gguf",
+        "pattern": gguf_include_pattern(release.quant, release.files),
         **quality(release.report),
     }
 

@@ -32,6 +32,7 @@ from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, load_card_source, resolve_card_source
 from hubtools.destination import FILE_MARKER, check_destination, write_file
 from hubtools.errors import CardError
+from hubtools.filenames import CHAT_TEMPLATE, CONFIG, TOKENIZER_CONFIG
 from hubtools.units import human_count, size_both
 from hubtools.verification.report import (
     CHECKS,
@@ -85,7 +86,7 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
 
     if counts is not None:  # a release whose shards are already uploaded: config.json names the architecture
         total, active = counts
-        config_file = model_dir / "config.json"
+        config_file = model_dir / CONFIG
         names = (
             json.loads(config_file.read_text(encoding="utf-8")).get("architectures") if config_file.is_file() else None
         )
@@ -94,7 +95,7 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
         with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
             total, active = parameter_counts(ckpt)
             architecture = ckpt.params.architecture
-    config_path = model_dir / "tokenizer_config.json"
+    config_path = model_dir / TOKENIZER_CONFIG
     config: dict[str, Any] = {}
     if config_path.is_file():
         try:
@@ -114,14 +115,14 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
 
 
 def _chat_template(model_dir: Path, config: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    jinja_file = model_dir / "chat_template.jinja"
+    jinja_file = model_dir / CHAT_TEMPLATE
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8"), jinja_file.name
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
         template = named.get("default")
-    return (template, "tokenizer_config.json") if isinstance(template, str) and template.strip() else (None, None)
+    return (template, TOKENIZER_CONFIG) if isinstance(template, str) and template.strip() else (None, None)
 
 
 def _token(value: Any, default: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from hubtools.filenames import spm_versioned_name
 from hubtools.gguf.files import GgufFiles
 from hubtools.gguf.quant import QuantType
 from hubtools.gguf.source import GgufSource, raw_rows
@@ -71,7 +72,7 @@ def _reference(native: Path) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = native
         if version.startswith("v") and native.name.endswith(".model"):
-            path = Path(tmp) / f"tokenizer.model.{version}"
+            path = Path(tmp) / spm_versioned_name(version)
             path.write_bytes(native.read_bytes())
         return MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
 
