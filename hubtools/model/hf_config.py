@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import InvalidValueError, ParamsError
+from hubtools.filenames import CONFIG
 from hubtools.model.params import ModelParams, default_rope_theta, parse_params
 
 DEFAULT_MAX_POSITIONS = 32768
@@ -96,8 +96,9 @@ def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int
     return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"
 
 
-def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides | None = None) -> HfConfig:
-    """Build config.json and generation_config.json for `params`.
+def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides | None = None) -> HfConfig:
+    """Build config.json and generation_config.json for `params`; `dtype` is the torch name of the weights' dtype
+    ('bfloat16'), written as `torch_dtype`.
 
     Example:
         >>> p = ModelParams(dim=8, n_layers=1, head_dim=4, hidden_dim=16, n_heads=2, n_kv_heads=1,
@@ -129,7 +130,7 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
         "use_cache": True,
         "bos_token_id": overrides.bos_token_id,
         "eos_token_id": overrides.eos_token_id,
-        "torch_dtype": dtype_name(dtype),
+        "torch_dtype": dtype,
     }
     if params.is_moe:
         config.update(
@@ -170,7 +171,7 @@ def config_rope_theta(config: dict[str, Any]) -> Any:
     return config.get("rope_theta") or nested
 
 
-def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
+def from_hf_config(config: Any, *, source: str = CONFIG) -> ModelParams:
     """Translate a Mistral/Mixtral config.json back into native params.
 
     Raises:

@@ -24,6 +24,7 @@ from hubtools.checkpoint.layout import Layout, layouts_present
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
+from hubtools.filenames import PARAMS
 from hubtools.model.names import NameTable
 from hubtools.model.params import check_counts, default_rope_theta
 from hubtools.verification.report import (
@@ -180,7 +181,7 @@ def verify(
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
-        check_counts(src.params, src.tensors, source=str(native / "params.json"))  # before the table
+        check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
