@@ -29,12 +29,11 @@ import numpy as np
 
 from hubtools.filenames import spm_versioned_name
 from hubtools.gguf.files import GgufFiles
+from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
 from hubtools.gguf.quant import QuantType
 from hubtools.gguf.source import GgufSource, raw_rows
-from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
+from hubtools.verification.checks import NEAR_TIE, THRESHOLDS, Check, LogitsCheck
 from hubtools.verification.logits import (
-    THRESHOLDS,
-    LogitsCheck,
     Prompts,
     layer_diff,
     logit_metrics,
@@ -242,11 +241,12 @@ def check_gguf_logits(
         out, ref = reference.head(h_gguf, ours, params), reference.head(h_orig, orig, params)
     rule = FLOAT_RULES.get(quant.name if quant else "")
     thresholds = THRESHOLDS[rule] if rule else ()
-    metrics = logit_metrics(ref, out, valid, near_tie=0.1 if rule != "float32" else 0.0)
+    near_tie = NEAR_TIE[rule or "bfloat16"]  # a quantized file: its figures, with bfloat16's tolerance of ties
+    metrics = logit_metrics(ref, out, valid, near_tie=near_tie)
     return LogitsCheck(
         passed=passes(metrics, thresholds),
         dtype="float32",
-        near_tie=0.1 if rule != "float32" else 0.0,
+        near_tie=near_tie,
         layers=tuple(diffs),
         sequences=len(prompts.lengths),
         tokens=sum(prompts.lengths),

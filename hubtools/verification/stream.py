@@ -31,6 +31,7 @@ from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.params import ModelParams
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
+from hubtools.verification.checks import TensorsCheck
 from hubtools.verification.hf_forward import LayeredModel, empty_fused_experts, put_expert
 from hubtools.verification.logits import (
     LayerDiff,
@@ -41,7 +42,6 @@ from hubtools.verification.logits import (
     note_nonfinite,
     prompt_tokens,
 )
-from hubtools.verification.report import TensorsCheck
 from hubtools.verification.structure import size_mismatches
 
 LAYER = re.compile(r"layers\.(\d+)\.")
