@@ -727,7 +727,7 @@ def test_a_model_folder_contradicting_the_card_source_fails(tmp_path: Path, run_
     dense = tmp_path / "dense"
     convert(write_native_checkpoint(tmp_path / "n2", tiny_params_for_card(moe=False), tokenizer=None), dense)
     result = run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--model", dense)
-    assert_one_line_error(result, "expected a MixtralForCausalLM model folder (--model), found MistralForCausalLM")
+    assert_one_line_error(result, "expected a MixtralForCausalLM model folder, found MistralForCausalLM")
 
 
 def test_a_base_card_with_a_chat_template_does_not_claim_it_has_none(tmp_path: Path) -> None:

@@ -133,11 +133,9 @@ def check_model_matches(source: CardSource, model: ModelFacts) -> None:
         CardError: naming the card source, what it states and what the model folder holds.
     """
     if model.architecture and source.architecture and model.architecture != source.architecture:
-        raise CardError(
-            f"{source.path}: expected a {source.architecture} model folder (--model), found {model.architecture}"
-        )
+        raise CardError(f"{source.path}: expected a {source.architecture} model folder, found {model.architecture}")
     if abs(model.parameters - source.parameters) > PARAMETER_TOLERANCE * source.parameters:
         raise CardError(
             f"{source.path}: expected about {source.parameters:,d} parameters as the card states, found "
-            f"{model.parameters:,d} in the model folder (--model is another model, or the card is wrong)"
+            f"{model.parameters:,d} in the model folder (another model, or the card is wrong)"
         )

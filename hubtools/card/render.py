@@ -269,6 +269,6 @@ def _verify_report(path: Path) -> VerifyReport:
     report = load_report(path)
     if isinstance(report, GgufReport):
         raise VerifyError(
-            f"{path}: expected the verify report of an HF conversion, found a GGUF one (give it to --gguf's card)"
+            f"{path}: expected the verify report of an HF conversion, found a GGUF one (it belongs on the GGUF card)"
         )
     return report

@@ -17,11 +17,21 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubtools import filenames
 from hubtools.checkpoint.pth import Segment, TensorRef
 from hubtools.checkpoint.safetensors_format import nbytes, torch_dtype
 from hubtools.errors import LayoutError
-from hubtools.filenames import HF_SHARD, NATIVE_SHARD, NATIVE_SINGLE, NATIVE_STEM, PTH, PTH_SPLIT
+from hubtools.filenames import (
+    CONFIG,
+    HF_SHARD,
+    INDEX,
+    NATIVE_SHARD,
+    NATIVE_SINGLE,
+    NATIVE_STEM,
+    PARAMS,
+    PTH,
+    PTH_SPLIT,
+    shard_names,
+)
 from hubtools.model.names import Layout
 
 if TYPE_CHECKING:
@@ -97,9 +107,9 @@ def layouts_present(folder: Path) -> set[Layout]:
     names = sorted(p.name for p in folder.iterdir())
     found = _weight_names(names)
     present = set()
-    if (found["safetensors"] or found["pth"] or found["pth-split"]) and filenames.PARAMS in names:
+    if (found["safetensors"] or found["pth"] or found["pth-split"]) and PARAMS in names:
         present.add(Layout.NATIVE)
-    if (found["hf"] or filenames.INDEX in names) and filenames.CONFIG in names:
+    if (found["hf"] or INDEX in names) and CONFIG in names:
         present.add(Layout.HF)
     return present
 
@@ -189,7 +199,7 @@ def _check_shards(folder: Path, names: list[str]) -> list[str]:
     if len(totals) > 1:
         raise LayoutError(f"{folder}: expected one series of shards, found -of-{totals[0]:05d} and -of-{totals[1]:05d}")
     total = totals[0]
-    expected = filenames.shard_names(NATIVE_STEM, total)
+    expected = shard_names(NATIVE_STEM, total)
     foreign = [n for n in names if n not in expected]
     if foreign:
         raise LayoutError(f"{folder}: {foreign[0]} is not a shard of a {total}-file series (numbered 1..{total})")
