@@ -48,7 +48,6 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
     Raises:
         `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
     """
-    from hubtools.checkpoint.layout import Layout
     from hubtools.checkpoint.reader import open_checkpoint
     from hubtools.inspection import parameter_counts
 
@@ -60,7 +59,7 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
         )
         architecture = names[0] if isinstance(names, list) and names else ""
     else:
-        with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
+        with open_checkpoint(model_dir, prefer="hf") as ckpt:
             total, active = parameter_counts(ckpt)
             architecture = ckpt.params.architecture
     config_path = model_dir / TOKENIZER_CONFIG

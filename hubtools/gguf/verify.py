@@ -22,6 +22,7 @@ import numpy as np
 from hubtools.gguf.files import GgufFiles, read_gguf
 from hubtools.gguf.metadata import ARCH
 from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
+from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
 from hubtools.gguf.quant import BUILTIN, QuantType, quantize, tensor_type
 from hubtools.gguf.source import GgufSource, float_rows, open_source
 from hubtools.model.hf_config import ConfigOverrides
@@ -163,8 +164,6 @@ def verify_gguf(
     Raises:
         HubtoolsError subclasses: SRC or the GGUF file cannot be read.
     """
-    from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
-
     say = progress or (lambda _: None)
     files = read_gguf(gguf_path)
     source = open_source(src, overrides=ConfigOverrides(rope_theta=rope_theta))
