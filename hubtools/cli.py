@@ -251,7 +251,8 @@ def verify_command(
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
     """
-    from hubtools.verification.run import format_report, verify
+    from hubtools.verification.report_text import format_report
+    from hubtools.verification.run import verify
 
     def say(message: str) -> None:
         click.echo(f"verify: {message}", err=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hubtools.checkpoint.reader import Checkpoint, TensorSource, open_checkpoint
+from hubtools.checkpoint.reader import Checkpoint, TensorSource, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
 from hubtools.checkpoint.writer import (
     PlannedTensor,
@@ -31,15 +31,24 @@ from hubtools.checkpoint.writer import (
     write_shard,
 )
 from hubtools.destination import atomic_folder, check_destination
-from hubtools.errors import InvalidValueError, ParamsError, TokenizerError
+from hubtools.errors import InvalidValueError
 from hubtools.families import check_counts
+from hubtools.filenames import (
+    CONFIG,
+    DEFAULT_SHARD_SIZE,
+    GENERATION_CONFIG,
+    HF_STEM,
+    INDEX,
+    NATIVE_SINGLE,
+    NATIVE_STEM,
+    PARAMS,
+)
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.transforms import Transform
 from hubtools.units import parse_size
 
-DEFAULT_SHARD_SIZE = 5 * 10**9
 Progress = Callable[[int], None]
 
 
@@ -84,40 +93,6 @@ class ConversionPlan:
         return sum(s.nbytes for s in self.shards)
 
 
-def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
-    """Names complete and unique, shapes as params imply.
-
-    Raises:
-        MappingError: unknown or missing tensors.  ParamsError: a shape that params contradict.
-    """
-    where = str(ckpt.folder)
-    table.check_complete(ckpt.tensors, layout=ckpt.layout, where=where)
-    p = ckpt.params
-    for name, src in ckpt.tensors.items():
-        spec = table.spec(name, layout=ckpt.layout)
-        if src.shape != spec.shape:
-            origin = Layout.parse(ckpt.layout).metadata_file
-            raise ParamsError(
-                f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
-                f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
-                f"head_dim={p.head_dim}, hidden_dim={p.hidden_dim}, vocab_size={p.vocab_size})"
-            )
-
-
-def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
-    """The tokenizer's vocabulary must match the embedding rows (32000 vs 32768 mix-ups give garbage)."""
-    if ckpt.tokenizer_file is None:
-        return
-    from hubtools.tokenization.files import tokenizer_vocab_size
-
-    n = tokenizer_vocab_size(ckpt.tokenizer_file)
-    if n != ckpt.params.vocab_size:
-        raise TokenizerError(
-            f"{ckpt.tokenizer_file}: tokenizer has {n} tokens but the embedding has "
-            f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)"
-        )
-
-
 def plan(
     ckpt: Checkpoint,
     *,
@@ -133,10 +108,12 @@ def plan(
     Raises:
         MappingError, ParamsError, TokenizerError: the source is inconsistent.
     """
-    source = ckpt.folder / ("params.json" if ckpt.layout is Layout.NATIVE else "config.json")
+    source = ckpt.folder / (PARAMS if ckpt.layout is Layout.NATIVE else CONFIG)
     check_counts(ckpt.params, ckpt.tensors, source=str(source))  # before the n_layers x experts table
     table = NameTable(ckpt.params)
     check_tensors(ckpt, table)
+    from hubtools.tokenization.files import check_tokenizer_vocab  # lazily: bytes on disk need no tokenizer code
+
     check_tokenizer_vocab(ckpt)
     target = Layout.parse(ckpt.layout).other
     key_in, key_out = target.other.value, target.value
@@ -148,13 +125,11 @@ def plan(
         steps[out.name] = Step(spec, src, out, target)
     planned = [s.out for s in steps.values()]
     if target is Layout.HF:
-        shards = plan_shards(planned, max_shard_size=max_shard_size, stem="model")
+        shards = plan_shards(planned, max_shard_size=max_shard_size, stem=HF_STEM)
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
         return ConversionPlan(Layout.HF, ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
-    shards = plan_shards(
-        planned, max_shard_size=max_shard_size, stem="consolidated", single_name="consolidated.safetensors"
-    )
+    shards = plan_shards(planned, max_shard_size=max_shard_size, stem=NATIVE_STEM, single_name=NATIVE_SINGLE)
     return ConversionPlan(Layout.NATIVE, ckpt.params, tuple(shards), steps, None, None)
 
 
@@ -253,12 +228,12 @@ def write_plan(
 def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
     """The index and configs (HF), or params.json (native): everything but weights and tokenizer."""
     if conversion.target_layout is Layout.HF:
-        write_index(out / "model.safetensors.index.json", conversion.shards)
-        _write_json(out / "config.json", conversion.config)
-        _write_json(out / "generation_config.json", conversion.generation)
-        return ["model.safetensors.index.json", "config.json", "generation_config.json"]
-    _write_json(out / "params.json", to_native_params(conversion.params))
-    return ["params.json"]
+        write_index(out / INDEX, conversion.shards)
+        _write_json(out / CONFIG, conversion.config)
+        _write_json(out / GENERATION_CONFIG, conversion.generation)
+        return [INDEX, CONFIG, GENERATION_CONFIG]
+    _write_json(out / PARAMS, to_native_params(conversion.params))
+    return [PARAMS]
 
 
 def _write_json(path: Path, data: Any) -> None:

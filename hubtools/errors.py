@@ -58,7 +58,7 @@ class ChatTemplateError(TokenizerError):
 
 
 class VerifyError(HubtoolsError):
-    """Verification could not run (not: verification ran and found differences)."""
+    """Verification could not run, or a verify report cannot be read (not: verification ran and found differences)."""
 
 
 class CardError(HubtoolsError):

@@ -15,16 +15,27 @@ import torch
 
 from hubtools.checkpoint.safetensors_format import build_header
 from hubtools.families import family_named
+from hubtools.filenames import (
+    NATIVE_SINGLE,
+    NATIVE_STEM,
+    PARAMS,
+    PTH_SINGLE,
+    SPM,
+    TEKKEN,
+    pth_split_name,
+    shard_name,
+    spm_versioned_name,
+)
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import Part, TensorSpec, tensor_specs
 
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
 TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name, vocab size)
-    "v1": ("tokenizer.model.v1", "tokenizer.model", 32000),
-    "v3": ("mistral_instruct_tokenizer_240323.model.v3", "tokenizer.model.v3", 32768),
-    "v7": ("mistral_instruct_tokenizer_241114.model.v7", "tokenizer.model.v7", 32768),
-    "tekken": ("tekken_240911.json", "tekken.json", 131072),
+    "v1": ("tokenizer.model.v1", SPM, 32000),
+    "v3": ("mistral_instruct_tokenizer_240323.model.v3", spm_versioned_name("v3"), 32768),
+    "v7": ("mistral_instruct_tokenizer_241114.model.v7", spm_versioned_name("v7"), 32768),
+    "tekken": ("tekken_240911.json", TEKKEN, 131072),
 }
 
 
@@ -112,13 +123,13 @@ def write_native_checkpoint(
         The folder.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps(to_native_params(params), indent=2) + "\n")
+    (folder / PARAMS).write_text(json.dumps(to_native_params(params), indent=2) + "\n")
     if tokenizer:
         copy_tokenizer(tokenizer, folder)
     if layout in ("safetensors", "sharded"):
         _write_safetensors(folder, params, dtype, seed, shards if layout == "sharded" else 1)
     elif layout in ("pth", "pth-split"):
-        path = folder / "consolidated.00.pth"
+        path = folder / PTH_SINGLE
         torch.save(dict(synthetic_tensors(params, dtype=dtype, seed=seed)), path)
         if layout == "pth-split":
             _split_file(path, splits)
@@ -132,7 +143,7 @@ def _write_safetensors(folder: Path, params: ModelParams, dtype: torch.dtype, se
     groups = [specs[i * len(specs) // shards : (i + 1) * len(specs) // shards] for i in range(shards)]
     tensors = synthetic_tensors(params, dtype=dtype, seed=seed)
     for i, group in enumerate(groups, 1):
-        name = "consolidated.safetensors" if shards == 1 else f"consolidated-{i:05d}-of-{shards:05d}.safetensors"
+        name = NATIVE_SINGLE if shards == 1 else shard_name(NATIVE_STEM, i, shards)
         with (folder / name).open("wb") as f:
             f.write(build_header([(s.native, dtype, s.shape) for s in group], {"format": "pt"}))
             for _ in group:
@@ -145,6 +156,6 @@ def _split_file(path: Path, parts: int) -> None:
     step = -(-data_size // parts)
     with path.open("rb") as src:
         for i in range(parts):
-            with path.with_name(f"{path.name}-split{i}").open("wb") as dst:
+            with path.with_name(pth_split_name(i, path.name)).open("wb") as dst:
                 dst.write(src.read(step))
     path.unlink()

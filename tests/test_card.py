@@ -18,19 +18,14 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import save_file
 
 from hubtools.card.eval_results import Benchmark, Metric, load_lm_eval_results, merge_benchmarks, to_eval_results
-from hubtools.card.render import load_report, memory_rows, read_model_facts, render_card, write_card
+from hubtools.card.model_facts import read_model_facts
+from hubtools.card.render import memory_rows, render_card, write_card
 from hubtools.card.rules import metadata_problems, validate_card_text, validate_metadata
 from hubtools.card.source import load_card_source, resolve_card_source
-from hubtools.errors import CardError, DestinationError
+from hubtools.errors import CardError, DestinationError, VerifyError
 from hubtools.recipe import load_recipe
-from hubtools.verification.report import (
-    THRESHOLDS,
-    LogitsCheck,
-    StructureCheck,
-    TensorsCheck,
-    TokenizerCheck,
-    VerifyReport,
-)
+from hubtools.verification.checks import THRESHOLDS, LogitsCheck, StructureCheck, TensorsCheck, TokenizerCheck
+from hubtools.verification.report import VerifyReport, load_report
 from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -655,10 +650,12 @@ def test_verify_summary_appears_with_report(tmp_path: Path, run_cli) -> None:
 def test_a_report_that_cannot_be_read_is_refused_naming_the_file_and_field(tmp_path: Path, run_cli) -> None:
     path = tmp_path / "verify.json"
     path.write_text(json.dumps({"passed": False, "checks": {"tensors": {"passed": False, "mismatched": ["a"]}}}))
-    with pytest.raises(CardError, match=r"verify.json: expected a hubtools verify report, found no field 'tokenizer'"):
+    with pytest.raises(
+        VerifyError, match=r"verify.json: expected a hubtools verify report, found no field 'structure'"
+    ):
         load_report(path)
     path.write_text("[1, 2]")
-    with pytest.raises(CardError, match=r"verify.json: expected a hubtools verify report, found a malformed one"):
+    with pytest.raises(VerifyError, match=r"verify.json: expected a hubtools verify report, found a malformed one"):
         load_report(path)
     assert_one_line_error(
         run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--report", path), "verify.json: expected a hubtools"
@@ -729,7 +726,7 @@ def test_a_model_folder_contradicting_the_card_source_fails(tmp_path: Path, run_
     dense = tmp_path / "dense"
     convert(write_native_checkpoint(tmp_path / "n2", tiny_params_for_card(moe=False), tokenizer=None), dense)
     result = run_cli("card", CARD_8X22B, "-o", tmp_path / "README.md", "--model", dense)
-    assert_one_line_error(result, "expected a MixtralForCausalLM model folder (--model), found MistralForCausalLM")
+    assert_one_line_error(result, "expected a MixtralForCausalLM model folder, found MistralForCausalLM")
 
 
 def test_a_base_card_with_a_chat_template_does_not_claim_it_has_none(tmp_path: Path) -> None:
@@ -750,7 +747,7 @@ def tiny_params_for_card(**kwargs: Any):  # noqa: ANN201
 
 
 def dataclasses_replace_facts(**changes: Any):  # noqa: ANN201
-    from hubtools.card.render import ModelFacts
+    from hubtools.card.model_facts import ModelFacts
 
     source = load_card_source(CARD_8X22B)
     facts = ModelFacts(

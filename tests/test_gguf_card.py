@@ -16,12 +16,17 @@ from hubtools.card.source import load_card_source
 from hubtools.errors import CardError, RecipeError
 from hubtools.gguf.quant import parse_quants
 from hubtools.recipe import load_recipe, parse_recipe
+from hubtools.verification.checks import Check, LogitsCheck
+from hubtools.verification.report import GgufReport
 
 CARD = Path(__file__).resolve().parents[1] / "cards" / "mixtral-8x7b-instruct-v0.1.md"
 
 
 def report(name: str, kl: float, top1: float) -> dict[str, object]:
-    return {"passed": True, "gguf": [f"/x/{name}"], "checks": {"logits": {"mean_kl": kl, "top1_agreement": top1}}}
+    logits = LogitsCheck(True, "float32", mean_kl=kl, top1_agreement=top1)
+    return GgufReport(
+        "/x/src", (f"/x/{name}",), name.split(".")[1], Check(True), Check(True), Check(True), logits
+    ).to_dict()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from transformers import MistralConfig, MixtralConfig
 
 from hubtools.errors import ParamsError
@@ -26,7 +25,7 @@ PARAMS = {
 @pytest.mark.parametrize("name", PARAMS)
 def test_from_hf_config_inverts_to_hf_config_with_rope_theta_made_explicit(name: str) -> None:
     params = PARAMS[name]
-    back = from_hf_config(to_hf_config(params, dtype=torch.bfloat16).config)
+    back = from_hf_config(to_hf_config(params, dtype="bfloat16").config)
     assert back == replace(params, rope_theta=back.rope_theta)
     assert back.rope_theta == (params.rope_theta or (1e4 if params.sliding_window else 1e6))
 
@@ -54,7 +53,7 @@ def test_a_config_saved_by_transformers_reads_back_as_the_same_params(name: str)
 
 def test_every_default_is_a_rule_and_overrides_win() -> None:
     params = tiny_params(moe=False)
-    default = to_hf_config(params, dtype=torch.float16)
+    default = to_hf_config(params, dtype="float16")
     assert default.rules == (
         "rope_theta=1e+06 (default rule: no sliding window)",
         "max_position_embeddings=32768 (default rule)",

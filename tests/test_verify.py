@@ -17,7 +17,8 @@ from hubtools.converter import convert
 from hubtools.errors import VerifyError
 from hubtools.model.transforms import half_to_interleaved
 from hubtools.testing import tiny_params, write_native_checkpoint
-from hubtools.verification.run import format_report, verify
+from hubtools.verification.report_text import format_report
+from hubtools.verification.run import verify
 from tests.helpers import assert_one_line_error, edit_json
 
 INDEX = "model.safetensors.index.json"
@@ -247,8 +248,8 @@ def test_cli_refuses_two_native_folders_in_one_line(pair: tuple[Path, Path], run
 
 
 def test_top1_near_ties_are_counted_separately() -> None:
+    from hubtools.verification.checks import Bound, Threshold
     from hubtools.verification.logits import logit_metrics, passes
-    from hubtools.verification.report import Bound, Threshold
 
     ref = torch.tensor([[[5.0, 4.95, 0.0], [0.0, 1.0, 9.0]]])
     hf = torch.tensor([[[4.95, 5.0, 0.0], [0.0, 1.0, 9.0]]])

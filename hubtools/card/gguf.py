@@ -11,23 +11,24 @@ given explicitly; a file without a report says "not measured".
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from hubtools.card.render import _environment
+from hubtools.card.render import jinja_environment
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource
-from hubtools.errors import CardError
+from hubtools.errors import CardError, VerifyError
+from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, gguf_include_pattern, report_name
 from hubtools.units import size_both
+from hubtools.verification.report import GgufReport, load_report
+from hubtools.verification.report_text import gguf_quality
 
 MAX_RAM_EXTRA = 2.5e9  # TheBloke's "max RAM required": the file size plus 2.5 GB
-_FILE = re.compile(r"(?P<stem>.+)\.(?P<quant>[A-Z0-9_]+)(?:-(?P<no>\d{5})-of-(?P<count>\d{5}))?\.gguf")
 _NOMINAL_BITS = {"F32": 32, "F16": 16, "BF16": 16}
 
 
@@ -38,7 +39,7 @@ class GgufRelease:
     quant: str
     files: tuple[str, ...]
     size: int
-    report: Mapping[str, Any] | None
+    report: GgufReport | None
 
     @property
     def name(self) -> str:
@@ -56,50 +57,38 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
     """The GGUF quants in `folder`, smallest first, each with its verify report when one is found.
 
     Raises:
-        CardError: the folder holds no GGUF file.
+        CardError: the folder holds no GGUF file.  VerifyError: a report that is not a GGUF verify report.
     """
     groups: dict[str, list[Path]] = {}
-    for path in sorted(folder.glob("*.gguf")):
-        match = _FILE.fullmatch(path.name)
+    for path in sorted(folder.glob(f"*{GGUF_SUFFIX}")):
+        match = GGUF_FILE.fullmatch(path.name)
         if match:
             groups.setdefault(match["quant"], []).append(path)
     if not groups:
         raise CardError(f"{folder}: no GGUF files (expected <name>.<QUANT>.gguf, as `hubtools gguf` writes)")
-    given = [load_report(p) for p in reports]
+    given = [_gguf_report(p) for p in reports]
     found = []
     for quant, paths in groups.items():
-        beside = folder / f"{paths[0].name}.verify.json"
-        report = load_report(beside) if beside.is_file() else _matching(given, paths[0].name)
+        beside = folder / report_name(paths[0].name)
+        report = _gguf_report(beside) if beside.is_file() else _matching(given, paths[0].name)
         found.append(GgufRelease(quant, tuple(p.name for p in paths), sum(p.stat().st_size for p in paths), report))
     return sorted(found, key=lambda r: r.size)
 
 
-def load_report(path: Path) -> dict[str, Any]:
-    """A `hubtools verify SRC FILE.gguf --json` report (the GGUF report's own shape).
+def _gguf_report(path: Path) -> GgufReport:
+    """A `hubtools verify SRC FILE.gguf --json` report.
 
     Raises:
-        CardError: not a JSON object with `checks`.
+        VerifyError: not a verify report, or the report of an HF conversion.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: expected a hubtools GGUF verify report (JSON), found {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("checks"), dict):
-        raise CardError(f"{path}: expected a hubtools GGUF verify report, found no 'checks' object")
-    return data
+    report = load_report(path)
+    if not isinstance(report, GgufReport):
+        raise VerifyError(f"{path}: expected the verify report of a GGUF file, found one of an HF conversion")
+    return report
 
 
-def _matching(reports: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
-    return next((r for r in reports if any(Path(f).name == name for f in r.get("gguf") or ())), None)
-
-
-def quality(report: Mapping[str, Any] | None) -> dict[str, str]:
-    """Mean KL and top-1 agreement vs the original (float32 forward), or "not measured"."""
-    logits = ((report or {}).get("checks") or {}).get("logits") or {}
-    if logits.get("mean_kl") is None:
-        return {"kl": "not measured", "top1": "not measured", "verified": "not verified"}
-    verdict = "passed" if report and report.get("passed") else "FAILED"
-    return {"kl": f"{logits['mean_kl']:.2e}", "top1": f"{100 * logits['top1_agreement']:.1f}%", "verified": verdict}
+def _matching(reports: Sequence[GgufReport], name: str) -> GgufReport | None:
+    return next((r for r in reports if any(Path(f).name == name for f in r.files)), None)
 
 
 def prompt_template(tokenizer: str, instruct: bool) -> str:
@@ -148,7 +137,7 @@ def render_gguf_card(source: CardSource, releases: Sequence[GgufRelease], *, rep
         "rows": rows,
         "example": next((r for r in rows if r["quant"] == "Q4_K_M"), rows[len(rows) // 2]),
     }
-    body = _environment().get_template("gguf_card.md.jinja").render(**context)
+    body = jinja_environment().get_template("gguf_card.md.jinja").render(**context)
     text = f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"
     validate_card_text(text, where=str(source.path))
     try:
@@ -167,8 +156,8 @@ def _row(release: GgufRelease, repo: str) -> dict[str, Any]:
         "bits": release.bits,
         "size": size_both(release.size),
         "max_ram": size_both(int(release.size + MAX_RAM_EXTRA)),
-        "pattern": release.name if len(release.files) == 1 else f"*{release.quant}-*-of-*.gguf",
-        **quality(release.report),
+        "pattern": gguf_include_pattern(release.quant, release.files),
+        **gguf_quality(release.report),
     }
 
 
@@ -192,8 +181,3 @@ def write_gguf_card(
 
     source = load_card_source(resolve_card_source(spec, cards_dir=Path("cards")))
     return write_card(build_gguf_card(source, folder, reports=reports), output, force=force)
-
-
-def report_json(report: Any) -> str:
-    """A verify report as the JSON file the card reads (`<file>.verify.json`)."""
-    return json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,130 +27,22 @@ from hubtools.card.eval_results import (
     merge_benchmarks,
     to_eval_results,
 )
+from hubtools.card.model_facts import (
+    EXAMPLE_CONVERSATION,
+    ModelFacts,
+    check_model_matches,
+    read_model_facts,
+    render_chat_example,
+)
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, load_card_source, resolve_card_source
 from hubtools.destination import FILE_MARKER, check_destination, write_file
-from hubtools.errors import CardError
+from hubtools.errors import CardError, VerifyError
 from hubtools.units import human_count, size_both
-from hubtools.verification.report import (
-    CHECKS,
-    LogitsCheck,
-    StructureCheck,
-    TensorsCheck,
-    TokenizerCheck,
-    VerifyReport,
-    is_skipped,
-)
+from hubtools.verification.report import GgufReport, VerifyReport, load_report
+from hubtools.verification.report_text import check_details, status, verdict
 
 logger = logging.getLogger(__name__)
-
-EXAMPLE_CONVERSATION = (
-    {"role": "user", "content": "What is your favourite condiment?"},
-    {
-        "role": "assistant",
-        "content": "Well, I'm quite partial to a good squeeze of fresh lemon juice. It adds just the right amount "
-        "of zesty flavour to whatever I'm cooking up in the kitchen!",
-    },
-    {"role": "user", "content": "Do you have mayonnaise recipes?"},
-)
-
-
-@dataclass(frozen=True)
-class ModelFacts:
-    """What a converted model folder tells the card: real parameter counts and its chat template."""
-
-    parameters: int
-    active_parameters: int | None
-    architecture: str = ""
-    chat_template: str | None = None
-    chat_template_file: str | None = None
-    bos_token: str = "<s>"
-    eos_token: str = "</s>"
-
-
-def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) -> ModelFacts:
-    """Count the converted model's parameters and read its chat template (`chat_template.jinja` or
-    `tokenizer_config.json`'s `chat_template`) and BOS/EOS tokens.
-
-    Args:
-        counts: (total, active) parameters when already known (a release whose shards are gone).
-
-    Raises:
-        `CardError`: unreadable tokenizer_config.json. Errors of the parameter count propagate.
-    """
-    from hubtools.checkpoint.layout import Layout
-    from hubtools.checkpoint.reader import open_checkpoint
-    from hubtools.inspection import parameter_counts
-
-    if counts is not None:  # a release whose shards are already uploaded: config.json names the architecture
-        total, active = counts
-        config_file = model_dir / "config.json"
-        names = (
-            json.loads(config_file.read_text(encoding="utf-8")).get("architectures") if config_file.is_file() else None
-        )
-        architecture = names[0] if isinstance(names, list) and names else ""
-    else:
-        with open_checkpoint(model_dir, prefer=Layout.HF) as ckpt:
-            total, active = parameter_counts(ckpt)
-            architecture = ckpt.params.architecture
-    config_path = model_dir / "tokenizer_config.json"
-    config: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CardError(f"{config_path}: not valid JSON ({exc})") from exc
-    template, where = _chat_template(model_dir, config)
-    return ModelFacts(
-        parameters=total,
-        active_parameters=active if active != total else None,
-        architecture=architecture,
-        chat_template=template,
-        chat_template_file=where,
-        bos_token=_token(config.get("bos_token"), "<s>"),
-        eos_token=_token(config.get("eos_token"), "</s>"),
-    )
-
-
-def _chat_template(model_dir: Path, config: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    jinja_file = model_dir / "chat_template.jinja"
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8"), jinja_file.name
-    template = config.get("chat_template")
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
-        template = named.get("default")
-    return (template, "tokenizer_config.json") if isinstance(template, str) and template.strip() else (None, None)
-
-
-def _token(value: Any, default: str) -> str:
-    if isinstance(value, Mapping):  # serialized AddedToken
-        value = value.get("content")
-    return value if isinstance(value, str) else default
-
-
-def render_chat_example(facts: ModelFacts) -> str | None:
-    """The example conversation rendered through the model's own chat template, as transformers does it.
-
-    Raises:
-        `CardError`: the template fails on the example conversation.
-    """
-    if facts.chat_template is None:
-        return None
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    try:
-        # transformers annotates `-> str`, but it returns (rendered chats, generation indices)
-        rendered, _ = render_jinja_template(  # type: ignore[str-unpack]
-            conversations=[list(EXAMPLE_CONVERSATION)],
-            chat_template=facts.chat_template,
-            add_generation_prompt=True,
-            bos_token=facts.bos_token,
-            eos_token=facts.eos_token,
-        )
-    except Exception as exc:  # jinja2 errors and the template's own raise_exception
-        raise CardError(f"{facts.chat_template_file}: chat template fails on the example conversation ({exc})") from exc
-    return rendered[0]
 
 
 def reference_prompt(tokenizer: str) -> str:
@@ -201,7 +92,9 @@ def render_card(
     except (TypeError, ValueError) as exc:
         raise CardError(f"{source.path}: metadata cannot be turned into a model card ({exc})") from exc
     body = (
-        _environment().get_template("model_card.md.jinja").render(**_context(source, benchmarks, runs, model, report))
+        jinja_environment()
+        .get_template("model_card.md.jinja")
+        .render(**_context(source, benchmarks, runs, model, report))
     )
     text = f"---\n{card_data.to_yaml()}\n---\n\n{body.strip()}\n"
     validate_card_text(text, where=str(source.path))
@@ -212,7 +105,7 @@ def render_card(
     return text
 
 
-def _environment() -> jinja2.Environment:
+def jinja_environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.PackageLoader("hubtools.card", "templates"),
         trim_blocks=True,
@@ -263,26 +156,6 @@ def _context(
     }
 
 
-PARAMETER_TOLERANCE = 0.005  # a card source may state a rounded count (46.7B); more than this is another model
-
-
-def check_model_matches(source: CardSource, model: ModelFacts) -> None:
-    """A card must describe the model it is rendered for: same architecture, same parameter count.
-
-    Raises:
-        CardError: naming the card source, what it states and what the model folder holds.
-    """
-    if model.architecture and source.architecture and model.architecture != source.architecture:
-        raise CardError(
-            f"{source.path}: expected a {source.architecture} model folder (--model), found {model.architecture}"
-        )
-    if abs(model.parameters - source.parameters) > PARAMETER_TOLERANCE * source.parameters:
-        raise CardError(
-            f"{source.path}: expected about {source.parameters:,d} parameters as the card states, found "
-            f"{model.parameters:,d} in the model folder (--model is another model, or the card is wrong)"
-        )
-
-
 def memory_rows(parameters: int) -> list[dict[str, str]]:
     """Memory for the weights at 16, 8 and 4 bits per parameter, in GB (1e9 bytes) and GiB."""
     rows = []
@@ -323,54 +196,12 @@ def _value(value: Any) -> str:
 
 
 def verify_summary(report: VerifyReport) -> dict[str, Any]:
-    """Rows for the verify report table: one per check, with its verdict and headline figures."""
+    """Rows for the verify report table: one per check, with its status and headline figures."""
     rows = [
-        {"name": name, "result": _verdict(check), "details": _check_details(check).replace("|", "\\|")}
-        for name, check in ((name, getattr(report, name)) for name in CHECKS)
+        {"name": name, "result": status(check).value, "details": check_details(check).replace("|", "\\|")}
+        for name, check in report.checks().items()
     ]
-    verdict = "passed" if report.passed else "FAILED"
-    return {"version": report.hubtools_version, "verdict": verdict, "rows": rows}
-
-
-def _verdict(check: Any) -> str:
-    return "not run" if is_skipped(check) else "passed" if check.passed else "FAILED"
-
-
-def _check_details(check: Any) -> str:
-    if is_skipped(check):
-        return f"skipped: {check.skipped}"
-    parts = []
-    if isinstance(check, StructureCheck) and check.problems:
-        parts.append(f"{len(check.problems)} problem(s), first: {check.problems[0]}")
-    elif isinstance(check, TensorsCheck):
-        parts.append(f"{check.compared} tensors compared, {len(check.mismatched)} mismatched")
-    elif isinstance(check, TokenizerCheck) and check.agreement is not None:
-        parts.append(f"{_percent(check.agreement)} agreement over {check.sequences} sequences")
-    elif isinstance(check, LogitsCheck):
-        parts.append(f"dtype {check.dtype}")
-        for key, label in (
-            ("max_abs_dlogit", "max abs dlogit"),
-            ("nmse", "NMSE"),
-            ("mean_kl", "mean KL"),
-            ("max_kl", "max KL"),
-            ("top1_agreement", "top-1 agreement"),
-        ):
-            value = check.metric(key)
-            if value is not None:
-                parts.append(f"{label} {_percent(value) if key == 'top1_agreement' else _number(value)}")
-        if check.tokens:
-            parts.append(f"on {check.tokens} tokens")
-    if getattr(check, "error", None):
-        parts.append(f"error: {check.error}")
-    return ", ".join(parts)
-
-
-def _percent(value: Any) -> str:
-    return f"{value * 100:.2f}%" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    return {"version": report.hubtools_version, "verdict": verdict(report.passed), "rows": rows}
 
 
 def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
@@ -382,24 +213,6 @@ def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
             parent folder is missing.
     """
     return write_file(dest, f"{text.rstrip()}\n\n{FILE_MARKER}\n", force=force)
-
-
-def load_report(path: Path) -> VerifyReport:
-    """Read a `hubtools verify --json` report into the typed report.
-
-    Raises:
-        `CardError`: not JSON, or not a verify report (the first missing or malformed field is named).
-    """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardError(f"{path}: expected a hubtools verify report (JSON), found invalid JSON ({exc})") from None
-    try:
-        return VerifyReport.from_dict(data)
-    except KeyError as exc:
-        raise CardError(f"{path}: expected a hubtools verify report, found no field {exc}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise CardError(f"{path}: expected a hubtools verify report, found a malformed one ({exc})") from None
 
 
 def build_card(
@@ -442,6 +255,20 @@ def build_card(
         source,
         runs=[load_lm_eval_results(Path(path)) for path in results],
         model=read_model_facts(Path(model_dir)) if model_dir is not None else None,
-        report=load_report(Path(report)) if report is not None else None,
+        report=_verify_report(Path(report)) if report is not None else None,
     )
     return write_card(text, output, force=force)
+
+
+def _verify_report(path: Path) -> VerifyReport:
+    """The report of an HF conversion to summarise in the card (a GGUF report belongs on the GGUF card).
+
+    Raises:
+        VerifyError: the file is not a verify report, or is a GGUF one.
+    """
+    report = load_report(path)
+    if isinstance(report, GgufReport):
+        raise VerifyError(
+            f"{path}: expected the verify report of an HF conversion, found a GGUF one (it belongs on the GGUF card)"
+        )
+    return report

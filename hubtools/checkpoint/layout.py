@@ -1,40 +1,43 @@
-"""Which files make a checkpoint: the one home of every file-name and layout rule.
+"""Which files make a checkpoint, and in which layout and storage format.
 
 - `Layout` (native or HF, defined with the name table) and `WeightFormat` (safetensors, pth, pth-split), typed;
-- the file-name patterns (`consolidated-0000K-of-0000N.safetensors`, `model-0000K-of-0000N.safetensors`,
-  `consolidated.00.pth-splitN`, the index name) and `detect_layout`, which picks a folder's weights;
-- `index_safetensors` and `check_index`: the safetensors indexing and the index-vs-shards check, each
-  strict (raise at the first fault) or lenient (collect every fault in a list, for `verify`'s audit);
-- `find_tokenizer_file`: a folder's native tokenizer file, by name (bytes on disk need no tokenizer code).
+- `detect_layout`, which picks a folder's weight files by the name rules of `hubtools.filenames` and checks
+  that shard series and split parts are complete;
+- `TensorSource`: where one stored tensor's bytes are.
+
+The safetensors index of an HF folder is `hubtools.checkpoint.hf_index`; the native tokenizer file of a
+folder is `hubtools.checkpoint.tokenizer_file`.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING
 
-from hubtools.checkpoint.file_limits import check_tokenizer_file, read_tokenizer_bytes
 from hubtools.checkpoint.pth import Segment, TensorRef
-from hubtools.checkpoint.safetensors_format import nbytes, read_header, torch_dtype
-from hubtools.errors import CorruptFileError, HubtoolsError, LayoutError, MappingError, ParamsError
+from hubtools.checkpoint.safetensors_format import nbytes, torch_dtype
+from hubtools.errors import LayoutError
+from hubtools.filenames import (
+    CONFIG,
+    HF_SHARD,
+    INDEX,
+    NATIVE_SHARD,
+    NATIVE_SINGLE,
+    NATIVE_STEM,
+    PARAMS,
+    PTH,
+    PTH_SPLIT,
+    shard_names,
+)
 from hubtools.model.names import Layout
-from hubtools.model.params import read_json_file
 
 if TYPE_CHECKING:
     import torch
 
-INDEX_NAME = "model.safetensors.index.json"
-NATIVE_SINGLE = "consolidated.safetensors"
-NATIVE_SHARD = re.compile(r"consolidated-(\d{5})-of-(\d{5})\.safetensors")
-HF_SHARD = re.compile(r"model(?:-(\d{5})-of-(\d{5}))?\.safetensors")
-PTH = re.compile(r"consolidated\.\d+\.pth")
-PTH_SPLIT = re.compile(r"(consolidated\.\d+\.pth)-split(\d+)")
-SPM_NAME = re.compile(r"\.model(?:\.(v\d+)(?:m\d+)?)?$")
+__all__ = ["Layout", "TensorSource", "WeightFiles", "WeightFormat", "detect_layout", "layouts_present"]
 
 
 class WeightFormat(str, Enum):
@@ -104,9 +107,9 @@ def layouts_present(folder: Path) -> set[Layout]:
     names = sorted(p.name for p in folder.iterdir())
     found = _weight_names(names)
     present = set()
-    if (found["safetensors"] or found["pth"] or found["pth-split"]) and "params.json" in names:
+    if (found["safetensors"] or found["pth"] or found["pth-split"]) and PARAMS in names:
         present.add(Layout.NATIVE)
-    if (found["hf"] or INDEX_NAME in names) and "config.json" in names:
+    if (found["hf"] or INDEX in names) and CONFIG in names:
         present.add(Layout.HF)
     return present
 
@@ -196,7 +199,7 @@ def _check_shards(folder: Path, names: list[str]) -> list[str]:
     if len(totals) > 1:
         raise LayoutError(f"{folder}: expected one series of shards, found -of-{totals[0]:05d} and -of-{totals[1]:05d}")
     total = totals[0]
-    expected = [f"consolidated-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+    expected = shard_names(NATIVE_STEM, total)
     foreign = [n for n in names if n not in expected]
     if foreign:
         raise LayoutError(f"{folder}: {foreign[0]} is not a shard of a {total}-file series (numbered 1..{total})")
@@ -227,240 +230,6 @@ def _check_splits(folder: Path, names: list[str]) -> list[str]:
     return ordered
 
 
-def _fail(problems: list[str] | None, error: HubtoolsError) -> None:
-    """Raise `error` (strict) or record its message (lenient)."""
-    if problems is None:
-        raise error
-    problems.append(str(error))
-
-
-def index_safetensors(
-    files: tuple[Path, ...] | list[Path],
-    problems: list[str] | None = None,
-    open_stream: Callable[[Path], tuple[BinaryIO, int]] | None = None,
-) -> tuple[list[Path], dict[str, TensorSource]]:
-    """Index the tensors of safetensors files from their headers: (readable files, name -> source).
-
-    Strict when `problems` is None (the first unreadable file or duplicate tensor raises); lenient
-    otherwise (it is recorded, the file or the second copy skipped). `open_stream(path) -> (stream, size)`
-    reads headers from elsewhere (a remote file) instead of opening `path`.
-
-    Raises:
-        CorruptFileError, MappingError: in strict mode.
-    """
-    tensors: dict[str, TensorSource] = {}
-    readable = []
-    for path in files:
-        try:
-            stream, size = open_stream(path) if open_stream else (None, None)
-            entries, _ = read_header(path, stream=stream, size=size)
-        except CorruptFileError as exc:
-            _fail(problems, exc)
-            continue
-        readable.append(path)
-        for e in entries:
-            if e.name in tensors:
-                _fail(
-                    problems,
-                    MappingError(f"{path}: tensor '{e.name}' is stored twice (also in {tensors[e.name].file.name})"),
-                )
-                continue
-            tensors[e.name] = TensorSource(e.name, e.code, e.shape, ((path, e.offset, e.length),))
-    return readable, tensors
-
-
-def read_weight_map(folder: Path, problems: list[str] | None = None) -> dict[str, str] | None:
-    """The index's tensor -> file map, or None when the folder has no index.
-
-    Raises:
-        CorruptFileError: (strict) the index is not JSON with a `weight_map` object of strings.
-    """
-    path = folder / INDEX_NAME
-    if not path.is_file():
-        return None
-    try:
-        weight_map = read_json_file(path)["weight_map"]  # bounded; deep or huge-number JSON refused
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError
-    except (ParamsError, KeyError, TypeError):
-        _fail(problems, CorruptFileError(f"{path}: expected a JSON object with a 'weight_map' of file names"))
-        return None
-    return {str(k): v for k, v in weight_map.items()}
-
-
-def indexed_files(folder: Path, weight_map: dict[str, str] | None, problems: list[str] | None = None) -> list[Path]:
-    """The shard files of an HF folder: those its index names (present ones), else `model*.safetensors`.
-
-    Raises:
-        LayoutError: (strict) the index names a missing or unsafe file, several shards without an index,
-            or no weights at all.
-    """
-    if weight_map is not None:
-        listed = list(dict.fromkeys(weight_map.values()))
-        present = []
-        for name in listed:
-            if Path(name).name != name or name in ("", ".", ".."):
-                _fail(
-                    problems, LayoutError(f"{folder / INDEX_NAME}: expected file names in the folder, found '{name}'")
-                )
-            elif not (folder / name).is_file():
-                count = sum(1 for f in weight_map.values() if f == name)
-                _fail(
-                    problems,
-                    LayoutError(f"{folder / INDEX_NAME}: maps {count} tensor(s) to '{name}', which is missing"),
-                )
-            else:
-                present.append(folder / name)
-        return present
-    found = sorted(p for p in folder.iterdir() if HF_SHARD.fullmatch(p.name))
-    if len(found) > 1:
-        _fail(problems, LayoutError(f"{folder}: expected {INDEX_NAME} beside {len(found)} model shards, found none"))
-    if not found:
-        _fail(problems, LayoutError(f"{folder}: expected {INDEX_NAME} or model.safetensors, found neither"))
-    return found
-
-
-def check_index(
-    folder: Path,
-    weight_map: dict[str, str],
-    tensors: dict[str, TensorSource],
-    problems: list[str] | None = None,
-    notes: list[str] | None = None,
-) -> None:
-    """The index against the shards: each tensor stored where the index says, none left out of it.
-
-    Raises:
-        MappingError: (strict) a tensor in the wrong shard, in no shard, or in a shard but not the index.
-    """
-    where = folder / INDEX_NAME
-    for name, file in weight_map.items():
-        stored = tensors[name].file.name if name in tensors else None
-        if stored is not None and stored != file:
-            _fail(problems, MappingError(f"{where}: tensor '{name}' is mapped to '{file}' but stored in '{stored}'"))
-        elif stored is None and Path(file).name == file and (folder / file).is_file():
-            _fail(problems, MappingError(f"{where}: tensor '{name}' is mapped to '{file}', which does not hold it"))
-    unlisted = [n for n in tensors if n not in weight_map]
-    for name in unlisted[: 20 if problems is not None else 1]:
-        _fail(
-            problems,
-            MappingError(f"{where}: tensor '{name}' is in a shard but not in the index (loaders will not see it)"),
-        )
-    if problems is not None and len(unlisted) > 20:
-        problems.append(f"{where}: ... and {len(unlisted) - 20} more tensors missing from the index")
-    if notes is not None:
-        on_disk = {p.name for p in folder.iterdir() if HF_SHARD.fullmatch(p.name)}
-        notes += [
-            f"'{n}' is not referenced by {INDEX_NAME} (ignored)" for n in sorted(on_disk - set(weight_map.values()))
-        ]
-        _total_size(folder, tensors, notes)
-
-
-def _total_size(folder: Path, tensors: dict[str, TensorSource], notes: list[str]) -> None:
-    try:
-        total = read_json_file(folder / INDEX_NAME)["metadata"]["total_size"]
-    except (ParamsError, KeyError, TypeError):
-        return
-    actual = sum(t.nbytes for t in tensors.values())
-    if total != actual:
-        notes.append(f"{INDEX_NAME}: metadata.total_size is {total}, the tensors hold {actual} bytes")
-
-
-def index_hf_weights(folder: Path, files: tuple[Path, ...]) -> dict[str, TensorSource]:
-    """Strictly index an HF folder's shards and check them against its index.
-
-    Raises:
-        LayoutError, CorruptFileError, MappingError: the first fault found.
-    """
-    weight_map = read_weight_map(folder)
-    if weight_map is None:
-        indexed_files(folder, None)  # several shards without an index
-        return index_safetensors(files)[1]
-    indexed = indexed_files(folder, weight_map)
-    _, tensors = index_safetensors(tuple(indexed) if indexed else files)
-    check_index(folder, weight_map, tensors)
-    return tensors
-
-
-# --- tokenizer files ---
-
-
-def is_tekken_name(name: str) -> bool:
-    return "tekken" in name and name.endswith(".json")
-
-
-def is_tokenizer_name(name: str) -> bool:
-    """A native tokenizer file name: `tokenizer.model[.vN]`, `*.model.vN` or `tekken*.json`."""
-    return is_tekken_name(name) or SPM_NAME.search(name) is not None
-
-
-def _specificity(path: Path) -> tuple[int, int]:
-    if is_tekken_name(path.name):
-        return (2, 0)
-    match = SPM_NAME.search(path.name)
-    version = match.group(1) if match else None
-    return (1, int(version[1:])) if version else (0, 0)
-
-
-def find_tokenizer_file(folder: Path) -> Path | None:
-    """The native tokenizer file of a folder (or `folder` itself when it is such a file).
-
-    Several names with the same bytes are one tokenizer (e.g. `tokenizer.model` beside
-    `tokenizer.model.v3`); the most specific name wins.
-
-    Returns:
-        The file, or None when the folder holds none.
-
-    Raises:
-        LayoutError: tokenizer files with different contents, or a file that is not a native tokenizer.
-        TokenizerError: a tokenizer-named entry that is a FIFO, device, dangling symlink or too large.
-
-    Example:
-        >>> find_tokenizer_file(Path("/nonexistent")) is None
-        True
-    """
-    if folder.is_file():
-        if not is_tokenizer_name(folder.name):
-            raise LayoutError(f"{folder}: expected a native tokenizer file (tokenizer.model[.vN] or tekken*.json)")
-        return folder
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        (p for p in folder.iterdir() if is_tokenizer_name(p.name)),
-        key=lambda p: (_specificity(p), p.name),
-        reverse=True,
-    )
-    sizes = [check_tokenizer_file(p) for p in found]  # a FIFO, device or dangling link is named, never read
-    if len(found) > 1:
-        first = read_tokenizer_bytes(found[0])
-        other = next(
-            (p for p, n in zip(found[1:], sizes[1:], strict=True) if n != sizes[0] or read_tokenizer_bytes(p) != first),
-            None,
-        )
-        if other is not None:
-            raise LayoutError(
-                f"{folder}: expected one native tokenizer, found '{found[0].name}' and '{other.name}' with "
-                "different contents (remove one or pass the file itself)"
-            )
-    return found[0] if found else None
-
-
 def pth_view_is_exact(ref: TensorRef, shape: tuple[int, ...]) -> bool:
     """A .pth tensor that covers its whole storage contiguously can be copied as bytes."""
     return ref.contiguous and ref.offset == 0 and ref.storage.numel == math.prod(shape)
-
-
-def json_object(path: Path) -> dict[str, Any]:
-    """A JSON object file (config.json, params.json).
-
-    Raises:
-        CorruptFileError: not readable JSON, or not an object.
-    """
-    try:
-        data = read_json_file(
-            path, invalid="expected valid JSON, found"
-        )  # bounded size, a regular file, deep or huge-number JSON refused
-    except ParamsError as exc:
-        raise CorruptFileError(str(exc)) from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data

@@ -13,28 +13,28 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hubtools.checkpoint.hf_index import index_hf_weights, index_safetensors, json_object
 from hubtools.checkpoint.layout import (
     Layout,
     TensorSource,
     WeightFiles,
     WeightFormat,
     detect_layout,
-    find_tokenizer_file,
-    index_hf_weights,
-    index_safetensors,
-    json_object,
     pth_view_is_exact,
 )
+from hubtools.checkpoint.pages import map_range
 from hubtools.checkpoint.pth import ConcatFile, Segment, read_pth_index
-from hubtools.errors import CorruptFileError, LayoutError
+from hubtools.checkpoint.tokenizer_file import find_tokenizer_file
+from hubtools.errors import CorruptFileError, LayoutError, ParamsError
 from hubtools.families import from_hf_config, load_params
+from hubtools.filenames import CONFIG, PARAMS
 from hubtools.model.family import ModelParams
-from hubtools.pages import map_range
+from hubtools.model.names import NameTable
 
 if TYPE_CHECKING:
     import torch
 
-MAP_AT_LEAST = 1 << 20  # bytes: a tensor this large is mapped, not copied (see hubtools.pages)
+MAP_AT_LEAST = 1 << 20  # bytes: a tensor this large is mapped, not copied (see hubtools.checkpoint.pages)
 
 
 def index_pth(files: tuple[Path, ...], stream: ConcatFile | None = None) -> dict[str, TensorSource]:
@@ -158,13 +158,33 @@ def open_checkpoint(
     folder = Path(folder)
     weights = detect_layout(folder, layout=layout, prefer=prefer)
     if weights.layout is Layout.NATIVE:
-        params = load_params(folder / "params.json")
+        params = load_params(folder / PARAMS)
         pth = weights.format in (WeightFormat.PTH, WeightFormat.PTH_SPLIT)
         tensors = index_pth(weights.files) if pth else index_safetensors(weights.files)[1]
     else:
-        config_path = folder / "config.json"
+        config_path = folder / CONFIG
         if not config_path.is_file():
             raise LayoutError(f"{folder}: expected config.json beside the HF weights, found none")
         params = from_hf_config(json_object(config_path), source=str(config_path))
         tensors = index_hf_weights(folder, weights.files)
     return Checkpoint(folder, weights, params, tensors, find_tokenizer_file(folder))
+
+
+def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
+    """Names complete and unique, shapes as params imply.
+
+    Raises:
+        MappingError: unknown or missing tensors.  ParamsError: a shape that params contradict.
+    """
+    where = str(ckpt.folder)
+    table.check_complete(ckpt.tensors, layout=ckpt.layout, where=where)
+    p = ckpt.params
+    for name, src in ckpt.tensors.items():
+        spec = table.spec(name, layout=ckpt.layout)
+        if src.shape != spec.shape:
+            origin = Layout.parse(ckpt.layout).metadata_file
+            raise ParamsError(
+                f"{where}: tensor '{name}' has shape {list(src.shape)}, {origin} implies "
+                f"{list(spec.shape)} (dim={p.dim}, n_heads={p.n_heads}, n_kv_heads={p.n_kv_heads}, "
+                f"head_dim={p.head_dim}, hidden_dim={p.hidden_dim}, vocab_size={p.vocab_size})"
+            )

@@ -26,15 +26,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import numpy as np
 
-from hubtools.checkpoint.layout import (
-    TensorSource,
-    WeightFiles,
-    WeightFormat,
-    detect_layout,
-    find_tokenizer_file,
-    index_safetensors,
-    is_tokenizer_name,
-)
+from hubtools.checkpoint.hf_index import index_safetensors
+from hubtools.checkpoint.layout import TensorSource, WeightFiles, WeightFormat, detect_layout
 from hubtools.checkpoint.pth import ConcatFile, Segment
 from hubtools.checkpoint.reader import Checkpoint, index_pth, open_checkpoint
 from hubtools.checkpoint.remote import (
@@ -47,12 +40,23 @@ from hubtools.checkpoint.remote import (
     read_range,
 )
 from hubtools.checkpoint.tar_index import tar_folder
+from hubtools.checkpoint.tokenizer_file import find_tokenizer_file
 from hubtools.errors import HubtoolsError, LayoutError, SourceError
 from hubtools.families import load_params
+from hubtools.filenames import (
+    NATIVE_SINGLE,
+    NATIVE_STEM,
+    PARAMS,
+    PTH_SINGLE,
+    TOKENIZER_NAMES,
+    is_native_weight,
+    is_tokenizer_name,
+    pth_split_name,
+    shard_name,
+    shard_names,
+)
 
 SMALL_MAX = 64 * 1024 * 1024  # params.json and tokenizer files are downloaded; weights never are
-TOKENIZER_NAMES = ("tekken.json", "tokenizer.model.v7", "tokenizer.model.v3", "tokenizer.model.v1", "tokenizer.model")
-WEIGHT_NAME = re.compile(r"consolidated(\.safetensors|-\d{5}-of-\d{5}\.safetensors|\.\d+\.pth(-split\d+)?)")
 
 
 def is_remote(spec: str) -> bool:
@@ -76,9 +80,9 @@ def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native
     files = list_remote(text)
     staging.mkdir(parents=True, exist_ok=True)
     for name, file in files.items():
-        if name == "params.json" or (name in TOKENIZER_NAMES or _tokenizer_name(name)) and file.size <= SMALL_MAX:
+        if name == PARAMS or (name in TOKENIZER_NAMES or is_tokenizer_name(name)) and file.size <= SMALL_MAX:
             (staging / name).write_bytes(read_range(file, 0, file.size))
-    if "params.json" not in files:
+    if PARAMS not in files:
         raise LayoutError(f"{text}: no params.json (expected a native checkpoint folder)")
     remote = {staging / name: files[name] for name in files}
     try:
@@ -87,7 +91,7 @@ def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native
             tensors = index_safetensors(weights.files, open_stream=lambda p: (_stream(remote[p]), remote[p].size))[1]
         else:
             tensors = _index_remote_pth(weights, remote)
-        params = load_params(staging / "params.json")
+        params = load_params(staging / PARAMS)
     except HubtoolsError as exc:  # name the remote file, not its local stand-in
         raise type(exc)(_remote_names(str(exc), staging, remote, text)) from None
     return RemoteCheckpoint(staging, weights, params, tensors, find_tokenizer_file(staging), remote, text)
@@ -97,10 +101,6 @@ def _remote_names(message: str, staging: Path, remote: dict[Path, RangeFile], sp
     for path, file in remote.items():
         message = message.replace(str(path), file.url)
     return message.replace(str(staging), spec)
-
-
-def _tokenizer_name(name: str) -> bool:
-    return is_tokenizer_name(name)
 
 
 def _stream(file: RangeFile) -> BinaryIO:
@@ -190,13 +190,13 @@ def list_remote(spec: str) -> dict[str, RangeFile]:
         size = probe_size(client, urljoin(base, name))
         if size is not None:
             files[name] = HttpFile(urljoin(base, name), size, client)
-    if not any(WEIGHT_NAME.fullmatch(n) for n in files):
+    if not any(is_native_weight(n) for n in files):
         raise SourceError(f"{base}: no native weights found (expected consolidated*.safetensors or .pth)")
     return files
 
 
 def _wanted(name: str) -> bool:
-    return name == "params.json" or bool(WEIGHT_NAME.fullmatch(name)) or _tokenizer_name(name)
+    return name == PARAMS or is_native_weight(name) or is_tokenizer_name(name)
 
 
 def _listing(client: Any, base: str) -> list[str]:
@@ -214,15 +214,15 @@ def _listing(client: Any, base: str) -> list[str]:
 def _probe_names(client: Any, base: str) -> list[str]:
     """The usual names of a native folder that answer a HEAD (no index page to read)."""
     exists: Callable[[str], bool] = lambda name: probe_size(client, urljoin(base, name)) is not None  # noqa: E731
-    usual = ("params.json", "consolidated.safetensors", "consolidated.00.pth", *TOKENIZER_NAMES)
+    usual = (PARAMS, NATIVE_SINGLE, PTH_SINGLE, *TOKENIZER_NAMES)
     names = [n for n in usual if exists(n)]
     split = 0
-    while exists(f"consolidated.00.pth-split{split}"):
-        names.append(f"consolidated.00.pth-split{split}")
+    while exists(pth_split_name(split)):
+        names.append(pth_split_name(split))
         split += 1
-    if not any(WEIGHT_NAME.fullmatch(n) for n in names):
-        total = next((n for n in range(2, 65) if exists(f"consolidated-00001-of-{n:05d}.safetensors")), 0)
-        names += [f"consolidated-{i:05d}-of-{total:05d}.safetensors" for i in range(1, total + 1)]
+    if not any(is_native_weight(n) for n in names):
+        total = next((n for n in range(2, 65) if exists(shard_name(NATIVE_STEM, 1, n))), 0)
+        names += shard_names(NATIVE_STEM, total)
     return names
 
 
@@ -246,6 +246,6 @@ def _hub_files(spec: str) -> dict[str, RangeFile]:
             url = hf_hub_url(repo_id, entry.path, revision=revision or None)
             url = api.endpoint + url[url.index(f"/{repo_id}/resolve/") :]  # the client's endpoint wins
             files[entry.path] = HttpFile(url, size, session, headers=headers)
-    if not any(WEIGHT_NAME.fullmatch(n) for n in files):
+    if not any(is_native_weight(n) for n in files):
         raise SourceError(f"{spec}: no native weights in the repo (expected consolidated*.safetensors or .pth)")
     return files

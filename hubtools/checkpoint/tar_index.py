@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from hubtools.checkpoint.remote import RangeFile, SubRange, read_range
 from hubtools.errors import CorruptFileError
+from hubtools.filenames import PARAMS
 
 BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")
@@ -89,7 +90,7 @@ def _ustar_name(header: bytes) -> str:
 def tar_folder(archive: RangeFile) -> dict[str, RangeFile]:
     """The archive's files as `SubRange`s by name, relative to the folder that holds params.json."""
     members = index_tar(archive)
-    params = [m.name for m in members if m.name.rsplit("/", 1)[-1] == "params.json"]
+    params = [m.name for m in members if m.name.rsplit("/", 1)[-1] == PARAMS]
     root = params[0].rpartition("/")[0] if len(params) == 1 else ""
     prefix = f"{root}/" if root else ""
     return {

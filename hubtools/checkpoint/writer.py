@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from hubtools.checkpoint.pth import Segment
 from hubtools.checkpoint.safetensors_format import build_header, nbytes, torch_dtype
 from hubtools.errors import DestinationError
+from hubtools.filenames import shard_name
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +68,7 @@ def plan_shards(
     n = len(groups)
     if n == 1 and single_name:
         return [Shard(single_name, tuple(groups[0]))]
-    return [Shard(f"{stem}-{i:05d}-of-{n:05d}.safetensors", tuple(g)) for i, g in enumerate(groups, 1)]
+    return [Shard(shard_name(stem, i, n), tuple(g)) for i, g in enumerate(groups, 1)]
 
 
 def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtools.errors import ParamsError
+from hubtools.filenames import CONFIG, PARAMS
 from hubtools.model.family import Family, ModelParams
 from hubtools.model.params import read_json_file
 
@@ -79,7 +80,7 @@ def family_named(name: str) -> Family:
     raise ParamsError(f"model family '{name}': expected one of {', '.join(f.name for f in families)}")
 
 
-def parse_params(raw: Any, *, source: str = "params.json") -> ModelParams:
+def parse_params(raw: Any, *, source: str = PARAMS) -> ModelParams:
     """A decoded params.json, validated by the family that recognises it.
 
     Example:
@@ -107,7 +108,7 @@ def load_params(path: Path) -> ModelParams:
     return parse_params(read_json_file(path), source=str(path))
 
 
-def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
+def from_hf_config(config: Any, *, source: str = CONFIG) -> ModelParams:
     """Translate a config.json back into native params, by the family whose `model_type` it names.
 
     Raises:
@@ -121,7 +122,7 @@ def from_hf_config(config: Any, *, source: str = "config.json") -> ModelParams:
     return family.parse_params(raw, source=source, names=keys)
 
 
-def family_of_config(config: dict[str, Any], *, source: str = "config.json") -> Family:
+def family_of_config(config: dict[str, Any], *, source: str = CONFIG) -> Family:
     """The family a decoded config.json describes.
 
     Raises:

@@ -9,7 +9,6 @@ file needs `force`, which replaces only the files of the same name and quant (an
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 
 from hubtools.destination import check_outside
 from hubtools.errors import DestinationError
+from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
 from hubtools.gguf.metadata import ARCH, add_general, add_model_parameters
 from hubtools.gguf.names import GgufTensor
 from hubtools.gguf.quant import QuantType, find_llama_quantize, llama_quantize, quantize, tensor_type, type_nbytes
@@ -84,11 +84,6 @@ def write_gguf(
     return list(files)
 
 
-def output_names(name: str, quant: QuantType) -> re.Pattern[str]:
-    """The file names hubtools writes for one quant: NAME.QUANT.gguf or NAME.QUANT-0000k-of-0000n.gguf."""
-    return re.compile(re.escape(f"{name}.{quant.name}") + r"(?:-\d{5}-of-\d{5})?\.gguf")
-
-
 @dataclass(frozen=True)
 class GgufFile:
     quant: str
@@ -119,7 +114,7 @@ class GgufResult:
 def _existing(dst: Path, name: str, quants: Sequence[QuantType]) -> list[Path]:
     if not dst.is_dir():
         return []
-    patterns = [output_names(name, q) for q in quants]
+    patterns = [gguf_files(name, q.name) for q in quants]
     return sorted(p for p in dst.iterdir() if any(pat.fullmatch(p.name) for pat in patterns))
 
 
@@ -138,7 +133,7 @@ def _write_quant(
     split: int,
     progress: Progress | None,
 ) -> list[Path]:
-    path = tmp / f"{name}.{quant.name}.gguf"
+    path = tmp / gguf_name(name, quant.name)
     if quant.builtin:
         return write_gguf(
             source, path, quant, name=name, tokenizer_dir=tokenizer_dir, split_max_size=split, progress=progress
@@ -153,7 +148,7 @@ def _write_quant(
     keep = len(parts) > 1
     llama_quantize(parts[0], path.with_suffix("") if keep else path, quant, keep_split=keep)
     shutil.rmtree(stage)
-    return sorted(p for p in tmp.iterdir() if output_names(name, quant).fullmatch(p.name))
+    return sorted(p for p in tmp.iterdir() if gguf_files(name, quant.name).fullmatch(p.name))
 
 
 def export(
@@ -230,6 +225,6 @@ def export(
 
 def _tokenizer_dir(source: GgufSource, src: Path, chat_template: str | None, tmp: Path) -> Path:
     """The HF tokenizer files SpecialVocab reads: the HF source's own, or those `convert` would write."""
-    if source.ckpt.layout == "hf" and chat_template is None and (src / "tokenizer.json").is_file():
+    if source.ckpt.layout == "hf" and chat_template is None and (src / TOKENIZER_JSON).is_file():
         return src
     return hf_tokenizer_dir(source.tokenizer, source.config, chat_template=chat_template or "auto", workdir=tmp)

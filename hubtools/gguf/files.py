@@ -3,7 +3,6 @@ tensors and metadata (gguf-py's `GGUFReader`, memory-mapped)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,7 @@ from gguf import GGUFReader, LlamaFileType
 from gguf.gguf_reader import ReaderTensor
 
 from hubtools.errors import LayoutError
-
-SPLIT = re.compile(r"(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+from hubtools.filenames import GGUF_SPLIT, gguf_split_names
 
 
 class FastReader(GGUFReader):
@@ -53,11 +51,11 @@ def split_parts(path: Path) -> list[Path]:
     Raises:
         LayoutError: a part of the set is missing.
     """
-    match = SPLIT.fullmatch(path.name)
+    match = GGUF_SPLIT.fullmatch(path.name)
     if not match:
         return [path]
     count = int(match["count"])
-    parts = [path.with_name(f"{match['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    parts = [path.with_name(n) for n in gguf_split_names(match["stem"], count)]
     missing = [p for p in parts if not p.is_file()]
     if missing:
         raise LayoutError(f"{missing[0]}: missing part of the split GGUF set ({count} parts expected)")

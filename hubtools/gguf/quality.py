@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from hubtools.filenames import spm_versioned_name
 from hubtools.gguf.files import GgufFiles
+from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
 from hubtools.gguf.quant import QuantType
 from hubtools.gguf.source import GgufSource, raw_rows
-from hubtools.gguf.verify import Check, expected_metadata, metadata_problems
+from hubtools.verification.checks import NEAR_TIE, THRESHOLDS, Check, LogitsCheck
 from hubtools.verification.logits import (
-    THRESHOLDS,
     Divergence,
-    LogitsCheck,
     Prompts,
     logit_metrics,
     passes,
@@ -73,7 +73,7 @@ def _reference(native: Path) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = native
         if version.startswith("v") and native.name.endswith(".model"):
-            path = Path(tmp) / f"tokenizer.model.{version}"
+            path = Path(tmp) / spm_versioned_name(version)
             path.write_bytes(native.read_bytes())
         return MistralTokenizer.from_file(str(path)).instruct_tokenizer.tokenizer
 
@@ -236,11 +236,12 @@ def check_gguf_logits(
     diffs = track.diffs
     rule = FLOAT_RULES.get(quant.name if quant else "")
     thresholds = THRESHOLDS[rule] if rule else ()
-    metrics = logit_metrics(ref, out, valid, near_tie=0.1 if rule != "float32" else 0.0)
+    near_tie = NEAR_TIE[rule or "bfloat16"]  # a quantized file: its figures, with bfloat16's tolerance of ties
+    metrics = logit_metrics(ref, out, valid, near_tie=near_tie)
     return LogitsCheck(
         passed=passes(metrics, thresholds),
         dtype="float32",
-        near_tie=0.1 if rule != "float32" else 0.0,
+        near_tie=near_tie,
         layers=tuple(diffs),
         sequences=len(prompts.lengths),
         tokens=sum(prompts.lengths),

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.converter import DEFAULT_SHARD_SIZE, check_tensors, check_tokenizer_vocab
 from hubtools.errors import CorruptFileError, LayoutError, TokenizerError
+from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.transforms import to_native
+from hubtools.tokenization.files import check_tokenizer_vocab
 
 CHUNK_BYTES = 64 * 2**20  # float32 bytes decoded and quantized at a time
 
@@ -82,7 +83,7 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
             config = to_hf_config(ckpt.params, dtype=dtype_name(first), overrides=overrides).config
             shards = hf_shards_of_native(ckpt.params, codes, DEFAULT_SHARD_SIZE)
         else:
-            config = json.loads((folder / "config.json").read_text())
+            config = json.loads((folder / CONFIG).read_text())
             shards = _hf_shards(ckpt)
         plan = gguf_tensors(ckpt.params, converter_order(shards))
     except BaseException:

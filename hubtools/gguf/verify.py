@@ -13,66 +13,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
 
-from hubtools import __version__
 from hubtools.gguf.files import GgufFiles, read_gguf
-from hubtools.gguf.metadata import ARCH, add_model_parameters
+from hubtools.gguf.metadata import ARCH
+from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
+from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
 from hubtools.gguf.quant import BUILTIN, QuantType, quantize, tensor_type
 from hubtools.gguf.source import GgufSource, float_rows, open_source
 from hubtools.model.hf_config import ConfigOverrides
-from hubtools.verification.logits import LogitsCheck
+from hubtools.verification.checks import Check
+from hubtools.verification.report import GgufReport
 
 Progress = Callable[[str], None]
 MAX_NAMED = 20
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check's verdict: problems name what failed; `skipped` says why it did not run."""
-
-    passed: bool
-    problems: tuple[str, ...] = ()
-    details: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"passed": None if self.skipped else self.passed, "problems": list(self.problems), **self.details}
-        return out | ({"skipped": self.skipped} if self.skipped else {})
-
-
-@dataclass(frozen=True)
-class GgufReport:
-    """Everything `verify_gguf` found; `passed` only if every check passed (skipped checks do not fail)."""
-
-    source: str
-    files: tuple[str, ...]
-    quant: str
-    structure: Check
-    tensors: Check
-    tokenizer: Check
-    logits: LogitsCheck
-    hubtools_version: str = __version__
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in (self.structure, self.tensors, self.tokenizer, self.logits))
-
-    def to_dict(self) -> dict[str, Any]:
-        checks = {"structure": self.structure, "tensors": self.tensors, "tokenizer": self.tokenizer}
-        return {
-            "passed": self.passed,
-            "hubtools_version": self.hubtools_version,
-            "native": self.source,
-            "gguf": list(self.files),
-            "quant": self.quant,
-            "checks": {k: v.to_dict() for k, v in checks.items()} | {"logits": self.logits.to_dict()},
-        }
 
 
 def quant_of(files: GgufFiles) -> QuantType | None:
@@ -82,48 +40,6 @@ def quant_of(files: GgufFiles) -> QuantType | None:
         return None
     builtin = next((QuantType(n) for n, (ft, _) in BUILTIN.items() if ft == ftype), None)
     return builtin or QuantType(ftype.name.removeprefix("MOSTLY_").removeprefix("ALL_"))
-
-
-def expected_metadata(source: GgufSource, quant: QuantType, tokenizer_dir: Path | None) -> dict[str, Any]:
-    """key -> value of every metadata key hubtools writes for this source (general.* left out)."""
-    from hubtools.gguf.vocab import add_vocab
-
-    writer = gguf.GGUFWriter(path=None, arch=ARCH)
-    add_model_parameters(writer, source.config, quant.file_type)
-    if tokenizer_dir is not None:
-        add_vocab(writer, source.tokenizer, tokenizer_dir, source.config["vocab_size"])
-    return {k: v.value for k, v in writer.kv_data[0].items() if not k.startswith("general.")}
-
-
-def _normal(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_normal(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, float):
-        return float(np.float32(value))
-    if hasattr(value, "value") and not isinstance(value, (int, str)):
-        return int(value.value)
-    return value
-
-
-def metadata_problems(files: GgufFiles, expected: dict[str, Any]) -> list[str]:
-    """Keys missing from the file or with another value, named with expected and found values."""
-    problems = []
-    for key, value in expected.items():
-        found = files.fields.get(key)
-        if found is None:
-            problems.append(f"metadata '{key}': missing (expected {_short(value)})")
-        elif _normal(found[1]) != _normal(value):
-            problems.append(f"metadata '{key}': expected {_short(value)}, found {_short(found[1])}")
-    return problems
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return f"[{len(value)} values]"
-    text = repr(_normal(value))
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_structure(source: GgufSource, files: GgufFiles, quant: QuantType | None) -> Check:
@@ -224,37 +140,6 @@ def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.
     return None
 
 
-def _line(check: Check) -> str:
-    if check.skipped:
-        return check.skipped
-    parts = [f"{k} {v}" for k, v in check.details.items() if isinstance(v, (int, float, bool))]
-    return ", ".join(parts) or f"{len(check.problems)} problem(s)"
-
-
-def format_gguf_report(report: GgufReport) -> str:
-    """The report as a terminal table: one line per check, then the problems (each names its tensor/key)."""
-    from hubtools.verification.run import logits_line, status_word
-
-    rows = [("structure", report.structure), ("tensors", report.tensors), ("tokenizer", report.tokenizer)]
-    lines = [
-        f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",
-        f"  source: {report.source}",
-        f"  gguf:   {', '.join(report.files)} ({report.quant})",
-        "",
-    ]
-    lines += [f"  {name:<10} {status_word(c):<5} {_line(c)}" for name, c in rows]
-    lines.append(f"  {'logits':<10} {status_word(report.logits):<5} {logits_line(report.logits)}")
-    llama = report.tokenizer.details.get("llama_cpp", {})
-    readback = report.tokenizer.details.get("transformers", {})
-    for label, info in (("llama.cpp tokenizer", llama), ("transformers read-back", readback)):
-        if "agreed" in info:
-            lines.append(f"  {label}: {info['agreed']}/{info['texts']} texts equal to mistral-common")
-    problems = [p for c in (report.structure, report.tensors, report.tokenizer) for p in c.problems]
-    if problems:
-        lines += ["", "  problems:"] + [f"    - {p}" for p in problems]
-    return "\n".join(lines)
-
-
 def verify_gguf(
     src: Path,
     gguf_path: Path,
@@ -279,8 +164,6 @@ def verify_gguf(
     Raises:
         HubtoolsError subclasses: SRC or the GGUF file cannot be read.
     """
-    from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
-
     say = progress or (lambda _: None)
     files = read_gguf(gguf_path)
     source = open_source(src, overrides=ConfigOverrides(rope_theta=rope_theta))

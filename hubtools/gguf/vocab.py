@@ -25,6 +25,7 @@ from typing import Any
 import gguf
 from tokenizers import Tokenizer
 
+from hubtools.filenames import CONFIG, TOKENIZER_JSON
 from hubtools.tokenization.files import tokenizer_version, write_hf_tokenizer
 from hubtools.tokenization.sentencepiece_model import BYTE, CONTROL, UNKNOWN, UNUSED, read_sentencepiece_model
 
@@ -82,7 +83,7 @@ def add_vocab(writer: gguf.GGUFWriter, native: Path, hf_dir: Path, vocab_size: i
         with _quiet_special_vocab():
             gguf.SpecialVocab(hf_dir, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
         return
-    bpe_tokens, types = bpe_vocab(hf_dir / "tokenizer.json", vocab_size)
+    bpe_tokens, types = bpe_vocab(hf_dir / TOKENIZER_JSON, vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("tekken")
     writer.add_token_list(bpe_tokens)
@@ -109,5 +110,5 @@ def hf_tokenizer_dir(native: Path, config: dict[str, Any], *, chat_template: str
     """Write the HF tokenizer files `hubtools convert` would write (and config.json) into a fresh folder."""
     folder = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=workdir))
     write_hf_tokenizer(native, folder, chat_template=chat_template)
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / CONFIG).write_text(json.dumps(config))
     return folder

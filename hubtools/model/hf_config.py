@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import InvalidValueError, ParamsError
 from hubtools.model.family import ModelParams
 from hubtools.model.params import default_rope_theta
@@ -94,8 +93,9 @@ def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int
     return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"
 
 
-def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides | None = None) -> HfConfig:
-    """Build config.json and generation_config.json for `params`.
+def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides | None = None) -> HfConfig:
+    """Build config.json and generation_config.json for `params`; `dtype` is the torch name of the weights' dtype
+    ('bfloat16'), written as `torch_dtype`.
 
     Example:
         >>> from hubtools.testing import tiny_params
@@ -124,7 +124,7 @@ def to_hf_config(params: ModelParams, *, dtype: Any, overrides: ConfigOverrides 
         "use_cache": True,
         "bos_token_id": overrides.bos_token_id,
         "eos_token_id": overrides.eos_token_id,
-        "torch_dtype": dtype_name(dtype),
+        "torch_dtype": dtype,
     }
     config.update(params.family.config_fields(params))
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from enum import Enum
 
 from hubtools.errors import LayoutError, MappingError
+from hubtools.filenames import CONFIG, PARAMS
 from hubtools.model.family import ModelParams
 from hubtools.model.rows import Part, TensorSpec
 
@@ -33,7 +34,7 @@ class Layout(str, Enum):
     @property
     def metadata_file(self) -> str:
         """The JSON file that describes the model in this layout."""
-        return "params.json" if self is Layout.NATIVE else "config.json"
+        return PARAMS if self is Layout.NATIVE else CONFIG
 
     @classmethod
     def parse(cls, value: Layout | str) -> Layout:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from hubtools.errors import ParamsError
+from hubtools.filenames import PARAMS
 from hubtools.model.family import ModelParams
 
 _REQUIRED = ("dim", "n_layers", "n_heads", "norm_eps", "vocab_size")
@@ -49,7 +50,7 @@ def positive_int(raw: Mapping[str, Any], key: str, bad: Bad) -> int:
     return value
 
 
-def parse_common(raw: Any, *, source: str = "params.json", names: Mapping[str, str] | None = None) -> dict[str, Any]:
+def parse_common(raw: Any, *, source: str = PARAMS, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Validate the fields of a decoded params.json that every family shares: `ModelParams` keyword arguments.
 
     Args:

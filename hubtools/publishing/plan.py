@@ -8,15 +8,30 @@ with the fields its architecture needs. A failure names the file.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from hubtools.checkpoint.layout import INDEX_NAME, index_safetensors, json_object, read_weight_map
+from hubtools.checkpoint.hf_index import index_safetensors, json_object, read_weight_map
 from hubtools.errors import HubtoolsError, PublishError
 from hubtools.families import from_hf_config
+from hubtools.filenames import (
+    CHAT_TEMPLATE,
+    CONFIG,
+    GENERATION_CONFIG,
+    GGUF_SPLIT,
+    GGUF_SUFFIX,
+    INDEX,
+    README,
+    SAFETENSORS_SUFFIX,
+    SPECIAL_TOKENS_MAP,
+    TEKKEN,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    gguf_split_names,
+    is_spm_model,
+)
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -55,18 +70,18 @@ class Role(str, Enum):
 
 
 KNOWN_FILES = {
-    INDEX_NAME: Role.INDEX,
-    "config.json": Role.CONFIG,
-    "generation_config.json": Role.CONFIG,
-    "tokenizer.json": Role.TOKENIZER,
-    "tokenizer_config.json": Role.TOKENIZER,
-    "special_tokens_map.json": Role.TOKENIZER,
-    "tekken.json": Role.TOKENIZER,
-    "chat_template.jinja": Role.TOKENIZER,
-    "README.md": Role.CARD,
+    INDEX: Role.INDEX,
+    CONFIG: Role.CONFIG,
+    GENERATION_CONFIG: Role.CONFIG,
+    TOKENIZER_JSON: Role.TOKENIZER,
+    TOKENIZER_CONFIG: Role.TOKENIZER,
+    SPECIAL_TOKENS_MAP: Role.TOKENIZER,
+    TEKKEN: Role.TOKENIZER,
+    CHAT_TEMPLATE: Role.TOKENIZER,
+    README: Role.CARD,
 }
 ROLE_ORDER = tuple(Role)
-WEIGHT_SUFFIXES = (".safetensors", ".gguf")
+WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, GGUF_SUFFIX)
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores files from 10 MiB (and binaries) through LFS
 OTHER_MAX_SIZE = 10 * 1024 * 1024  # "other" json/md files above this are left out of the plan
 
@@ -158,7 +173,7 @@ def planned_file(entry: Path) -> PlannedFile | None:
     size = entry.stat().st_size
     if role is None or (role is Role.OTHER and size > OTHER_MAX_SIZE):
         return None
-    lfs = role is Role.WEIGHTS or entry.name.startswith("tokenizer.model") or size >= LFS_MIN_SIZE
+    lfs = role is Role.WEIGHTS or is_spm_model(entry.name) or size >= LFS_MIN_SIZE
     return PlannedFile(entry.name, entry, size, role, lfs)
 
 
@@ -167,7 +182,7 @@ def _role(name: str) -> Role | None:
         return Role.WEIGHTS
     if name in KNOWN_FILES:
         return KNOWN_FILES[name]
-    if name.startswith("tokenizer.model"):
+    if is_spm_model(name):
         return Role.TOKENIZER
     return Role.OTHER if name.endswith((".json", ".md")) else None
 
@@ -182,24 +197,24 @@ def check_folder(folder: Path, weights: list[str]) -> None:
         raise PublishError(
             f"{folder}: expected weights (*.safetensors or *.gguf), found none (run `hubtools convert` first)"
         )
-    _check_gguf_splits(folder, {w for w in weights if w.endswith(".gguf")})
-    shards = [n for n in weights if n.endswith(".safetensors")]
+    _check_gguf_splits(folder, {w for w in weights if w.endswith(GGUF_SUFFIX)})
+    shards = [n for n in weights if n.endswith(SAFETENSORS_SUFFIX)]
     if not shards:
         return  # a GGUF folder: `hubtools verify SRC FILE.gguf` checks its files
     weight_map = read_weight_map(folder)
     if weight_map is None and len(shards) > 1:
-        raise PublishError(f"{folder / INDEX_NAME}: expected an index beside {len(shards)} weight files, found none")
+        raise PublishError(f"{folder / INDEX}: expected an index beside {len(shards)} weight files, found none")
     if weight_map is not None:
         named = set(weight_map.values())
         if missing := sorted(named - set(shards)):
-            raise PublishError(f"{folder / INDEX_NAME}: names {', '.join(missing)}, which is missing")
+            raise PublishError(f"{folder / INDEX}: names {', '.join(missing)}, which is missing")
         if extra := sorted(set(shards) - named):
             raise PublishError(
-                f"{folder / INDEX_NAME}: expected every weight file to be named, found {', '.join(extra)} "
+                f"{folder / INDEX}: expected every weight file to be named, found {', '.join(extra)} "
                 "not in it (remove them or re-convert)"
             )
     index_safetensors([folder / n for n in shards])  # every header, offset and data length
-    config = folder / "config.json"
+    config = folder / CONFIG
     if not config.is_file():
         raise PublishError(f"{config}: expected the model's config.json beside the weights, found none")
     from_hf_config(json_object(config), source=str(config))
@@ -208,9 +223,8 @@ def check_folder(folder: Path, weights: list[str]) -> None:
 def _check_gguf_splits(folder: Path, files: set[str]) -> None:
     """Every llama.cpp split set (NAME-0000k-of-0000n.gguf) complete: the Hub must never get half a model."""
     for name in sorted(files):
-        match = re.fullmatch(r"(.+)-(\d{5})-of-(\d{5})\.gguf", name)
+        match = GGUF_SPLIT.fullmatch(name)
         if match:
-            count = int(match.group(3))
-            expected = {f"{match.group(1)}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)}
+            expected = set(gguf_split_names(match["stem"], int(match["count"])))
             if missing := sorted(expected - files):
                 raise PublishError(f"{folder}: expected a complete GGUF split set, found no {missing[0]}")

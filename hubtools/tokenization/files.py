@@ -34,28 +34,39 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
 from hubtools.checkpoint.file_limits import read_tokenizer_bytes
-from hubtools.checkpoint.layout import SPM_NAME, find_tokenizer_file, is_tekken_name
+from hubtools.checkpoint.tokenizer_file import find_tokenizer_file
 from hubtools.errors import DestinationError, InvalidValueError, TokenizerError
+from hubtools.filenames import (
+    HF_TOKENIZER_FILES,
+    SPECIAL_TOKENS_MAP,
+    SPM,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    is_spm_name,
+    is_tekken_name,
+    spm_version,
+)
 from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
 from hubtools.tokenization.chat_template import build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
 
-HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SPM_CANONICAL = "tokenizer.model"
+if TYPE_CHECKING:
+    from hubtools.checkpoint.reader import Checkpoint
+
 MAX_TEKKEN_VOCAB = 1 << 22  # tekken_240911: 131072
 
 
 def _kind(path: Path) -> str:
     if is_tekken_name(path.name):
         return "tekken"
-    if SPM_NAME.search(path.name):
+    if is_spm_name(path.name):
         return "spm"
     raise TokenizerError(f"{path}: expected a native tokenizer file (tokenizer.model[.vN] or tekken*.json)")
 
@@ -105,9 +116,9 @@ def tokenizer_version(path: Path) -> str:
     """
     if _kind(path) == "tekken":
         return "tekken"
-    match = SPM_NAME.search(path.name)
-    if match and match.group(1):
-        return match.group(1)
+    version = spm_version(path.name)
+    if version:
+        return version
     controls = {p.piece for p in read_sentencepiece_model(path).pieces if p.type == CONTROL}
     for marker, version in (("[SYSTEM_PROMPT]", "v7"), ("[IMG]", "v3"), ("[PREFIX]", "v3"), ("[INST]", "v2")):
         if marker in controls:
@@ -131,6 +142,18 @@ def tokenizer_vocab_size(path: Path) -> int:
     if _kind(path) == "spm":
         return len(read_sentencepiece_model(path).pieces)
     return int(_read_tekken(path)["config"]["default_vocab_size"])
+
+
+def check_tokenizer_vocab(ckpt: Checkpoint) -> None:
+    """The tokenizer's vocabulary must match the embedding rows (32000 vs 32768 mix-ups give garbage)."""
+    if ckpt.tokenizer_file is None:
+        return
+    n = tokenizer_vocab_size(ckpt.tokenizer_file)
+    if n != ckpt.params.vocab_size:
+        raise TokenizerError(
+            f"{ckpt.tokenizer_file}: tokenizer has {n} tokens but the embedding has "
+            f"{ckpt.params.vocab_size} rows (wrong tokenizer for this checkpoint?)"
+        )
 
 
 def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:
@@ -211,14 +234,14 @@ def write_hf_tokenizer(
     flavour = resolve_chat_template(chat_template, version)
     template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm")
     tok, names = build_hf_tokenizer(native_file)
-    tok.save(str(dst / "tokenizer.json"), pretty=False)
-    _write_json(dst / "tokenizer_config.json", hf_tokenizer_config(names, template, model_max_length=model_max_length))
+    tok.save(str(dst / TOKENIZER_JSON), pretty=False)
+    _write_json(dst / TOKENIZER_CONFIG, hf_tokenizer_config(names, template, model_max_length=model_max_length))
     specials = {"bos_token": names.bos, "eos_token": names.eos, "unk_token": names.unk}
-    _write_json(dst / "special_tokens_map.json", specials | ({"pad_token": names.pad} if names.pad else {}))
-    written = [*HF_FILES]
+    _write_json(dst / SPECIAL_TOKENS_MAP, specials | ({"pad_token": names.pad} if names.pad else {}))
+    written = [*HF_TOKENIZER_FILES]
     names_kept = [native_file.name]
-    if _kind(native_file) == "spm" and native_file.name != SPM_CANONICAL:
-        names_kept.append(SPM_CANONICAL)  # the name llama.cpp's converter and SentencePiece loaders look for
+    if _kind(native_file) == "spm" and native_file.name != SPM:
+        names_kept.append(SPM)  # the name llama.cpp's converter and SentencePiece loaders look for
     for name in names_kept:
         target = dst / name
         if not target.exists() or not target.samefile(native_file):

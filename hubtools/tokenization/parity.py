@@ -28,6 +28,7 @@ from typing import Any
 
 from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.errors import ChatTemplateError, TokenizerError
+from hubtools.filenames import TOKENIZER_JSON, spm_versioned_name
 from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
 from hubtools.tokenization.files import tokenizer_version, tokenizer_vocab_size
@@ -204,7 +205,7 @@ def _load_hf(hf_dir: Path) -> Any:
     """
     import transformers
 
-    if not (hf_dir / "tokenizer.json").is_file():
+    if not (hf_dir / TOKENIZER_JSON).is_file():
         raise TokenizerError(f"{hf_dir}: expected the Hugging Face tokenizer (tokenizer.json), found none")
     try:
         return transformers.PreTrainedTokenizerFast.from_pretrained(str(hf_dir))
@@ -222,7 +223,7 @@ def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
 
     path = native_file
     if version.startswith("v") and native_file.name.endswith(".model"):
-        path = Path(workdir) / f"tokenizer.model.{version}"
+        path = Path(workdir) / spm_versioned_name(version)
         path.write_bytes(read_tokenizer_bytes(native_file))
     try:
         return MistralTokenizer.from_file(str(path))

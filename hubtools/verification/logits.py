@@ -25,8 +25,8 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.model.family import ModelParams
 from hubtools.verification import reference
+from hubtools.verification.checks import NEAR_TIE, THRESHOLDS, LayerDiff, LogitsCheck, Threshold
 from hubtools.verification.hf_forward import LayeredModel
-from hubtools.verification.report import THRESHOLDS, LayerDiff, LogitsCheck, Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ PROMPT_TEXTS = (
     "1, 1, 2, 3, 5, 8, 13, 21,",
 )
 RANDOM_LENGTHS = (16, 24, 33, 9)
-# A top-1 flip to a token whose reference logit is within this of the reference maximum is a near-tie:
-# bfloat16 compute moves logits by up to ~0.1, so such flips say nothing about the conversion.
-NEAR_TIE = {"float32": 0.0, "bfloat16": 0.1}
 
 
 @dataclass(frozen=True)

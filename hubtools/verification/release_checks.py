@@ -9,7 +9,6 @@ advanced layer by layer, `stream.Lockstep`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,25 +22,16 @@ from hubtools.converter import ConversionPlan, Step
 from hubtools.errors import VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
-from hubtools.verification.logits import LogitsCheck, prompt_tokens
-from hubtools.verification.run import VerifyReport, check_structure, check_tokenizer_parity
+from hubtools.verification.checks import LogitsCheck
+from hubtools.verification.logits import prompt_tokens
+from hubtools.verification.report import VerifyReport
+from hubtools.verification.run import check_structure, check_tokenizer_parity
 from hubtools.verification.stream import Lockstep, TensorTally
 from hubtools.verification.structure import HfFolder
 
 
-class ReleaseReport(VerifyReport):
-    """A `VerifyReport` with the two helpers a release needs."""
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def summary(self) -> str:
-        failed = [name for name in ("structure", "tensors", "tokenizer", "logits") if not getattr(self, name).passed]
-        return "failed: " + ", ".join(failed)
-
-
 class ReleaseChecks:
-    """Collects the checks tensor by tensor; `report()` closes them into a `ReleaseReport`."""
+    """Collects the checks tensor by tensor; `report()` closes them into a `VerifyReport`."""
 
     def __init__(
         self, ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, dtype: str, say: Callable[[str], None]
@@ -84,7 +74,7 @@ class ReleaseChecks:
             first = next((i for i, (a, b) in enumerate(zip(found, planned, strict=False)) if a != b), len(found))
             self.header_problems.append(f"{path.name}: header differs from the index plan at tensor {first}")
 
-    def report(self, src: str, out: Path) -> ReleaseReport:
+    def report(self, src: str, out: Path) -> VerifyReport:
         """Structure, tensors, tokenizer and logits, as `hubtools verify SRC OUT` reports them."""
         hf_tensors = {
             t.name: TensorSource(t.name, t.code, t.shape, ()) for s in self.conversion.shards for t in s.tensors
@@ -92,7 +82,7 @@ class ReleaseChecks:
         folder = HfFolder(out, self.conversion.config, (), hf_tensors, tuple(self.header_problems))
         structure = check_structure(self.ckpt, folder, self.table)
         tokenizer = check_tokenizer_parity(self.ckpt, out, None)
-        return ReleaseReport(src, str(out), structure, self.tally.result(), tokenizer, self._logits())
+        return VerifyReport(src, str(out), structure, self.tally.result(), tokenizer, self._logits())
 
     def _logits(self) -> LogitsCheck:
         name = str(self.dtype).removeprefix("torch.")

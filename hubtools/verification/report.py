@@ -1,244 +1,91 @@
-"""The shape of a `hubtools verify` report, defined once: what `verify` returns, what `--json` writes and
-what `hubtools card --report` reads back (`VerifyReport.from_dict`).
+"""The reports of `hubtools verify`, defined once: what `verify` and `verify_gguf` return, what `--json` writes
+and what `hubtools card` reads back (`load_report`).
 
-JSON conventions: a check's `passed` is true, false, or null when the check was skipped ("not run");
-numbers that could not be measured are null (never a bare NaN, which is not JSON).
+Both reports share `Report`: four named checks (structure, tensors, tokenizer, logits), `passed` only when
+each passed (a skipped check does not fail the report; its JSON `passed` is null, "not run"), and one JSON
+form (`to_dict` / `from_dict`). A `VerifyReport` compares an HF folder with its native checkpoint, a
+`GgufReport` a GGUF file (or split set) with its source; `load_report` tells them apart by their fields.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
 
 from hubtools import __version__
-
-
-class Bound(str, Enum):
-    """Whether a threshold is the most (`ceiling`) or the least (`floor`) a metric may be."""
-
-    CEILING = "ceiling"
-    FLOOR = "floor"
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """One pass condition of the logits check.
-
-    Example:
-        >>> Threshold("top1_agreement", 1.0, Bound.FLOOR).holds(0.99)
-        False
-    """
-
-    metric: str
-    limit: float
-    bound: Bound
-
-    def holds(self, value: float | None) -> bool:
-        """True when `value` is within the bound; an unmeasured or NaN value never passes."""
-        if value is None or not math.isfinite(value):
-            return False
-        return value <= self.limit if self.bound is Bound.CEILING else value >= self.limit
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "limit": self.limit, "bound": self.bound.value}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Threshold:
-        return cls(str(data["metric"]), float(data["limit"]), Bound(data["bound"]))
-
-
-THRESHOLDS: dict[str, tuple[Threshold, ...]] = {
-    "float32": (Threshold("max_abs_dlogit", 1e-4, Bound.CEILING), Threshold("top1_agreement", 1.0, Bound.FLOOR)),
-    "bfloat16": (Threshold("mean_kl", 1e-3, Bound.CEILING), Threshold("top1_near_tie_agreement", 0.99, Bound.FLOOR)),
-}
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """A metric as JSON can hold it: NaN and infinities become null."""
-    return value if value is None or math.isfinite(value) else None
-
-
-@dataclass(frozen=True)
-class StructureCheck:
-    """Config vs params, the tensor mapping, shapes, dtypes and the index. `problems` fail the check."""
-
-    passed: bool
-    problems: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "problems": list(self.problems), "notes": list(self.notes)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StructureCheck:
-        return cls(bool(data["passed"]), tuple(data["problems"]), tuple(data.get("notes", ())))
-
-
-@dataclass(frozen=True)
-class TensorsCheck:
-    """Bit-exact comparison of every tensor present on both sides."""
-
-    passed: bool
-    compared: int
-    expected: int
-    mismatched: tuple[str, ...] = ()
-    differences: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "compared": self.compared,
-            "expected": self.expected,
-            "mismatched": list(self.mismatched),
-            "differences": self.differences,
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TensorsCheck:
-        return cls(
-            bool(data["passed"]),
-            int(data["compared"]),
-            int(data["expected"]),
-            tuple(data["mismatched"]),
-            dict(data.get("differences", {})),
-            tuple(data.get("notes", ())),
-        )
-
-
-@dataclass(frozen=True)
-class TokenizerCheck:
-    """Tokenizer parity: sequences compared, how many agreed, and the parity report's details."""
-
-    passed: bool
-    sequences: int = 0
-    agreed: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None
-    error: str | None = None
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agreed / self.sequences if self.sequences else None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {**self.details, "sequences": self.sequences, "agreed": self.agreed, "agreement": self.agreement}
-        out["passed"] = None if self.skipped else self.passed
-        out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerCheck:
-        own = {"passed", "sequences", "agreed", "agreement", "skipped", "error"}
-        return cls(
-            bool(data["passed"]),
-            int(data.get("sequences") or 0),
-            int(data.get("agreed") or 0),
-            {k: v for k, v in data.items() if k not in own},
-            data.get("skipped"),
-            data.get("error"),
-        )
-
-
-@dataclass(frozen=True)
-class LayerDiff:
-    """The hidden-state difference after one decoder layer (max |dh| and ||dh|| / ||h_ref||)."""
-
-    layer: int
-    max_abs_dh: float | None
-    rel_dh: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer,
-            "max_abs_dh": finite_or_none(self.max_abs_dh),
-            "rel_dh": finite_or_none(self.rel_dh),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LayerDiff:
-        return cls(int(data["layer"]), data.get("max_abs_dh"), data.get("rel_dh"))
-
-
-METRICS = ("max_abs_dlogit", "nmse", "mean_kl", "max_kl", "top1_agreement", "top1_near_tie_agreement")
-
-
-@dataclass(frozen=True)
-class LogitsCheck:
-    """Reference vs transformers logits. `skipped`: not run on purpose; `error`: could not run (fails)."""
-
-    passed: bool
-    dtype: str
-    max_abs_dlogit: float | None = None
-    nmse: float | None = None
-    mean_kl: float | None = None
-    max_kl: float | None = None
-    top1_agreement: float | None = None
-    top1_near_tie_agreement: float | None = None
-    near_tie: float = 0.0
-    layers: tuple[LayerDiff, ...] = ()
-    sequences: int = 0
-    tokens: int = 0
-    prompts: str = ""
-    thresholds: tuple[Threshold, ...] = ()
-    nonfinite: tuple[str, ...] = ()  # where each side first held NaN or inf: the check cannot pass
-    skipped: str | None = None
-    error: str | None = None
-
-    def metric(self, name: str) -> float | None:
-        """One of `METRICS` by name."""
-        if name not in METRICS:
-            raise KeyError(name)
-        value: float | None = getattr(self, name)
-        return value
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"passed": None if self.skipped else self.passed, "dtype": self.dtype}
-        out.update({name: finite_or_none(self.metric(name)) for name in METRICS})
-        out.update(
-            near_tie=self.near_tie,
-            sequences=self.sequences,
-            tokens=self.tokens,
-            prompts=self.prompts,
-            thresholds=[t.to_dict() for t in self.thresholds],
-            nonfinite=list(self.nonfinite),
-            layers=[d.to_dict() for d in self.layers],
-        )
-        out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LogitsCheck:
-        return cls(
-            passed=bool(data["passed"]),
-            dtype=str(data["dtype"]),
-            **{name: data.get(name) for name in METRICS},
-            near_tie=float(data.get("near_tie", 0.0)),
-            layers=tuple(LayerDiff.from_dict(d) for d in data.get("layers", ())),
-            sequences=int(data.get("sequences", 0)),
-            tokens=int(data.get("tokens", 0)),
-            prompts=str(data.get("prompts", "")),
-            thresholds=tuple(Threshold.from_dict(t) for t in data.get("thresholds", ())),
-            nonfinite=tuple(str(n) for n in data.get("nonfinite", ())),
-            skipped=data.get("skipped"),
-            error=data.get("error"),
-        )
-
+from hubtools.errors import VerifyError
+from hubtools.verification.checks import Check, LogitsCheck, StructureCheck, TensorsCheck, TokenizerCheck
 
 CHECKS = ("structure", "tensors", "tokenizer", "logits")
 
 
-def is_skipped(check: Any) -> bool:
-    return bool(getattr(check, "skipped", None))
+class Report:
+    """What a verify run found: the four checks by name, the version that ran them, and what was compared.
+
+    Subclasses are frozen dataclasses with a field per name in `CHECKS`; they say what was compared
+    (`subjects`) and how to read it back (`_from_subjects`).
+    """
+
+    hubtools_version: str
+
+    def checks(self) -> dict[str, Any]:
+        """name -> check, in report order."""
+        return {name: getattr(self, name) for name in CHECKS}
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks().values())
+
+    def failed(self) -> list[str]:
+        """The names of the checks that failed, in report order."""
+        return [name for name, check in self.checks().items() if not check.passed]
+
+    def summary(self) -> str:
+        """'failed: tensors, logits': the one line a failed run is told in."""
+        return "failed: " + ", ".join(self.failed())
+
+    def subjects(self) -> dict[str, Any]:
+        """What was compared, as JSON fields (the folders, or the source and the GGUF files)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "hubtools_version": self.hubtools_version,
+            **self.subjects(),
+            "checks": {name: check.to_dict() for name, check in self.checks().items()},
+        }
+
+    def to_json(self) -> str:
+        """The JSON file `load_report` reads (`<file>.verify.json`, a release's `verify.json`)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Read back what `to_dict` wrote.
+
+        Raises:
+            KeyError, TypeError, ValueError, AttributeError: `data` is not such a report (`load_report` names
+                the file).
+        """
+        stored = data["checks"]
+        checks = {  # a skipped check is stored with passed null
+            name: {**check, "passed": True} if check.get("passed") is None else check
+            for name, check in ((name, stored[name]) for name in CHECKS)
+        }
+        return cls._from_subjects(data, checks, str(data.get("hubtools_version", "")))
+
+    @classmethod
+    def _from_subjects(cls, data: Mapping[str, Any], checks: dict[str, Any], version: str) -> Self:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class VerifyReport:
-    """Everything `verify` found. `passed` only if every check passed; a skipped check does not fail
-    the report, and its JSON `passed` is null ("not run")."""
+class VerifyReport(Report):
+    """Everything `verify` found on a native checkpoint and its HF conversion."""
 
     native: str
     hf: str
@@ -248,30 +95,11 @@ class VerifyReport:
     logits: LogitsCheck
     hubtools_version: str = __version__
 
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in (self.structure, self.tensors, self.tokenizer, self.logits))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "hubtools_version": self.hubtools_version,
-            "native": self.native,
-            "hf": self.hf,
-            "checks": {name: getattr(self, name).to_dict() for name in CHECKS},
-        }
+    def subjects(self) -> dict[str, Any]:
+        return {"native": self.native, "hf": self.hf}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VerifyReport:
-        """Read back what `to_dict` wrote.
-
-        Raises:
-            KeyError, TypeError, ValueError: `data` is not such a report (the caller names the file).
-        """
-        checks = data["checks"]
-        for name in ("tokenizer", "logits"):  # a skipped check is stored with passed null
-            if checks[name].get("passed") is None:
-                checks = {**checks, name: {**checks[name], "passed": True}}
+    def _from_subjects(cls, data: Mapping[str, Any], checks: dict[str, Any], version: str) -> VerifyReport:
         return cls(
             native=str(data["native"]),
             hf=str(data["hf"]),
@@ -279,5 +107,77 @@ class VerifyReport:
             tensors=TensorsCheck.from_dict(checks["tensors"]),
             tokenizer=TokenizerCheck.from_dict(checks["tokenizer"]),
             logits=LogitsCheck.from_dict(checks["logits"]),
-            hubtools_version=str(data.get("hubtools_version", "")),
+            hubtools_version=version,
         )
+
+
+@dataclass(frozen=True)
+class GgufReport(Report):
+    """Everything `verify_gguf` found on a GGUF file (or split set) and the checkpoint it was exported from."""
+
+    source: str
+    files: tuple[str, ...]
+    quant: str
+    structure: Check
+    tensors: Check
+    tokenizer: Check
+    logits: LogitsCheck
+    hubtools_version: str = __version__
+
+    def subjects(self) -> dict[str, Any]:
+        return {"native": self.source, "gguf": list(self.files), "quant": self.quant}
+
+    @classmethod
+    def _from_subjects(cls, data: Mapping[str, Any], checks: dict[str, Any], version: str) -> GgufReport:
+        files = data["gguf"]
+        if not isinstance(files, list):
+            raise TypeError(f"'gguf' is {type(files).__name__}, not a list of files")
+        return cls(
+            source=str(data["native"]),
+            files=tuple(str(f) for f in files),
+            quant=str(data["quant"]),
+            structure=Check.from_dict(checks["structure"]),
+            tensors=Check.from_dict(checks["tensors"]),
+            tokenizer=Check.from_dict(checks["tokenizer"]),
+            logits=LogitsCheck.from_dict(checks["logits"]),
+            hubtools_version=version,
+        )
+
+
+def report_from_dict(data: Any) -> VerifyReport | GgufReport:
+    """The typed report of a decoded JSON report: a `GgufReport` when it names GGUF files, else a `VerifyReport`.
+
+    Raises:
+        KeyError, TypeError, ValueError, AttributeError: not such a report.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"a JSON {type(data).__name__}, not an object")
+    return GgufReport.from_dict(data) if "gguf" in data else VerifyReport.from_dict(data)
+
+
+def load_report(path: Path) -> VerifyReport | GgufReport:
+    """Read a `hubtools verify --json` report (of an HF folder or of a GGUF file) into its typed report.
+
+    Raises:
+        VerifyError: naming the file: unreadable, not JSON, or not a verify report (the first missing or
+            malformed field is named).
+
+    Example:
+        >>> load_report(Path("/nonexistent/verify.json"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        hubtools.errors.VerifyError: /nonexistent/verify.json: expected a hubtools verify report, found no file...
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VerifyError(f"{path}: expected a hubtools verify report, found no file") from None
+    except OSError as exc:
+        raise VerifyError(f"{path}: expected a hubtools verify report, found an unreadable file ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VerifyError(f"{path}: expected a hubtools verify report (JSON), found invalid JSON ({exc})") from None
+    try:
+        return report_from_dict(data)
+    except KeyError as exc:
+        raise VerifyError(f"{path}: expected a hubtools verify report, found no field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise VerifyError(f"{path}: expected a hubtools verify report, found a malformed one ({exc})") from None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,16 +24,11 @@ from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.families import check_counts
+from hubtools.filenames import PARAMS
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
-from hubtools.verification.report import (
-    THRESHOLDS,
-    Bound,
-    LogitsCheck,
-    StructureCheck,
-    TokenizerCheck,
-    VerifyReport,
-)
+from hubtools.verification.checks import THRESHOLDS, StructureCheck, TokenizerCheck
+from hubtools.verification.report import VerifyReport
 from hubtools.verification.structure import (
     HfFolder,
     config_problems,
@@ -181,7 +175,7 @@ def verify(
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         audit = index_hf_folder(hf)
-        check_counts(src.params, src.tensors, source=str(native / "params.json"))  # before the table
+        check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
         table = NameTable(src.params)
         structure = check_structure(src, audit, table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
@@ -204,74 +198,3 @@ def verify(
             say("tokenizer")
             tokenizer = check_tokenizer_parity(src, hf, prompts_path)
     return VerifyReport(str(native), str(hf), structure, tensors, tokenizer, logits)
-
-
-def status_word(check: Any) -> str:
-    if getattr(check, "skipped", None):
-        return "SKIP"
-    return "PASS" if check.passed else "FAIL"
-
-
-def logits_line(c: LogitsCheck) -> str:
-    if c.skipped or c.error:
-        return str(c.skipped or c.error)
-    if c.nonfinite:
-        return f"{c.dtype}: cannot be measured, NaN or inf in " + "; ".join(c.nonfinite)
-    limits = ", ".join(f"{t.metric} {'<=' if t.bound is Bound.CEILING else '>='} {t.limit:g}" for t in c.thresholds)
-    ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
-    return (
-        f"{c.dtype}: max|dlogit| {c.max_abs_dlogit:.2e}, NMSE {c.nmse:.2e}, KL mean {c.mean_kl:.2e} "
-        f"max {c.max_kl:.2e}, top-1 {100 * (c.top1_agreement or 0):.1f}%{ties} on {c.tokens} tokens; "
-        f"limits: {limits}"
-    )
-
-
-def _tokenizer_line(c: TokenizerCheck) -> str:
-    if c.skipped or c.error:
-        return str(c.skipped or c.error)
-    shown = f"{100 * c.agreement:.1f}%" if c.agreement is not None else "n/a"
-    return f"agreement {shown} on {c.sequences} sequences"
-
-
-def format_report(report: VerifyReport, *, max_names: int = 10) -> str:
-    """The report as a readable terminal table (checks, per-layer differences, problems)."""
-    if not isinstance(report, VerifyReport):  # a GGUF report
-        from hubtools.gguf.verify import format_gguf_report
-
-        return format_gguf_report(report)
-    s, t = report.structure, report.tensors
-    rows = [
-        ("structure", status_word(s), f"{len(s.problems)} problem(s)"),
-        ("tensors", status_word(t), f"{t.compared - len(t.mismatched)}/{t.expected} bit-identical"),
-        ("tokenizer", status_word(report.tokenizer), _tokenizer_line(report.tokenizer)),
-        ("logits", status_word(report.logits), logits_line(report.logits)),
-    ]
-    lines = [
-        f"hubtools verify {'PASSED' if report.passed else 'FAILED'}",
-        f"  native: {report.native}",
-        f"  hf:     {report.hf}",
-        "",
-    ]
-    lines += [f"  {name:<10} {status:<5} {detail}" for name, status, detail in rows]
-    if report.logits.layers:
-        lines += ["", f"  {'layer':>5}  {'max|dh|':>10}  {'rel dh':>10}"]
-        lines += [f"  {d.layer:>5}  {d.max_abs_dh:>10.2e}  {d.rel_dh:>10.2e}" for d in report.logits.layers]
-    findings = list(s.problems) + [
-        f"tensor differs: '{n}' ({_describe(t.differences.get(n, {}))})" for n in t.mismatched
-    ]
-    if findings:
-        lines += ["", "  problems:"] + [f"    - {p}" for p in findings[:max_names]]
-        if len(findings) > max_names:
-            lines.append(f"    ... and {len(findings) - max_names} more (see the JSON report)")
-    notes = list(s.notes) + list(t.notes)
-    if notes:
-        lines += ["", "  notes:"] + [f"    - {n}" for n in notes]
-    return "\n".join(lines)
-
-
-def _describe(diff: dict[str, Any]) -> str:
-    if "overflow" in diff:
-        return f"{diff['overflow']} of {diff['of']} finite native values are inf in {diff['dtype']}"
-    if "elements" in diff:
-        return f"{diff['elements']} of {diff['of']} elements, max |d| {diff['max_abs']:.3g}"
-    return f"dtype {diff.get('dtype')}, expected {diff.get('expected_dtype')}"

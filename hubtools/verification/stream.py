@@ -29,6 +29,7 @@ from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable, Part, TensorSpec
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
+from hubtools.verification.checks import TensorsCheck
 from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.logits import (
     Divergence,
@@ -37,7 +38,6 @@ from hubtools.verification.logits import (
     judge_logits,
     prompt_tokens,
 )
-from hubtools.verification.report import TensorsCheck
 from hubtools.verification.structure import size_mismatches
 
 

@@ -13,18 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtools.checkpoint.layout import (
-    Layout,
-    TensorSource,
-    WeightFiles,
-    WeightFormat,
-    check_index,
-    index_safetensors,
-    indexed_files,
-    read_weight_map,
-)
+from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed_files, read_weight_map
+from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
+from hubtools.filenames import CONFIG
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
@@ -100,7 +93,7 @@ def index_hf_folder(folder: Path) -> HfFolder:
     """
     problems: list[str] = []
     notes: list[str] = []
-    config_path = folder / "config.json"
+    config_path = folder / CONFIG
     config = _read_json(config_path, problems) if config_path.is_file() else None
     if not config_path.is_file():
         problems.append(f"{config_path}: expected the model's config, found no file")
