@@ -39,8 +39,7 @@ from hubtools.errors import (
     UnsafePickleError,
     VerifyError,
 )
-
-__version__ = "0.1.0"
+from hubtools.version import __version__
 
 _LAZY = {  # public name -> (module, attribute)
     "convert": ("hubtools.converter", "convert"),

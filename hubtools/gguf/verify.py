@@ -20,13 +20,13 @@ from typing import Any
 import gguf
 import numpy as np
 
-from hubtools import __version__
 from hubtools.gguf.files import GgufFiles, read_gguf
 from hubtools.gguf.metadata import ARCH, add_model_parameters
 from hubtools.gguf.quant import BUILTIN, QuantType, quantize, tensor_type
 from hubtools.gguf.source import GgufSource, float_rows, open_source
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.verification.logits import LogitsCheck
+from hubtools.version import __version__
 
 Progress = Callable[[str], None]
 MAX_NAMED = 20

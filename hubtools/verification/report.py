@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from hubtools import __version__
+from hubtools.version import __version__
 
 
 class Bound(str, Enum):
