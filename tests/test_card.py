@@ -22,7 +22,7 @@ from hubtools.card.render import load_report, memory_rows, read_model_facts, ren
 from hubtools.card.rules import metadata_problems, validate_card_text, validate_metadata
 from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError
-from hubtools.recipe import load_recipe
+from hubtools.pipeline.recipe import load_recipe
 from hubtools.verification.report import (
     THRESHOLDS,
     LogitsCheck,

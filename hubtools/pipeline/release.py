@@ -35,34 +35,38 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
-from hubtools.converter import ConversionPlan, converted_bytes, plan
+from hubtools.converter import DEFAULT_SHARD_SIZE, ConversionPlan, converted_bytes, plan
+from hubtools.dtypes import DType
 from hubtools.errors import DestinationError, PublishError, VerifyError
-from hubtools.publishing.client import HubClient, RetryPolicy
-from hubtools.publishing.plan import PlannedFile, Role, UploadPlan
-from hubtools.publishing.release_files import (
+from hubtools.model.hf_config import ConfigOverrides
+from hubtools.pipeline.release_files import (
     ReleaseResult,
     dry_run_plan,
     small_files,
     write_card,
     write_small_files,
 )
+from hubtools.publishing.client import HubClient, RetryPolicy
+from hubtools.publishing.plan import PlannedFile, Role, UploadPlan
 from hubtools.publishing.remote import difference, verify_remote
 from hubtools.publishing.upload import FileResult, file_action
+from hubtools.tokenization.choices import ChatTemplate
 
 Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class ReleaseOptions:
-    """Everything `release` needs besides the source and the repo (the CLI fills it from flags and recipe)."""
+    """Everything `release` needs besides the source and the repo (`pipeline.overlay.release_options` fills it
+    from flags, a recipe and the defaults)."""
 
-    max_shard_size: int = 5 * 10**9
-    dtype: str | None = None
-    overrides: Any = None
-    chat_template: str = "auto"
+    max_shard_size: int = DEFAULT_SHARD_SIZE
+    dtype: DType | None = None
+    overrides: ConfigOverrides | None = None
+    chat_template: ChatTemplate = ChatTemplate.AUTO
     card: str | None = None
     cards_dir: Path = Path("cards")
-    verify_dtype: str = "float32"
+    verify_dtype: DType = DType.FLOAT32
     work_dir: Path | None = None
     revision: str | None = None
     create_pr: bool = False
@@ -180,14 +184,16 @@ class _Run:
         self.stored: set[str] = set()  # paths whose bytes the Hub's store held before we sent them
 
     def go(self, src: str, started: float) -> Any:
-        from hubtools.verification.release_checks import ReleaseChecks
+        from hubtools.pipeline.release_checks import ReleaseChecks
 
         say, hub, options = self.say, self.hub, self.options
-        small = write_small_files(self.ckpt, self.conversion, self.out, chat_template=options.chat_template)
+        template = ChatTemplate(options.chat_template).value
+        small = write_small_files(self.ckpt, self.conversion, self.out, chat_template=template)
         head = self._prepare_repo()
         names = [s.file for s in self.conversion.shards] + small
         remote = hub.remote_files(names, head)
-        checks = ReleaseChecks(self.ckpt, self.conversion, self.out, dtype=options.verify_dtype, say=say)
+        verify_dtype = DType.parse(options.verify_dtype)
+        checks = ReleaseChecks(self.ckpt, self.conversion, self.out, dtype=verify_dtype, say=say)
         shard_files, ops = self._shards(checks, remote)
         say("tokenizer")
         report = checks.report(src, self.out)
