@@ -46,9 +46,9 @@ from hubtools.errors import (
     UnsafePickleError,
     VerifyError,
 )
-from hubtools.version import __version__
 
 _LAZY = {  # public name -> (module, attribute)
+    "__version__": ("hubtools.version", "__version__"),  # importlib.metadata: tens of ms, so on first use
     "convert": ("hubtools.converter", "convert"),
     "ConversionResult": ("hubtools.converter", "ConversionResult"),
     "verify": ("hubtools.verification.run", "verify"),
@@ -70,7 +70,7 @@ _LAZY = {  # public name -> (module, attribute)
     "load_recipe": ("hubtools.pipeline.recipe", "load_recipe"),
     "Recipe": ("hubtools.pipeline.recipe", "Recipe"),
     "release": ("hubtools.pipeline.release", "release"),
-    "ReleaseOptions": ("hubtools.pipeline.release", "ReleaseOptions"),
+    "ReleaseOptions": ("hubtools.pipeline.overlay", "ReleaseOptions"),
     "ReleaseResult": ("hubtools.pipeline.release_files", "ReleaseResult"),
 }
 
@@ -127,13 +127,15 @@ if TYPE_CHECKING:
     from hubtools.gguf.verify import GgufReport, verify_gguf
     from hubtools.inspection import Summary
     from hubtools.inspection import summarize as inspect
+    from hubtools.pipeline.overlay import ReleaseOptions
     from hubtools.pipeline.recipe import Recipe, load_recipe
-    from hubtools.pipeline.release import ReleaseOptions, release
+    from hubtools.pipeline.release import release
     from hubtools.pipeline.release_files import ReleaseResult
     from hubtools.publishing.plan import UploadPlan, plan_upload
     from hubtools.publishing.upload import PublishResult, publish
     from hubtools.verification.report import VerifyReport
     from hubtools.verification.run import verify
+    from hubtools.version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,6 @@ from hubtools.cli.inspect import inspect_command
 from hubtools.cli.publish import publish_command
 from hubtools.cli.release import release_command
 from hubtools.cli.verify import verify_command
-from hubtools.version import __version__
 
 COMMANDS = (
     convert_command,
@@ -37,8 +36,25 @@ COMMANDS = (
 )
 
 
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """`--version`, as click's version_option prints it; the version is read (package metadata) only here."""
+    if not value or ctx.resilient_parsing:
+        return
+    from hubtools.version import __version__
+
+    click.echo(f"hubtools, version {__version__}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="hubtools")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 def cli(debug: bool) -> None:
     """Convert, verify, card and publish Mistral-family models."""

@@ -4,6 +4,7 @@ Each command's settings come from three places: what the caller passed explicitl
 None when not given), the recipe (`converters/NAME.yaml`, when there is one) and hubtools' defaults.
 `pick` is the rule; `convert_options`, `gguf_options` and `release_options` apply it to each command's
 settings and return typed options (`DType`, `ChatTemplate`, `Layout`, `QuantType`), validated here.
+This module stays light (no torch, huggingface_hub or gguf-py at import): every command imports it.
 
 Example:
     >>> pick(None, 7, 5), pick(3, 7, 5), pick(None, None, 5)
@@ -17,19 +18,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.converter import DEFAULT_SHARD_SIZE
 from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError
-from hubtools.gguf.quant import QuantType, parse_quants
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import Layout
 from hubtools.pipeline.recipe import Recipe, check_source
-from hubtools.pipeline.release import ReleaseOptions
 from hubtools.tokenization.choices import ChatTemplate
 from hubtools.units import parse_size
+
+if TYPE_CHECKING:  # gguf-py imports mistral-common (seconds): `convert` and `release` never need it
+    from hubtools.gguf.quant import QuantType
 
 T = TypeVar("T")
 DEFAULT_QUANTS = "f16"
@@ -146,6 +148,8 @@ def gguf_options(
     Raises:
         QuantizeError: an unknown quant type. InvalidValueError: a malformed split size or chat template.
     """
+    from hubtools.gguf.quant import parse_quants
+
     split = _size(split_max_size)
     given = parse_quants(quants) if isinstance(quants, str) else (list(quants) if quants else None)
     chosen = pick(given, list(recipe.gguf) if recipe is not None and recipe.gguf else None, None)
@@ -157,6 +161,26 @@ def gguf_options(
         split_max_size=pick(split, None, 0),
         check=source_check(recipe),
     )
+
+
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """Everything `release` needs besides the source and the repo (`release_options` fills it from flags,
+    a recipe and the defaults)."""
+
+    max_shard_size: int = DEFAULT_SHARD_SIZE
+    dtype: DType | None = None
+    overrides: ConfigOverrides | None = None
+    chat_template: ChatTemplate = ChatTemplate.AUTO
+    card: str | None = None
+    cards_dir: Path = Path("cards")
+    verify_dtype: DType = DType.FLOAT32
+    work_dir: Path | None = None
+    revision: str | None = None
+    create_pr: bool = False
+    private: bool = False
+    tag: str | None = None
+    check: Check | None = None
 
 
 def release_options(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -16,10 +16,12 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.converter import DEFAULT_SHARD_SIZE
 from hubtools.dtypes import CAST_DTYPES, DType
 from hubtools.errors import InvalidValueError, RecipeError
-from hubtools.gguf.quant import QuantizeError, QuantType, parse_quants
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 from hubtools.units import parse_size
+
+if TYPE_CHECKING:
+    from hubtools.gguf.quant import QuantType
 
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
 DTYPES = tuple(DType.values(*CAST_DTYPES))
@@ -138,6 +140,8 @@ def _gguf_list(value: Any, where: str) -> tuple[QuantType, ...]:
         raise RecipeError(f"{where}: 'gguf' must be a list of quant types (e.g. [Q8_0, Q4_K_M]), got {value!r}")
     if not value:
         return ()
+    from hubtools.gguf.quant import QuantizeError, parse_quants  # gguf-py (and mistral-common): only when listed
+
     try:
         return tuple(parse_quants(value))
     except QuantizeError as exc:

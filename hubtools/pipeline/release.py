@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,10 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
-from hubtools.converter import DEFAULT_SHARD_SIZE, ConversionPlan, converted_bytes, plan
+from hubtools.converter import ConversionPlan, converted_bytes, plan
 from hubtools.dtypes import DType
 from hubtools.errors import DestinationError, PublishError, VerifyError
-from hubtools.model.hf_config import ConfigOverrides
+from hubtools.pipeline.overlay import ReleaseOptions
 from hubtools.pipeline.release_files import (
     ReleaseResult,
     dry_run_plan,
@@ -53,26 +52,6 @@ from hubtools.publishing.upload import FileResult, file_action
 from hubtools.tokenization.choices import ChatTemplate
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ReleaseOptions:
-    """Everything `release` needs besides the source and the repo (`pipeline.overlay.release_options` fills it
-    from flags, a recipe and the defaults)."""
-
-    max_shard_size: int = DEFAULT_SHARD_SIZE
-    dtype: DType | None = None
-    overrides: ConfigOverrides | None = None
-    chat_template: ChatTemplate = ChatTemplate.AUTO
-    card: str | None = None
-    cards_dir: Path = Path("cards")
-    verify_dtype: DType = DType.FLOAT32
-    work_dir: Path | None = None
-    revision: str | None = None
-    create_pr: bool = False
-    private: bool = False
-    tag: str | None = None
-    check: Callable[[Checkpoint], None] | None = None
 
 
 def release(
