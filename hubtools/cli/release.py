@@ -71,10 +71,10 @@ def release_command(
         private=private,
         tag=tag,
     )
+    api = hub_api(repo_id, need_token=False)  # also reads an hf:// SRC
     if dry_run:
-        _print_release_plan(plan_release(src, options=options), repo_id, as_json)
+        _print_release_plan(plan_release(src, options=options, api=api), repo_id, as_json)
         return
-    api = hub_api(repo_id, need_token=False)
 
     def say(message: str) -> None:
         if not (quiet or as_json):

@@ -1,4 +1,4 @@
-""" "Flags > recipe > defaults", written once and shared by `convert`, `gguf` and `release`.
+"""The rule "flags > recipe > defaults", written once and shared by `convert`, `gguf` and `release`.
 
 Each command's settings come from three places: what the caller passed explicitly (the CLI's flags;
 None when not given), the recipe (`converters/NAME.yaml`, when there is one) and hubtools' defaults.

@@ -89,7 +89,7 @@ def release(
         raise PublishError(f"--tag '{options.tag}' with --create-pr: a tag must point at a merged commit")
     work = _work_dir(options.work_dir, repo_id)
     try:
-        with open_source(src, staging=work / "source", layout="native") as ckpt:
+        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
             if options.check:
                 options.check(ckpt)
             conversion = plan(
@@ -103,11 +103,13 @@ def release(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def plan_release(src: str, *, options: ReleaseOptions) -> dict[str, Any]:
-    """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing."""
+def plan_release(src: str, *, options: ReleaseOptions, api: HfApi | None = None) -> dict[str, Any]:
+    """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing.
+
+    `api` reads an `hf://` source (default: `HfApi()`)."""
     work = Path(tempfile.mkdtemp(prefix="hubtools-plan-"))
     try:
-        with open_source(src, staging=work / "source", layout="native") as ckpt:
+        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
             if options.check:
                 options.check(ckpt)
             conversion = plan(
