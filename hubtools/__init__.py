@@ -9,6 +9,11 @@ stays light: no torch, no transformers):
 - `open_checkpoint(path)`: a lazy reader over a checkpoint's tensors -> `Checkpoint`
 - `build_card(spec, output)`: render a model card -> `Path`
 - `plan_upload(folder)` and `publish(folder, repo_id)`: a checked, resumable, verified upload
+- `export_gguf(src, dst, quants=...)`: GGUF files as llama.cpp's converter writes them -> `GgufResult`
+- `verify_gguf(src, gguf_file)`: a GGUF file (or split set) against its source -> `GgufReport`
+- `load_recipe(name_or_path)`: a validated release recipe (`converters/NAME.yaml`) -> `Recipe`
+- `release(src, repo_id, api=..., options=ReleaseOptions(...))`: convert, verify and publish in one
+  streaming pass -> `ReleaseResult`
 - the errors: `HubtoolsError` and its subclasses (`hubtools.errors`)
 
 Example:
@@ -29,20 +34,21 @@ from hubtools.errors import (
     CorruptFileError,
     DestinationError,
     HubtoolsError,
+    Interrupted,
     InvalidValueError,
     LayoutError,
     MappingError,
     ParamsError,
     PublishError,
     RecipeError,
+    SourceError,
     TokenizerError,
     UnsafePickleError,
     VerifyError,
 )
 
-__version__ = "0.1.0"
-
 _LAZY = {  # public name -> (module, attribute)
+    "__version__": ("hubtools.version", "__version__"),  # importlib.metadata: tens of ms, so on first use
     "convert": ("hubtools.converter", "convert"),
     "ConversionResult": ("hubtools.converter", "ConversionResult"),
     "verify": ("hubtools.verification.run", "verify"),
@@ -56,6 +62,16 @@ _LAZY = {  # public name -> (module, attribute)
     "UploadPlan": ("hubtools.publishing.plan", "UploadPlan"),
     "publish": ("hubtools.publishing.upload", "publish"),
     "PublishResult": ("hubtools.publishing.upload", "PublishResult"),
+    "export_gguf": ("hubtools.gguf.export", "export"),
+    "GgufResult": ("hubtools.gguf.export", "GgufResult"),
+    "verify_gguf": ("hubtools.gguf.verify", "verify_gguf"),
+    "GgufReport": ("hubtools.gguf.verify", "GgufReport"),
+    "QuantizeError": ("hubtools.gguf.quant", "QuantizeError"),
+    "load_recipe": ("hubtools.pipeline.recipe", "load_recipe"),
+    "Recipe": ("hubtools.pipeline.recipe", "Recipe"),
+    "release": ("hubtools.pipeline.release", "release"),
+    "ReleaseOptions": ("hubtools.pipeline.overlay", "ReleaseOptions"),
+    "ReleaseResult": ("hubtools.pipeline.release_files", "ReleaseResult"),
 }
 
 __all__ = [
@@ -73,17 +89,29 @@ __all__ = [
     "UploadPlan",
     "publish",
     "PublishResult",
+    "export_gguf",
+    "GgufResult",
+    "verify_gguf",
+    "GgufReport",
+    "load_recipe",
+    "Recipe",
+    "release",
+    "ReleaseOptions",
+    "ReleaseResult",
     "CardError",
     "ChatTemplateError",
     "CorruptFileError",
     "DestinationError",
     "HubtoolsError",
+    "Interrupted",
     "InvalidValueError",
     "LayoutError",
     "MappingError",
     "ParamsError",
     "PublishError",
+    "QuantizeError",
     "RecipeError",
+    "SourceError",
     "TokenizerError",
     "UnsafePickleError",
     "VerifyError",
@@ -93,12 +121,21 @@ if TYPE_CHECKING:
     from hubtools.card.render import build_card
     from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
     from hubtools.converter import ConversionResult, convert
+    from hubtools.gguf.export import GgufResult
+    from hubtools.gguf.export import export as export_gguf
+    from hubtools.gguf.quant import QuantizeError
+    from hubtools.gguf.verify import GgufReport, verify_gguf
     from hubtools.inspection import Summary
     from hubtools.inspection import summarize as inspect
+    from hubtools.pipeline.overlay import ReleaseOptions
+    from hubtools.pipeline.recipe import Recipe, load_recipe
+    from hubtools.pipeline.release import release
+    from hubtools.pipeline.release_files import ReleaseResult
     from hubtools.publishing.plan import UploadPlan, plan_upload
     from hubtools.publishing.upload import PublishResult, publish
     from hubtools.verification.report import VerifyReport
     from hubtools.verification.run import verify
+    from hubtools.version import __version__
 
 
 def __getattr__(name: str) -> Any:

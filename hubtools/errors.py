@@ -1,4 +1,4 @@
-"""Typed errors. The library raises these; only `cli.py` turns them into one line and an exit code.
+"""Typed errors. The library raises these; only `hubtools.cli` turns them into one line and an exit code.
 
 No other exception type is part of the API: `ValueError`s of bad arguments are `InvalidValueError`.
 """
@@ -11,7 +11,7 @@ class HubtoolsError(Exception):
 
     One message form everywhere, the path (or value) at fault first:
     "{path}: expected {what was expected}, found {what was found}" (a hint may follow in parentheses).
-    The library raises these and never prints or exits; `cli.py` prints "error: {message}".
+    The library raises these and never prints or exits; `hubtools.cli` prints "error: {message}".
     """
 
     exit_code = 1

@@ -23,7 +23,7 @@ from hubtools.card.render import memory_rows, render_card, write_card
 from hubtools.card.rules import metadata_problems, validate_card_text, validate_metadata
 from hubtools.card.source import load_card_source, resolve_card_source
 from hubtools.errors import CardError, DestinationError, VerifyError
-from hubtools.recipe import load_recipe
+from hubtools.pipeline.recipe import load_recipe
 from hubtools.verification.checks import THRESHOLDS, LogitsCheck, StructureCheck, TensorsCheck, TokenizerCheck
 from hubtools.verification.report import VerifyReport, load_report
 from tests.helpers import assert_one_line_error

@@ -15,7 +15,7 @@ from hubtools.card.gguf import build_gguf_card, find_releases, prompt_template
 from hubtools.card.source import load_card_source
 from hubtools.errors import CardError, RecipeError
 from hubtools.gguf.quant import parse_quants
-from hubtools.recipe import load_recipe, parse_recipe
+from hubtools.pipeline.recipe import load_recipe, parse_recipe
 from hubtools.verification.checks import Check, LogitsCheck
 from hubtools.verification.report import GgufReport
 
@@ -88,11 +88,14 @@ def test_cli_card_gguf(
 
 def test_recipes_take_a_gguf_list_of_known_quant_types() -> None:
     recipe = load_recipe(CARD.parents[1] / "converters" / "mixtral-8x7b-instruct-v0.1.yaml")
-    assert recipe.gguf[0] == "Q8_0" and "Q4_K_M" in recipe.gguf
-    assert [q.name for q in parse_quants(list(recipe.gguf))] == list(recipe.gguf)
+    names = [q.name for q in recipe.gguf]  # QuantType, validated when the recipe loads
+    assert names[0] == "Q8_0" and "Q4_K_M" in names
+    assert [q.name for q in parse_quants(names)] == names
     raw = yaml.safe_load((CARD.parents[1] / "converters" / "mixtral-8x7b-instruct-v0.1.yaml").read_text())
     with pytest.raises(RecipeError, match="'gguf' must be a list of quant types"):
         parse_recipe({**raw, "gguf": "Q8_0"}, where="r.yaml")
+    with pytest.raises(RecipeError, match=r"^r\.yaml: gguf: unknown quant type 'Q9' \(expected one of"):
+        parse_recipe({**raw, "gguf": ["Q8_0", "Q9"]}, where="r.yaml")
 
 
 def test_a_gguf_folder_publishes_as_weights_and_only_with_complete_split_sets(release_dir: Path) -> None:

@@ -9,7 +9,7 @@ from click.testing import Result
 
 from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.errors import RecipeError
-from hubtools.recipe import check_source, load_recipe, parse_recipe
+from hubtools.pipeline.recipe import check_source, load_recipe, parse_recipe
 from hubtools.testing import tiny_params
 from tests.helpers import assert_one_line_error
 
@@ -102,7 +102,7 @@ def test_recipe_supplies_overrides_dtype_and_shard_size(
 
 
 def test_flags_win_over_the_recipe_and_the_recipe_over_defaults() -> None:
-    from hubtools.recipe import convert_options
+    from hubtools.pipeline.overlay import convert_options
 
     recipe = load_recipe(ROOT / "converters/mixtral-8x22b-v0.1.yaml")
     plain = convert_options(None)

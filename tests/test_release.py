@@ -20,8 +20,8 @@ from huggingface_hub import HfApi
 from hubtools.cli import cli
 from hubtools.converter import convert
 from hubtools.errors import CorruptFileError
+from hubtools.pipeline.release import ReleaseOptions, release
 from hubtools.publishing.client import RetryPolicy
-from hubtools.publishing.release import ReleaseOptions, release
 from hubtools.testing import tiny_params, write_native_checkpoint
 from tests.fakehub import FakeHub
 from tests.rangeserver import RangeServer

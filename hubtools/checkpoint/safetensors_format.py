@@ -15,27 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from hubtools.dtypes import DType
 from hubtools.errors import CorruptFileError, InvalidValueError
 
 if TYPE_CHECKING:
     import torch
 
-# (safetensors code, torch name, bytes per element). Codes, not torch objects, travel through the
-# byte-copy path, so converting never needs to import torch unless a tensor is cast.
-_DTYPES: tuple[tuple[str, str, int], ...] = (
-    ("F64", "float64", 8),
-    ("F32", "float32", 4),
-    ("F16", "float16", 2),
-    ("BF16", "bfloat16", 2),
-    ("I64", "int64", 8),
-    ("I32", "int32", 4),
-    ("I16", "int16", 2),
-    ("I8", "int8", 1),
-    ("U8", "uint8", 1),
-    ("BOOL", "bool", 1),
-    ("F8_E4M3", "float8_e4m3fn", 1),
-    ("F8_E5M2", "float8_e5m2", 1),
-)
+# (safetensors code, torch name, bytes per element), from `hubtools.dtypes.DType`. Codes, not torch objects,
+# travel through the byte-copy path, so converting never needs to import torch unless a tensor is cast.
+_DTYPES: tuple[tuple[str, str, int], ...] = tuple((d.code, d.value, d.itemsize) for d in DType)
 MAX_HEADER = 100 * 1024 * 1024
 
 

@@ -63,12 +63,13 @@ def is_remote(spec: str) -> bool:
     return spec.startswith(("http://", "https://", "hf://"))
 
 
-def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native") -> Checkpoint:
+def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native", api: Any = None) -> Checkpoint:
     """Open a checkpoint from a folder, an HTTP(S) folder, a `.tar` URL or `hf://org/name[@rev]`.
 
     Args:
         staging: an empty local folder for the small files of a remote source (params.json, tokenizer).
         layout: which layout to read ("native" for a release).
+        api: the `HfApi` (endpoint, token) that reads an `hf://` source (default: `HfApi()`).
 
     Raises:
         SourceError: a remote source cannot be listed or keeps failing. LayoutError, ParamsError,
@@ -77,7 +78,7 @@ def open_source(spec: str | Path, *, staging: Path, layout: str | None = "native
     text = str(spec)
     if not is_remote(text):
         return open_checkpoint(Path(text), layout=layout)
-    files = list_remote(text)
+    files = list_remote(text, api=api)
     staging.mkdir(parents=True, exist_ok=True)
     for name, file in files.items():
         if name == PARAMS or (name in TOKENIZER_NAMES or is_tokenizer_name(name)) and file.size <= SMALL_MAX:
@@ -169,14 +170,14 @@ class RemoteCheckpoint(Checkpoint):
         return self.remote[path].url
 
 
-def list_remote(spec: str) -> dict[str, RangeFile]:
-    """The files of a remote source by name (sizes known), weights not read.
+def list_remote(spec: str, *, api: Any = None) -> dict[str, RangeFile]:
+    """The files of a remote source by name (sizes known), weights not read; `api` reads an `hf://` source.
 
     Raises:
         SourceError: unreachable, or nothing that looks like a checkpoint.
     """
     if spec.startswith("hf://"):
-        return _hub_files(spec)
+        return _hub_files(spec, api)
     client = plain_client()
     if urlsplit(spec).path.endswith(".tar"):
         size = probe_size(client, spec)
@@ -226,19 +227,19 @@ def _probe_names(client: Any, base: str) -> list[str]:
     return names
 
 
-def _hub_files(spec: str) -> dict[str, RangeFile]:
-    """A Hub repo's native files, through huggingface_hub (endpoint and token from its configuration)."""
+def _hub_files(spec: str, api: Any = None) -> dict[str, RangeFile]:
+    """A Hub repo's native files, through `api` (default: huggingface_hub's configured endpoint and token)."""
     from huggingface_hub import HfApi, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import build_hf_headers, get_session
 
     repo_id, _, revision = spec.removeprefix("hf://").partition("@")
-    api = HfApi()
+    api = api or HfApi()
     try:
         entries = list(api.list_repo_tree(repo_id, revision=revision or None))
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise SourceError(f"{spec}: cannot list the repo ({str(exc).splitlines()[0]})") from None
-    headers, session = build_hf_headers(), get_session()
+    headers, session = build_hf_headers(token=api.token), get_session()
     files: dict[str, RangeFile] = {}
     for entry in entries:
         size = getattr(entry, "size", None)

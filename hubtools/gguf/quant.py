@@ -82,11 +82,11 @@ def parse_quants(text: str | list[str]) -> list[QuantType]:
             continue
         if name not in BUILTIN and f"MOSTLY_{name}" not in LlamaFileType.__members__:
             known = ", ".join([*BUILTIN, "Q4_K_M", "Q5_K_M", "Q6_K", "..."])
-            raise QuantizeError(f"--quant: unknown quant type '{raw.strip()}' (expected one of {known})")
+            raise QuantizeError(f"unknown quant type '{raw.strip()}' (expected one of {known})")
         if QuantType(name) not in out:
             out.append(QuantType(name))
     if not out:
-        raise QuantizeError("--quant: no quant type given (expected e.g. f16,q8_0)")
+        raise QuantizeError("no quant type given (expected e.g. f16,q8_0)")
     return out
 
 

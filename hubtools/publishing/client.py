@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from hubtools import __version__
 from hubtools.errors import PublishError
+from hubtools.version import __version__
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

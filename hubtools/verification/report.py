@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from hubtools import __version__
 from hubtools.errors import VerifyError
 from hubtools.verification.checks import Check, LogitsCheck, StructureCheck, TensorsCheck, TokenizerCheck
+from hubtools.version import __version__
 
 CHECKS = ("structure", "tensors", "tokenizer", "logits")
 

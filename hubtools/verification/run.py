@@ -160,13 +160,9 @@ def verify(
     """
     native, hf = Path(native), Path(hf)
     prompts_path = Path(prompts_path) if prompts_path is not None else None
-    if native.is_file() or hf.is_file():  # a GGUF file (or split set): hubtools.gguf.verify
-        from hubtools.gguf.verify import verify_gguf
-
-        folder, file = (hf, native) if native.is_file() else (native, hf)
-        return verify_gguf(  # type: ignore[return-value]
-            folder, file, prompts_path=prompts_path, check_logits=check_logits, rope_theta=rope_theta, progress=progress
-        )
+    for path in (native, hf):
+        if path.is_file():  # a GGUF file (or split set) is `hubtools.gguf.verify.verify_gguf`'s
+            raise VerifyError(f"{path}: expected a checkpoint folder, found a file (a .gguf file: use verify_gguf)")
     say = progress or (lambda _: None)
     if str(dtype).removeprefix("torch.") not in THRESHOLDS:
         raise VerifyError(f"dtype '{dtype}': expected one of {', '.join(THRESHOLDS)} for the logits check")

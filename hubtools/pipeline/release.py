@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +35,23 @@ from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
 from hubtools.converter import ConversionPlan, converted_bytes, plan
+from hubtools.dtypes import DType
 from hubtools.errors import DestinationError, PublishError, VerifyError
-from hubtools.publishing.client import HubClient, RetryPolicy
-from hubtools.publishing.plan import PlannedFile, Role, UploadPlan
-from hubtools.publishing.release_files import (
+from hubtools.pipeline.overlay import ReleaseOptions
+from hubtools.pipeline.release_files import (
     ReleaseResult,
     dry_run_plan,
     small_files,
     write_card,
     write_small_files,
 )
+from hubtools.publishing.client import HubClient, RetryPolicy
+from hubtools.publishing.plan import PlannedFile, Role, UploadPlan
 from hubtools.publishing.remote import difference, verify_remote
 from hubtools.publishing.upload import FileResult, file_action
+from hubtools.tokenization.choices import ChatTemplate
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ReleaseOptions:
-    """Everything `release` needs besides the source and the repo (the CLI fills it from flags and recipe)."""
-
-    max_shard_size: int = 5 * 10**9
-    dtype: str | None = None
-    overrides: Any = None
-    chat_template: str = "auto"
-    card: str | None = None
-    cards_dir: Path = Path("cards")
-    verify_dtype: str = "float32"
-    work_dir: Path | None = None
-    revision: str | None = None
-    create_pr: bool = False
-    private: bool = False
-    tag: str | None = None
-    check: Callable[[Checkpoint], None] | None = None
 
 
 def release(
@@ -106,7 +89,7 @@ def release(
         raise PublishError(f"--tag '{options.tag}' with --create-pr: a tag must point at a merged commit")
     work = _work_dir(options.work_dir, repo_id)
     try:
-        with open_source(src, staging=work / "source", layout="native") as ckpt:
+        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
             if options.check:
                 options.check(ckpt)
             conversion = plan(
@@ -120,11 +103,13 @@ def release(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def plan_release(src: str, *, options: ReleaseOptions) -> dict[str, Any]:
-    """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing."""
+def plan_release(src: str, *, options: ReleaseOptions, api: HfApi | None = None) -> dict[str, Any]:
+    """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing.
+
+    `api` reads an `hf://` source (default: `HfApi()`)."""
     work = Path(tempfile.mkdtemp(prefix="hubtools-plan-"))
     try:
-        with open_source(src, staging=work / "source", layout="native") as ckpt:
+        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
             if options.check:
                 options.check(ckpt)
             conversion = plan(
@@ -180,14 +165,16 @@ class _Run:
         self.stored: set[str] = set()  # paths whose bytes the Hub's store held before we sent them
 
     def go(self, src: str, started: float) -> Any:
-        from hubtools.verification.release_checks import ReleaseChecks
+        from hubtools.pipeline.release_checks import ReleaseChecks
 
         say, hub, options = self.say, self.hub, self.options
-        small = write_small_files(self.ckpt, self.conversion, self.out, chat_template=options.chat_template)
+        template = ChatTemplate(options.chat_template).value
+        small = write_small_files(self.ckpt, self.conversion, self.out, chat_template=template)
         head = self._prepare_repo()
         names = [s.file for s in self.conversion.shards] + small
         remote = hub.remote_files(names, head)
-        checks = ReleaseChecks(self.ckpt, self.conversion, self.out, dtype=options.verify_dtype, say=say)
+        verify_dtype = DType.parse(options.verify_dtype)
+        checks = ReleaseChecks(self.ckpt, self.conversion, self.out, dtype=verify_dtype, say=say)
         shard_files, ops = self._shards(checks, remote)
         say("tokenizer")
         report = checks.report(src, self.out)

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.converter import DEFAULT_SHARD_SIZE
+from hubtools.dtypes import CAST_DTYPES, DType
 from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 from hubtools.units import parse_size
 
+if TYPE_CHECKING:
+    from hubtools.gguf.quant import QuantType
+
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = tuple(DType.values(*CAST_DTYPES))
 CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
 TOKENIZERS = tuple(v.value for v in TokenizerVersion)
 _KEYS = {
@@ -51,15 +55,15 @@ class Recipe:
     source_format: str
     repo_id: str
     card: str
-    dtype: str = "bfloat16"
+    dtype: DType = DType.BFLOAT16
     max_shard_size: int = DEFAULT_SHARD_SIZE
-    chat_template: str = "none"
-    tokenizer: str | None = None
+    chat_template: ChatTemplate = ChatTemplate.NONE
+    tokenizer: TokenizerVersion | None = None
     description: str = ""
     expect: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     path: str = ""
-    gguf: tuple[str, ...] = ()  # GGUF quant types to release (`hubtools gguf`), e.g. ("Q8_0", "Q4_K_M")
+    gguf: tuple[QuantType, ...] = ()  # GGUF quant types to release (`hubtools gguf`), e.g. Q8_0, Q4_K_M
 
     def config_overrides(self) -> ConfigOverrides:
         return ConfigOverrides(
@@ -117,10 +121,10 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         source_format=str(source.get("format", "")),
         repo_id=_need(raw, "repo_id", str, where),
         card=_need(raw, "card", str, where),
-        dtype=_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where),
+        dtype=DType(_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where)),
         max_shard_size=shard,
-        chat_template=_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where),
-        tokenizer=tokenizer,
+        chat_template=ChatTemplate(_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where)),
+        tokenizer=None if tokenizer is None else TokenizerVersion(tokenizer),
         description=str(raw.get("description", "")),
         expect={k: v for k, v in expect.items() if k != "tokenizer"},
         overrides=dict(overrides),
@@ -129,12 +133,19 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     )
 
 
-def _gguf_list(value: Any, where: str) -> tuple[str, ...]:
+def _gguf_list(value: Any, where: str) -> tuple[QuantType, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise RecipeError(f"{where}: 'gguf' must be a list of quant types (e.g. [Q8_0, Q4_K_M]), got {value!r}")
-    return tuple(v.strip().upper() for v in value)
+    if not value:
+        return ()
+    from hubtools.gguf.quant import QuantizeError, parse_quants  # gguf-py (and mistral-common): only when listed
+
+    try:
+        return tuple(parse_quants(value))
+    except QuantizeError as exc:
+        raise RecipeError(f"{where}: gguf: {exc}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -176,7 +187,7 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
         version = tokenizer_version(ckpt.tokenizer_file)
         if version != recipe.tokenizer:
             raise RecipeError(
-                f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, recipe expects {recipe.tokenizer}"
+                f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, recipe expects {recipe.tokenizer.value}"
             )
 
 
@@ -191,50 +202,3 @@ def find_recipe(name_or_path: str | Path, *, root: Path = Path(".")) -> Path:
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
     return root / "converters" / f"{name_or_path}.yaml"
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """The settings of one conversion once flags, the recipe and the defaults are combined."""
-
-    dtype: str | None = None
-    max_shard_size: int = DEFAULT_SHARD_SIZE
-    overrides: ConfigOverrides = field(default_factory=ConfigOverrides)
-    chat_template: str = ChatTemplate.AUTO.value
-
-
-def convert_options(
-    recipe: Recipe | None,
-    *,
-    dtype: str | None = None,
-    max_shard_size: str | int | None = None,
-    rope_theta: float | None = None,
-    max_position_embeddings: int | None = None,
-    chat_template: str | None = None,
-) -> ConvertOptions:
-    """Combine explicit values (flags) with a recipe: a flag wins over the recipe, the recipe over defaults.
-
-    Raises:
-        InvalidValueError: a malformed shard size.
-
-    Example:
-        >>> convert_options(None, max_shard_size="2GB").max_shard_size
-        2000000000
-    """
-    base = recipe.config_overrides() if recipe else ConfigOverrides()
-    overrides = ConfigOverrides(
-        rope_theta=rope_theta if rope_theta is not None else base.rope_theta,
-        max_position_embeddings=(
-            max_position_embeddings if max_position_embeddings is not None else base.max_position_embeddings
-        ),
-    )
-    if max_shard_size is not None:
-        shard = parse_size(max_shard_size)
-    else:
-        shard = recipe.max_shard_size if recipe else DEFAULT_SHARD_SIZE
-    return ConvertOptions(
-        dtype=dtype or (recipe.dtype if recipe else None),
-        max_shard_size=shard,
-        overrides=overrides,
-        chat_template=chat_template or (recipe.chat_template if recipe else ChatTemplate.AUTO.value),
-    )

@@ -1,4 +1,4 @@
-"""The verify report of a release, built while the shards are written (`publishing.release`).
+"""The verify report of a release, built while the shards are written (`pipeline.release`).
 
 Same four checks as `hubtools verify`, fed from the single pass: structure (config vs params, both
 sides' names and shapes against the table, dtypes, and every written shard's header read back against
@@ -19,6 +19,7 @@ from hubtools.checkpoint.reader import Checkpoint, TensorSource
 from hubtools.checkpoint.safetensors_format import HeaderEntry
 from hubtools.checkpoint.writer import Shard
 from hubtools.converter import ConversionPlan, Step
+from hubtools.dtypes import DType
 from hubtools.errors import VerifyError
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
@@ -34,13 +35,13 @@ class ReleaseChecks:
     """Collects the checks tensor by tensor; `report()` closes them into a `VerifyReport`."""
 
     def __init__(
-        self, ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, dtype: str, say: Callable[[str], None]
+        self, ckpt: Checkpoint, conversion: ConversionPlan, out: Path, *, dtype: DType, say: Callable[[str], None]
     ) -> None:
         self.ckpt, self.conversion, self.out = ckpt, conversion, out
         self.table = NameTable(ckpt.params)
         self.tally = TensorTally(self.table, ckpt.params)
         self.header_problems: list[str] = []
-        self.dtype = getattr(torch, dtype)
+        self.dtype = dtype.torch
         self.logits_error: str | None = None
         self.lockstep: Lockstep | None = None
         from hubtools.verification.hf_forward import load_config

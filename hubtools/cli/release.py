@@ -1,5 +1,4 @@
-"""`hubtools release`: the command line of the one-pass release. `cli.py` registers it on its group and
-wraps it in its error handling (one line, exit code); the helpers it shares are imported when it runs."""
+"""`hubtools release SRC REPO_ID`: convert, verify and publish in one streaming pass."""
 
 from __future__ import annotations
 
@@ -8,6 +7,10 @@ from typing import Any
 
 import click
 
+from hubtools.cli.errors import bad_parameter, handle_errors
+from hubtools.cli.hub import hub_api
+from hubtools.cli.output import byte_progress, emit_json, json_option, quiet_option
+from hubtools.dtypes import COMPUTE_DTYPES, DType
 from hubtools.errors import Interrupted
 
 
@@ -24,10 +27,11 @@ from hubtools.errors import Interrupted
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--tag", help="Tag the published commit.")
-@click.option("--verify-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--verify-dtype", type=click.Choice(DType.values(*COMPUTE_DTYPES)), default="float32", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, source byte ranges); send nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan/result as JSON.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@json_option("Print the plan/result as JSON.")
+@quiet_option()
+@handle_errors
 def release_command(
     src: str,
     repo_id: str,
@@ -49,47 +53,35 @@ def release_command(
     SRC is a native folder, an http(s) URL of one, a .tar URL or hf://org/name[@rev]. Uses HF_ENDPOINT and
     HF_TOKEN from the environment. A re-run resumes: nothing the Hub already holds is sent again.
     """
-    import os
-
-    from hubtools.cli import _byte_progress
-    from hubtools.publishing.release import ReleaseOptions, plan_release, release
-    from hubtools.recipe import check_source, load_recipe
+    from hubtools.pipeline.overlay import release_options
+    from hubtools.pipeline.recipe import load_recipe
+    from hubtools.pipeline.release import plan_release, release
     from hubtools.units import parse_size
 
     rec = load_recipe(recipe) if recipe else None
-    try:
-        shard = parse_size(max_shard_size) if max_shard_size else (rec.max_shard_size if rec else 5 * 10**9)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-shard-size") from None
-    options = ReleaseOptions(
+    shard = bad_parameter("--max-shard-size", lambda: parse_size(max_shard_size)) if max_shard_size else None
+    options = release_options(
+        rec,
         max_shard_size=shard,
-        dtype=rec.dtype if rec else None,
-        overrides=rec.config_overrides() if rec else None,
-        chat_template=rec.chat_template if rec else "auto",
-        card=card_spec or (rec.card if rec else None),
+        card=card_spec,
         verify_dtype=verify_dtype,
         work_dir=work_dir,
         revision=revision,
         create_pr=create_pr,
         private=private,
         tag=tag,
-        check=(lambda ckpt: check_source(rec, ckpt)) if rec else None,
     )
+    api = hub_api(repo_id, need_token=False)  # also reads an hf:// SRC
     if dry_run:
-        _print_release_plan(plan_release(src, options=options), repo_id, as_json)
+        _print_release_plan(plan_release(src, options=options, api=api), repo_id, as_json)
         return
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import disable_progress_bars
-
-    disable_progress_bars()
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
 
     def say(message: str) -> None:
         if not (quiet or as_json):
             click.echo(f"release: {message}", err=True)
 
     try:
-        with _byte_progress(0, quiet or as_json, "release") as bar:
+        with byte_progress(0, quiet or as_json, "release") as bar:
             result = release(
                 src,
                 repo_id,
@@ -104,8 +96,6 @@ def release_command(
             f"{repo_id}: interrupted; nothing committed (shards already sent stay on the Hub: re-run to resume)"
         ) from None
     if as_json:
-        from hubtools.cli import emit_json
-
         emit_json(result.to_dict())
     elif not quiet:
         from hubtools.publishing.upload import files_line
@@ -120,8 +110,6 @@ def release_command(
 
 
 def _print_release_plan(plan: dict[str, Any], repo_id: str, as_json: bool) -> None:
-    from hubtools.cli import emit_json
-
     if as_json:
         emit_json({**plan, "repo_id": repo_id})
         return

@@ -1,0 +1,5 @@
+"""`python -m hubtools.cli ...`, as the `hubtools` console script."""
+
+from hubtools.cli import main
+
+main()

@@ -1,0 +1,88 @@
+"""Exit codes and one-line errors: every command is wrapped in `handle_errors`; `--debug` keeps tracebacks.
+
+SIGTERM and SIGHUP (sent by `timeout` and CI cancellation) unwind like Ctrl-C (`Terminated`), so a command
+cleans up its outputs the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from hubtools.errors import HubtoolsError, InvalidValueError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one clear line and exit code; keep tracebacks for --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(click.get_current_context().find_root().params.get("debug"))
+        try:
+            return func(*args, **kwargs)
+        except HubtoolsError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            if debug:
+                raise
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
+        except OSError as exc:
+            if debug:
+                raise
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own usage errors and exits keep their behaviour
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory (run with --debug to see where)", err=True)
+            sys.exit(1)
+        except Exception as exc:  # last resort: a bug or an input no reader anticipated, still one line
+            if debug:
+                raise
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(
+                f"error: {type(exc).__name__}: {first} (unexpected; run with --debug for the traceback)", err=True
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def bad_parameter(hint: str, parse: Callable[[], Any]) -> Any:
+    """`parse()`, with a library `InvalidValueError` turned into click's usage error for option `hint`."""
+    try:
+        return parse()
+    except InvalidValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (sent by `timeout` and by CI cancellation): cleaned up like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt), so outputs are cleaned up."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
