@@ -40,6 +40,7 @@ from hubtools.errors import (
     MappingError,
     ParamsError,
     PublishError,
+    QuantizeError,
     RecipeError,
     SourceError,
     TokenizerError,
@@ -66,7 +67,6 @@ _LAZY = {  # public name -> (module, attribute)
     "GgufResult": ("hubtools.gguf.export", "GgufResult"),
     "verify_gguf": ("hubtools.gguf.verify", "verify_gguf"),
     "GgufReport": ("hubtools.gguf.verify", "GgufReport"),
-    "QuantizeError": ("hubtools.gguf.quant", "QuantizeError"),
     "load_recipe": ("hubtools.pipeline.recipe", "load_recipe"),
     "Recipe": ("hubtools.pipeline.recipe", "Recipe"),
     "release": ("hubtools.pipeline.release", "release"),
@@ -123,7 +123,6 @@ if TYPE_CHECKING:
     from hubtools.converter import ConversionResult, convert
     from hubtools.gguf.export import GgufResult
     from hubtools.gguf.export import export as export_gguf
-    from hubtools.gguf.quant import QuantizeError
     from hubtools.gguf.verify import GgufReport, verify_gguf
     from hubtools.inspection import Summary
     from hubtools.inspection import summarize as inspect

@@ -69,6 +69,10 @@ class PublishError(HubtoolsError):
     """An upload failed or the remote files do not match the local ones."""
 
 
+class QuantizeError(HubtoolsError):
+    """A quant type is unknown, or llama.cpp's quantizer is missing or failed."""
+
+
 class SourceError(HubtoolsError):
     """A remote source (HTTP folder, tar URL, Hub repo) cannot be listed or keeps failing."""
 

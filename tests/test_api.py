@@ -81,28 +81,14 @@ PUBLIC_ERRORS = sorted(
     ),
     key=lambda error: error.__name__,
 )
-NOT_YET_EXPORTED = {"Interrupted", "SourceError"}  # issue 16: missing from hubtools/__init__.py and __all__
 
 
-def test_the_error_module_defines_the_errors_this_file_knows() -> None:
-    assert {error.__name__ for error in PUBLIC_ERRORS} >= NOT_YET_EXPORTED and HubtoolsError in PUBLIC_ERRORS
+def test_the_error_module_defines_every_public_error() -> None:
+    names = {error.__name__ for error in PUBLIC_ERRORS}
+    assert {"Interrupted", "SourceError", "QuantizeError"} <= names and HubtoolsError in PUBLIC_ERRORS
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        pytest.param(
-            error,
-            id=error.__name__,
-            marks=pytest.mark.xfail(
-                strict=True, reason=f"{error.__name__} is not exported from hubtools (library fix pending, issue 16)"
-            )
-            if error.__name__ in NOT_YET_EXPORTED
-            else (),
-        )
-        for error in PUBLIC_ERRORS
-    ],
-)
+@pytest.mark.parametrize("error", PUBLIC_ERRORS, ids=lambda error: error.__name__)
 def test_every_public_error_is_exported_from_the_package_root(error: type[HubtoolsError]) -> None:
     assert getattr(hubtools, error.__name__, None) is error
     assert error.__name__ in hubtools.__all__

@@ -127,7 +127,13 @@ def test_publish_has_a_gguf_job_after_the_hf_one_for_recipes_with_a_gguf_list() 
     assert "${{" not in script
 
 
-CHECKS = ("ruff check .", "ruff format --check .", "mypy hubtools", "python -m pytest -q --doctest-modules hubtools")
+CHECKS = (
+    "ruff check .",
+    "ruff format --check .",
+    "mypy hubtools",
+    "lint-imports",
+    "python -m pytest -q --doctest-modules hubtools",
+)
 README_TEST_COMMAND = "python -m pytest -q"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
 
-from hubtools.errors import HubtoolsError
+from hubtools.errors import QuantizeError
 
 Q = GGMLQuantizationType
 BUILTIN = {  # name -> (file type, weight type); gguf-py quantizes these itself
@@ -38,10 +38,6 @@ LLAMA_QUANTIZE_HINT = (
     "--target llama-quantize, or `brew install llama.cpp`)"
 )
 F32_TENSORS = ("ffn_gate_inp.weight",)
-
-
-class QuantizeError(HubtoolsError):
-    """A quant type is unknown, or llama.cpp's quantizer is missing or failed."""
 
 
 @dataclass(frozen=True)
