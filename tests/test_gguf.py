@@ -236,3 +236,9 @@ def test_cli_json_summary(moe_files: tuple[Path, Path, dict], tmp_path: Path, ru
     summary = json.loads(result.stdout)
     assert summary["outputs"] == [{"quant": "BF16", "files": ["x.BF16.gguf"], "bytes": summary["outputs"][0]["bytes"]}]
     assert (tmp_path / "o" / "x.BF16.gguf").stat().st_size == summary["outputs"][0]["bytes"]
+
+
+@pytest.mark.parametrize("name", ["a/b", ".hidden", "a\\b"])
+def test_a_name_that_is_not_a_file_stem_is_refused_naming_it(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DestinationError, match=rf"^name '{re.escape(name)}': expected a file stem"):
+        export(tmp_path, tmp_path / "out", quants=parse_quants("f16"), name=name)

@@ -313,7 +313,7 @@ def test_tag_and_branch_are_created_and_a_rerun_with_the_same_tag_succeeds(
 
 
 def test_tag_with_create_pr_is_refused_before_any_request(hub: FakeHub, api: HfApi, model: Path) -> None:
-    with pytest.raises(PublishError, match="--tag 'v1' with --create-pr"):
+    with pytest.raises(PublishError, match="^tag 'v1' on a pull request: a tag must point at a merged commit"):
         publish(model, REPO, api=api, create_pr=True, tag="v1")
     assert hub.requests == []
 

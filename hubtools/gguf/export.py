@@ -22,7 +22,7 @@ import numpy as np
 from hubtools.destination import check_outside
 from hubtools.errors import DestinationError
 from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
-from hubtools.gguf.metadata import ARCH, add_general, add_model_parameters
+from hubtools.gguf.metadata import add_general, add_model_parameters
 from hubtools.gguf.names import GgufTensor
 from hubtools.gguf.quant import QuantType, find_llama_quantize, llama_quantize, quantize, tensor_type, type_nbytes
 from hubtools.gguf.source import GgufSource, float_rows, open_source
@@ -65,7 +65,7 @@ def write_gguf(
     progress: Progress | None = None,
 ) -> list[Path]:
     """Write one GGUF file (or its split parts) of a gguf-py quant type; returns the paths written."""
-    writer = gguf.GGUFWriter(path=None, arch=ARCH, split_max_size=split_max_size)
+    writer = gguf.GGUFWriter(path=None, arch=source.params.family.gguf_architecture, split_max_size=split_max_size)
     types = tensor_types(source.tensors, quant)
     for t, qtype in zip(source.tensors, types, strict=True):
         writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), type_nbytes(t.shape, qtype), raw_dtype=qtype)
@@ -185,7 +185,7 @@ def export(
     started = time.monotonic()
     name = name or src.resolve().name
     if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise DestinationError(f"--name: '{name}' is not a file stem (expected e.g. mixtral-8x7b-instruct-v0.1)")
+        raise DestinationError(f"name '{name}': expected a file stem (e.g. mixtral-8x7b-instruct-v0.1)")
     if any(not q.builtin for q in quants):
         find_llama_quantize()
     check_outside(dst, sources=(src,))

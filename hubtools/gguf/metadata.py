@@ -1,7 +1,7 @@
 """Model metadata of a GGUF file: the keys and values llama.cpp's converter writes for Mistral and
 Mixtral (`TextModel.set_gguf_parameters` + `LlamaModel.set_gguf_parameters`), from the config.json
-hubtools writes (or reads), in the converter's order. Architecture `llama` for both; no sliding-window
-key (the converter writes none for this architecture).
+hubtools writes (or reads), in the converter's order, under the family's llama.cpp architecture (`llama`
+for both); no sliding-window key (the converter writes none for this architecture).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from typing import Any
 import gguf
 
 from hubtools.errors import ParamsError
-
-ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
 
 
 def _get(config: dict[str, Any], *keys: str) -> Any:

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 
 from hubtools.gguf.files import GgufFiles
-from hubtools.gguf.metadata import ARCH, add_model_parameters
+from hubtools.gguf.metadata import add_model_parameters
 from hubtools.gguf.quant import QuantType
 from hubtools.gguf.source import GgufSource
 
@@ -19,7 +19,7 @@ def expected_metadata(source: GgufSource, quant: QuantType, tokenizer_dir: Path 
     """key -> value of every metadata key hubtools writes for this source (general.* left out)."""
     from hubtools.gguf.vocab import add_vocab
 
-    writer = gguf.GGUFWriter(path=None, arch=ARCH)
+    writer = gguf.GGUFWriter(path=None, arch=source.params.family.gguf_architecture)
     add_model_parameters(writer, source.config, quant.file_type)
     if tokenizer_dir is not None:
         add_vocab(writer, source.tokenizer, tokenizer_dir, source.config["vocab_size"])

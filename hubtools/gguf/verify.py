@@ -20,7 +20,6 @@ import gguf
 import numpy as np
 
 from hubtools.gguf.files import GgufFiles, read_gguf
-from hubtools.gguf.metadata import ARCH
 from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
 from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
 from hubtools.gguf.quant import BUILTIN, QuantType, quantize, tensor_type
@@ -47,9 +46,9 @@ def check_structure(source: GgufSource, files: GgufFiles, quant: QuantType | Non
     problems = []
     if quant is None:
         problems.append("metadata 'general.file_type': missing or unknown")
-    arch = files.fields.get("general.architecture", (None, None))[1]
-    if arch != ARCH:
-        problems.append(f"metadata 'general.architecture': expected '{ARCH}', found {arch!r}")
+    arch, expected = files.fields.get("general.architecture", (None, None))[1], source.params.family.gguf_architecture
+    if arch != expected:
+        problems.append(f"metadata 'general.architecture': expected '{expected}', found {arch!r}")
     for t in source.tensors:
         found = files.tensors.get(t.name)
         if found is None:

@@ -86,7 +86,7 @@ def release(
     """
     started, say = time.monotonic(), say or (lambda _: None)
     if options.tag and options.create_pr:
-        raise PublishError(f"--tag '{options.tag}' with --create-pr: a tag must point at a merged commit")
+        raise PublishError(f"tag '{options.tag}' on a pull request: a tag must point at a merged commit")
     work = _work_dir(options.work_dir, repo_id)
     try:
         with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
@@ -134,7 +134,7 @@ def _work_dir(parent: Path | None, repo_id: str) -> Path:
     work = parent / f"hubtools-release-{repo_id.replace('/', '--')}"
     if work.exists():
         if not (work / MARKER).is_file():
-            raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another --work-dir)")
+            raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another work folder)")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     (work / MARKER).write_text("temporary files of `hubtools release`; deleted when it ends\n")

@@ -149,7 +149,7 @@ def publish(
     plan = plan_upload(folder)
     api = api or HfApi()
     if tag and create_pr:
-        raise PublishError(f"--tag '{tag}' with --create-pr: a tag must point at a merged commit (tag after merging)")
+        raise PublishError(f"tag '{tag}' on a pull request: a tag must point at a merged commit (tag after merging)")
     hub = HubClient(api, repo_id, retry or RetryPolicy())
     repo_url = str(hub.call("create repo", lambda: api.create_repo(repo_id, private=private or None, exist_ok=True)))
     target = revision or "main"
