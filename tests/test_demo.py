@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import Result
 
 from tests.helpers import assert_one_line_error
@@ -36,3 +37,15 @@ def test_demo_refuses_a_folder_it_does_not_own(run_cli: Callable[..., Result], t
     assert_one_line_error(run_cli("demo", tmp_path / "mine"), "already exists", "--force")
     assert_one_line_error(run_cli("demo", tmp_path / "mine", "--force"), "found notes.txt, which is not hubtools'")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_run_demo_refuses_a_foreign_folder_before_writing(tmp_path: Path) -> None:
+    from hubtools.errors import DestinationError
+    from hubtools.pipeline.demo import run_demo
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    said: list[str] = []
+    with pytest.raises(DestinationError, match="already exists"):
+        run_demo(tmp_path / "mine", say=said.append)
+    assert said == [] and sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]

@@ -316,3 +316,13 @@ def test_the_cli_release_to_a_branch_with_a_tag_reports_in_json(
     again = CliRunner().invoke(cli, [*args, "--revision", "dev", "--tag", "v1"])  # nothing to send: one line
     assert again.exit_code == 0, again.output
     assert again.stdout.startswith(f"files: 0 uploaded (0 bytes), {len(out['files'])} already on the Hub; ")
+
+
+def test_the_release_command_module_plans_without_the_group(hub: FakeHub, native: Path) -> None:
+    from click.testing import CliRunner
+
+    from hubtools.cli.release import release_command
+
+    result = CliRunner().invoke(release_command, [str(native), REPO, "--dry-run", "--json", "--max-shard-size", SHARD])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dry_run"] is True and hub.requests == []

@@ -13,6 +13,7 @@ from typing import Any
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.converter import ConversionPlan, write_metadata, write_tokenizer
+from hubtools.filenames import CONFIG, GENERATION_CONFIG, INDEX, README
 from hubtools.model.names import Layout
 from hubtools.publishing.plan import ROLE_ORDER, PlannedFile, Role, planned_file
 from hubtools.publishing.remote import hexdigest
@@ -38,7 +39,8 @@ def small_files(out: Path) -> list[tuple[PlannedFile, str]]:
 def write_card(spec: str, out: Path, *, cards_dir: Path, ckpt: Checkpoint, report: Any) -> Path:
     """README.md as `hubtools card SPEC --model OUT --report verify.json` renders it (the shards may be
     gone: the parameter count comes from the source's headers, which hold the same tensors)."""
-    from hubtools.card.render import read_model_facts, render_card
+    from hubtools.card.model_facts import read_model_facts
+    from hubtools.card.render import render_card
     from hubtools.card.render import write_card as write_text
     from hubtools.card.source import load_card_source, resolve_card_source
     from hubtools.inspection import parameter_counts
@@ -60,7 +62,7 @@ def dry_run_plan(src: str, ckpt: Checkpoint, conversion: ConversionPlan) -> dict
             ranges = [[locate(path), offset, length] for path, offset, length in step.source.segments]
             tensors.append({"name": t.name, "bytes": t.nbytes, "source": step.source.name, "ranges": ranges})
         shards.append({"file": shard.file, "bytes": _shard_size(shard), "tensors": tensors})
-    small = ["model.safetensors.index.json", "config.json", "generation_config.json", "tokenizer files", "README.md"]
+    small = [INDEX, CONFIG, GENERATION_CONFIG, "tokenizer files", README]
     return {
         "dry_run": True,
         "source": src,
