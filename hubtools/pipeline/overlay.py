@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.converter import DEFAULT_SHARD_SIZE
 from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError
+from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import Layout
 from hubtools.pipeline.recipe import Recipe, check_source

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.converter import DEFAULT_SHARD_SIZE
 from hubtools.dtypes import CAST_DTYPES, DType
 from hubtools.errors import InvalidValueError, RecipeError
+from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 from hubtools.units import parse_size
@@ -108,7 +108,7 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     except InvalidValueError as exc:
         raise RecipeError(f"{where}: overrides.{exc}") from None
     try:
-        shard = parse_size(raw.get("max_shard_size", "5GB"))
+        shard = parse_size(raw.get("max_shard_size", DEFAULT_SHARD_SIZE))
     except InvalidValueError as exc:
         raise RecipeError(f"{where}: max_shard_size {exc}") from None
     tokenizer = expect.get("tokenizer")
