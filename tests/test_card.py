@@ -72,7 +72,7 @@ def test_every_card_source_renders_to_metadata_the_hub_accepts(path: Path) -> No
         "## Usage",
         "BitsAndBytesConfig(load_in_4bit=True)",
         'attn_implementation="flash_attention_2"',
-        f"MistralTokenizer.{source.tokenizer}()",
+        f"MistralTokenizer.{source.tokenizer.value}()",
         "## Memory requirements",
     ):
         assert section in text, section

@@ -21,7 +21,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from hubtools.card.render import jinja_environment
 from hubtools.card.rules import validate_card_text
-from hubtools.card.source import CardSource
+from hubtools.card.source import CardSource, ModelKind
 from hubtools.errors import CardError, VerifyError
 from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, gguf_include_pattern, report_name
 from hubtools.units import size_both
@@ -111,9 +111,9 @@ def render_gguf_card(source: CardSource, releases: Sequence[GgufRelease], *, rep
         CardError: the metadata breaks a Hub rule.
     """
     repo = repo_id or f"{source.repo_id}-GGUF"
-    instruct = source.kind == "instruct"
+    instruct = source.kind is ModelKind.INSTRUCT
     rows = [_row(r, repo) for r in releases]
-    template = prompt_template(source.tokenizer, instruct)
+    template = prompt_template(source.tokenizer.value, instruct)
     meta = {k: v for k, v in source.metadata.items() if k not in ("base_model", "base_model_relation", "library_name")}
     tags = sorted({*(meta.pop("tags", None) or []), "gguf", "llama.cpp"})
     data = ModelCardData(

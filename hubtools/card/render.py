@@ -35,7 +35,7 @@ from hubtools.card.model_facts import (
     render_chat_example,
 )
 from hubtools.card.rules import validate_card_text
-from hubtools.card.source import CardSource, load_card_source, resolve_card_source
+from hubtools.card.source import CardSource, ModelKind, load_card_source, resolve_card_source
 from hubtools.destination import FILE_MARKER, check_destination, write_file
 from hubtools.errors import CardError, VerifyError
 from hubtools.units import human_count, size_both
@@ -128,14 +128,14 @@ def _context(
     if model:
         check_model_matches(source, model)
     origin = "counted in the safetensors headers of the converted model" if model else "as stated by the release"
-    instruct = source.kind == "instruct"
+    instruct = source.kind is ModelKind.INSTRUCT
     return {
         "title": source.title,
         "description": source.description,
         "sections": source.sections,
         "repo_id": source.repo_id,
         "architecture": source.architecture,
-        "tokenizer": source.tokenizer,
+        "tokenizer": source.tokenizer.value,
         "context_length": source.context_length,
         "sliding_window": source.sliding_window,
         "instruct": instruct,
@@ -147,7 +147,7 @@ def _context(
             "active_short": human_count(active, digits=".3g") if active else None,
         },
         "conversation": [json.dumps(message, ensure_ascii=False) for message in EXAMPLE_CONVERSATION],
-        "reference_prompt": reference_prompt(source.tokenizer) if instruct else None,
+        "reference_prompt": reference_prompt(source.tokenizer.value) if instruct else None,
         "chat_example": render_chat_example(model) if model else None,
         "chat_template_file": model.chat_template_file if model else None,
         "memory": memory_rows(total),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,15 @@ from hubtools.card.eval_results import Benchmark, benchmarks_from_source
 from hubtools.errors import CardError
 from hubtools.tokenization.choices import TokenizerVersion
 
-KINDS = ("base", "instruct")
+
+class ModelKind(str, Enum):
+    """Whether a release is a base model or an instruct (chat) model."""
+
+    BASE = "base"
+    INSTRUCT = "instruct"
+
+
+KINDS = tuple(k.value for k in ModelKind)
 TOKENIZERS = tuple(v.value for v in TokenizerVersion.sentencepiece())  # the card quotes mistral-common's prompt
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.S)
 _REQUIRED = {"title": str, "repo_id": str, "kind": str, "tokenizer": str, "parameters": int, "metadata": dict}
@@ -34,8 +43,8 @@ class CardSource:
     path: Path
     title: str
     repo_id: str
-    kind: str
-    tokenizer: str
+    kind: ModelKind
+    tokenizer: TokenizerVersion
     parameters: int
     metadata: Mapping[str, Any]
     model_name: str
@@ -93,8 +102,8 @@ def load_card_source(path: Path) -> CardSource:
         path=path,
         title=data["title"],
         repo_id=data["repo_id"],
-        kind=data["kind"],
-        tokenizer=data["tokenizer"],
+        kind=ModelKind(data["kind"]),
+        tokenizer=TokenizerVersion(data["tokenizer"]),
         parameters=data["parameters"],
         metadata=data["metadata"],
         model_name=data.get("model_name", data["repo_id"].rsplit("/", 1)[-1]),
