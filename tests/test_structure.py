@@ -140,16 +140,14 @@ def test_config_missing_duplicated_or_not_json(hf: Path) -> None:
     assert problem.startswith("config.json: not valid JSON (Expecting property name enclosed in double quotes")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a config.json that is JSON but not an object (a list) is dropped without a problem: config is None "
-    "and verify's structure check then skips every config comparison and passes",
-)
 def test_config_not_an_object_is_a_problem(hf: Path) -> None:
     (hf / "config.json").write_text("[1, 2]")
     audit = index_hf_folder(hf)
     assert audit.config is None
-    assert any(p.startswith("config.json") and "object" in p for p in audit.problems), audit.problems
+    assert audit.problems == ("config.json: expected a JSON object, found a list",)
+    for text, kind in (('"mixtral"', "a string"), ("64", "a number"), ("true", "a boolean"), ("null", "null")):
+        (hf / "config.json").write_text(text)
+        assert index_hf_folder(hf).problems == (f"config.json: expected a JSON object, found {kind}",)
 
 
 @pytest.mark.parametrize(

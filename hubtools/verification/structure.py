@@ -60,6 +60,13 @@ class HfFolder:
         return Checkpoint(self.folder, weights, params, self.tensors, None)
 
 
+class _Unreadable:
+    """What _read_json returns for a file it could not parse (its problem is already named)."""
+
+
+_UNREADABLE = _Unreadable()
+
+
 def _read_json(path: Path, problems: list[str]) -> Any:
     duplicates: list[str] = []
 
@@ -73,14 +80,27 @@ def _read_json(path: Path, problems: list[str]) -> Any:
 
     if path.stat().st_size > MAX_JSON_BYTES:
         problems.append(f"{path.name}: {path.stat().st_size} bytes (at most {MAX_JSON_BYTES} accepted)")
-        return None
+        return _UNREADABLE
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         problems.append(f"{path.name}: not valid JSON ({str(exc)[:200]})")
-        return None
+        return _UNREADABLE
     problems.extend(f"{path.name}: key '{k}' appears twice" for k in duplicates)
     return data
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words: "a list", "a string", "a number", "a boolean" (null is "null")."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
 
 
 def index_hf_folder(folder: Path) -> HfFolder:
@@ -94,9 +114,11 @@ def index_hf_folder(folder: Path) -> HfFolder:
     problems: list[str] = []
     notes: list[str] = []
     config_path = folder / CONFIG
-    config = _read_json(config_path, problems) if config_path.is_file() else None
+    config = _read_json(config_path, problems) if config_path.is_file() else _UNREADABLE
     if not config_path.is_file():
         problems.append(f"{config_path}: expected the model's config, found no file")
+    elif config is not _UNREADABLE and not isinstance(config, dict):
+        problems.append(f"{config_path.name}: expected a JSON object, found {_json_kind(config)}")
     weight_map = read_weight_map(folder, problems)
     files, tensors = index_safetensors(indexed_files(folder, weight_map, problems), problems)
     if weight_map is not None:
