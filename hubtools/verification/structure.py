@@ -181,9 +181,20 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
     rope_type = _rope_parameters(config).get("rope_type", "default")
-    if rope_type != "default" or config.get("rope_scaling"):
+    if rope_type != "default":
         problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
+    if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
+        problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
     return problems
+
+
+def _scales_rope(rope_scaling: Any) -> bool:
+    """Whether a transformers 4.x rope_scaling changes the rotary embedding (null, {} and a "default" type do not)."""
+    if not rope_scaling:
+        return False
+    if not isinstance(rope_scaling, dict):
+        return True
+    return rope_scaling.get("rope_type", rope_scaling.get("type")) != "default"
 
 
 SIZE_FIELDS = (
