@@ -228,14 +228,19 @@ def test_rope_scaling_names_itself(converted: Path) -> None:
         assert config_problems({**config_of(converted), "rope_scaling": harmless}, PARAMS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_same compares with ==, so a float 64.0 passes for hidden_size 64 (and true for an integer 1): "
-    "the audit passes a config whose float sizes transformers cannot build modules from",
-)
 def test_float_and_bool_sizes_are_problems(converted: Path) -> None:
     config = {**config_of(converted), "hidden_size": 64.0}
     assert config_problems(config, PARAMS) != [] and size_mismatches(config, PARAMS) == ["hidden_size"]
+    assert config_problems(config, PARAMS) == ["config.json hidden_size: expected 64, found 64.0"]
+    one_layer = tiny_params(n_layers=1, vocab_size=256)
+    config = {**to_config(one_layer), "num_hidden_layers": True, "tie_word_embeddings": 0}
+    assert config_problems(config, one_layer) == [
+        "config.json num_hidden_layers: expected 1, found true",
+        "config.json tie_word_embeddings: expected false, found 0",
+    ]
+    assert size_mismatches(config, one_layer) == ["num_hidden_layers"]
+    derived = {**to_config(one_layer), "head_dim": None, "hidden_size": "64", "num_attention_heads": 0}
+    assert size_mismatches(derived, one_layer) == ["hidden_size", "num_attention_heads", "head_dim"]  # no raise
 
 
 def test_size_mismatches(converted: Path) -> None:

@@ -145,21 +145,35 @@ def _found(config: dict[str, Any], key: str) -> Any:
     if key == "num_key_value_heads":
         return config.get(key) or config.get("num_attention_heads")
     if key == "head_dim":
-        heads = config.get("num_attention_heads")
-        return config.get(key) or (config.get("hidden_size", 0) // heads if isinstance(heads, int) else None)
+        heads, hidden = config.get("num_attention_heads"), config.get("hidden_size", 0)
+        derivable = _is_int(heads) and _is_int(hidden) and heads != 0
+        return config.get(key) or (hidden // heads if derivable else None)
     if key == "tie_word_embeddings":
         return config.get(key, False)
     return config.get(key)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _same(expected: Any, found: Any) -> bool:
+    """Floats within 1e-9; an integer only as an integer and a boolean only as a boolean (64.0 and true are not
+    sizes transformers builds modules from, and 0 is not false)."""
     if isinstance(expected, float) and isinstance(found, (int, float)) and not isinstance(found, bool):
         return math.isclose(expected, found, rel_tol=1e-9)
+    if isinstance(expected, bool) or isinstance(found, bool):
+        return type(expected) is type(found) and expected == found
+    if _is_int(expected) or _is_int(found):
+        return _is_int(expected) and _is_int(found) and expected == found
     return bool(expected == found)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else json.dumps(value)
+def _fmt(value: Any, *, like: Any = None) -> str:
+    """A value as the message shows it: floats by %g, except where an integer was expected (64.0, not 64)."""
+    if isinstance(value, float) and not _is_int(like):
+        return f"{value:g}"
+    return json.dumps(value)
 
 
 def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: float | None = None) -> list[str]:
@@ -177,7 +191,7 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             continue
         if not _same(want, got):
             reason = f" {why[key]}" if key in why else ""
-            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got)}")
+            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
     rope_type = _rope_parameters(config).get("rope_type", "default")
