@@ -174,12 +174,6 @@ def test_v1_validates_tools_and_rejects_calls(tokenizers: dict[str, Any]) -> Non
     assert got[19] == TOOL_REASONS[19]  # the tool list is still validated
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tool conversations 6 (big ints, 1E5, -0 as a JSON string) and 9 (nested arguments with escapes) end "
-    "with the assistant's unanswered call, so mistral-common rejects them for the last role and the argument "
-    "rendering they were written to exercise is never compared (a tool result after the call would fix it)",
-)
 @pytest.mark.parametrize("kind", ["v3", "v7", "tekken"])
 def test_tool_conversations_before_the_rejected_ones_are_accepted(tokenizers: dict[str, Any], kind: str) -> None:
     got = outcomes(tokenizers[kind], list(BUILTIN_TOOL_CONVERSATIONS))

@@ -140,16 +140,14 @@ def test_config_missing_duplicated_or_not_json(hf: Path) -> None:
     assert problem.startswith("config.json: not valid JSON (Expecting property name enclosed in double quotes")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a config.json that is JSON but not an object (a list) is dropped without a problem: config is None "
-    "and verify's structure check then skips every config comparison and passes",
-)
 def test_config_not_an_object_is_a_problem(hf: Path) -> None:
     (hf / "config.json").write_text("[1, 2]")
     audit = index_hf_folder(hf)
     assert audit.config is None
-    assert any(p.startswith("config.json") and "object" in p for p in audit.problems), audit.problems
+    assert audit.problems == ("config.json: expected a JSON object, found a list",)
+    for text, kind in (('"mixtral"', "a string"), ("64", "a number"), ("true", "a boolean"), ("null", "null")):
+        (hf / "config.json").write_text(text)
+        assert index_hf_folder(hf).problems == (f"config.json: expected a JSON object, found {kind}",)
 
 
 @pytest.mark.parametrize(
@@ -221,26 +219,28 @@ def test_config_problems_every_field_at_once(converted: Path) -> None:
     assert all(p.endswith(', found "x"') for p in problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a transformers 4.x rope_scaling with no rope_parameters is reported as "
-    '\'rope_parameters.rope_type: expected "default", found "default"\': the message names neither the field '
-    "(rope_scaling) nor the value that disagrees",
-)
 def test_rope_scaling_names_itself(converted: Path) -> None:
     config = {**config_of(converted), "rope_scaling": {"type": "linear", "factor": 2.0}}
     (problem,) = config_problems(config, PARAMS)
     assert "rope_scaling" in problem and '"linear"' in problem, problem
+    assert problem == 'config.json rope_scaling: expected null, found {"type": "linear", "factor": 2.0}'
+    for harmless in (None, {}, {"rope_type": "default"}, {"type": "default"}):
+        assert config_problems({**config_of(converted), "rope_scaling": harmless}, PARAMS) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_same compares with ==, so a float 64.0 passes for hidden_size 64 (and true for an integer 1): "
-    "the audit passes a config whose float sizes transformers cannot build modules from",
-)
 def test_float_and_bool_sizes_are_problems(converted: Path) -> None:
     config = {**config_of(converted), "hidden_size": 64.0}
     assert config_problems(config, PARAMS) != [] and size_mismatches(config, PARAMS) == ["hidden_size"]
+    assert config_problems(config, PARAMS) == ["config.json hidden_size: expected 64, found 64.0"]
+    one_layer = tiny_params(n_layers=1, vocab_size=256)
+    config = {**to_config(one_layer), "num_hidden_layers": True, "tie_word_embeddings": 0}
+    assert config_problems(config, one_layer) == [
+        "config.json num_hidden_layers: expected 1, found true",
+        "config.json tie_word_embeddings: expected false, found 0",
+    ]
+    assert size_mismatches(config, one_layer) == ["num_hidden_layers"]
+    derived = {**to_config(one_layer), "head_dim": None, "hidden_size": "64", "num_attention_heads": 0}
+    assert size_mismatches(derived, one_layer) == ["hidden_size", "num_attention_heads", "head_dim"]  # no raise
 
 
 def test_size_mismatches(converted: Path) -> None:

@@ -160,6 +160,13 @@ def test_each_config_field_is_compared_and_named(
     assert not report.passed
 
 
+def test_a_config_that_is_not_an_object_fails_structure(pair: tuple[Path, Path], broken: Path) -> None:
+    (broken / "config.json").write_text("[1, 2]")
+    report = verify(pair[0], broken, check_logits=False)
+    assert not report.passed and not report.structure.passed
+    assert report.structure.problems == ("config.json: expected a JSON object, found a list",)
+
+
 def test_a_hub_style_repo_with_other_shard_names_and_new_config_keys_is_audited(
     pair: tuple[Path, Path], broken: Path
 ) -> None:

@@ -44,6 +44,12 @@ def _pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _pax_size(text: str, where: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise CorruptFileError(f"{where}: corrupt tar header (pax size {text!r})")
+    return int(text)
+
+
 def index_tar(archive: RangeFile) -> list[TarMember]:
     """Every regular file of the archive, with the offset and size of its data.
 
@@ -61,6 +67,8 @@ def index_tar(archive: RangeFile) -> list[TarMember]:
         if checksum != sum(header[:148]) + 8 * 32 + sum(header[156:]):
             raise CorruptFileError(f"{archive.url}: corrupt tar header at byte {offset} (checksum mismatch)")
         size, kind = _number(header[124:136], archive.url), header[156:157]
+        if kind not in (b"L", b"x") and "size" in pax:  # a pax size replaces the header's (8 GiB and more)
+            size = _pax_size(pax["size"], archive.url)
         data = offset + BLOCK
         if data + size > archive.size:
             raise CorruptFileError(
@@ -71,7 +79,6 @@ def index_tar(archive: RangeFile) -> list[TarMember]:
             long_name, pax = (content.rstrip(b"\0").decode(), pax) if kind == b"L" else (long_name, _pax(content))
         else:
             name = pax.get("path") or long_name or _ustar_name(header)
-            size = int(pax.get("size", size))
             if kind in REGULAR:
                 members.append(TarMember(name.removeprefix("./"), data, size))
             long_name, pax = None, {}

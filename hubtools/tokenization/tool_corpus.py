@@ -74,10 +74,14 @@ BUILTIN_TOOL_CONVERSATIONS: tuple[dict[str, Any], ...] = (
     ),
     _chat(_u("Zürich?"), _a(None, _call("callZUR01", json.dumps({"city": "Zürich 東京 😀"}))), _t("callZUR01", "Ça")),
     _chat(_u("q"), _a(None, _call("callFMT01", json.dumps({"n": [1, -2.5e-7, 1e300]}, indent=2))), _t("callFMT01", "")),
-    _chat(_u("q"), _a(None, _call("callNUM01", '{"big": 123456789012345678901234567890, "f": 1E5, "z": -0}'))),
+    _chat(
+        _u("q"),
+        _a(None, _call("callNUM01", '{"big": 123456789012345678901234567890, "f": 1E5, "z": -0}')),
+        _t("callNUM01", "ok"),
+    ),
     _chat(_u("q"), _a(None, _call("callTXT01", "not json at all", "search-docs_2")), _t("callTXT01", "42")),
     _chat(_u("q"), _a(None, _call("callEMP01", "", "search-docs_2")), _t("callEMP01", [{"type": "text", "text": "a"}])),
-    _chat(_u("q"), _a(None, _call("callNES01", {"a": {"b": [{"c": None}, True, '\n\t"\\']}}))),
+    _chat(_u("q"), _a(None, _call("callNES01", {"a": {"b": [{"c": None}, True, '\n\t"\\']}})), _t("callNES01", "ok")),
     _chat(_u("q"), _a("Let me check.", _call("callMIX01", {"city": "Oslo"})), _t("callMIX01", "-3")),
     _chat(_u("hi"), tools=[]),
     # rejected by mistral-common

@@ -60,6 +60,13 @@ class HfFolder:
         return Checkpoint(self.folder, weights, params, self.tensors, None)
 
 
+class _Unreadable:
+    """What _read_json returns for a file it could not parse (its problem is already named)."""
+
+
+_UNREADABLE = _Unreadable()
+
+
 def _read_json(path: Path, problems: list[str]) -> Any:
     duplicates: list[str] = []
 
@@ -73,14 +80,27 @@ def _read_json(path: Path, problems: list[str]) -> Any:
 
     if path.stat().st_size > MAX_JSON_BYTES:
         problems.append(f"{path.name}: {path.stat().st_size} bytes (at most {MAX_JSON_BYTES} accepted)")
-        return None
+        return _UNREADABLE
     try:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         problems.append(f"{path.name}: not valid JSON ({str(exc)[:200]})")
-        return None
+        return _UNREADABLE
     problems.extend(f"{path.name}: key '{k}' appears twice" for k in duplicates)
     return data
+
+
+def _json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words: "a list", "a string", "a number", "a boolean" (null is "null")."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null"
 
 
 def index_hf_folder(folder: Path) -> HfFolder:
@@ -94,9 +114,11 @@ def index_hf_folder(folder: Path) -> HfFolder:
     problems: list[str] = []
     notes: list[str] = []
     config_path = folder / CONFIG
-    config = _read_json(config_path, problems) if config_path.is_file() else None
+    config = _read_json(config_path, problems) if config_path.is_file() else _UNREADABLE
     if not config_path.is_file():
         problems.append(f"{config_path}: expected the model's config, found no file")
+    elif config is not _UNREADABLE and not isinstance(config, dict):
+        problems.append(f"{config_path.name}: expected a JSON object, found {_json_kind(config)}")
     weight_map = read_weight_map(folder, problems)
     files, tensors = index_safetensors(indexed_files(folder, weight_map, problems), problems)
     if weight_map is not None:
@@ -123,21 +145,35 @@ def _found(config: dict[str, Any], key: str) -> Any:
     if key == "num_key_value_heads":
         return config.get(key) or config.get("num_attention_heads")
     if key == "head_dim":
-        heads = config.get("num_attention_heads")
-        return config.get(key) or (config.get("hidden_size", 0) // heads if isinstance(heads, int) else None)
+        heads, hidden = config.get("num_attention_heads"), config.get("hidden_size", 0)
+        derivable = _is_int(heads) and _is_int(hidden) and heads != 0
+        return config.get(key) or (hidden // heads if derivable else None)
     if key == "tie_word_embeddings":
         return config.get(key, False)
     return config.get(key)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _same(expected: Any, found: Any) -> bool:
+    """Floats within 1e-9; an integer only as an integer and a boolean only as a boolean (64.0 and true are not
+    sizes transformers builds modules from, and 0 is not false)."""
     if isinstance(expected, float) and isinstance(found, (int, float)) and not isinstance(found, bool):
         return math.isclose(expected, found, rel_tol=1e-9)
+    if isinstance(expected, bool) or isinstance(found, bool):
+        return type(expected) is type(found) and expected == found
+    if _is_int(expected) or _is_int(found):
+        return _is_int(expected) and _is_int(found) and expected == found
     return bool(expected == found)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else json.dumps(value)
+def _fmt(value: Any, *, like: Any = None) -> str:
+    """A value as the message shows it: floats by %g, except where an integer was expected (64.0, not 64)."""
+    if isinstance(value, float) and not _is_int(like):
+        return f"{value:g}"
+    return json.dumps(value)
 
 
 def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: float | None = None) -> list[str]:
@@ -155,13 +191,24 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             continue
         if not _same(want, got):
             reason = f" {why[key]}" if key in why else ""
-            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got)}")
+            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
     rope_type = _rope_parameters(config).get("rope_type", "default")
-    if rope_type != "default" or config.get("rope_scaling"):
+    if rope_type != "default":
         problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
+    if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
+        problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
     return problems
+
+
+def _scales_rope(rope_scaling: Any) -> bool:
+    """Whether a transformers 4.x rope_scaling changes the rotary embedding (null, {} and a "default" type do not)."""
+    if not rope_scaling:
+        return False
+    if not isinstance(rope_scaling, dict):
+        return True
+    return rope_scaling.get("rope_type", rope_scaling.get("type")) != "default"
 
 
 SIZE_FIELDS = (
