@@ -548,7 +548,16 @@ def write_tiny_hf_model(folder: Path, *, chat_template: str | None = None) -> in
     if chat_template is not None:
         tokenizer_config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    write_tokenizer_files(folder)
     return sum(t.numel() for t in tensors.values())
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """The v1 tokenizer the card's usage examples load: the native file and its tokenizer.json."""
+    from hubtools.testing import copy_tokenizer
+    from hubtools.tokenization.files import build_hf_tokenizer
+
+    build_hf_tokenizer(copy_tokenizer("v1", folder))[0].save(str(folder / "tokenizer.json"))
 
 
 V1_TEMPLATE = (

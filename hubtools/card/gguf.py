@@ -19,7 +19,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from hubtools.card.render import jinja_environment
+from hubtools.card.render import jinja_environment, user_turn
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, ModelKind
 from hubtools.errors import CardError, VerifyError
@@ -93,15 +93,7 @@ def _matching(reports: Sequence[GgufReport], name: str) -> GgufReport | None:
 
 def prompt_template(tokenizer: str, instruct: bool) -> str:
     """The instruct prompt as mistral-common lays out one user turn, `{prompt}` in place (no BOS)."""
-    if not instruct:
-        return "{prompt}"
-    from mistral_common.protocol.instruct.messages import UserMessage
-    from mistral_common.protocol.instruct.request import ChatCompletionRequest
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
-
-    request: ChatCompletionRequest = ChatCompletionRequest(messages=[UserMessage(content="{prompt}")])
-    text = str(getattr(MistralTokenizer, tokenizer)().encode_chat_completion(request).text).replace("▁", " ")
-    return text.removeprefix("<s>").strip()
+    return user_turn(tokenizer, None, "{prompt}") if instruct else "{prompt}"
 
 
 def render_gguf_card(source: CardSource, releases: Sequence[GgufRelease], *, repo_id: str | None = None) -> str:

@@ -31,7 +31,7 @@ class ModelKind(str, Enum):
 
 
 KINDS = tuple(k.value for k in ModelKind)
-TOKENIZERS = tuple(v.value for v in TokenizerVersion.sentencepiece())  # the card quotes mistral-common's prompt
+TOKENIZERS = tuple(v.value for v in TokenizerVersion)  # the card quotes mistral-common's prompt for each
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.S)
 _REQUIRED = {"title": str, "repo_id": str, "kind": str, "tokenizer": str, "parameters": int, "metadata": dict}
 
