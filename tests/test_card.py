@@ -776,3 +776,20 @@ def source_matching(facts: Any) -> Any:
 
     source = load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md")
     return dataclasses.replace(source, parameters=facts.parameters, active_parameters=facts.active_parameters)
+
+
+@pytest.mark.parametrize("spec", ["nosuch.md", "NoSuch.MD", "cards/nosuch", "nosuch.markdown"])
+def test_a_missing_card_source_path_is_named_as_a_path(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("card", spec, "-o", tmp_path / "README.md")
+    assert_one_line_error(result, f"error: {spec}: expected a card source file, found no such path")
+    assert "release" not in result.stderr and not (tmp_path / "README.md").exists()
+
+
+def test_a_folder_is_not_a_card_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.md").mkdir()
+    with pytest.raises(CardError, match=r"^x.md: expected a card source file, found a folder$"):
+        resolve_card_source("x.md", cards_dir=ROOT / "cards")
