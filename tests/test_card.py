@@ -793,3 +793,22 @@ def test_a_folder_is_not_a_card_source(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "x.md").mkdir()
     with pytest.raises(CardError, match=r"^x.md: expected a card source file, found a folder$"):
         resolve_card_source("x.md", cards_dir=ROOT / "cards")
+
+
+def test_the_card_checks_the_folders_config_and_tokenizer_files(tmp_path: Path) -> None:
+    import dataclasses
+
+    write_tiny_hf_model(tmp_path / "hf", chat_template=V1_TEMPLATE)
+    facts = read_model_facts(tmp_path / "hf")
+    assert (facts.tokenizer_file, facts.tokenizer_version, facts.context_length) == ("tokenizer.model", "v1", 64)
+    source = source_matching(facts)  # states a context of 32,768 tokens, no sliding window
+    assert "| Context length | 32,768 tokens (config.json allows 64 positions) |" in render_card(source, model=facts)
+    with pytest.raises(CardError) as window:
+        render_card(dataclasses.replace(source, sliding_window=4096), model=facts)
+    assert str(window.value) == (
+        f"{source.path}: expected a sliding window of 4,096 tokens as the card states, found none in the model "
+        "folder's config.json"
+    )
+    (tmp_path / "hf" / "tokenizer.json").unlink()
+    with pytest.raises(CardError, match=r"hf: expected the tokenizer files the card's usage examples load "):
+        render_card(source, model=read_model_facts(tmp_path / "hf"))
