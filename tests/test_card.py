@@ -548,7 +548,16 @@ def write_tiny_hf_model(folder: Path, *, chat_template: str | None = None) -> in
     if chat_template is not None:
         tokenizer_config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config), encoding="utf-8")
+    write_tokenizer_files(folder)
     return sum(t.numel() for t in tensors.values())
+
+
+def write_tokenizer_files(folder: Path) -> None:
+    """The v1 tokenizer the card's usage examples load: the native file and its tokenizer.json."""
+    from hubtools.testing import copy_tokenizer
+    from hubtools.tokenization.files import build_hf_tokenizer
+
+    build_hf_tokenizer(copy_tokenizer("v1", folder))[0].save(str(folder / "tokenizer.json"))
 
 
 V1_TEMPLATE = (
@@ -767,3 +776,39 @@ def source_matching(facts: Any) -> Any:
 
     source = load_card_source(ROOT / "cards" / "mixtral-8x7b-instruct-v0.1.md")
     return dataclasses.replace(source, parameters=facts.parameters, active_parameters=facts.active_parameters)
+
+
+@pytest.mark.parametrize("spec", ["nosuch.md", "NoSuch.MD", "cards/nosuch", "nosuch.markdown"])
+def test_a_missing_card_source_path_is_named_as_a_path(
+    tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("card", spec, "-o", tmp_path / "README.md")
+    assert_one_line_error(result, f"error: {spec}: expected a card source file, found no such path")
+    assert "release" not in result.stderr and not (tmp_path / "README.md").exists()
+
+
+def test_a_folder_is_not_a_card_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.md").mkdir()
+    with pytest.raises(CardError, match=r"^x.md: expected a card source file, found a folder$"):
+        resolve_card_source("x.md", cards_dir=ROOT / "cards")
+
+
+def test_the_card_checks_the_folders_config_and_tokenizer_files(tmp_path: Path) -> None:
+    import dataclasses
+
+    write_tiny_hf_model(tmp_path / "hf", chat_template=V1_TEMPLATE)
+    facts = read_model_facts(tmp_path / "hf")
+    assert (facts.tokenizer_file, facts.tokenizer_version, facts.context_length) == ("tokenizer.model", "v1", 64)
+    source = source_matching(facts)  # states a context of 32,768 tokens, no sliding window
+    assert "| Context length | 32,768 tokens (config.json allows 64 positions) |" in render_card(source, model=facts)
+    with pytest.raises(CardError) as window:
+        render_card(dataclasses.replace(source, sliding_window=4096), model=facts)
+    assert str(window.value) == (
+        f"{source.path}: expected a sliding window of 4,096 tokens as the card states, found none in the model "
+        "folder's config.json"
+    )
+    (tmp_path / "hf" / "tokenizer.json").unlink()
+    with pytest.raises(CardError, match=r"hf: expected the tokenizer files the card's usage examples load "):
+        render_card(source, model=read_model_facts(tmp_path / "hf"))

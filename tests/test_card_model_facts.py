@@ -27,6 +27,8 @@ def test_facts_from_the_config_and_the_tokenizer_config(tmp_path: Path) -> None:
         chat_template_file="tokenizer_config.json",
         bos_token="<B>",
         eos_token="<E>",
+        folder=tmp_path,
+        hf_tokenizer=False,
     )
     (tmp_path / "chat_template.jinja").write_text("T")
     facts = read_model_facts(tmp_path, counts=(10, 10))

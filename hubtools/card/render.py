@@ -45,18 +45,29 @@ from hubtools.verification.report_text import check_details, status, verdict
 logger = logging.getLogger(__name__)
 
 
-def reference_prompt(tokenizer: str) -> str:
+def mistral_tokenizer(tokenizer: str, native: Path | None = None) -> Any:
+    """mistral-common's tokenizer for a version: the model's own file when known, else the one mistral-common
+    ships (`MistralTokenizer.v1()` ... `.v7()`; tekken: `MistralTokenizer.v3(is_tekken=True)`)."""
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    if native is not None:
+        return MistralTokenizer.from_file(str(native))
+    if tokenizer == "tekken":
+        return MistralTokenizer.v3(is_tekken=True)
+    return getattr(MistralTokenizer, tokenizer)()
+
+
+def reference_prompt(tokenizer: str, native: Path | None = None) -> str:
     """The instruct format as mistral-common (the reference) lays out a user/assistant/user conversation."""
     from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
-    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     messages: list[UserMessage | AssistantMessage] = [
         UserMessage(content="Instruction"),
         AssistantMessage(content="Model answer"),
         UserMessage(content="Follow-up instruction"),
     ]
-    encoded = getattr(MistralTokenizer, tokenizer)().encode_chat_completion(ChatCompletionRequest(messages=messages))
+    encoded = mistral_tokenizer(tokenizer, native).encode_chat_completion(ChatCompletionRequest(messages=messages))
     return str(encoded.text).replace("▁", " ")
 
 
@@ -129,15 +140,18 @@ def _context(
         check_model_matches(source, model)
     origin = "counted in the safetensors headers of the converted model" if model else "as stated by the release"
     instruct = source.kind is ModelKind.INSTRUCT
+    native = model.folder / model.tokenizer_file if model and model.folder and model.tokenizer_file else None
     return {
+        **_tokenizer_context(source, model, native),
         "title": source.title,
         "description": source.description,
         "sections": source.sections,
         "repo_id": source.repo_id,
         "architecture": source.architecture,
         "tokenizer": source.tokenizer.value,
-        "context_length": source.context_length,
-        "sliding_window": source.sliding_window,
+        "context_length": source.context_length or (model.context_length if model else None),
+        "config_context_length": model.context_length if model and source.context_length else None,
+        "sliding_window": model.sliding_window if model and model.folder else source.sliding_window,
         "instruct": instruct,
         "params": {
             "total_exact": f"{total:,}",
@@ -147,13 +161,49 @@ def _context(
             "active_short": human_count(active, digits=".3g") if active else None,
         },
         "conversation": [json.dumps(message, ensure_ascii=False) for message in EXAMPLE_CONVERSATION],
-        "reference_prompt": reference_prompt(source.tokenizer.value) if instruct else None,
+        "reference_prompt": reference_prompt(source.tokenizer.value, native) if instruct else None,
         "chat_example": render_chat_example(model) if model else None,
         "chat_template_file": model.chat_template_file if model else None,
         "memory": memory_rows(total),
         "results": results_tables(benchmarks, runs, source.details_urls),
         "verify": verify_summary(report) if report is not None else None,
     }
+
+
+def _tokenizer_context(source: CardSource, model: ModelFacts | None, native: Path | None) -> dict[str, Any]:
+    """How the usage examples reach the tokenizer and the chat format, from what the model folder holds.
+
+    `chat_route` (instruct cards): "template" when the folder ships a chat template (or no folder is given:
+    the release's own), "mistral-common" when it ships none but a native tokenizer file
+    (`MistralCommonBackend` applies mistral-common's format), "prompt" when it ships neither (the prompt is
+    written out in mistral-common's layout). `mistral_common_file`: the native file the mistral-common
+    example downloads (tekken has no built-in `MistralTokenizer.<version>()`).
+    """
+    if model is None or model.chat_template is not None:
+        route = "template"
+    else:
+        route = "mistral-common" if native is not None else "prompt"
+    tekken = source.tokenizer.value == "tekken"
+    return {
+        "chat_route": route,
+        "no_template_in": model.folder is not None and model.chat_template is None if model else False,
+        "written_prompt": user_turn(source.tokenizer.value, native, EXAMPLE_CONVERSATION[0]["content"])
+        if route == "prompt"
+        else None,
+        "mistral_common_file": (model.tokenizer_file if model and model.tokenizer_file else "tekken.json")
+        if tekken
+        else None,
+    }
+
+
+def user_turn(tokenizer: str, native: Path | None, content: str) -> str:
+    """One user turn as mistral-common lays it out, without the BOS the tokenizer adds."""
+    from mistral_common.protocol.instruct.messages import UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    request: ChatCompletionRequest = ChatCompletionRequest(messages=[UserMessage(content=content)])
+    text = str(mistral_tokenizer(tokenizer, native).encode_chat_completion(request).text).replace("▁", " ")
+    return text.removeprefix("<s>").strip()
 
 
 def memory_rows(parameters: int) -> list[dict[str, str]]:

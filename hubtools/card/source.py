@@ -31,8 +31,9 @@ class ModelKind(str, Enum):
 
 
 KINDS = tuple(k.value for k in ModelKind)
-TOKENIZERS = tuple(v.value for v in TokenizerVersion.sentencepiece())  # the card quotes mistral-common's prompt
+TOKENIZERS = tuple(v.value for v in TokenizerVersion)  # the card quotes mistral-common's prompt for each
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.S)
+SOURCE_SUFFIXES = (".md", ".markdown")  # a SPEC ending so names a file: never read as a release name
 _REQUIRED = {"title": str, "repo_id": str, "kind": str, "tokenizer": str, "parameters": int, "metadata": dict}
 
 
@@ -61,14 +62,19 @@ class CardSource:
 def resolve_card_source(spec: str, *, cards_dir: Path) -> Path:
     """Turn a card source path or a release name (`cards/<name>.*`) into the card source path.
 
+    A SPEC with a path separator or a Markdown suffix is a path: when nothing is there, the message names
+    the path (not a release).
+
     Raises:
         `CardError`: nothing or more than one file matches.
     """
     path = Path(spec)
     if path.is_file():
         return path
-    if "/" in spec or "\\" in spec:
-        raise CardError(f"{spec}: expected a card source file or a release name in {cards_dir}/, found neither")
+    if path.exists():
+        raise CardError(f"{spec}: expected a card source file, found a folder")
+    if "/" in spec or "\\" in spec or path.suffix.lower() in SOURCE_SUFFIXES:
+        raise CardError(f"{spec}: expected a card source file, found no such path")
     found = sorted(p for p in cards_dir.glob("*") if p.is_file() and p.stem == spec)
     if len(found) != 1:
         what = "no card source" if not found else f"{len(found)} card sources ({', '.join(p.name for p in found)})"
