@@ -162,7 +162,7 @@ def load_prompts(path: Path) -> list[Prompt]:
             prompts.append(item)
         else:
             raise TokenizerError(
-                f"{path}: line {number}: expected a string or a non-empty list of {{role, content}} messages, "
+                f"{path}: line {number}: expected a string or a list of {{role, content}} messages, "
                 f"found {_shape(item)}"
             )
     return prompts
