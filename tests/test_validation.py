@@ -32,6 +32,7 @@ from hubtools.errors import (
 )
 from hubtools.gguf.verify import verify_gguf
 from hubtools.inspection import count_parameters
+from hubtools.model.hf_config import ConfigOverrides
 from hubtools.pipeline.release import plan_release
 from hubtools.publishing.client import RetryPolicy
 from hubtools.testing import tiny_params, write_native_checkpoint
@@ -138,6 +139,23 @@ def test_a_compute_dtype_is_refused_alike_by_verify_and_release(
     assert api_error(lambda: hubtools.ReleaseOptions(verify_dtype=dtype)) == refused
     dry = run_cli("release", native, REPO, "--dry-run", "--verify-dtype", dtype)
     assert cli_error(dry, InvalidValueError) == refused
+
+
+@pytest.mark.parametrize("theta", ["-5", "0", "nan", "inf"])
+def test_a_bad_rope_theta_is_refused_alike_before_any_work(
+    native: Path, converted: Path, gguf_file: Path, tmp_path: Path, run_cli: RunCli, theta: str
+) -> None:
+    said: list[str] = []
+    refused = api_error(
+        lambda: hubtools.verify(native, converted, rope_theta=float(theta), check_logits=False, progress=said.append)
+    )
+    assert refused[0] is InvalidValueError and refused[1].startswith(f"rope_theta {float(theta)!r}: expected")
+    assert api_error(lambda: verify_gguf(native, gguf_file, rope_theta=float(theta), progress=said.append)) == refused
+    assert api_error(lambda: ConfigOverrides(rope_theta=float(theta))) == refused  # what convert(overrides=...) takes
+    assert said == []
+    for args in (("verify", native, converted, "--no-logits"), ("convert", native, tmp_path / "out")):
+        assert cli_error(run_cli(*args, "--rope-theta", theta), InvalidValueError) == refused
+    assert not (tmp_path / "out").exists()
 
 
 # --- sizes ---

@@ -166,9 +166,10 @@ def verify_gguf(
         HubtoolsError subclasses: SRC or the GGUF file cannot be read.
     """
     say = progress or (lambda _: None)
+    overrides = ConfigOverrides(rope_theta=rope_theta)  # the values first, as `verify` checks them
     check_prompts(prompts_path)  # a bad line is found now, not after the tensors
     files = read_gguf(gguf_path)
-    source = open_source(src, overrides=ConfigOverrides(rope_theta=rope_theta))
+    source = open_source(src, overrides=overrides)
     quant = quant_of(files)
     with source.ckpt:
         say("structure")

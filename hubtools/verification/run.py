@@ -26,6 +26,7 @@ from hubtools.errors import TokenizerError, VerifyError
 from hubtools.families import check_counts
 from hubtools.filenames import PARAMS
 from hubtools.model.names import NameTable
+from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.params import default_rope_theta
 from hubtools.validation import compute_dtype
 from hubtools.verification.checks import StructureCheck, TokenizerCheck
@@ -163,7 +164,8 @@ def verify(
         A `VerifyReport`; verification that finds differences returns normally with `passed` False.
 
     Raises:
-        InvalidValueError: `dtype` is not float32 or bfloat16. TokenizerError: a `prompts_path` line that is
+        InvalidValueError: `dtype` is not float32 or bfloat16, or `rope_theta` not finite and > 0.
+        TokenizerError: a `prompts_path` line that is
             neither a text nor a conversation (both checked before any work).
         VerifyError: the folders are not a native / HF pair.
         HubtoolsError subclasses: the native checkpoint cannot be read.
@@ -180,6 +182,7 @@ def verify(
             raise VerifyError(f"{path}: expected a checkpoint folder, found a file (a .gguf file: use verify_gguf)")
     say = progress or (lambda _: None)
     compute: torch.dtype = compute_dtype(dtype).torch  # the values first, as the CLI checks them
+    ConfigOverrides(rope_theta=rope_theta)  # a finite rotary base > 0, as `convert` requires
     check_prompts(prompts_path)  # a bad line is found now, not after the forwards
     native, hf = assign_folders(native, hf)
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
