@@ -144,13 +144,14 @@ def gguf_options(
     """
     from hubtools.gguf.quant import parse_quants
 
-    split = split_size(split_max_size)
     given = None if quants is None else parse_quants(quants)  # '' or [] is an error, not the default
     chosen = pick(given, list(recipe.gguf) if recipe is not None and recipe.gguf else None, None)
     stem = pick(name, _from(recipe, "name"), None)
+    stem = None if stem is None else file_stem(stem)
+    split = split_size(split_max_size)  # in `export_gguf`'s order: quants, name, split size, chat template
     return GgufOptions(
         quants=tuple(chosen if chosen is not None else parse_quants(DEFAULT_QUANTS)),
-        name=None if stem is None else file_stem(stem),
+        name=stem,
         chat_template=pick(_template(chat_template), _from(recipe, "chat_template"), None),
         overrides=recipe.config_overrides() if recipe is not None else None,
         split_max_size=split,

@@ -25,8 +25,8 @@ from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.families import check_counts
 from hubtools.filenames import PARAMS
-from hubtools.model.names import NameTable
 from hubtools.model.hf_config import ConfigOverrides
+from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
 from hubtools.validation import compute_dtype
 from hubtools.verification.checks import StructureCheck, TokenizerCheck
