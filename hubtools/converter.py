@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hubtools.checkpoint.layout import check_not_in_target
 from hubtools.checkpoint.reader import Checkpoint, TensorSource, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
 from hubtools.checkpoint.writer import (
@@ -31,6 +32,7 @@ from hubtools.checkpoint.writer import (
     write_shard,
 )
 from hubtools.destination import atomic_folder, check_destination
+from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError
 from hubtools.families import check_counts
 from hubtools.filenames import (
@@ -47,7 +49,7 @@ from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.transforms import Transform
-from hubtools.units import parse_size
+from hubtools.validation import byte_size, cast_dtype
 
 Progress = Callable[[int], None]
 
@@ -103,11 +105,14 @@ def plan(
     """Decide every output tensor, shard and config value from headers alone.
 
     Args:
-        dtype: cast every tensor to this (a torch dtype, "bfloat16" or "BF16"); None keeps each tensor's.
+        dtype: cast every tensor to this (a torch dtype, "bfloat16" or "BF16"; bfloat16, float16 or
+            float32); None keeps each tensor's.
 
     Raises:
         MappingError, ParamsError, TokenizerError: the source is inconsistent.
+        InvalidValueError: a dtype a release cannot ship.
     """
+    dtype = cast_dtype(dtype)
     source = ckpt.folder / (PARAMS if ckpt.layout is Layout.NATIVE else CONFIG)
     check_counts(ckpt.params, ckpt.tensors, source=str(source))  # before the n_layers x experts table
     table = NameTable(ckpt.params)
@@ -255,6 +260,7 @@ class ConversionResult:
     files: tuple[str, ...]
     rules: tuple[str, ...]
     seconds: float
+    warnings: tuple[str, ...] = ()  # one line each: what the output lacks (the CLI prints them on stderr)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -282,9 +288,12 @@ def convert(
         check: called with the opened checkpoint before anything is written (e.g. a recipe's validation).
 
     Returns:
-        A `ConversionResult`. On any failure (or Ctrl-C) nothing is left at DST.
+        A `ConversionResult` (its `warnings`: what the output lacks, e.g. a tokenizer). On any failure
+        (or Ctrl-C) nothing is left at DST.
 
     Raises:
+        InvalidValueError: a dtype other than bfloat16, float16 or float32, a malformed size or chat
+            template (`check_convert_inputs`, before anything is opened).
         HubtoolsError subclasses naming the file or tensor at fault.
 
     Example:
@@ -294,15 +303,16 @@ def convert(
     """
     started = time.monotonic()
     src, dst = Path(src), Path(dst)
-    parse_size(max_shard_size)  # a bad size fails before anything is opened
-    check_destination(dst, sources=(src,), force=force)  # and so does a bad destination
-    layout = Layout.parse(to).other if to is not None else None
-    with open_checkpoint(src, layout=layout) as ckpt:
+    inputs = check_convert_inputs(
+        src, dst, to=to, dtype=dtype, max_shard_size=max_shard_size, chat_template=chat_template, force=force
+    )
+    with open_checkpoint(src, layout=inputs.source_layout) as ckpt:
         if check:
             check(ckpt)
-        conversion = plan(ckpt, dtype=dtype, max_shard_size=parse_size(max_shard_size), overrides=overrides)
+        conversion = plan(ckpt, dtype=inputs.dtype, max_shard_size=inputs.max_shard_size, overrides=overrides)
+        warnings = conversion_warnings(ckpt, conversion.target_layout)
         with atomic_folder(dst, sources=(src,), force=force) as tmp:
-            files = write_plan(ckpt, conversion, tmp, chat_template=chat_template, progress=progress)
+            files = write_plan(ckpt, conversion, tmp, chat_template=inputs.chat_template, progress=progress)
     copies = sum(1 for s in conversion.steps.values() if s.is_copy)
     return ConversionResult(
         str(src),
@@ -316,4 +326,62 @@ def convert(
         tuple(files),
         conversion.rules,
         round(time.monotonic() - started, 3),
+        warnings,
     )
+
+
+@dataclass(frozen=True)
+class ConvertInputs:
+    """`convert`'s arguments once checked (`check_convert_inputs`)."""
+
+    target: Layout | None
+    dtype: DType | None
+    max_shard_size: int
+    chat_template: str = "auto"  # a `ChatTemplate` value
+
+    @property
+    def source_layout(self) -> Layout | None:
+        return self.target.other if self.target is not None else None
+
+
+def check_convert_inputs(
+    src: Path,
+    dst: Path,
+    *,
+    to: Layout | str | None = None,
+    dtype: Any = None,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+    chat_template: str = "auto",
+    force: bool = False,
+) -> ConvertInputs:
+    """Every check of `convert`'s arguments that needs no tensor read: the CLI and the API both call it
+    before any work.
+
+    Raises:
+        InvalidValueError: a dtype a release cannot ship, a malformed shard size or chat template.
+        LayoutError: an unknown target layout, or a source already in it.
+        DestinationError: see `check_destination`.
+    """
+    from hubtools.tokenization.choices import ChatTemplate  # lazily: bytes on disk need no tokenizer code
+
+    target = Layout.parse(to) if to is not None else None
+    checked = ConvertInputs(
+        target,
+        cast_dtype(dtype),
+        byte_size(max_shard_size, name="max_shard_size"),
+        ChatTemplate.parse(chat_template).value,
+    )
+    check_destination(dst, sources=(src,), force=force)
+    if target is not None:
+        check_not_in_target(src, target)
+    return checked
+
+
+def conversion_warnings(ckpt: Checkpoint, target: Layout) -> tuple[str, ...]:
+    """What the output will lack that a user should hear about (one line each)."""
+    if ckpt.tokenizer_file is None:
+        return (
+            f"{ckpt.folder}: no tokenizer file (tokenizer.model*, tekken*.json), so the {target.value} output has "
+            "no tokenizer (copy it into the source and convert again)",
+        )
+    return ()

@@ -81,11 +81,11 @@ def test_release_flags_win_over_the_recipe_and_the_recipe_over_defaults(recipe: 
 
 
 def test_bad_values_name_the_value_not_a_flag() -> None:
-    with pytest.raises(InvalidValueError, match=r"^dtype 'float8': expected one of float64, float32"):
+    with pytest.raises(InvalidValueError, match=r"^dtype 'float8': expected one of bfloat16, float16, float32"):
         convert_options(None, dtype="float8")
     with pytest.raises(InvalidValueError, match=r"^chat_template 'jinja': expected one of auto, mistral"):
         convert_options(None, chat_template="jinja")
-    with pytest.raises(InvalidValueError, match=r"^'lots': expected a size"):
+    with pytest.raises(InvalidValueError, match=r"^max_shard_size 'lots': expected a size"):
         release_options(None, max_shard_size="lots")
     with pytest.raises(QuantizeError, match=r"^unknown quant type 'q9' \(expected one of"):
         gguf_options(None, quants="q9")

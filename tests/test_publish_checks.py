@@ -11,8 +11,9 @@ import pytest
 
 from hubtools.converter import convert
 from hubtools.errors import PublishError
-from hubtools.publishing.plan import check_repo_id, plan_upload
+from hubtools.publishing.plan import plan_upload
 from hubtools.testing import tiny_params, write_native_checkpoint
+from hubtools.validation import repo_id as check_repo_id
 from tests.helpers import assert_one_line_error
 
 

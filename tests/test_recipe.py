@@ -49,7 +49,8 @@ def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
 @pytest.mark.parametrize(
     "edit,message",
     [
-        ({"dtype": "int4"}, "'dtype' is 'int4' (expected one of bfloat16, float16, float32)"),
+        ({"dtype": "int4"}, "r.yaml: dtype 'int4': expected one of bfloat16, float16, float32"),
+        ({"dtype": None}, "r.yaml: dtype 'None': expected one of bfloat16, float16, float32"),
         ({"architecture": "LlamaForCausalLM"}, "'architecture' is 'LlamaForCausalLM'"),
         ({"colour": "red"}, "unknown key 'colour'"),
         ({"overrides": {"rope_scaling": 2}}, "unknown override 'rope_scaling'"),

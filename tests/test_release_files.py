@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.converter import convert, plan
-from hubtools.pipeline.release_files import ReleaseResult, dry_run_plan, small_files, write_small_files
+from hubtools.pipeline.overlay import ReleaseOptions
+from hubtools.pipeline.release import plan_release
+from hubtools.pipeline.release_files import ReleaseResult, small_files, write_small_files
 from hubtools.publishing.plan import ROLE_ORDER, Role
 from hubtools.publishing.upload import Action, FileResult
 from hubtools.testing import tiny_params, write_native_checkpoint
@@ -38,19 +40,21 @@ def test_the_dry_run_plan_names_every_shard_its_exact_size_and_each_tensor_s_sou
     params = tiny_params(n_layers=1)
     native = write_native_checkpoint(tmp_path / "native", params, layout="pth-split", tokenizer="v1")
     convert(native, tmp_path / "hf", max_shard_size="300KB")
-    with open_checkpoint(native) as ckpt:
-        result = dry_run_plan(str(native), ckpt, plan(ckpt, max_shard_size=300_000))
+    options = ReleaseOptions(max_shard_size=300_000, work_dir=tmp_path / "work")
+    result = plan_release(str(native), "acme/tiny", options=options)
     sizes = {p.name: p.stat().st_size for p in (tmp_path / "hf").glob("model-*.safetensors")}
     assert {s["file"]: s["bytes"] for s in result["shards"]} == sizes
     assert (
         result["total_bytes"] == sum(sizes.values()) and result["format"] == "pth-split" and result["dry_run"] is True
     )
-    assert result["small_files"] == [
+    assert result["small_files"] == [  # what convert writes besides the weights, in publish's order; no card
         "model.safetensors.index.json",
         "config.json",
         "generation_config.json",
-        "tokenizer files",
-        "README.md",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer_config.json",
     ]
     ranges = [r for s in result["shards"] for t in s["tensors"] for r in t["ranges"]]
     assert all(Path(path).name.startswith("consolidated.00.pth-split") and length > 0 for path, _, length in ranges)

@@ -37,7 +37,15 @@ from hubtools.model.names import Layout
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Layout", "TensorSource", "WeightFiles", "WeightFormat", "detect_layout", "layouts_present"]
+__all__ = [
+    "Layout",
+    "TensorSource",
+    "WeightFiles",
+    "WeightFormat",
+    "check_not_in_target",
+    "detect_layout",
+    "layouts_present",
+]
 
 
 class WeightFormat(str, Enum):
@@ -169,6 +177,26 @@ def detect_layout(
     if chosen is Layout.HF:
         return WeightFiles(Layout.HF, WeightFormat.SAFETENSORS, tuple(folder / n for n in found["hf"]))
     return _native_weights(folder, found)
+
+
+def check_not_in_target(src: Path, target: Layout) -> None:
+    """A source to convert to `target` must hold the other layout's weights, not only `target`'s.
+
+    Raises:
+        LayoutError: "SRC: expected an HF checkpoint to convert to native, found a native one (...)".
+    """
+    try:
+        detect_layout(src, layout=target.other)
+    except LayoutError:
+        try:
+            detect_layout(src, layout=target)
+        except LayoutError:
+            return  # not a checkpoint of either layout: opening it says what is wrong
+        article = {Layout.HF: "an HF", Layout.NATIVE: "a native"}
+        raise LayoutError(
+            f"{src}: expected {article[target.other]} checkpoint to convert to {target.value}, found "
+            f"{article[target]} one (it is already in the {target.value} layout: nothing to convert)"
+        ) from None
 
 
 def _native_weights(folder: Path, found: dict[str, list[str]]) -> WeightFiles:

@@ -18,7 +18,7 @@ from hubtools.tokenization.choices import ChatTemplate
 @click.option("--to", "to", type=click.Choice(["hf", "native"]), help="Target layout (default: the other one).")
 @click.option(
     "--dtype",
-    type=click.Choice(DType.values(*CAST_DTYPES)),
+    metavar=f"[{'|'.join(DType.values(*CAST_DTYPES))}]",
     help="Cast tensors (default: keep; the recipe's dtype with --recipe).",
 )
 @click.option("--max-shard-size", default=None, help="Shard budget, e.g. 5GB (default 5GB or the recipe's).")
@@ -51,7 +51,7 @@ def convert_command(
 ) -> None:
     """Convert SRC (native or HF layout) into DST in the other layout, streaming."""
     from hubtools.checkpoint.layout import detect_layout
-    from hubtools.converter import convert
+    from hubtools.converter import check_convert_inputs, convert
     from hubtools.pipeline.overlay import convert_options
     from hubtools.pipeline.recipe import load_recipe
     from hubtools.units import human_bytes
@@ -64,6 +64,15 @@ def convert_command(
         rope_theta=rope_theta,
         max_position_embeddings=max_position_embeddings,
         chat_template=chat_template,
+    )
+    check_convert_inputs(  # what convert() checks first, before the progress bar reads SRC
+        src,
+        dst,
+        to=options.to,
+        dtype=options.dtype,
+        max_shard_size=options.max_shard_size,
+        chat_template=options.chat_template.value,
+        force=force,
     )
     total = detect_layout(src, layout=options.to.other if options.to else None).total_bytes
     with byte_progress(total, quiet or as_json, "convert") as bar:
@@ -90,3 +99,5 @@ def convert_command(
         )
         for rule in result.rules:
             click.echo(f"  {rule}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)

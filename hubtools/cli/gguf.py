@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hubtools.cli.errors import bad_parameter, handle_errors
+from hubtools.cli.errors import handle_errors
 from hubtools.cli.output import byte_progress, emit_json, json_option, quiet_option
 from hubtools.tokenization.choices import ChatTemplate
 
@@ -46,19 +46,15 @@ def gguf_command(
 ) -> None:
     """Export SRC (native or HF layout) to GGUF files in DST, streaming, as llama.cpp's converter would."""
     from hubtools.checkpoint.reader import open_checkpoint
-    from hubtools.gguf.export import export
-    from hubtools.gguf.quant import QuantizeError, parse_quants
+    from hubtools.gguf.export import check_export_inputs, export
     from hubtools.pipeline.overlay import gguf_options
     from hubtools.pipeline.recipe import load_recipe
-    from hubtools.units import human_bytes, parse_size
+    from hubtools.units import human_bytes
 
     rec = load_recipe(recipe) if recipe else None
-    split = bad_parameter("--split-max-size", lambda: parse_size(split_max_size)) if split_max_size else None
-    try:
-        quants = parse_quants(quant) if quant else None
-    except QuantizeError as exc:
-        raise QuantizeError(f"--quant: {exc}") from None
-    options = gguf_options(rec, quants=quants, name=name, chat_template=chat_template, split_max_size=split)
+    # the values are checked by the functions `export_gguf` calls, so the CLI and the API refuse alike
+    options = gguf_options(rec, quants=quant, name=name, chat_template=chat_template, split_max_size=split_max_size)
+    check_export_inputs(src, quants=options.quants, name=options.name)  # before the recipe opens SRC
     if options.check:
         with open_checkpoint(src) as ckpt:
             options.check(ckpt)

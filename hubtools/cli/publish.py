@@ -38,10 +38,10 @@ def publish_command(
 
     Uses HF_ENDPOINT and HF_TOKEN (or the stored login / trusted publishing) from the environment.
     """
-    from hubtools.publishing.plan import check_repo_id, plan_upload
+    from hubtools.publishing.plan import check_publish_settings, plan_upload
     from hubtools.publishing.upload import files_line, publish
 
-    check_repo_id(repo_id)
+    check_publish_settings(repo_id, revision=revision, create_pr=create_pr, tag=tag)  # as publish() does
     plan = plan_upload(folder)
     if dry_run:
         if as_json:

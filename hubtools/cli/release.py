@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hubtools.cli.errors import bad_parameter, handle_errors
+from hubtools.cli.errors import handle_errors
 from hubtools.cli.hub import hub_api
 from hubtools.cli.output import byte_progress, emit_json, json_option, quiet_option
 from hubtools.dtypes import COMPUTE_DTYPES, DType
@@ -27,7 +27,9 @@ from hubtools.errors import Interrupted
 @click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
 @click.option("--tag", help="Tag the published commit.")
-@click.option("--verify-dtype", type=click.Choice(DType.values(*COMPUTE_DTYPES)), default="float32", show_default=True)
+@click.option(
+    "--verify-dtype", metavar=f"[{'|'.join(DType.values(*COMPUTE_DTYPES))}]", default="float32", show_default=True
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, source byte ranges); send nothing.")
 @json_option("Print the plan/result as JSON.")
 @quiet_option()
@@ -55,14 +57,12 @@ def release_command(
     """
     from hubtools.pipeline.overlay import release_options
     from hubtools.pipeline.recipe import load_recipe
-    from hubtools.pipeline.release import plan_release, release
-    from hubtools.units import parse_size
+    from hubtools.pipeline.release import check_release_inputs, plan_release, release
 
     rec = load_recipe(recipe) if recipe else None
-    shard = bad_parameter("--max-shard-size", lambda: parse_size(max_shard_size)) if max_shard_size else None
-    options = release_options(
+    options = release_options(  # the values are checked as `hubtools.release` checks them
         rec,
-        max_shard_size=shard,
+        max_shard_size=max_shard_size,
         card=card_spec,
         verify_dtype=verify_dtype,
         work_dir=work_dir,
@@ -71,9 +71,10 @@ def release_command(
         private=private,
         tag=tag,
     )
+    check_release_inputs(repo_id, options)  # repo id, revision, tag, card, work dir: dry run or not
     api = hub_api(repo_id, need_token=False)  # also reads an hf:// SRC
     if dry_run:
-        _print_release_plan(plan_release(src, options=options, api=api), repo_id, as_json)
+        _print_release_plan(plan_release(src, repo_id, options=options, api=api), repo_id, as_json)
         return
 
     def say(message: str) -> None:

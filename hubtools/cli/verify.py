@@ -11,6 +11,7 @@ import click
 from hubtools.cli.errors import handle_errors
 from hubtools.cli.output import quiet_option
 from hubtools.dtypes import COMPUTE_DTYPES, DType
+from hubtools.validation import compute_dtype
 from hubtools.verification.report_text import format_report
 
 
@@ -25,7 +26,7 @@ from hubtools.verification.report_text import format_report
 )
 @click.option(
     "--dtype",
-    type=click.Choice(DType.values(*COMPUTE_DTYPES)),
+    metavar=f"[{'|'.join(DType.values(*COMPUTE_DTYPES))}]",
     default="float32",
     show_default=True,
     help="Compute dtype of the logits check (float32 catches conversion bugs).",
@@ -60,6 +61,7 @@ def verify_command(
         click.echo(f"verify: {message}", err=True)
 
     progress = None if quiet else say
+    compute_dtype(dtype)  # as `hubtools.verify` checks it, for a GGUF file too
     if converted.is_file():  # a GGUF file (or split set), against the folder it was exported from
         from hubtools.gguf.verify import verify_gguf
 
@@ -78,7 +80,7 @@ def verify_command(
         report = verify(
             src,
             converted,
-            dtype=DType.parse(dtype).torch,
+            dtype=dtype,
             prompts_path=prompts_path,
             check_logits=not no_logits,
             rope_theta=rope_theta,

@@ -24,10 +24,20 @@ from hubtools.errors import DestinationError
 from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
 from hubtools.gguf.metadata import add_general, add_model_parameters
 from hubtools.gguf.names import GgufTensor
-from hubtools.gguf.quant import QuantType, find_llama_quantize, llama_quantize, quantize, tensor_type, type_nbytes
+from hubtools.gguf.quant import (
+    QuantType,
+    find_llama_quantize,
+    llama_quantize,
+    parse_quants,
+    quantize,
+    tensor_type,
+    type_nbytes,
+)
 from hubtools.gguf.source import GgufSource, float_rows, open_source
 from hubtools.gguf.vocab import add_vocab, hf_tokenizer_dir
 from hubtools.model.hf_config import ConfigOverrides
+from hubtools.tokenization.choices import ChatTemplate
+from hubtools.validation import file_stem, split_size
 
 Progress = Callable[[int], None]
 
@@ -155,22 +165,24 @@ def export(
     src: Path,
     dst: Path,
     *,
-    quants: Sequence[QuantType],
+    quants: str | Sequence[str | QuantType],
     name: str | None = None,
     chat_template: str | None = None,
     overrides: ConfigOverrides | None = None,
-    split_max_size: int = 0,
+    split_max_size: int | str = 0,
     force: bool = False,
     progress: Progress | None = None,
 ) -> GgufResult:
     """Export a native or HF checkpoint folder to GGUF files `DST/<name>.<QUANT>.gguf`.
 
     Args:
-        quants: output types (`parse_quants`); K-quants need `llama-quantize` on PATH.
+        quants: output types: `QuantType`s, names or 'f16,q8_0' (`parse_quants`; none at all is an error);
+            K-quants need `llama-quantize` on PATH.
         name: file stem (default: SRC's folder name).
         chat_template: "auto", "mistral", "chatml" or "none" (default: the HF source's own template, or
             "auto" for a native source).
-        split_max_size: split files above this many bytes (llama.cpp's -0000k-of-0000n convention); 0: never.
+        split_max_size: split files above this size, e.g. "50GB" or a byte count (llama.cpp's -0000k-of-0000n
+            convention); 0: never.
         force: replace existing output files of the same names (nothing else in DST is touched).
 
     Returns:
@@ -183,11 +195,10 @@ def export(
         >>> export(Path("mixtral"), Path("gguf"), quants=parse_quants("f16,q8_0"))  # doctest: +SKIP
     """
     started = time.monotonic()
-    name = name or src.resolve().name
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise DestinationError(f"name '{name}': expected a file stem (e.g. mixtral-8x7b-instruct-v0.1)")
-    if any(not q.builtin for q in quants):
-        find_llama_quantize()
+    src, dst = Path(src), Path(dst)
+    quants, name, split_max_size = check_export_inputs(src, quants=quants, name=name, split_max_size=split_max_size)
+    if chat_template is not None:
+        chat_template = ChatTemplate.parse(chat_template).value
     check_outside(dst, sources=(src,))
     if not dst.resolve().parent.is_dir():
         raise DestinationError(f"{dst}: expected an existing parent folder, found no {dst.resolve().parent}")
@@ -221,6 +232,27 @@ def export(
     return GgufResult(
         str(src), str(dst), source.params.architecture, tuple(outputs), round(time.monotonic() - started, 3)
     )
+
+
+def check_export_inputs(
+    src: Path, *, quants: str | Sequence[str | QuantType], name: str | None, split_max_size: int | str = 0
+) -> tuple[list[QuantType], str, int]:
+    """`export`'s checks of its values (the CLI calls it before any work too): the quant types, the file
+    stem, the split size, and llama-quantize for K-quants.
+
+    Returns:
+        The quant types, the file stem (default: SRC's folder name) and the split size in bytes.
+
+    Raises:
+        QuantizeError: an unknown quant type, none at all, or llama-quantize missing for a K-quant.
+        DestinationError: a name that is not a file stem. InvalidValueError: a malformed split size.
+    """
+    checked = parse_quants(quants)
+    stem = file_stem(name if name is not None else Path(src).resolve().name)
+    split = split_size(split_max_size)
+    if any(not q.builtin for q in checked):
+        find_llama_quantize()
+    return checked, stem, split
 
 
 def _tokenizer_dir(source: GgufSource, src: Path, chat_template: str | None, tmp: Path) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,25 +65,29 @@ class QuantType:
         return BITS.get(self.name) or int(head or 0)
 
 
-def parse_quants(text: str | list[str]) -> list[QuantType]:
-    """'f16,q8_0,q4_k_m' -> quant types, in order, without duplicates.
+def parse_quants(text: str | Sequence[str | QuantType]) -> list[QuantType]:
+    """'f16,q8_0,q4_k_m' (or a list of names or `QuantType`s) -> quant types, in order, without duplicates.
+
+    The one check of quant types: the CLI's `--quant`, `export_gguf(quants=...)` and recipes all use it.
 
     Raises:
-        QuantizeError: a name that is neither a gguf-py type nor a llama.cpp file type.
+        QuantizeError: a name that is neither a gguf-py type nor a llama.cpp file type, or no name at all
+            ('', ' , ' or []): never a silent default.
     """
-    names = text.split(",") if isinstance(text, str) else list(text)
+    names = text.split(",") if isinstance(text, str) else [q.name if isinstance(q, QuantType) else q for q in text]
+    shown = text if isinstance(text, str) else ",".join(map(str, names))
+    if not any(str(n).strip() for n in names):
+        raise QuantizeError(f"quants '{shown}': expected one or more quant types (e.g. f16,q8_0), found none")
     out: list[QuantType] = []
     for raw in names:
-        name = raw.strip().upper()
+        name = str(raw).strip().upper()
         if not name:
-            continue
+            continue  # 'f16,' or 'f16,,q8_0': a stray comma
         if name not in BUILTIN and f"MOSTLY_{name}" not in LlamaFileType.__members__:
             known = ", ".join([*BUILTIN, "Q4_K_M", "Q5_K_M", "Q6_K", "..."])
-            raise QuantizeError(f"unknown quant type '{raw.strip()}' (expected one of {known})")
+            raise QuantizeError(f"unknown quant type '{str(raw).strip()}' (expected one of {known})")
         if QuantType(name) not in out:
             out.append(QuantType(name))
-    if not out:
-        raise QuantizeError("no quant type given (expected e.g. f16,q8_0)")
     return out
 
 

@@ -27,6 +27,7 @@ from hubtools.gguf.source import GgufSource, float_rows, open_source
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.verification.checks import Check
 from hubtools.verification.report import GgufReport
+from hubtools.verification.run import check_prompts
 
 Progress = Callable[[str], None]
 MAX_NAMED = 20
@@ -161,11 +162,14 @@ def verify_gguf(
         A `GgufReport`; differences are reported, not raised.
 
     Raises:
+        TokenizerError: a `prompts_path` line that is neither a text nor a conversation (before any work).
         HubtoolsError subclasses: SRC or the GGUF file cannot be read.
     """
     say = progress or (lambda _: None)
+    overrides = ConfigOverrides(rope_theta=rope_theta)  # the values first, as `verify` checks them
+    check_prompts(prompts_path)  # a bad line is found now, not after the tensors
     files = read_gguf(gguf_path)
-    source = open_source(src, overrides=ConfigOverrides(rope_theta=rope_theta))
+    source = open_source(src, overrides=overrides)
     quant = quant_of(files)
     with source.ckpt:
         say("structure")

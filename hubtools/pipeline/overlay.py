@@ -3,7 +3,8 @@
 Each command's settings come from three places: what the caller passed explicitly (the CLI's flags;
 None when not given), the recipe (`converters/NAME.yaml`, when there is one) and hubtools' defaults.
 `pick` is the rule; `convert_options`, `gguf_options` and `release_options` apply it to each command's
-settings and return typed options (`DType`, `ChatTemplate`, `Layout`, `QuantType`), validated here.
+settings and return typed options (`DType`, `ChatTemplate`, `Layout`, `QuantType`), validated here by
+the functions the Python API calls (`hubtools.validation`, `parse_quants`), so both refuse a value alike.
 This module stays light (no torch, huggingface_hub or gguf-py at import): every command imports it.
 
 Example:
@@ -22,13 +23,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.dtypes import DType
-from hubtools.errors import InvalidValueError
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import Layout
 from hubtools.pipeline.recipe import Recipe, check_source
 from hubtools.tokenization.choices import ChatTemplate
-from hubtools.units import parse_size
+from hubtools.validation import byte_size, cast_dtype, compute_dtype, file_stem, split_size
 
 if TYPE_CHECKING:  # gguf-py imports mistral-common (seconds): `convert` and `release` never need it
     from hubtools.gguf.quant import QuantType
@@ -50,22 +50,15 @@ def _from(recipe: Recipe | None, attribute: str) -> Any:
 
 
 def _dtype(value: str | DType | None) -> DType | None:
-    return None if value is None else DType.parse(value)
+    return cast_dtype(value)
 
 
 def _template(value: str | ChatTemplate | None) -> ChatTemplate | None:
-    if value is None or isinstance(value, ChatTemplate):
-        return value
-    try:
-        return ChatTemplate(value)
-    except ValueError:
-        raise InvalidValueError(
-            f"chat_template '{value}': expected one of {', '.join(ChatTemplate.values())}"
-        ) from None
+    return None if value is None else ChatTemplate.parse(value)
 
 
 def _size(value: str | int | None) -> int | None:
-    return None if value is None else parse_size(value)
+    return None if value is None else byte_size(value, name="max_shard_size")
 
 
 def _overrides(recipe: Recipe | None, rope_theta: float | None, max_position_embeddings: int | None) -> ConfigOverrides:
@@ -146,19 +139,22 @@ def gguf_options(
     """`gguf`'s settings: a flag wins over the recipe, the recipe over the defaults (f16, no split).
 
     Raises:
-        QuantizeError: an unknown quant type. InvalidValueError: a malformed split size or chat template.
+        QuantizeError: an unknown quant type, or none ('' or []). InvalidValueError: a malformed split size or
+            chat template. DestinationError: a name that is not a file stem.
     """
     from hubtools.gguf.quant import parse_quants
 
-    split = _size(split_max_size)
-    given = parse_quants(quants) if isinstance(quants, str) else (list(quants) if quants else None)
+    given = None if quants is None else parse_quants(quants)  # '' or [] is an error, not the default
     chosen = pick(given, list(recipe.gguf) if recipe is not None and recipe.gguf else None, None)
+    stem = pick(name, _from(recipe, "name"), None)
+    stem = None if stem is None else file_stem(stem)
+    split = split_size(split_max_size)  # in `export_gguf`'s order: quants, name, split size, chat template
     return GgufOptions(
         quants=tuple(chosen if chosen is not None else parse_quants(DEFAULT_QUANTS)),
-        name=pick(name, _from(recipe, "name"), None),
+        name=stem,
         chat_template=pick(_template(chat_template), _from(recipe, "chat_template"), None),
         overrides=recipe.config_overrides() if recipe is not None else None,
-        split_max_size=pick(split, None, 0),
+        split_max_size=split,
         check=source_check(recipe),
     )
 
@@ -181,6 +177,17 @@ class ReleaseOptions:
     private: bool = False
     tag: str | None = None
     check: Check | None = None
+
+    def __post_init__(self) -> None:
+        """The values are checked however the options are made (`release_options` or the constructor).
+
+        Raises:
+            InvalidValueError: a dtype, size or chat template `convert` and `verify` would refuse.
+        """
+        object.__setattr__(self, "max_shard_size", byte_size(self.max_shard_size, name="max_shard_size"))
+        object.__setattr__(self, "dtype", cast_dtype(self.dtype))
+        object.__setattr__(self, "verify_dtype", compute_dtype(self.verify_dtype))
+        object.__setattr__(self, "chat_template", ChatTemplate.parse(self.chat_template))
 
 
 def release_options(
@@ -206,7 +213,7 @@ def release_options(
         overrides=recipe.config_overrides() if recipe is not None else None,
         chat_template=pick(None, _from(recipe, "chat_template"), ChatTemplate.AUTO),
         card=pick(card, _from(recipe, "card"), None),
-        verify_dtype=pick(_dtype(verify_dtype), None, DType.FLOAT32),
+        verify_dtype=pick(None if verify_dtype is None else compute_dtype(verify_dtype), None, DType.FLOAT32),
         work_dir=work_dir,
         revision=revision,
         create_pr=create_pr,

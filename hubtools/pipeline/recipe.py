@@ -13,18 +13,17 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.dtypes import CAST_DTYPES, DType
+from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
-from hubtools.units import parse_size
+from hubtools.validation import byte_size, cast_dtype
 
 if TYPE_CHECKING:
     from hubtools.gguf.quant import QuantType
 
 ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
-DTYPES = tuple(DType.values(*CAST_DTYPES))
 CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
 TOKENIZERS = tuple(v.value for v in TokenizerVersion)
 _KEYS = {
@@ -107,10 +106,11 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         ConfigOverrides(**overrides)
     except InvalidValueError as exc:
         raise RecipeError(f"{where}: overrides.{exc}") from None
-    try:
-        shard = parse_size(raw.get("max_shard_size", DEFAULT_SHARD_SIZE))
+    try:  # the checks `convert` and the CLI make (`hubtools.validation`)
+        shard = byte_size(raw.get("max_shard_size", DEFAULT_SHARD_SIZE), name="max_shard_size")
+        dtype = cast_dtype(str(raw.get("dtype", "bfloat16")))  # str: a null dtype is 'None', refused
     except InvalidValueError as exc:
-        raise RecipeError(f"{where}: max_shard_size {exc}") from None
+        raise RecipeError(f"{where}: {exc}") from None
     tokenizer = expect.get("tokenizer")
     if tokenizer is not None:
         _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
@@ -121,7 +121,7 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         source_format=str(source.get("format", "")),
         repo_id=_need(raw, "repo_id", str, where),
         card=_need(raw, "card", str, where),
-        dtype=DType(_one_of(raw.get("dtype", "bfloat16"), DTYPES, "dtype", where)),
+        dtype=dtype or DType.BFLOAT16,
         max_shard_size=shard,
         chat_template=ChatTemplate(_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where)),
         tokenizer=None if tokenizer is None else TokenizerVersion(tokenizer),

@@ -46,7 +46,7 @@ from hubtools.pipeline.release_files import (
     write_small_files,
 )
 from hubtools.publishing.client import HubClient, RetryPolicy
-from hubtools.publishing.plan import PlannedFile, Role, UploadPlan
+from hubtools.publishing.plan import PlannedFile, Role, UploadPlan, check_publish_settings
 from hubtools.publishing.remote import difference, verify_remote
 from hubtools.publishing.upload import FileResult, file_action
 from hubtools.tokenization.choices import ChatTemplate
@@ -85,8 +85,7 @@ def release(
         >>> release("https://host/mixtral/", "me/mixtral", api=HfApi(), options=ReleaseOptions())  # doctest: +SKIP
     """
     started, say = time.monotonic(), say or (lambda _: None)
-    if options.tag and options.create_pr:
-        raise PublishError(f"tag '{options.tag}' on a pull request: a tag must point at a merged commit")
+    check_release_inputs(repo_id, options)  # what `plan_release` (the dry run) checks too
     work = _work_dir(options.work_dir, repo_id)
     try:
         with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
@@ -103,10 +102,16 @@ def release(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def plan_release(src: str, *, options: ReleaseOptions, api: HfApi | None = None) -> dict[str, Any]:
+def plan_release(src: str, repo_id: str, *, options: ReleaseOptions, api: HfApi | None = None) -> dict[str, Any]:
     """The `--dry-run` plan: output files and sizes, each tensor's source byte ranges; sends nothing.
 
+    It makes every check `release` makes before its first upload (`check_release_inputs` on `repo_id` and
+    the options, the recipe's source check, the conversion plan, the small files and the card, written to
+    a temporary folder), so a dry run that passes is followed by a release that does not fail on input;
+    the plan lists exactly the files the release would send.
+
     `api` reads an `hf://` source (default: `HfApi()`)."""
+    check_release_inputs(repo_id, options)
     work = Path(tempfile.mkdtemp(prefix="hubtools-plan-"))
     try:
         with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
@@ -115,9 +120,31 @@ def plan_release(src: str, *, options: ReleaseOptions, api: HfApi | None = None)
             conversion = plan(
                 ckpt, dtype=options.dtype, max_shard_size=options.max_shard_size, overrides=options.overrides
             )
-            return dry_run_plan(src, ckpt, conversion)
+            out = work / "model"
+            out.mkdir()
+            write_small_files(ckpt, conversion, out, chat_template=ChatTemplate(options.chat_template).value)
+            if options.card:
+                write_card(options.card, out, cards_dir=options.cards_dir, ckpt=ckpt, report=None)
+            return dry_run_plan(src, ckpt, conversion, [f.path for f, _ in small_files(out)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_release_inputs(repo_id: str, options: ReleaseOptions) -> None:
+    """Every check of `release`'s values that needs no source: the repo id, revision and tag (as
+    `publish` checks them), the card source (found and valid), and the work folder. `release` and its
+    dry run (`plan_release`) both call it before any work.
+
+    Raises:
+        PublishError: see `check_publish_settings`. CardError: a card source that is missing or invalid.
+        DestinationError: a work folder that is not ours.
+    """
+    check_publish_settings(repo_id, revision=options.revision, create_pr=options.create_pr, tag=options.tag)
+    if options.card:
+        from hubtools.card.source import load_card_source, resolve_card_source
+
+        load_card_source(resolve_card_source(options.card, cards_dir=options.cards_dir))
+    _check_work_dir(_work_path(options.work_dir, repo_id))
 
 
 MARKER = ".hubtools-release"
@@ -130,15 +157,30 @@ def _work_dir(parent: Path | None, repo_id: str) -> Path:
     Raises:
         DestinationError: the folder exists without our marker (someone else's: never deleted).
     """
-    parent = parent or Path(tempfile.gettempdir())
-    work = parent / f"hubtools-release-{repo_id.replace('/', '--')}"
+    work = _work_path(parent, repo_id)
+    _check_work_dir(work)
     if work.exists():
-        if not (work / MARKER).is_file():
-            raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another work folder)")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     (work / MARKER).write_text("temporary files of `hubtools release`; deleted when it ends\n")
     return work
+
+
+def _work_path(parent: Path | None, repo_id: str) -> Path:
+    return (parent or Path(tempfile.gettempdir())) / f"hubtools-release-{repo_id.replace('/', '--')}"
+
+
+def _check_work_dir(work: Path) -> None:
+    """The work folder may be made (or emptied: it carries MARKER) without touching anything else.
+
+    Raises:
+        DestinationError: the folder exists without our marker, or a file is in its way.
+    """
+    if work.exists() and not (work / MARKER).is_file():
+        raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another work folder)")
+    blocked = next((p for p in (work, *work.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise DestinationError(f"{work}: expected a folder for the release's work files, found the file {blocked}")
 
 
 class _Run:

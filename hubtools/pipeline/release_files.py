@@ -13,7 +13,7 @@ from typing import Any
 
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.converter import ConversionPlan, write_metadata, write_tokenizer
-from hubtools.filenames import CONFIG, GENERATION_CONFIG, INDEX, README
+from hubtools.filenames import README
 from hubtools.model.names import Layout
 from hubtools.publishing.plan import ROLE_ORDER, PlannedFile, Role, planned_file
 from hubtools.publishing.remote import hexdigest
@@ -48,11 +48,14 @@ def write_card(spec: str, out: Path, *, cards_dir: Path, ckpt: Checkpoint, repor
     source = load_card_source(resolve_card_source(spec, cards_dir=cards_dir))
     facts = read_model_facts(out, counts=parameter_counts(ckpt))
     text = render_card(source, model=facts, report=report)
-    return write_text(text, out / "README.md", force=True)
+    return write_text(text, out / README, force=True)
 
 
-def dry_run_plan(src: str, ckpt: Checkpoint, conversion: ConversionPlan) -> dict[str, Any]:
-    """Files to publish (sizes of the shards exact), and for each tensor the source byte ranges it reads."""
+def dry_run_plan(src: str, ckpt: Checkpoint, conversion: ConversionPlan, small: list[str]) -> dict[str, Any]:
+    """Files to publish (sizes of the shards exact), and for each tensor the source byte ranges it reads.
+
+    `small`: the names of the small files the release sends (`small_files` of what `write_small_files` and,
+    with a card, `write_card` wrote), so the plan lists exactly what the real run sends."""
     locate = getattr(ckpt, "url", lambda path: str(path))
     shards = []
     for shard in conversion.shards:
@@ -62,13 +65,12 @@ def dry_run_plan(src: str, ckpt: Checkpoint, conversion: ConversionPlan) -> dict
             ranges = [[locate(path), offset, length] for path, offset, length in step.source.segments]
             tensors.append({"name": t.name, "bytes": t.nbytes, "source": step.source.name, "ranges": ranges})
         shards.append({"file": shard.file, "bytes": _shard_size(shard), "tensors": tensors})
-    small = [INDEX, CONFIG, GENERATION_CONFIG, "tokenizer files", README]
     return {
         "dry_run": True,
         "source": src,
         "format": ckpt.format,
         "shards": shards,
-        "small_files": small,
+        "small_files": list(small),
         "total_bytes": sum(s["bytes"] for s in shards),
     }
 

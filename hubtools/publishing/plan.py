@@ -32,30 +32,27 @@ from hubtools.filenames import (
     gguf_split_names,
     is_spm_model,
 )
+from hubtools.validation import ref_name, repo_id
 
 
-def check_repo_id(repo_id: str) -> str:
-    """The Hub's own rule for a model repo id (huggingface_hub's validator), applied before any request.
+def check_publish_settings(
+    repo: str, *, revision: str | None = None, create_pr: bool = False, tag: str | None = None
+) -> str:
+    """Where `publish` and `release` would commit, checked before any work or request (dry runs too).
+
+    Returns:
+        The repo id.
 
     Raises:
-        PublishError: naming the id and the rule it breaks.
-
-    Example:
-        >>> check_repo_id("user/bad..name")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        hubtools.errors.PublishError: 'user/bad..name': expected a repo id 'namespace/name', found an invalid one...
+        PublishError: a repo id the Hub refuses ('a/b/c', empty parts, bad characters), a revision or tag
+            that is not a git ref name, or a tag on a pull request.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-        if repo_id.count("/") != 1:
-            raise HFValidationError("a model repo id needs its namespace")
-    except HFValidationError as exc:
-        rule = str(exc).split(":")[0].removesuffix(".").strip()
-        raise PublishError(f"'{repo_id}': expected a repo id 'namespace/name', found an invalid one ({rule})") from None
-    return repo_id
+    repo = repo_id(repo)
+    ref_name(revision, name="revision")
+    ref_name(tag, name="tag")
+    if tag and create_pr:
+        raise PublishError(f"tag '{tag}' on a pull request: a tag must point at a merged commit (tag after merging)")
+    return repo
 
 
 class Role(str, Enum):

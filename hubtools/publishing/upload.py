@@ -29,7 +29,7 @@ from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
 from hubtools.errors import PublishError
 from hubtools.publishing.client import HubClient, RetryPolicy
-from hubtools.publishing.plan import PlannedFile, check_repo_id, plan_upload
+from hubtools.publishing.plan import PlannedFile, check_publish_settings, plan_upload
 from hubtools.publishing.remote import ProgressEvent, difference, hash_files, verify_remote
 
 
@@ -139,17 +139,15 @@ def publish(
         `PublishResult`: the commit (None if nothing changed), PR, tag and what happened to each file.
 
     Raises:
-        PublishError: bad folder, a Hub call that failed (after retries), or a remote file that does not
-            match the local one after the upload.
+        PublishError: a bad repo id, revision or tag (or a tag with `create_pr`), a bad folder, a Hub call
+            that failed (after retries), or a remote file that does not match the local one after the upload.
 
     Example:
         >>> publish(Path("out"), "me/model", api=HfApi(token=token))  # doctest: +SKIP
     """
-    check_repo_id(repo_id)
+    check_publish_settings(repo_id, revision=revision, create_pr=create_pr, tag=tag)
     plan = plan_upload(folder)
     api = api or HfApi()
-    if tag and create_pr:
-        raise PublishError(f"tag '{tag}' on a pull request: a tag must point at a merged commit (tag after merging)")
     hub = HubClient(api, repo_id, retry or RetryPolicy())
     repo_url = str(hub.call("create repo", lambda: api.create_repo(repo_id, private=private or None, exist_ok=True)))
     target = revision or "main"

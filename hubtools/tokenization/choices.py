@@ -7,6 +7,9 @@ imports nothing heavy, so the CLI can build its options from it at start-up.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
+
+from hubtools.errors import InvalidValueError
 
 
 class TokenizerVersion(str, Enum):
@@ -40,6 +43,20 @@ class ChatTemplate(str, Enum):
     MISTRAL = "mistral"
     CHATML = "chatml"
     NONE = "none"
+
+    @classmethod
+    def parse(cls, value: Any) -> ChatTemplate:
+        """A choice from its name ("auto", "mistral", "chatml", "none") or a `ChatTemplate`.
+
+        Raises:
+            InvalidValueError: any other value, naming it.
+        """
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidValueError(f"chat_template '{value}': expected one of {', '.join(cls.values())}") from None
 
     @classmethod
     def values(cls, *, auto: bool = True) -> list[str]:

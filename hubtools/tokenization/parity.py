@@ -156,16 +156,31 @@ def load_prompts(path: Path) -> list[Prompt]:
             raise TokenizerError(f'{path}: line {number}: expected "tools" to be a list of tools, found another value')
         if isinstance(item, dict):
             item = item.get("messages", item.get("text", item.get("prompt")))
-        if isinstance(item, list) and all(isinstance(m, dict) for m in item) and tools is not None:
+        if _is_conversation(item) and tools is not None:
             prompts.append({"messages": item, "tools": tools})
-        elif isinstance(item, str) or (isinstance(item, list) and all(isinstance(m, dict) for m in item)):
+        elif isinstance(item, str) or _is_conversation(item):
             prompts.append(item)
         else:
             raise TokenizerError(
                 f"{path}: line {number}: expected a string or a list of {{role, content}} messages, "
-                f"found {type(item).__name__}"
+                f"found {_shape(item)}"
             )
     return prompts
+
+
+def _is_conversation(item: Any) -> bool:
+    """A non-empty list of messages, each an object with a string "role" (what both tokenizers need)."""
+    return (
+        isinstance(item, list)
+        and bool(item)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in item)
+    )
+
+
+def _shape(item: Any) -> str:
+    if isinstance(item, list):
+        return "an empty list" if not item else "a message without a string 'role'"
+    return type(item).__name__
 
 
 def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[Any] | None = None) -> list[int]:

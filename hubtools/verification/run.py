@@ -25,9 +25,11 @@ from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.families import check_counts
 from hubtools.filenames import PARAMS
+from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
-from hubtools.verification.checks import THRESHOLDS, StructureCheck, TokenizerCheck
+from hubtools.validation import compute_dtype
+from hubtools.verification.checks import StructureCheck, TokenizerCheck
 from hubtools.verification.report import VerifyReport
 from hubtools.verification.structure import (
     HfFolder,
@@ -113,6 +115,18 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
 
 
+def check_prompts(prompts_path: Path | None) -> None:
+    """Parse a `--prompts` file before any work (`load_prompts`).
+
+    Raises:
+        TokenizerError: the file is unreadable, or a line is not a text or a conversation (the line is named).
+    """
+    if prompts_path is not None:
+        from hubtools.tokenization.parity import load_prompts
+
+        load_prompts(prompts_path)
+
+
 def prompt_texts(prompts_path: Path | None) -> tuple[str, ...]:
     """The non-empty texts among `--prompts` (they also feed the logits check); none if the file is unreadable
     (the tokenizer check reports that)."""
@@ -150,7 +164,10 @@ def verify(
         A `VerifyReport`; verification that finds differences returns normally with `passed` False.
 
     Raises:
-        VerifyError: the folders are not a native / HF pair, or `dtype` is not supported.
+        InvalidValueError: `dtype` is not float32 or bfloat16, or `rope_theta` not finite and > 0.
+        TokenizerError: a `prompts_path` line that is
+            neither a text nor a conversation (both checked before any work).
+        VerifyError: the folders are not a native / HF pair.
         HubtoolsError subclasses: the native checkpoint cannot be read.
 
     Example:
@@ -164,9 +181,9 @@ def verify(
         if path.is_file():  # a GGUF file (or split set) is `hubtools.gguf.verify.verify_gguf`'s
             raise VerifyError(f"{path}: expected a checkpoint folder, found a file (a .gguf file: use verify_gguf)")
     say = progress or (lambda _: None)
-    if str(dtype).removeprefix("torch.") not in THRESHOLDS:
-        raise VerifyError(f"dtype '{dtype}': expected one of {', '.join(THRESHOLDS)} for the logits check")
-    compute: torch.dtype = getattr(torch, dtype_name(dtype))
+    compute: torch.dtype = compute_dtype(dtype).torch  # the values first, as the CLI checks them
+    ConfigOverrides(rope_theta=rope_theta)  # a finite rotary base > 0, as `convert` requires
+    check_prompts(prompts_path)  # a bad line is found now, not after the forwards
     native, hf = assign_folders(native, hf)
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
