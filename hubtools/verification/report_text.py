@@ -136,8 +136,17 @@ def format_report(report: VerifyReport | GgufReport, *, max_names: int = 10) -> 
 
 
 def _describe(diff: dict[str, Any]) -> str:
+    """One tensor's difference (`TensorTally`'s, the cast rule's in `verification.casts`) in words."""
+    if "not_float" in diff:
+        return f"cast to {diff['dtype']}, not a floating type: {diff['not_float']} of {diff['of']} values changed"
     if "overflow" in diff:
         return f"{diff['overflow']} of {diff['of']} finite native values are inf in {diff['dtype']}"
+    if "underflow" in diff:
+        return (
+            f"{diff['underflow']} of {diff['of']} non-zero native values are below {diff['dtype']}'s normal range "
+            f"({diff['flushed']} flushed to 0): relative error {diff['relative_error']:.2g} > "
+            f"{diff['bound']:.2g} ({diff['dtype']}'s rounding)"
+        )
     if "elements" in diff:
         return f"{diff['elements']} of {diff['of']} elements, max |d| {diff['max_abs']:.3g}"
     return f"dtype {diff.get('dtype')}, expected {diff.get('expected_dtype')}"
