@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,13 +30,27 @@ def report(name: str, kl: float, top1: float) -> dict[str, object]:
     ).to_dict()
 
 
+def gguf_of_size(size: int) -> bytes:
+    """A well-formed GGUF file of exactly `size` bytes: alignment 1 and one int8 tensor filling the rest
+    (publish and card refuse files that are not complete GGUFs)."""
+    from gguf import GGMLQuantizationType, GGUFValueType
+
+    def text(s: str) -> bytes:
+        return struct.pack("<Q", len(s)) + s.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + text("general.alignment")
+    head += struct.pack("<II", GGUFValueType.UINT32, 1) + text("t")
+    n = size - len(head) - struct.calcsize("<IQIQ")
+    return head + struct.pack("<IQIQ", 1, n, GGMLQuantizationType.I8, 0) + bytes(n)
+
+
 @pytest.fixture
 def release_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "gguf"
     folder.mkdir()
     for name, size in (("m.Q4_K_M.gguf", 3000), ("m.Q8_0.gguf", 5000), ("m.F16-00001-of-00002.gguf", 6000)):
-        (folder / name).write_bytes(b"GGUF" + bytes(size - 4))
-    (folder / "m.F16-00002-of-00002.gguf").write_bytes(b"GGUF" + bytes(3996))
+        (folder / name).write_bytes(gguf_of_size(size))
+    (folder / "m.F16-00002-of-00002.gguf").write_bytes(gguf_of_size(4000))
     (folder / "m.Q8_0.gguf.verify.json").write_text(json.dumps(report("m.Q8_0.gguf", 3.1e-4, 0.985)))
     return folder
 
