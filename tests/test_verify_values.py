@@ -198,3 +198,35 @@ def test_rule_overflow_is_named_as_before() -> None:
     assert cast_damage(x, x.to(torch.float16)) == {"overflow": 1, "of": 2, "dtype": "float16"}
     big = torch.tensor([3.4e38], dtype=torch.float32)
     assert cast_damage(big, big.to(torch.bfloat16)) == {"overflow": 1, "of": 1, "dtype": "bfloat16"}
+
+
+# --- the same rule for GGUF's float types ---
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+@pytest.mark.parametrize(
+    ("dtype", "scale", "words"), [(torch.bfloat16, 1e8, "inf in float16"), (torch.float32, 1e-9, "flushed to 0")]
+)
+def test_a_float16_gguf_that_overflows_or_flushes_fails_verify(
+    tmp_path: Path, run_cli: RunCli, dtype: torch.dtype, scale: float, words: str
+) -> None:
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+    from hubtools.gguf.verify import verify_gguf
+    from hubtools.testing import write_native_checkpoint
+
+    src = write_native_checkpoint(tmp_path / "native", tiny_params(), tokenizer="v1", dtype=dtype)
+    path = src / "consolidated.safetensors"
+    tensors = load_file(path)
+    tensors[NATIVE_Q] *= scale  # bfloat16 * 1e8: above 65504; float32 * 1e-9: below float16's subnormals
+    save_file(tensors, path)
+    export(src, tmp_path / "out", quants=parse_quants("f16"), name="m")
+    gguf_file = tmp_path / "out" / "m.F16.gguf"
+    report = verify_gguf(src, gguf_file, check_logits=False, readback=False)
+    assert not report.passed and [p for p in report.tensors.problems if "blk.0.attn_q.weight" in p]
+    assert words in next(p for p in report.tensors.problems if "blk.0.attn_q.weight" in p)
+    if dtype == torch.float32:  # the command says the same (its tokenizer read-back takes ten seconds: once)
+        result = run_cli("verify", src, gguf_file, "--no-logits", "--quiet")
+        assert result.exit_code == 1 and "verify FAILED" in result.output, result.output
+        line = next(x for x in result.output.splitlines() if "blk.0.attn_q.weight" in x)
+        assert words in line, line
