@@ -6,6 +6,7 @@ cast that overflows or flushes) fail, naming the tensor, with and without the lo
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -230,3 +231,22 @@ def test_a_float16_gguf_that_overflows_or_flushes_fails_verify(
         assert result.exit_code == 1 and "verify FAILED" in result.output, result.output
         line = next(x for x in result.output.splitlines() if "blk.0.attn_q.weight" in x)
         assert words in line, line
+
+
+# --- the files beside the weights that transformers reads and no other check did ---
+
+
+def test_truncated_side_files_of_the_hf_folder_fail_verify(
+    make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path
+) -> None:
+    src = make_native(tokenizer="v1")
+    hf = _convert(run_cli, src, tmp_path / "hf")
+    for name, keep in (("generation_config.json", 0.5), ("tokenizer.model", 0.5), ("tokenizer.model", 0.0)):
+        broken = tmp_path / f"broken-{name}-{keep}"
+        shutil.copytree(hf, broken)
+        data = (broken / name).read_bytes()
+        (broken / name).write_bytes(data[: int(len(data) * keep)])
+        report = hubtools.verify(src, broken, check_logits=False)
+        assert not report.passed and any(name in p for p in report.structure.problems), report.structure.problems
+        result = run_cli("verify", src, broken, "--no-logits", "--quiet")
+        assert result.exit_code == 1 and name in result.output, result.output
