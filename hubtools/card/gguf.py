@@ -24,6 +24,7 @@ from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, ModelKind
 from hubtools.errors import CardError, VerifyError
 from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, gguf_include_pattern, report_name
+from hubtools.gguf.files import check_gguf_files
 from hubtools.units import size_both
 from hubtools.verification.report import GgufReport, load_report
 from hubtools.verification.report_text import gguf_quality
@@ -69,6 +70,7 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
 
     Raises:
         CardError: the folder holds no GGUF file.  VerifyError: a report that is not a GGUF verify report.
+        CorruptFileError: a GGUF file that is truncated or corrupt, naming it.
     """
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.glob(f"*{GGUF_SUFFIX}")):
@@ -77,6 +79,7 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
             groups.setdefault(match["quant"], []).append(path)
     if not groups:
         raise CardError(f"{folder}: no GGUF files (expected <name>.<QUANT>.gguf, as `hubtools gguf` writes)")
+    check_gguf_files([p for paths in groups.values() for p in paths])  # a card never describes a broken file
     given = [_gguf_report(p) for p in reports]
     found = []
     for quant, paths in groups.items():

@@ -2,7 +2,8 @@
 
 This package is the only place that imports click, reads the environment (`hub.py`: HF_ENDPOINT,
 HF_TOKEN), draws progress (`output.py`) and picks exit codes (`errors.py`: every `HubtoolsError` becomes
-one line on stderr and a non-zero exit; `--debug` shows the traceback). Every command is wired the same
+one line on stderr and a non-zero exit; click's usage errors are one line too, exit 2: `OneLineGroup`;
+`--debug` shows the traceback). Every command is wired the same
 way: a `click.command` in its own module, wrapped in `handle_errors`, added to the group below.
 """
 
@@ -17,7 +18,7 @@ import click
 from hubtools.cli.card import card_command
 from hubtools.cli.convert import convert_command
 from hubtools.cli.demo import demo_command
-from hubtools.cli.errors import unwind_on_termination
+from hubtools.cli.errors import OneLineGroup, unwind_on_termination
 from hubtools.cli.gguf import gguf_command
 from hubtools.cli.inspect import inspect_command
 from hubtools.cli.publish import publish_command
@@ -46,7 +47,7 @@ def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> N
     ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--version",
     is_flag=True,

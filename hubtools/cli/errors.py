@@ -1,4 +1,6 @@
 """Exit codes and one-line errors: every command is wrapped in `handle_errors`; `--debug` keeps tracebacks.
+Usage errors (a missing argument, an unknown option, a bad choice) are click's, printed by `OneLineGroup` as
+one line too, with click's exit code 2; every other error exits 1 (130 after Ctrl-C).
 
 SIGTERM and SIGHUP (sent by `timeout` and CI cancellation) unwind like Ctrl-C (`Terminated`), so a command
 cleans up its outputs the same way.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -86,3 +88,40 @@ def unwind_on_termination() -> None:
     """SIGTERM and SIGHUP raise `Terminated` (a KeyboardInterrupt), so outputs are cleaned up."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
+
+
+USAGE_EXIT = 2  # click's exit code for usage errors, kept
+
+
+class OneLineGroup(click.Group):
+    """The `hubtools` group: click's usage errors become one line, "error: {message} (see 'CMD --help')",
+    exit 2 (click prints the usage, a hint and the error: four lines). Everything else runs as click runs it."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `hubtools` alone: the help, as click shows it
+                exc.show()
+                sys.exit(exc.exit_code)
+            command = exc.ctx.command_path if exc.ctx is not None else "hubtools"
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message} (see '{command} --help')", err=True)
+            sys.exit(USAGE_EXIT)
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        # without standalone mode click returns an `Exit`'s code (--help, --version) or the command's value
+        sys.exit(result if isinstance(result, int) else 0)

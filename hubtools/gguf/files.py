@@ -11,8 +11,9 @@ import numpy as np
 from gguf import GGUFReader, LlamaFileType
 from gguf.gguf_reader import ReaderTensor
 
-from hubtools.errors import LayoutError
+from hubtools.errors import CorruptFileError, LayoutError
 from hubtools.filenames import GGUF_SPLIT, gguf_split_names
+from hubtools.gguf.layout import check_gguf_layout
 
 
 class FastReader(GGUFReader):
@@ -66,25 +67,38 @@ def read_gguf(path: Path) -> GgufFiles:
     """Open a GGUF file or split set (memory-mapped; nothing is loaded until used).
 
     Raises:
-        LayoutError: not a file, or a part is missing. CorruptFileError: not a GGUF file.
+        LayoutError: not a file, or a part is missing. CorruptFileError: not a GGUF file, or one that is
+            truncated or corrupt (header, metadata, tensor infos or data), naming the file and the place.
     """
-    from hubtools.errors import CorruptFileError
-
     if not path.is_file():
         raise LayoutError(f"{path}: not a file")
     paths = split_parts(path)
     tensors: dict[str, ReaderTensor] = {}
     fields: dict[str, Any] = {}
     for part in paths:
+        check_gguf_layout(part)  # truncation and corruption, named, before gguf-py trusts the file
         try:
             reader = FastReader(part)
-        except (ValueError, OSError) as exc:
-            raise CorruptFileError(f"{part}: not a GGUF file ({exc})") from None
-        for t in reader.tensors:
-            tensors[t.name] = t
-        if part == paths[0]:
-            fields = {k: (f.types, f.contents()) for k, f in reader.fields.items() if not k.startswith("split.")}
+            for t in reader.tensors:
+                tensors[t.name] = t
+            if part == paths[0]:
+                fields = {k: (f.types, f.contents()) for k, f in reader.fields.items() if not k.startswith("split.")}
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever gguf-py still finds: one line naming the file
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise CorruptFileError(f"{part}: corrupt GGUF: {first}") from None
     return GgufFiles(tuple(paths), tensors, fields)
+
+
+def check_gguf_files(paths: list[Path]) -> None:
+    """Every GGUF file in `paths` complete and well formed (`check_gguf_layout`), as publish and card need.
+
+    Raises:
+        CorruptFileError: naming the first file that is truncated or corrupt, and where.
+    """
+    for path in paths:
+        check_gguf_layout(path)
 
 
 def is_gguf(path: Path) -> bool:

@@ -5,8 +5,10 @@
   equal to what params.json / config.json give (`hubtools.gguf.metadata`);
 - tensors: for the types gguf-py quantizes, each tensor equals gguf-py's quantization of the source
   tensor, byte for byte (the quantizers are deterministic), streamed chunk by chunk; a difference names
-  the tensor and, for merged experts, the expert. For llama.cpp's types (K-quants), with llama-quantize
-  on PATH, each tensor equals a fresh llama-quantize run on a new F16/BF16 intermediate;
+  the tensor and, for merged experts, the expert. F16 and BF16 files are also held to the value rule of
+  `verification.casts` (no overflow, nothing flushed beyond the type's rounding), chunk by chunk. For
+  llama.cpp's types (K-quants), with llama-quantize on PATH, each tensor equals a fresh llama-quantize
+  run on a new F16/BF16 intermediate;
 - tokenizer and logits: `hubtools.gguf.quality`.
 """
 
@@ -130,7 +132,10 @@ def check_llama_cpp_tensors(source: GgufSource, files: GgufFiles, quant: QuantTy
 def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.GGMLQuantizationType) -> str | None:
     offset, per_source = 0, actual.size // len(t.sources)
     for rows, _ in float_rows(source, t):
-        expected = np.ascontiguousarray(quantize(rows, qtype)).reshape(-1).view(np.uint8)
+        quantized = np.ascontiguousarray(quantize(rows, qtype))
+        if damage := _float_damage(rows, quantized, qtype):
+            return f"tensor '{t.name}': {damage}"
+        expected = quantized.reshape(-1).view(np.uint8)
         got = actual[offset : offset + expected.size]
         if got.size != expected.size or not np.array_equal(got, expected):
             at = offset + (_first_difference(expected, got) if got.size == expected.size else 0)
@@ -138,6 +143,24 @@ def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.
             return f"tensor '{t.name}'{expert}: differs from the source at byte {at % per_source}"
         offset += expected.size
     return None
+
+
+def _float_damage(rows: np.ndarray, quantized: np.ndarray, qtype: gguf.GGMLQuantizationType) -> str | None:
+    """For the float types (F16, BF16), the value rule of `verification.casts` on the cast of the source
+    rows: byte-equal to gguf-py's cast proves nothing when that cast overflows or flushes values."""
+    import torch
+
+    from hubtools.verification.casts import cast_damage
+    from hubtools.verification.report_text import describe_difference
+
+    if qtype == gguf.GGMLQuantizationType.F16:
+        cast = torch.from_numpy(quantized.reshape(-1).view(np.float16))
+    elif qtype == gguf.GGMLQuantizationType.BF16:
+        cast = torch.from_numpy(quantized.reshape(-1).view(np.int16)).view(torch.bfloat16)
+    else:
+        return None
+    damage = cast_damage(torch.from_numpy(rows.reshape(-1)), cast)
+    return describe_difference(damage) if damage else None
 
 
 def verify_gguf(

@@ -1,7 +1,8 @@
 """What `publish` sends: the files of a model folder, their roles, and the checks made before any request.
 
 Nothing leaves the machine before `plan_upload` has checked the folder: every safetensors file parses
-(header, offsets, data length), the index names exactly the shards present, and config.json is valid JSON
+(header, offsets, data length), every GGUF file walks from its magic to the end of its last tensor's data
+(`gguf.layout`), the index names exactly the shards present, and config.json is valid JSON
 with the fields its architecture needs. A failure names the file.
 """
 
@@ -136,8 +137,9 @@ def plan_upload(folder: str | os.PathLike[str]) -> UploadPlan:
 
     Raises:
         PublishError: not a folder, no weights, a weight file that does not parse (header, offsets, data
-            length), an index that does not name exactly the shards present, or a config.json that is not
-            valid JSON with the fields its architecture needs. Nothing has been sent when it is raised.
+            length; for GGUF also metadata and tensor infos), an index that does not name exactly the shards
+            present, or a config.json that is not valid JSON with the fields its architecture needs. Nothing
+            has been sent when it is raised.
 
     Example:
         >>> plan_upload(Path("out/mixtral-8x7b-v0.1")).total_bytes  # doctest: +SKIP
@@ -194,7 +196,12 @@ def check_folder(folder: Path, weights: list[str]) -> None:
         raise PublishError(
             f"{folder}: expected weights (*.safetensors or *.gguf), found none (run `hubtools convert` first)"
         )
-    _check_gguf_splits(folder, {w for w in weights if w.endswith(GGUF_SUFFIX)})
+    ggufs = sorted(w for w in weights if w.endswith(GGUF_SUFFIX))
+    _check_gguf_splits(folder, set(ggufs))
+    if ggufs:
+        from hubtools.gguf.files import check_gguf_files  # gguf-py, only for GGUF folders
+
+        check_gguf_files([folder / n for n in ggufs])  # header, metadata, tensor infos, data: complete
     shards = [n for n in weights if n.endswith(SAFETENSORS_SUFFIX)]
     if not shards:
         return  # a GGUF folder: `hubtools verify SRC FILE.gguf` checks its files

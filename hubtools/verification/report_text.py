@@ -123,7 +123,7 @@ def format_report(report: VerifyReport | GgufReport, *, max_names: int = 10) -> 
         lines += ["", f"  {'layer':>5}  {'max|dh|':>10}  {'rel dh':>10}"]
         lines += [f"  {d.layer:>5}  {d.max_abs_dh:>10.2e}  {d.rel_dh:>10.2e}" for d in report.logits.layers]
     findings = list(s.problems) + [
-        f"tensor differs: '{n}' ({_describe(t.differences.get(n, {}))})" for n in t.mismatched
+        f"tensor differs: '{n}' ({describe_difference(t.differences.get(n, {}))})" for n in t.mismatched
     ]
     if findings:
         lines += ["", "  problems:"] + [f"    - {p}" for p in findings[:max_names]]
@@ -135,9 +135,18 @@ def format_report(report: VerifyReport | GgufReport, *, max_names: int = 10) -> 
     return "\n".join(lines)
 
 
-def _describe(diff: dict[str, Any]) -> str:
+def describe_difference(diff: dict[str, Any]) -> str:
+    """One tensor's difference (`TensorTally`'s, the cast rule's in `verification.casts`) in words."""
+    if "not_float" in diff:
+        return f"cast to {diff['dtype']}, not a floating type: {diff['not_float']} of {diff['of']} values changed"
     if "overflow" in diff:
         return f"{diff['overflow']} of {diff['of']} finite native values are inf in {diff['dtype']}"
+    if "underflow" in diff:
+        return (
+            f"{diff['underflow']} of {diff['of']} non-zero native values are below {diff['dtype']}'s normal range "
+            f"({diff['flushed']} flushed to 0): relative error {diff['relative_error']:.2g} > "
+            f"{diff['bound']:.2g} ({diff['dtype']}'s rounding)"
+        )
     if "elements" in diff:
         return f"{diff['elements']} of {diff['of']} elements, max |d| {diff['max_abs']:.3g}"
     return f"dtype {diff.get('dtype')}, expected {diff.get('expected_dtype')}"

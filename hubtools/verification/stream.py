@@ -29,6 +29,7 @@ from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable, Part, TensorSpec
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
+from hubtools.verification.casts import cast_damage
 from hubtools.verification.checks import TensorsCheck
 from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.logits import (
@@ -66,25 +67,27 @@ def _difference(expected: torch.Tensor, actual: torch.Tensor) -> dict[str, Any]:
 
 
 class TensorTally:
-    """The bit-exact tensor check, one pair at a time (what `verify`'s tensors row reports)."""
+    """The tensor check, one pair at a time (what `verify`'s tensors row reports): bit-exact against the
+    source cast to the HF dtype, and that cast held to the value rule of `verification.casts`."""
 
     def __init__(self, table: NameTable, params: ModelParams) -> None:
         self.table, self.params = table, params
         self.compared, self.mismatched, self.differences, self.casts = 0, [], {}, set()  # type: ignore[var-annotated]
 
     def check(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> bool:
-        """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical."""
+        """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical and the
+        cast keeps the values (`verification.casts`: no integer type, no overflow, no flushed values)."""
         expected = to_hf(spec.transform, native, self.params)
-        overflow = 0
+        damage = None
         if native.dtype != hf.dtype:
             self.casts.add(f"{dtype_name(native.dtype)} -> {dtype_name(hf.dtype)}")
             cast = expected.to(hf.dtype)
-            overflow = int((torch.isfinite(expected) & ~torch.isfinite(cast)).sum()) if cast.is_floating_point() else 0
+            damage = cast_damage(expected, cast)
             expected = cast
         self.compared += 1
-        if overflow:  # the HF dtype cannot hold the native values: bit-equal to the cast, still wrong
+        if damage:  # the cast loses values (see verification.casts): bit-equal to it, still wrong
             self.mismatched.append(spec.hf)
-            self.differences[spec.hf] = {"overflow": overflow, "of": expected.numel(), "dtype": dtype_name(hf.dtype)}
+            self.differences[spec.hf] = damage
             return False
         if hf.dtype == expected.dtype and torch.equal(_words(hf), _words(expected)):
             return True

@@ -17,7 +17,7 @@ from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed
 from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.filenames import CONFIG
+from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
@@ -124,7 +124,31 @@ def index_hf_folder(folder: Path) -> HfFolder:
     if weight_map is not None:
         check_index(folder, weight_map, tensors, problems, notes)
     config = config if isinstance(config, dict) else None
+    problems += side_file_problems(folder, config)
     return HfFolder(folder, config, tuple(files), tensors, tuple(problems), tuple(notes))
+
+
+def side_file_problems(folder: Path, config: dict[str, Any] | None) -> list[str]:
+    """The files transformers reads beside the weights and no other check does: the JSON ones must parse,
+    a SentencePiece `tokenizer.model` must parse with as many pieces as config.json's vocab_size (a
+    truncated one may still parse, shorter)."""
+    from hubtools.errors import HubtoolsError
+    from hubtools.tokenization.sentencepiece_model import read_sentencepiece_model
+
+    problems: list[str] = []
+    for name in (GENERATION_CONFIG, *HF_TOKENIZER_FILES[1:]):
+        if (folder / name).is_file():
+            _read_json(folder / name, problems)
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_spm_model(p.name)):
+        try:
+            pieces = len(read_sentencepiece_model(path).pieces)
+        except HubtoolsError as exc:
+            problems.append(str(exc))
+            continue
+        vocab = (config or {}).get("vocab_size")
+        if isinstance(vocab, int) and pieces != vocab:
+            problems.append(f"{path.name}: expected {vocab} pieces (config.json vocab_size), found {pieces}")
+    return problems
 
 
 def _named(names: list[str], template: str) -> list[str]:
