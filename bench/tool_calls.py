@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hubtools.destination import check_destination, write_file  # noqa: E402
 from hubtools.testing import mistral_common_data  # noqa: E402
 from hubtools.tokenization.files import write_hf_tokenizer  # noqa: E402
 from hubtools.tokenization.parity import hf_chat, reference_chat_ids  # noqa: E402
@@ -99,10 +100,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--versions", nargs="+", default=list(FILES), choices=list(FILES))
     parser.add_argument("--json", type=Path, help="write the counts and the first mismatches here")
+    parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     args = parser.parse_args()
+    if args.json:
+        check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
     results = run(args.count, args.seed, args.versions)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        write_file(args.json, json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", force=args.force)
     sys.exit(1 if any(r["mismatch"] for r in results.values()) else 0)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubtools.destination import MARKER, atomic_folder, check_destination, write_file
+from hubtools.destination import MARKER, atomic_folder, check_destination, record_folder, write_file
 from hubtools.errors import DestinationError
 from tests.helpers import assert_one_line_error
 
@@ -101,8 +101,8 @@ def test_atomic_folder_leaves_nothing_and_names_the_output_not_the_temporary(tmp
 def test_a_symlinked_destination_is_replaced_beside_the_link_and_its_target_kept(tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
-    (target / MARKER).write_text("x")
     (target / "old.txt").write_text("old")
+    record_folder(target)  # hubtools' record of what it wrote there
     link = tmp_path / "link"
     link.symlink_to(target)
     with atomic_folder(link, force=True) as tmp:
