@@ -230,14 +230,14 @@ def _rename_committing(src: Path, dst: Path) -> BaseException | None:
 
 
 def _after_commit(dst: Path, held: list[int], late: BaseException | None) -> None:
-    if late is not None and not isinstance(late, KeyboardInterrupt):
-        held.append(signal.SIGINT)
     if held or late is not None:
         raise OutputInPlace(dst, getattr(late, "signum", held[0] if held else signal.SIGINT))
 
 
 def _rewrite(exc: BaseException, tmp: Path, dst: Path) -> BaseException:
     """The error to raise once `tmp` is gone: messages name `dst`; an OSError becomes a DestinationError."""
+    if isinstance(exc, OutputInPlace):  # an output written inside this one is in place, this one is not
+        return KeyboardInterrupt(exc.signum)
     if not isinstance(exc, HubtoolsError | OSError):
         return exc
     if isinstance(exc, HubtoolsError):

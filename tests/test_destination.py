@@ -65,7 +65,28 @@ def test_a_missing_parent_is_refused_by_every_writer(make_native: Callable[..., 
     assert_one_line_error(
         run_cli("card", "mixtral-8x7b-v0.1", "-o", tmp_path / "no" / "README.md"), "expected an existing parent folder"
     )
+    hf = tmp_path / "hf"
+    assert run_cli("convert", src, hf, "--quiet").exit_code == 0
+    result = run_cli("verify", src, hf, "--no-logits", "--json", tmp_path / "no" / "report.json")
+    assert_one_line_error(result, "expected an existing parent folder")
+    assert "verify:" not in result.stderr  # refused before the run
+    assert_one_line_error(run_cli("gguf", src, tmp_path / "no" / "gguf"), "expected an existing parent folder")
     assert not (tmp_path / "no").exists()
+
+
+def test_verify_json_replaces_only_its_own_report(make_native: Callable[..., Path], run_cli, tmp_path: Path) -> None:
+    src, hf, report = make_native(tokenizer=None), tmp_path / "hf", tmp_path / "report.json"
+    assert run_cli("convert", src, hf, "--quiet").exit_code == 0
+    report.write_text("my notes\n")
+    for force in ((), ("--force",)):
+        result = run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report, *force)
+        assert_one_line_error(result, str(report), "already exists" if not force else "expected a file hubtools wrote")
+        assert "verify:" not in result.stderr and report.read_text() == "my notes\n"
+    report.unlink()
+    assert run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report).exit_code == 0
+    assert_one_line_error(run_cli("verify", src, hf, "--no-logits", "--json", report), "already exists")
+    assert run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report, "--force").exit_code == 0
+    assert json.loads(report.read_text())["passed"] is True
 
 
 def test_card_force_replaces_only_a_card_hubtools_wrote(run_cli, tmp_path: Path, monkeypatch) -> None:
