@@ -46,14 +46,20 @@ OLD = ".hubtools-old"
 OUTPUT_MODE = 0o644
 FILE_MARKER = "<!-- written by hubtools -->"  # a card's last line; ownership is the record, not this comment
 Record = dict[str, dict[str, Any]]
+_HASHES: dict[tuple[str, int, int, int], str] = {}
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The file's sha256, computed once per version of it (path, inode, size, mtime) in this process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def read_record(folder: Path) -> Record:
@@ -120,11 +126,7 @@ def _not_ours_file(path: Path) -> str | None:
 
 
 def check_outside(dst: Path, *, sources: tuple[Path, ...]) -> None:
-    """An output never is, contains or lies inside one of its sources.
-
-    Raises:
-        DestinationError: naming the output and the source.
-    """
+    """An output never is, contains or lies inside one of its sources (DestinationError naming both)."""
     for src in sources:
         s, d = src.resolve(), dst.resolve()
         if s == d or s in d.parents or d in s.parents:
@@ -351,11 +353,8 @@ def atomic_files(folder: Path, stem: str, *, replaces: Iterable[Path] = (), forc
 
 
 def write_file(dst: Path, text: str | bytes, *, force: bool = False) -> Path:
-    """Write one file output atomically, mode 0644, recorded in its folder's `.hubtools`, same rules.
-
-    Raises:
-        DestinationError: see `check_destination`, or `dst` is a folder.
-    """
+    """Write one file output atomically, mode 0644, recorded in its folder's `.hubtools` (DestinationError:
+    see `check_destination`, or `dst` is a folder)."""
     dst = Path(dst)
     if dst.is_dir():
         raise DestinationError(f"{dst}: expected a file path (such as {dst / 'README.md'}), found a folder")
