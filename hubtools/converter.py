@@ -280,9 +280,12 @@ def convert(
         dtype: cast every tensor, e.g. torch.float16 or "float16" (default: keep each tensor's dtype, which
             makes round trips bit-exact and needs no torch at all).
         check: called with the opened checkpoint before anything is written (e.g. a recipe's validation).
+        force: replace an existing DST holding only the files hubtools recorded there, unchanged
+            (`hubtools.destination`); anything else at DST is refused before any work, never deleted.
 
     Returns:
-        A `ConversionResult`. On any failure (or Ctrl-C) nothing is left at DST.
+        A `ConversionResult`. On any failure (or Ctrl-C) before the final rename nothing was written (an old
+        DST is untouched); a Ctrl-C after it raises `OutputInPlace`: the new DST is complete.
 
     Raises:
         HubtoolsError subclasses naming the file or tensor at fault.

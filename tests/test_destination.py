@@ -224,3 +224,52 @@ def test_a_cast_that_overflows_is_refused_naming_the_tensor(tmp_path: Path) -> N
     ):
         convert(native, tmp_path / "hf", dtype="float16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
+
+
+def test_a_real_ctrl_c_during_the_swap_waits_for_it_and_says_the_new_output_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubtools.errors import OutputInPlace
+
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src: object, target: object) -> None:
+        real_rename(src, target)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C with the old output aside: held until the swap is done
+
+    monkeypatch.setattr(os, "rename", rename)
+    in_place = f"the new output is in place at {dst}"
+    with pytest.raises(OutputInPlace, match=in_place), atomic_folder(dst, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in dst.iterdir()) == [MARKER, "new.txt"]
+
+
+def test_after_a_kill_9_mid_swap_the_old_output_is_put_back_first(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "old.txt").write_text("old")
+    dst.rename(tmp_path / ".out.hubtools-old")  # killed with the old output aside, the new one not yet in
+    (tmp_path / ".out.hubtools-partial").mkdir()  # and its temporary left
+    with pytest.raises(DestinationError, match="already exists"), atomic_folder(dst):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (dst / "old.txt").read_text() == "old"
+
+
+def test_a_users_file_in_a_folder_output_or_an_edit_is_named_and_kept(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.bin").write_bytes(b"ours")
+    (dst / "sub" / "empty").mkdir()  # even an empty folder of the user's is theirs
+    with pytest.raises(DestinationError, match="found sub/empty, which is not hubtools'"):
+        check_destination(dst, force=True)
+    (dst / "sub" / "empty").rmdir()
+    (dst / "sub" / "a.bin").write_bytes(b"OURS")  # same size, other bytes: the hash tells
+    with pytest.raises(DestinationError, match="found sub/a.bin, which hubtools wrote but has changed since"):
+        check_destination(dst, force=True)
+    assert (dst / "sub" / "a.bin").read_bytes() == b"OURS"
