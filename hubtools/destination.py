@@ -33,7 +33,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -203,21 +203,24 @@ def _discard_finishing(path: Path, held: list[int]) -> None:
             held.append(getattr(exc, "signum", signal.SIGINT))
 
 
-@contextmanager
-def _holding_signals(held: list[int]) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP wait until the block ends (main thread only), then are noted in `held`."""
+def _nothing() -> None:
+    return None
+
+
+def _hold(held: list[int]) -> Callable[[], None]:
+    """From now on SIGINT, SIGTERM and SIGHUP are noted in `held` instead of interrupting (main thread only),
+    until the returned function is called."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {s: signal.getsignal(s) for s in signums}
-    for s in signums:
+        return _nothing
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for s in previous:
         signal.signal(s, lambda signum, frame: held.append(signum))
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+    return restore
 
 
 def _rename_committing(src: Path, dst: Path) -> BaseException | None:
@@ -267,26 +270,25 @@ def atomic_folder(dst: Path, *, sources: tuple[Path, ...] = (), force: bool = Fa
     check_destination(dst, sources=sources, force=force)
     _same_filesystem(dst)
     tmp, old = dst.with_name(f".{dst.name}{PARTIAL}"), dst.with_name(f".{dst.name}{OLD}")
+    held: list[int] = []
+    release = _nothing  # nothing held until the swap
     try:
         tmp.mkdir()
         yield tmp
         record_folder(tmp)
         check_destination(dst, sources=sources, force=force)  # again: nothing of a user's appeared meanwhile
+        release = _hold(held)  # the swap: a Ctrl-C now waits until it is done
+        if os.path.lexists(dst):
+            os.rename(dst, old)  # a link is renamed, never followed
+        late = _rename_committing(tmp, dst)
     except BaseException as exc:
+        if os.path.lexists(old):
+            os.rename(old, dst)
         _discard(tmp)
+        release()
         raise _rewrite(exc, tmp, dst) from None
-    held: list[int] = []
-    with _holding_signals(held):
-        try:
-            if os.path.lexists(dst):
-                os.rename(dst, old)  # a link is renamed, never followed
-            late = _rename_committing(tmp, dst)
-        except BaseException as exc:
-            if old.exists() or old.is_symlink():
-                os.rename(old, dst)
-            _discard(tmp)
-            raise _rewrite(exc, tmp, dst) from None
-        _discard_finishing(old, held)
+    _discard_finishing(old, held)
+    release()
     _after_commit(dst, held, late)
 
 
@@ -313,6 +315,9 @@ def atomic_files(folder: Path, stem: str, *, replaces: Iterable[Path] = (), forc
     tmp = folder / f".{stem}{PARTIAL}"
     _discard(tmp)
     out = FileSet(folder, tmp)
+    held: list[int] = []
+    release = _nothing  # nothing held until the swap
+    aside, placed, gone = tmp / OLD, list[str](), list[Path]()
     try:
         tmp.mkdir()
         yield out
@@ -326,29 +331,25 @@ def atomic_files(folder: Path, stem: str, *, replaces: Iterable[Path] = (), forc
             os.chmod(tmp / name, OUTPUT_MODE)
             files[name] = _entry(tmp / name)
         (tmp / MARKER).write_text(_record_text(files), encoding="utf-8")
-    except BaseException as exc:
-        _discard(tmp)
-        raise _rewrite(exc, tmp, folder) from None
-    held: list[int] = []
-    with _holding_signals(held):
-        aside, placed = tmp / OLD, list[str]()
+        release = _hold(held)  # the swap: a Ctrl-C now waits until it is done
         aside.mkdir()
-        try:
-            for path in gone:
-                os.rename(path, aside / path.name)
-            for name in out.names:
-                os.rename(tmp / name, folder / name)
-                placed.append(name)
-            late = _rename_committing(tmp / MARKER, folder / MARKER)  # the record is the commit
-        except BaseException as exc:
-            for name in placed:
-                os.rename(folder / name, tmp / name)
-            for path in gone:
-                if (aside / path.name).exists():
-                    os.rename(aside / path.name, path)
-            _discard(tmp)
-            raise _rewrite(exc, tmp, folder) from None
-        _discard_finishing(tmp, held)
+        for path in gone:
+            os.rename(path, aside / path.name)
+        for name in out.names:
+            os.rename(tmp / name, folder / name)
+            placed.append(name)
+        late = _rename_committing(tmp / MARKER, folder / MARKER)  # the record is the commit
+    except BaseException as exc:
+        for name in placed:
+            os.rename(folder / name, tmp / name)
+        for path in gone:
+            if os.path.lexists(aside / path.name):
+                os.rename(aside / path.name, path)
+        _discard(tmp)
+        release()
+        raise _rewrite(exc, tmp, folder) from None
+    _discard_finishing(tmp, held)
+    release()
     _after_commit(folder / out.names[0] if len(out.names) == 1 else folder, held, late)
 
 
