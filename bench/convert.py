@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from hubtools.destination import check_destination, write_file
+from hubtools.errors import DestinationError
 
 BUILD = r"""
 import sys, torch
@@ -175,8 +176,11 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
     args = parser.parse_args()
-    if args.json:
-        check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    try:
+        if args.json:
+            check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    except DestinationError as exc:
+        sys.exit(f"error: {exc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows, sizes = {}, {}
     for layers in args.layers:

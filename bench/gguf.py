@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from convert import BUILD, run_measured  # noqa: E402  (bench/convert.py, same folder)
 
 from hubtools.destination import check_destination, write_file  # noqa: E402
+from hubtools.errors import DestinationError  # noqa: E402
 from tests import llama_cpp_peer as peer  # noqa: E402
 
 
@@ -92,8 +93,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     args = parser.parse_args()
-    if args.json:
-        check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    try:
+        if args.json:
+            check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    except DestinationError as exc:
+        sys.exit(f"error: {exc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows, sizes = {}, {}
     for layers in args.layers:
