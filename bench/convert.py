@@ -20,6 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+from hubtools.destination import check_destination, write_file
+from hubtools.errors import DestinationError
+
 BUILD = r"""
 import sys, torch
 from pathlib import Path
@@ -170,8 +173,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(".bench"))
     parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (the median is reported)")
     args = parser.parse_args()
+    try:
+        if args.json:
+            check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    except DestinationError as exc:
+        sys.exit(f"error: {exc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows, sizes = {}, {}
     for layers in args.layers:
@@ -185,7 +194,7 @@ def main() -> None:
             shutil.rmtree(src)
     print(table(rows, sizes))
     if args.json:
-        args.json.write_text(json.dumps({"sizes": sizes, "results": rows}, indent=2))
+        write_file(args.json, json.dumps({"sizes": sizes, "results": rows}, indent=2), force=args.force)
 
 
 if __name__ == "__main__":

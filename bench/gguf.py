@@ -22,6 +22,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from convert import BUILD, run_measured  # noqa: E402  (bench/convert.py, same folder)
 
+from hubtools.destination import check_destination, write_file  # noqa: E402
+from hubtools.errors import DestinationError  # noqa: E402
 from tests import llama_cpp_peer as peer  # noqa: E402
 
 
@@ -89,7 +91,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the multi-GB checkpoints afterwards")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     args = parser.parse_args()
+    try:
+        if args.json:
+            check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    except DestinationError as exc:
+        sys.exit(f"error: {exc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows, sizes = {}, {}
     for layers in args.layers:
@@ -107,7 +115,7 @@ def main() -> None:
             shutil.rmtree(hf)
     print(table(rows, sizes))
     if args.json:
-        args.json.write_text(json.dumps({"sizes": sizes, "results": rows}, indent=2))
+        write_file(args.json, json.dumps({"sizes": sizes, "results": rows}, indent=2), force=args.force)
 
 
 if __name__ == "__main__":

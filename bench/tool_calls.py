@@ -1,6 +1,6 @@
 """Stress run: random function-calling conversations, hubtools' chat templates vs mistral-common.
 
-    python bench/tool_calls.py --count 3000 [--seed 0] [--versions v2 v3 v7 tekken ...] [--json OUT]
+    python bench/tool_calls.py --count 3000 [--seed 0] [--versions v2 v3 v7 tekken ...] [--json OUT [--force]]
 
 For every tokenizer with tool tokens that mistral-common ships (v2, v3, v7, v7m1 SentencePiece;
 tekken_240718 and tekken_240911, which are v3; and tekken_240911 read as v7, the Mistral Small 3 format),
@@ -23,6 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hubtools.destination import check_destination, write_file
+from hubtools.errors import DestinationError  # noqa: E402
 from hubtools.testing import mistral_common_data  # noqa: E402
 from hubtools.tokenization.files import write_hf_tokenizer  # noqa: E402
 from hubtools.tokenization.parity import hf_chat, reference_chat_ids  # noqa: E402
@@ -99,10 +101,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--versions", nargs="+", default=list(FILES), choices=list(FILES))
     parser.add_argument("--json", type=Path, help="write the counts and the first mismatches here")
+    parser.add_argument("--force", action="store_true", help="replace a --json file hubtools wrote earlier")
     args = parser.parse_args()
+    try:
+        if args.json:
+            check_destination(args.json, force=args.force)  # before the run: hubtools' rule for every output
+    except DestinationError as exc:
+        sys.exit(f"error: {exc}")
     results = run(args.count, args.seed, args.versions)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        write_file(args.json, json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n", force=args.force)
     sys.exit(1 if any(r["mismatch"] for r in results.values()) else 0)
 
 

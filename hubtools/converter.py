@@ -286,10 +286,13 @@ def convert(
         dtype: cast every tensor, e.g. torch.float16 or "float16" (default: keep each tensor's dtype, which
             makes round trips bit-exact and needs no torch at all).
         check: called with the opened checkpoint before anything is written (e.g. a recipe's validation).
+        force: replace an existing DST holding only the files hubtools recorded there, unchanged
+            (`hubtools.destination`); anything else at DST is refused before any work, never deleted.
 
     Returns:
-        A `ConversionResult` (its `warnings`: what the output lacks, e.g. a tokenizer). On any failure
-        (or Ctrl-C) nothing is left at DST.
+        A `ConversionResult` (its `warnings`: what the output lacks, e.g. a tokenizer). On any failure (or
+        Ctrl-C) before the final rename nothing was written (an old DST is untouched); a Ctrl-C after it
+        raises `OutputInPlace`: the new DST is complete.
 
     Raises:
         InvalidValueError: a dtype other than bfloat16, float16 or float32, a malformed size or chat

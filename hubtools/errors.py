@@ -81,3 +81,11 @@ class Interrupted(HubtoolsError):
     """Ctrl-C during a long command; the message says what was kept."""
 
     exit_code = 130
+
+
+class OutputInPlace(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, SIGHUP) that arrived once a new output was in place: it is complete, the old one gone."""
+
+    def __init__(self, where: object, signum: int = 2) -> None:
+        super().__init__(f"the new output is in place at {where}")
+        self.where, self.signum = where, signum

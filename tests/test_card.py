@@ -705,7 +705,7 @@ def test_existing_output_is_refused_without_force(tmp_path: Path, run_cli) -> No
     result = run_cli("card", CARD_8X22B, "-o", out, "--force")  # a card hubtools wrote may be replaced
     assert result.exit_code == 0 and result.stdout == f"{out}\n"
     assert out.read_text(encoding="utf-8").startswith("---\nlanguage:")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hubtools", "README.md"]  # its record; no temporary left
 
 
 def test_release_name_from_the_repository_root(tmp_path: Path, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:

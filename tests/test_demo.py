@@ -27,8 +27,13 @@ def test_demo_runs_the_whole_release_offline(run_cli: Callable[..., Result], tmp
         assert step in out, step
     assert (tmp_path / "demo" / "hf" / "README.md").read_text().startswith("---")
     assert (tmp_path / "demo" / "gguf" / "tiny-mixtral-demo.Q8_0.gguf.verify.json").is_file()
-    again = run_cli("demo", tmp_path / "demo")  # its own folder: re-running needs no --force
+    assert_one_line_error(run_cli("demo", tmp_path / "demo"), "already exists", "--force")  # never silently
+    (tmp_path / "demo" / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli("demo", tmp_path / "demo", "--force"), "found notes.txt, which is not hubtools'")
+    (tmp_path / "demo" / "notes.txt").unlink()
+    again = run_cli("demo", tmp_path / "demo", "--force")  # its own folder, unchanged: --force replaces it
     assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
 
 
 def test_demo_refuses_a_folder_it_does_not_own(run_cli: Callable[..., Result], tmp_path: Path) -> None:

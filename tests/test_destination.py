@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubtools.destination import MARKER, atomic_folder, check_destination, write_file
+from hubtools.destination import MARKER, atomic_folder, check_destination, record_folder, write_file
 from hubtools.errors import DestinationError
 from tests.helpers import assert_one_line_error
 
@@ -65,7 +65,28 @@ def test_a_missing_parent_is_refused_by_every_writer(make_native: Callable[..., 
     assert_one_line_error(
         run_cli("card", "mixtral-8x7b-v0.1", "-o", tmp_path / "no" / "README.md"), "expected an existing parent folder"
     )
+    hf = tmp_path / "hf"
+    assert run_cli("convert", src, hf, "--quiet").exit_code == 0
+    result = run_cli("verify", src, hf, "--no-logits", "--json", tmp_path / "no" / "report.json")
+    assert_one_line_error(result, "expected an existing parent folder")
+    assert "verify:" not in result.stderr  # refused before the run
+    assert_one_line_error(run_cli("gguf", src, tmp_path / "no" / "gguf"), "expected an existing parent folder")
     assert not (tmp_path / "no").exists()
+
+
+def test_verify_json_replaces_only_its_own_report(make_native: Callable[..., Path], run_cli, tmp_path: Path) -> None:
+    src, hf, report = make_native(tokenizer=None), tmp_path / "hf", tmp_path / "report.json"
+    assert run_cli("convert", src, hf, "--quiet").exit_code == 0
+    report.write_text("my notes\n")
+    for force in ((), ("--force",)):
+        result = run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report, *force)
+        assert_one_line_error(result, str(report), "already exists" if not force else "expected a file hubtools wrote")
+        assert "verify:" not in result.stderr and report.read_text() == "my notes\n"
+    report.unlink()
+    assert run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report).exit_code == 0
+    assert_one_line_error(run_cli("verify", src, hf, "--no-logits", "--json", report), "already exists")
+    assert run_cli("verify", src, hf, "--no-logits", "--quiet", "--json", report, "--force").exit_code == 0
+    assert json.loads(report.read_text())["passed"] is True
 
 
 def test_card_force_replaces_only_a_card_hubtools_wrote(run_cli, tmp_path: Path, monkeypatch) -> None:
@@ -101,8 +122,8 @@ def test_atomic_folder_leaves_nothing_and_names_the_output_not_the_temporary(tmp
 def test_a_symlinked_destination_is_replaced_beside_the_link_and_its_target_kept(tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
-    (target / MARKER).write_text("x")
     (target / "old.txt").write_text("old")
+    record_folder(target)  # hubtools' record of what it wrote there
     link = tmp_path / "link"
     link.symlink_to(target)
     with atomic_folder(link, force=True) as tmp:
@@ -203,3 +224,52 @@ def test_a_cast_that_overflows_is_refused_naming_the_tensor(tmp_path: Path) -> N
     ):
         convert(native, tmp_path / "hf", dtype="float16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
+
+
+def test_a_real_ctrl_c_during_the_swap_waits_for_it_and_says_the_new_output_is_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hubtools.errors import OutputInPlace
+
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "old.txt").write_text("old")
+    real_rename = os.rename
+
+    def rename(src: object, target: object) -> None:
+        real_rename(src, target)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C with the old output aside: held until the swap is done
+
+    monkeypatch.setattr(os, "rename", rename)
+    in_place = f"the new output is in place at {dst}"
+    with pytest.raises(OutputInPlace, match=in_place), atomic_folder(dst, force=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in dst.iterdir()) == [MARKER, "new.txt"]
+
+
+def test_after_a_kill_9_mid_swap_the_old_output_is_put_back_first(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "old.txt").write_text("old")
+    dst.rename(tmp_path / ".out.hubtools-old")  # killed with the old output aside, the new one not yet in
+    (tmp_path / ".out.hubtools-partial").mkdir()  # and its temporary left
+    with pytest.raises(DestinationError, match="already exists"), atomic_folder(dst):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (dst / "old.txt").read_text() == "old"
+
+
+def test_a_users_file_in_a_folder_output_or_an_edit_is_named_and_kept(tmp_path: Path) -> None:
+    dst = tmp_path / "out"
+    with atomic_folder(dst) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "a.bin").write_bytes(b"ours")
+    (dst / "sub" / "empty").mkdir()  # even an empty folder of the user's is theirs
+    with pytest.raises(DestinationError, match="found sub/empty, which is not hubtools'"):
+        check_destination(dst, force=True)
+    (dst / "sub" / "empty").rmdir()
+    (dst / "sub" / "a.bin").write_bytes(b"OURS")  # same size, other bytes: the hash tells
+    with pytest.raises(DestinationError, match="found sub/a.bin, which hubtools wrote but has changed since"):
+        check_destination(dst, force=True)
+    assert (dst / "sub" / "a.bin").read_bytes() == b"OURS"

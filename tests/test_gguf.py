@@ -202,7 +202,8 @@ def test_existing_output_is_refused_and_force_replaces_only_its_own_files(
     with pytest.raises(DestinationError, match="tiny.F16-00001-of-0000.\\.gguf: already exists"):
         export(native, dst, quants=parse_quants("f16"), name="tiny")
     export(native, dst, quants=parse_quants("f16"), name="tiny", force=True)
-    assert sorted(p.name for p in dst.iterdir()) == ["README.md", "tiny.F16.gguf"]
+    assert sorted(p.name for p in dst.iterdir()) == [".hubtools", "README.md", "tiny.F16.gguf"]  # README.md: untouched
+    assert (dst / "README.md").read_text() == "mine"
 
 
 def test_a_failure_leaves_nothing_behind(make_native: Callable[..., Path], tmp_path: Path) -> None:

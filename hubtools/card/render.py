@@ -255,8 +255,8 @@ def verify_summary(report: VerifyReport) -> dict[str, Any]:
 
 
 def write_card(text: str, dest: Path, *, force: bool = False) -> Path:
-    """Write the card atomically, mode 0644, with hubtools' marker comment at its end (so `--force` may
-    replace it later, and never a README someone else wrote).
+    """Write the card atomically, mode 0644, recorded in its folder's `.hubtools` (so `--force` may replace
+    it later while unchanged, and never a README someone else wrote); a comment at its end says who wrote it.
 
     Raises:
         `DestinationError`: `dest` exists without `force`, is not a card hubtools wrote, is a folder, or its

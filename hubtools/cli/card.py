@@ -35,7 +35,7 @@ from hubtools.cli.errors import handle_errors
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="`hubtools verify --json` report to summarise in the card.",
 )
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option("--force", is_flag=True, help="Replace the output if hubtools wrote it, unchanged.")
 @click.option(
     "--gguf",
     "gguf_dir",

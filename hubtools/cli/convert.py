@@ -31,7 +31,7 @@ from hubtools.tokenization.choices import ChatTemplate
     default=None,
     help="Chat template for the HF tokenizer (default: the recipe's, else auto).",
 )
-@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--force", is_flag=True, help="Replace DST if it holds only files hubtools wrote there, unchanged.")
 @quiet_option()
 @json_option()
 @handle_errors

@@ -11,7 +11,7 @@ from hubtools.cli.errors import handle_errors
 
 @click.command("demo")
 @click.argument("workdir", required=False, type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Reuse WORKDIR even if it exists (its demo folders are replaced).")
+@click.option("--force", is_flag=True, help="Replace an earlier demo holding only its own files, unchanged.")
 @handle_errors
 def demo_command(workdir: Path | None, force: bool) -> None:
     """Run the whole release on a tiny synthetic Mixtral, offline: convert, load, generate, verify, card."""

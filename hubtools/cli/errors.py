@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hubtools.errors import HubtoolsError, InvalidValueError
+from hubtools.errors import HubtoolsError, InvalidValueError, OutputInPlace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +37,8 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt as exc:
             if debug:
                 raise
-            click.echo("error: interrupted; nothing was written", err=True)
+            outcome = str(exc) if isinstance(exc, OutputInPlace) else "nothing was written"
+            click.echo(f"error: interrupted; {outcome}", err=True)
             sys.exit(128 + getattr(exc, "signum", signal.SIGINT))
         except OSError as exc:
             if debug:

@@ -28,7 +28,7 @@ from hubtools.tokenization.choices import ChatTemplate
     help="Chat template (default: the recipe's; an HF source's own; else auto).",
 )
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 50GB (llama.cpp's convention).")
-@click.option("--force", is_flag=True, help="Replace existing output files of the same name and quant.")
+@click.option("--force", is_flag=True, help="Replace same-name, same-quant files hubtools wrote, unchanged.")
 @quiet_option()
 @json_option()
 @handle_errors

@@ -10,6 +10,7 @@ import click
 
 from hubtools.cli.errors import handle_errors
 from hubtools.cli.output import quiet_option
+from hubtools.destination import check_destination, write_file
 from hubtools.dtypes import COMPUTE_DTYPES, DType
 from hubtools.validation import compute_dtype
 from hubtools.verification.report_text import format_report
@@ -40,6 +41,7 @@ from hubtools.verification.report_text import format_report
 )
 @click.option("--rope-theta", type=float, help="The native model's rope_theta when params.json omits it.")
 @click.option("--no-logits", is_flag=True, help="Skip the forward passes (structure, tensors, tokenizer only).")
+@click.option("--force", is_flag=True, help="Replace a --json report hubtools wrote earlier (unchanged).")
 @quiet_option("No progress; print the table only when a check fails.")
 @handle_errors
 def verify_command(
@@ -50,6 +52,7 @@ def verify_command(
     prompts_path: Path | None,
     rope_theta: float | None,
     no_logits: bool,
+    force: bool,
     quiet: bool,
 ) -> None:
     """Prove CONVERTED (an HF folder, or a .gguf file / split set) is an exact conversion of SRC.
@@ -60,6 +63,8 @@ def verify_command(
     def say(message: str) -> None:
         click.echo(f"verify: {message}", err=True)
 
+    if json_path is not None:
+        check_destination(json_path, force=force)  # before the run: a missing folder, a file not ours
     progress = None if quiet else say
     compute_dtype(dtype)  # as `hubtools.verify` checks it, for a GGUF file too
     if converted.is_file():  # a GGUF file (or split set), against the folder it was exported from
@@ -87,10 +92,10 @@ def verify_command(
             progress=progress,
         )
         passed, payload, table = report.passed, report.to_dict(), format_report(report)
-    if json_path is not None:
-        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)  # no bare NaN
-        json_path.write_text(text + "\n", encoding="utf-8")
     if not quiet or not passed:
         click.echo(table)
+    if json_path is not None:
+        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)  # no bare NaN
+        write_file(json_path, text + "\n", force=force)
     if not passed:
         sys.exit(1)

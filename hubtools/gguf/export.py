@@ -3,8 +3,9 @@
 Each file is written with gguf-py's `GGUFWriter`: every tensor info first (sizes known from shapes and
 types), then the metadata, then the tensor data one tensor at a time, each quantized in chunks of rows
 (`write_tensor_data` with a streaming tensor), so peak memory is one source tensor plus one chunk.
-Files go to a temporary folder inside DST and are renamed into place at the end; an existing output
-file needs `force`, which replaces only the files of the same name and quant (and their split parts).
+Files go to a temporary folder inside DST and are renamed into place at the end, recorded in DST's
+`.hubtools` (`hubtools.destination`); an existing output file needs `force`, which replaces only the files
+of the same name and quant (and their split parts), and only those hubtools recorded there, unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import IO, Any
 import gguf
 import numpy as np
 
-from hubtools.destination import check_outside
+from hubtools.destination import atomic_files, check_destination, check_outside, check_parent
 from hubtools.errors import DestinationError
 from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
 from hubtools.gguf.metadata import add_general, add_model_parameters
@@ -183,7 +184,8 @@ def export(
             "auto" for a native source).
         split_max_size: split files above this size, e.g. "50GB" or a byte count (llama.cpp's -0000k-of-0000n
             convention); 0: never.
-        force: replace existing output files of the same names (nothing else in DST is touched).
+        force: replace existing output files of the same names and quants that hubtools wrote, unchanged
+            (anything else at those names is refused; nothing else in DST is touched).
 
     Returns:
         A `GgufResult`. On any failure nothing new is left in DST.
@@ -200,33 +202,28 @@ def export(
     if chat_template is not None:
         chat_template = ChatTemplate.parse(chat_template).value
     check_outside(dst, sources=(src,))
-    if not dst.resolve().parent.is_dir():
-        raise DestinationError(f"{dst}: expected an existing parent folder, found no {dst.resolve().parent}")
+    check_parent(dst)
+    if dst.exists() and not dst.is_dir():
+        raise DestinationError(f"{dst}: expected a folder for the GGUF files, found a file (it is not replaced)")
     existing = _existing(dst, name, quants)
     if existing and not force:
         raise DestinationError(f"{existing[0]}: already exists (use --force to replace it)")
+    for path in existing:  # only hubtools' unchanged files, before any work
+        check_destination(path, force=True)
     source = open_source(src, overrides=overrides)
     created = not dst.exists()
     dst.mkdir(exist_ok=True)
-    tmp = dst / f".{name}.hubtools-partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     outputs = []
     try:
-        with source.ckpt:
-            hf_dir = _tokenizer_dir(source, src, chat_template, tmp)
+        with atomic_files(dst, name, replaces=existing, force=force) as out, source.ckpt:
+            hf_dir = _tokenizer_dir(source, src, chat_template, out.tmp)
             for quant in quants:
                 files = _write_quant(
-                    source, tmp, quant, name=name, tokenizer_dir=hf_dir, split=split_max_size, progress=progress
+                    source, out.tmp, quant, name=name, tokenizer_dir=hf_dir, split=split_max_size, progress=progress
                 )
                 outputs.append(GgufFile(quant.name, tuple(p.name for p in files), sum(p.stat().st_size for p in files)))
-        for old in _existing(dst, name, quants):
-            old.unlink()
-        for out in outputs:
-            for file in out.files:
-                (tmp / file).rename(dst / file)
+                out.names.extend(p.name for p in files)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if created and not any(dst.iterdir()):
             dst.rmdir()
     return GgufResult(

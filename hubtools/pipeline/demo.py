@@ -8,7 +8,7 @@ verifies the conversion, renders a card and plans the upload (dry run).
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,25 +16,10 @@ from pathlib import Path
 
 import torch
 
-from hubtools.destination import MARKER, MARKER_TEXT, check_destination
+from hubtools.destination import atomic_folder, record_folder
 from hubtools.errors import HubtoolsError
 
 Say = Callable[[str], None]
-
-
-def _workdir(workdir: Path | None, force: bool) -> Path:
-    """A fresh folder for the demo: new, empty, or (with --force) one an earlier demo wrote."""
-    if workdir is None:
-        return Path(tempfile.mkdtemp(prefix="hubtools-demo-"))
-    if workdir.is_dir() and (not any(workdir.iterdir()) or (workdir / MARKER).is_file()):
-        force = True  # an empty folder, or an earlier demo's: re-running needs no --force
-    check_destination(workdir, force=force)
-    if workdir.is_dir():
-        for entry in workdir.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    workdir.mkdir(exist_ok=True)
-    (workdir / MARKER).write_text(MARKER_TEXT)
-    return workdir
 
 
 def _generate(hf: Path, say: Say) -> None:
@@ -67,13 +52,33 @@ def _roundtrip(native: Path, back: Path, say: Say) -> None:
 
 
 def run_demo(workdir: Path | None = None, *, force: bool = False, say: Say = lambda _: None) -> Path:
-    """Run the demo in `workdir` (a new temporary folder by default) and return it."""
+    """Run the demo in `workdir` (a new temporary folder by default) and return it.
+
+    `workdir` is a folder output (`hubtools.destination`): new, empty, or with `force` one an earlier demo
+    wrote and nobody changed since; the demo runs in a temporary folder beside it that takes its place at the end.
+    """
+    if workdir is None:
+        root = Path(tempfile.mkdtemp(prefix="hubtools-demo-"))
+        _run(root, say)
+        record_folder(root)
+        return root
+    root = Path(os.path.abspath(workdir))
+    if root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
+        force = True  # an empty folder holds nothing to lose
+    with atomic_folder(root, force=force) as tmp:
+        _run(tmp, lambda message: say(message.replace(str(tmp), str(root))))
+        for report in (tmp / "verify.json", *(tmp / "gguf").glob("*.verify.json")):
+            if report.is_file():  # the reports name the folder the demo ends in, not its temporary
+                report.write_text(report.read_text(encoding="utf-8").replace(str(tmp), str(root)), encoding="utf-8")
+    return root
+
+
+def _run(root: Path, say: Say) -> None:
     from hubtools.converter import convert
     from hubtools.inspection import format_summary, summarize
     from hubtools.testing import tiny_params, write_native_checkpoint
 
     started = time.monotonic()
-    root = _workdir(workdir, force)
     native, hf, back = root / "native", root / "hf", root / "roundtrip"
     params = tiny_params(moe=True, n_layers=2, dim=64, n_heads=4, n_kv_heads=2, hidden_dim=128, num_experts=4)
     write_native_checkpoint(native, params, layout="pth-split", tokenizer="v1", dtype=torch.bfloat16, seed=7)
@@ -89,7 +94,6 @@ def run_demo(workdir: Path | None = None, *, force: bool = False, say: Say = lam
     for step in _extra_steps():
         step(root, native, hf, say)
     say(f"done in {time.monotonic() - started:.1f}s; everything is in {root}")
-    return root
 
 
 DEMO_CARD = """---

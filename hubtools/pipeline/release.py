@@ -35,8 +35,9 @@ from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
 from hubtools.converter import ConversionPlan, converted_bytes, plan
+from hubtools.destination import check_work_dir, claim_work_dir, release_work_dir
 from hubtools.dtypes import DType
-from hubtools.errors import DestinationError, PublishError, VerifyError
+from hubtools.errors import PublishError, VerifyError
 from hubtools.pipeline.overlay import ReleaseOptions
 from hubtools.pipeline.release_files import (
     ReleaseResult,
@@ -99,7 +100,7 @@ def release(
             run = _Run(ckpt, conversion, work, repo_id, api, options, retry or RetryPolicy(), say, progress)
             return run.go(src, started)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        release_work_dir(work, WORK_ENTRIES)
 
 
 def plan_release(src: str, repo_id: str, *, options: ReleaseOptions, api: HfApi | None = None) -> dict[str, Any]:
@@ -147,23 +148,18 @@ def check_release_inputs(repo_id: str, options: ReleaseOptions) -> None:
     _check_work_dir(_work_path(options.work_dir, repo_id))
 
 
-MARKER = ".hubtools-release"
+WORK_ENTRIES = ("source", "model", "verify.json")  # all a release writes in its work dir
 
 
 def _work_dir(parent: Path | None, repo_id: str) -> Path:
     """Our own folder inside `parent` (default: the system temp dir), one per repo: a folder left behind
-    by a killed run is ours (it carries MARKER) and is emptied, so a resumed run stays within two shards.
+    by a killed run is ours (it carries hubtools' marker) and is emptied of our entries, so a resumed run
+    stays within two shards; anything else found in it is refused, never deleted (`claim_work_dir`).
 
     Raises:
-        DestinationError: the folder exists without our marker (someone else's: never deleted).
+        DestinationError: the folder exists without our marker, or holds something that is not ours.
     """
-    work = _work_path(parent, repo_id)
-    _check_work_dir(work)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER).write_text("temporary files of `hubtools release`; deleted when it ends\n")
-    return work
+    return claim_work_dir(_work_path(parent, repo_id), WORK_ENTRIES)
 
 
 def _work_path(parent: Path | None, repo_id: str) -> Path:
@@ -171,16 +167,7 @@ def _work_path(parent: Path | None, repo_id: str) -> Path:
 
 
 def _check_work_dir(work: Path) -> None:
-    """The work folder may be made (or emptied: it carries MARKER) without touching anything else.
-
-    Raises:
-        DestinationError: the folder exists without our marker, or a file is in its way.
-    """
-    if work.exists() and not (work / MARKER).is_file():
-        raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another work folder)")
-    blocked = next((p for p in (work, *work.parents) if p.exists() and not p.is_dir()), None)
-    if blocked is not None:
-        raise DestinationError(f"{work}: expected a folder for the release's work files, found the file {blocked}")
+    check_work_dir(work, WORK_ENTRIES)
 
 
 class _Run:
