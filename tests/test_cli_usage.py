@@ -13,7 +13,7 @@ CASES = [
     (("verify",), "Missing argument 'SRC'", "verify --help"),
     (("verify", "a"), "'a' does not exist", "verify --help"),
     (("convert", "a", "b", "--nope"), "No such option '--nope'", "convert --help"),
-    (("convert", "a", "b", "--dtype", "int8"), "'int8' is not one of", "convert --help"),
+    (("inspect", "a", "--json", "--nope"), "No such option '--nope'", "inspect --help"),
     (("convert", "a", "b", "--to", "gguf"), "Invalid value for '--to'", "convert --help"),
     (("gguf", "a", "b", "--split-max-size"), "requires an argument", "--help"),
     (("nosuch",), "No such command 'nosuch'", "cli --help"),
