@@ -32,7 +32,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,21 @@ def _recover(dst: Path) -> None:
     _discard(dst.with_name(f".{dst.name}{PARTIAL}"))
 
 
+def recover_files(folder: Path, stem: str) -> None:
+    """After a kill -9 mid-swap of file outputs (`atomic_files(folder, stem)`): unless its record was committed
+    (renamed out of the temporary), the new files placed go and the old ones set aside come back; then the
+    temporary goes. Run before the destination is checked: the next run of the same output starts clean."""
+    tmp = folder / f".{stem}{PARTIAL}"
+    if (tmp / OLD).is_dir() and (tmp / MARKER).is_file():
+        before = read_record(folder)
+        for name, entry in read_record(tmp).items():
+            if before.get(name) != entry and not (tmp / name).exists() and _unchanged(folder / name, entry):
+                (folder / name).unlink()
+        for old in (tmp / OLD).iterdir():
+            os.replace(old, folder / old.name)
+    _discard(tmp)
+
+
 def _same_filesystem(dst: Path) -> None:
     if dst.is_symlink() and dst.exists() and os.stat(dst).st_dev != os.stat(dst.parent).st_dev:
         raise DestinationError(
@@ -206,8 +221,7 @@ def _nothing() -> None:
 
 
 def _hold(held: list[int]) -> Callable[[], None]:
-    """From now on SIGINT, SIGTERM and SIGHUP are noted in `held` instead of interrupting (main thread only),
-    until the returned function is called."""
+    """Until the returned function is called, SIGINT, SIGTERM and SIGHUP are noted in `held` (main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return _nothing
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -253,14 +267,9 @@ def _rewrite(exc: BaseException, tmp: Path, dst: Path) -> BaseException:
 @contextmanager
 def atomic_folder(dst: Path, *, sources: tuple[Path, ...] = (), force: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside `dst`; on success it becomes `dst`, recorded in its `.hubtools`.
-
-    On any exception before the swap (Ctrl-C included) the temporary folder is removed and `dst` is
-    untouched; messages that name the temporary folder are rewritten to name `dst`.
-
-    Raises:
-        DestinationError: see `check_destination`; a write that failed (disk full, permissions).
-        OutputInPlace: interrupted during the swap's last step; the new output is complete at `dst`.
-    """
+    On any exception before the swap (Ctrl-C included) the temporary is removed and `dst` untouched (messages
+    name `dst`). Raises DestinationError (`check_destination`, a failed write) or OutputInPlace (interrupted
+    during the swap's last step: the new output is complete at `dst`)."""
     dst = Path(os.path.abspath(dst))
     check_outside(dst, sources=sources)
     check_parent(dst)
@@ -307,11 +316,11 @@ def atomic_files(folder: Path, stem: str, *, replaces: Iterable[Path] = (), forc
         DestinationError: see `check_destination`; a write that failed. OutputInPlace: see `atomic_folder`.
     """
     folder = Path(os.path.abspath(folder))
+    recover_files(folder, stem)
     replaces = list(replaces)
     for path in replaces:
         check_destination(path, force=force)
     tmp = folder / f".{stem}{PARTIAL}"
-    _discard(tmp)
     out = FileSet(folder, tmp)
     held: list[int] = []
     release = _nothing  # nothing held until the swap
@@ -357,44 +366,10 @@ def write_file(dst: Path, text: str | bytes, *, force: bool = False) -> Path:
     dst = Path(dst)
     if dst.is_dir():
         raise DestinationError(f"{dst}: expected a file path (such as {dst / 'README.md'}), found a folder")
+    recover_files(dst.parent, dst.name)
     check_destination(dst, force=force)
     with atomic_files(dst.parent, dst.name, replaces=[dst] if os.path.lexists(dst) else [], force=force) as out:
         data = text.encode("utf-8") if isinstance(text, str) else text
         (out.tmp / dst.name).write_bytes(data)
         out.names.append(dst.name)
     return dst
-
-
-WORK_MARKER = ".hubtools-release"
-
-
-def check_work_dir(work: Path, names: tuple[str, ...]) -> None:
-    """`claim_work_dir`'s refusals (DestinationError naming what is in the way), touching nothing: for dry runs."""
-    if (blocked := next((p for p in (work, *work.parents) if p.exists() and not p.is_dir()), None)) is not None:
-        raise DestinationError(f"{work}: expected a folder for the release's work files, found the file {blocked}")
-    if work.exists() and not (work / WORK_MARKER).is_file():
-        raise DestinationError(f"{work}: exists and was not made by hubtools release (choose another work folder)")
-    if work.exists() and (foreign := [p for p in sorted(work.iterdir()) if p.name not in (*names, WORK_MARKER)]):
-        raise DestinationError(
-            f"{work}: expected only hubtools release's work files, found {foreign[0].name}, which is not "
-            "hubtools' (nothing was deleted: move it or choose another work folder)"
-        )
-
-
-def claim_work_dir(work: Path, names: tuple[str, ...]) -> Path:
-    """A work folder of our own whose top-level entries may only be `names` (and the marker): one left by a
-    killed run is emptied of them, anything else in it is refused (`check_work_dir`); nothing else is deleted."""
-    check_work_dir(work, names)
-    if work.exists():
-        release_work_dir(work, names)
-    work.mkdir(parents=True)
-    (work / WORK_MARKER).write_text("temporary files of `hubtools release`; deleted when it ends\n")
-    return work
-
-
-def release_work_dir(work: Path, names: tuple[str, ...]) -> None:
-    """Delete our entries of a work folder, then the folder if nothing else is left in it."""
-    for name in (*names, WORK_MARKER):
-        _discard(work / name)
-    with suppress(OSError):
-        work.rmdir()  # fails when something appeared there that is not ours: it stays

@@ -273,3 +273,32 @@ def test_a_users_file_in_a_folder_output_or_an_edit_is_named_and_kept(tmp_path: 
     with pytest.raises(DestinationError, match="found sub/a.bin, which hubtools wrote but has changed since"):
         check_destination(dst, force=True)
     assert (dst / "sub" / "a.bin").read_bytes() == b"OURS"
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_after_a_kill_9_mid_swap_of_a_file_output_the_old_file_comes_back(tmp_path: Path, fresh: bool) -> None:
+    """Killed (os._exit) with the old file set aside and the new one placed, its record not yet committed: the
+    next write of that output first puts the old file back (and drops the new one), then proceeds."""
+    import subprocess
+    import sys
+
+    write_file(tmp_path / "README.md", "old card\n")
+    write_file(tmp_path / "other.json", "{}\n")  # another output recorded in the same folder: untouched
+    script = (
+        "import os, sys; from pathlib import Path; from hubtools import destination as d\n"
+        "d._rename_committing = lambda src, dst: os._exit(9)\n"
+        f"d.write_file(Path({str(tmp_path / 'README.md')!r}), 'new card\\n', force=True)\n"
+    )
+    died = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert died.returncode == 9
+    assert (tmp_path / "README.md").read_text() == "new card\n"  # placed, but its record never committed
+    if fresh:
+        write_file(tmp_path / "README.md", "newer card\n", force=True)
+        assert (tmp_path / "README.md").read_text() == "newer card\n"
+    else:
+        with pytest.raises(DestinationError, match="already exists"):
+            write_file(tmp_path / "README.md", "newer card\n")
+        assert (tmp_path / "README.md").read_text() == "old card\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "README.md", "other.json"]
+    assert (tmp_path / "other.json").read_text() == "{}\n"
+    check_destination(tmp_path / "README.md", force=True)  # hubtools' own, unchanged, per the record

@@ -20,7 +20,7 @@ from typing import IO, Any
 import gguf
 import numpy as np
 
-from hubtools.destination import atomic_files, check_destination, check_outside, check_parent
+from hubtools.destination import atomic_files, check_destination, check_outside, check_parent, recover_files
 from hubtools.errors import DestinationError
 from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
 from hubtools.gguf.metadata import add_general, add_model_parameters
@@ -205,6 +205,8 @@ def export(
     check_parent(dst)
     if dst.exists() and not dst.is_dir():
         raise DestinationError(f"{dst}: expected a folder for the GGUF files, found a file (it is not replaced)")
+    if dst.is_dir():
+        recover_files(dst, name)  # a run killed mid-swap: the old files come back first
     existing = _existing(dst, name, quants)
     if existing and not force:
         raise DestinationError(f"{existing[0]}: already exists (use --force to replace it)")

@@ -35,7 +35,6 @@ from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
 from hubtools.converter import ConversionPlan, converted_bytes, plan
-from hubtools.destination import check_work_dir, claim_work_dir, release_work_dir
 from hubtools.dtypes import DType
 from hubtools.errors import PublishError, VerifyError
 from hubtools.pipeline.overlay import ReleaseOptions
@@ -46,6 +45,7 @@ from hubtools.pipeline.release_files import (
     write_card,
     write_small_files,
 )
+from hubtools.pipeline.work_dir import check_work_dir, claim_work_dir, release_work_dir
 from hubtools.publishing.client import HubClient, RetryPolicy
 from hubtools.publishing.plan import PlannedFile, Role, UploadPlan, check_publish_settings
 from hubtools.publishing.remote import difference, verify_remote
