@@ -22,6 +22,7 @@ from hubtools.checkpoint.layout import check_not_in_target
 from hubtools.checkpoint.reader import Checkpoint, TensorSource, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
 from hubtools.checkpoint.writer import (
+    FollowingHash,
     PlannedTensor,
     Shard,
     copy_segments,
@@ -31,7 +32,7 @@ from hubtools.checkpoint.writer import (
     write_index,
     write_shard,
 )
-from hubtools.destination import atomic_folder, check_destination
+from hubtools.destination import atomic_folder, check_destination, remember_sha256
 from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError
 from hubtools.families import check_counts
@@ -213,20 +214,24 @@ def write_plan(
     The tokenizer is converted on a second thread while the tensor bytes stream (the copies run in the
     kernel without the GIL), so its CPU time hides behind the I/O.
     """
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as hashing:
         context = (conversion.config or {}).get("max_position_embeddings")
         tokenizer = pool.submit(write_tokenizer, ckpt, conversion.target_layout, out, chat_template, context)
-        written = []
+        written, digests = [], []
         for shard in conversion.shards:
-            path = out / shard.file
+            path, follow = out / shard.file, FollowingHash(out / shard.file, hashing)
 
-            def fill(fd: int, t: PlannedTensor, path: Path = path) -> None:
+            def fill(fd: int, t: PlannedTensor, path: Path = path, follow: FollowingHash = follow) -> None:
                 _fill(ckpt, conversion.steps[t.name], fd, path)
+                follow.upto(os.lseek(fd, 0, os.SEEK_CUR))  # the record's hash, on the second core
                 if progress:
                     progress(t.nbytes)
 
             write_shard(path, shard, fill)
             written.append(shard.file)
+            digests.append(follow.result())
+        for done in digests:
+            remember_sha256(*done.result())
         return written + write_metadata(conversion, out) + tokenizer.result()
 
 

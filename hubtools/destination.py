@@ -60,6 +60,14 @@ def sha256_of(path: Path) -> str:
     return _HASHES[key]
 
 
+def remember_sha256(path: Path, digest: str, size: int) -> None:
+    """`digest` of `path`'s first `size` bytes, computed while it was written, stands for the whole file (when
+    that is its size) until the file changes: `sha256_of` then needs no second read."""
+    st = path.stat()
+    if st.st_size == size:
+        _HASHES[(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+
+
 def read_record(folder: Path) -> Record:
     """The files hubtools recorded in `folder/.hubtools` ({} when there is none, or an unreadable one)."""
     try:

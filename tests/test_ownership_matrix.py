@@ -319,6 +319,7 @@ def test_the_cli_says_which_output_is_in_place(
 
 def test_release_work_dir_keeps_what_is_not_its_own(tmp_path: Path) -> None:
     from hubtools.pipeline.release import WORK_ENTRIES, _work_dir
+    from hubtools.pipeline.work_dir import release_work_dir
 
     work = _work_dir(tmp_path, "me/model")
     (work / "model").mkdir()
@@ -328,7 +329,7 @@ def test_release_work_dir_keeps_what_is_not_its_own(tmp_path: Path) -> None:
     with pytest.raises(DestinationError, match="found notes.txt, which is not hubtools'"):
         _work_dir(tmp_path, "me/model")
     assert (work / "notes.txt").read_bytes() == USER
-    destination.release_work_dir(work, WORK_ENTRIES)
+    release_work_dir(work, WORK_ENTRIES)
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # only our entries went
     with pytest.raises(DestinationError, match="was not made by hubtools release"):
         _work_dir(tmp_path, "me/model")

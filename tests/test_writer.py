@@ -172,3 +172,27 @@ def test_a_source_that_ends_early_is_named(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         os.close(sfd)
+
+
+def test_the_following_hash_equals_the_sha256_of_the_file_it_followed(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hubtools.checkpoint.writer import FollowingHash
+    from hubtools.destination import remember_sha256, sha256_of
+
+    path = tmp_path / "shard"
+    chunks = [os.urandom(n) for n in (10, 9 << 20, 1, 3 << 20)]  # across the 8 MiB read buffer
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        follow = FollowingHash(path, pool)
+        with path.open("wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                follow.upto(f.tell())
+        got_path, digest, size = follow.result().result()
+    expected = hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert (got_path, digest, size) == (path, expected, path.stat().st_size)
+    remember_sha256(path, "0" * 64, size - 1)  # a digest of fewer bytes than the file never stands for it
+    assert sha256_of(path) == expected

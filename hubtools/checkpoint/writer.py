@@ -6,9 +6,11 @@ the kernel), so peak memory is one tensor whatever the model size.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,3 +148,35 @@ def write_shard(path: Path, shard: Shard, fill: Callable[[int, PlannedTensor], N
                 )
     finally:
         os.close(fd)
+
+
+class FollowingHash:
+    """The sha256 of a file written front to back, computed on `pool`'s thread as its bytes land (`upto(end)`
+    after each write), so recording the output needs no second read of it; `result()` -> (path, hex digest,
+    bytes hashed). The copies run in the kernel and hashlib releases the GIL: the hash hides behind the writes."""
+
+    def __init__(self, path: Path, pool: ThreadPoolExecutor) -> None:
+        self.path, self.pool, self.done, self.digest = path, pool, 0, hashlib.sha256()
+        self.fd: int | None = None
+        self.buffer = memoryview(bytearray(8 << 20))
+
+    def upto(self, end: int) -> None:
+        self.pool.submit(self._read, end)
+
+    def _read(self, end: int) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        while self.done < end:
+            n = os.preadv(self.fd, [self.buffer[: min(len(self.buffer), end - self.done)]], self.done)
+            if n <= 0:
+                raise DestinationError(f"{self.path}: ended at byte {self.done} while hashing, expected {end}")
+            self.digest.update(self.buffer[:n])
+            self.done += n
+
+    def result(self) -> Future[tuple[Path, str, int]]:
+        def finish() -> tuple[Path, str, int]:
+            if self.fd is not None:
+                os.close(self.fd)
+            return self.path, self.digest.hexdigest(), self.done
+
+        return self.pool.submit(finish)
