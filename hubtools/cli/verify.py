@@ -10,10 +10,8 @@ import click
 
 from hubtools.cli.errors import handle_errors
 from hubtools.cli.output import quiet_option
-from hubtools.destination import check_destination, write_file
 from hubtools.dtypes import COMPUTE_DTYPES, DType
 from hubtools.validation import compute_dtype
-from hubtools.verification.report_text import format_report
 
 
 @click.command("verify")
@@ -59,6 +57,8 @@ def verify_command(
 
     Exits 0 only if every check passes, 1 otherwise (the table names what failed).
     """
+    from hubtools.destination import check_destination, write_file
+    from hubtools.verification.report_text import format_report
 
     def say(message: str) -> None:
         click.echo(f"verify: {message}", err=True)
