@@ -230,9 +230,10 @@ def write_plan(
             write_shard(path, shard, fill)
             written.append(shard.file)
             digests.append(follow.result())
+        small = write_metadata(conversion, out) + tokenizer.result()  # while the last shard's hash catches up
         for done in digests:
             remember_sha256(*done.result())
-        return written + write_metadata(conversion, out) + tokenizer.result()
+        return written + small
 
 
 def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
