@@ -78,9 +78,8 @@ def main() -> None:
     )
     before, after = (_flat(json.loads((work / f"report-{s}-0.json").read_text())) for s in ("before", "after"))
     paths = ("/hf", "/native", "/hf_dir")  # where each tree's own output folder is named
-    differing = sorted(
-        k for k in set(before) | set(after) if before.get(k) != after.get(k) and "version" not in k and not k.endswith(paths)
-    )
+    keys = [k for k in set(before) | set(after) if "version" not in k and not k.endswith(paths)]
+    differing = sorted(k for k in keys if before.get(k) != after.get(k))
     median = {k: round(statistics.median(v), 3) for k, v in times.items()}
     size = sum(p.stat().st_size for p in native.iterdir())
     print(f"model: {size / 1e6:.0f} MB native, {args.repeat} runs each, interleaved")
