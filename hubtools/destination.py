@@ -180,8 +180,8 @@ def _recover(dst: Path) -> None:
     """After a kill -9: a stale temporary goes; an old output set aside goes back (or goes, if the new one is in)."""
     old = dst.with_name(f".{dst.name}{OLD}")
     if old.is_dir() and (old / MARKER).is_file():
-        _discard(old) if os.path.lexists(dst) else old.rename(dst)
-    _discard(dst.with_name(f".{dst.name}{PARTIAL}"))
+        discard(old) if os.path.lexists(dst) else old.rename(dst)
+    discard(dst.with_name(f".{dst.name}{PARTIAL}"))
 
 
 def recover_files(folder: Path, stem: str) -> None:
@@ -196,7 +196,7 @@ def recover_files(folder: Path, stem: str) -> None:
                 (folder / name).unlink()
         for old in (tmp / OLD).iterdir():
             os.replace(old, folder / old.name)
-    _discard(tmp)
+    discard(tmp)
 
 
 def _same_filesystem(dst: Path) -> None:
@@ -207,7 +207,8 @@ def _same_filesystem(dst: Path) -> None:
         )
 
 
-def _discard(path: Path) -> None:
+def discard(path: Path) -> None:
+    """Remove a file, a link or a folder at `path` (nothing when there is none)."""
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.is_dir():
@@ -218,7 +219,7 @@ def _discard_finishing(path: Path, held: list[int]) -> None:
     """Remove `path`; a Ctrl-C meanwhile is noted and the removal finished (it holds only the old output)."""
     for _ in range(3):
         try:
-            _discard(path)
+            discard(path)
             return
         except KeyboardInterrupt as exc:
             held.append(getattr(exc, "signum", signal.SIGINT))
@@ -299,7 +300,7 @@ def atomic_folder(dst: Path, *, sources: tuple[Path, ...] = (), force: bool = Fa
     except BaseException as exc:
         if os.path.lexists(old):
             os.rename(old, dst)
-        _discard(tmp)
+        discard(tmp)
         release()
         raise _rewrite(exc, tmp, dst) from None
     _discard_finishing(old, held)
@@ -360,7 +361,7 @@ def atomic_files(folder: Path, stem: str, *, replaces: Iterable[Path] = (), forc
         for path in gone:
             if os.path.lexists(aside / path.name):
                 os.rename(aside / path.name, path)
-        _discard(tmp)
+        discard(tmp)
         release()
         raise _rewrite(exc, tmp, folder) from None
     _discard_finishing(tmp, held)

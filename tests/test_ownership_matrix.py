@@ -188,7 +188,7 @@ class _Interrupt:
 
     def __init__(self, point: str, monkeypatch: pytest.MonkeyPatch, box: Path) -> None:
         self.point, self.fired = point, False
-        real_rename, real_replace, real_discard = os.rename, os.replace, destination._discard
+        real_rename, real_replace, real_discard = os.rename, os.replace, destination.discard
         real_record = destination._record_text
         tops = {box.resolve(), (box / "gguf").resolve()}
 
@@ -223,7 +223,7 @@ class _Interrupt:
         monkeypatch.setattr(destination, "_record_text", record)
         monkeypatch.setattr(os, "rename", rename)
         monkeypatch.setattr(os, "replace", replace)
-        monkeypatch.setattr(destination, "_discard", discard)
+        monkeypatch.setattr(destination, "discard", discard)
 
     def _fire(self) -> bool:
         fired, self.fired = self.fired, True

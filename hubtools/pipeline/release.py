@@ -22,8 +22,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,7 @@ def release(
     check_release_inputs(repo_id, options)  # what `plan_release` (the dry run) checks too
     work = _work_dir(options.work_dir, repo_id)
     try:
-        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
-            if options.check:
-                options.check(ckpt)
-            conversion = plan(
-                ckpt, dtype=options.dtype, max_shard_size=options.max_shard_size, overrides=options.overrides
-            )
+        with _planned(src, work, options, api) as (ckpt, conversion):
             if on_total:
                 on_total(sum(step.source.nbytes for step in conversion.steps.values()))
             run = _Run(ckpt, conversion, work, repo_id, api, options, retry or RetryPolicy(), say, progress)
@@ -115,12 +111,7 @@ def plan_release(src: str, repo_id: str, *, options: ReleaseOptions, api: HfApi 
     check_release_inputs(repo_id, options)
     work = Path(tempfile.mkdtemp(prefix="hubtools-plan-"))
     try:
-        with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
-            if options.check:
-                options.check(ckpt)
-            conversion = plan(
-                ckpt, dtype=options.dtype, max_shard_size=options.max_shard_size, overrides=options.overrides
-            )
+        with _planned(src, work, options, api) as (ckpt, conversion):
             out = work / "model"
             out.mkdir()
             write_small_files(ckpt, conversion, out, chat_template=ChatTemplate(options.chat_template).value)
@@ -129,6 +120,18 @@ def plan_release(src: str, repo_id: str, *, options: ReleaseOptions, api: HfApi 
             return dry_run_plan(src, ckpt, conversion, [f.path for f, _ in small_files(out)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def _planned(
+    src: str, work: Path, options: ReleaseOptions, api: HfApi | None
+) -> Iterator[tuple[Checkpoint, ConversionPlan]]:
+    """The source opened in place (small files staged in `work`), checked by the recipe, and its conversion plan:
+    what `release` and its dry run both start from."""
+    with open_source(src, staging=work / "source", layout="native", api=api) as ckpt:
+        if options.check:
+            options.check(ckpt)
+        yield ckpt, plan(ckpt, dtype=options.dtype, max_shard_size=options.max_shard_size, overrides=options.overrides)
 
 
 def check_release_inputs(repo_id: str, options: ReleaseOptions) -> None:

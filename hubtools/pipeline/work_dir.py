@@ -3,10 +3,10 @@ emptied of them (never of anything else) when the release ends or by the next ru
 
 from __future__ import annotations
 
-import shutil
 from contextlib import suppress
 from pathlib import Path
 
+from hubtools.destination import discard
 from hubtools.errors import DestinationError
 
 WORK_MARKER = ".hubtools-release"
@@ -39,13 +39,6 @@ def claim_work_dir(work: Path, names: tuple[str, ...]) -> Path:
 def release_work_dir(work: Path, names: tuple[str, ...]) -> None:
     """Delete our entries of a work folder, then the folder if nothing else is left in it."""
     for name in (*names, WORK_MARKER):
-        _remove(work / name)
+        discard(work / name)
     with suppress(OSError):
         work.rmdir()  # fails when something appeared there that is not ours: it stays
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
