@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hubtools.errors import HubtoolsError, InvalidValueError, OutputInPlace
+from hubtools.errors import HubtoolsError, OutputInPlace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,14 +63,6 @@ def handle_errors(func: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def bad_parameter(hint: str, parse: Callable[[], Any]) -> Any:
-    """`parse()`, with a library `InvalidValueError` turned into click's usage error for option `hint`."""
-    try:
-        return parse()
-    except InvalidValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 class Terminated(KeyboardInterrupt):

@@ -99,11 +99,3 @@ def check_gguf_files(paths: list[Path]) -> None:
     """
     for path in paths:
         check_gguf_layout(path)
-
-
-def is_gguf(path: Path) -> bool:
-    """A path that names a GGUF file (checked by name, then by magic)."""
-    if not path.is_file():
-        return False
-    with path.open("rb") as f:
-        return f.read(4) == b"GGUF"

@@ -101,10 +101,6 @@ class NameTable:
                 + (f" and {self.params.num_experts} experts" if self.params.is_moe else "")
             ) from None
 
-    def of_part(self, part: Part) -> list[TensorSpec]:
-        """The specs of one part (the embedding, the layers or the head), in order."""
-        return [s for s in self.specs if s.part is part]
-
     def check_complete(self, names: Iterable[str], *, layout: Layout | str, where: str) -> None:
         """Check that `names` are exactly this model's tensors.
 
