@@ -152,7 +152,9 @@ def with_scales(params: ModelParams, specs: list[TensorSpec]) -> list[TensorSpec
             for role in SUFFIXES:
                 row = scale_row(spec.row, role)
                 name = row.native_name(spec.layer, spec.expert), row.hf_name(spec.layer, spec.expert)
-                out.append(replace(spec, native=name[0], hf=name[1], gguf="", shape=(), transform=row.transform, row=row))
+                out.append(
+                    replace(spec, native=name[0], hf=name[1], gguf="", shape=(), transform=row.transform, row=row)
+                )
     return out
 
 
