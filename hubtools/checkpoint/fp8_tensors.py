@@ -54,6 +54,8 @@ def check_fp8_tensors(
                 raise ParamsError(
                     f"{where}: scale '{name}' has shape {list(src.shape)}, expected a scalar [] (per-tensor FP8)"
                 )
+        elif src is None and fp8.is_quantized(params, spec) and fp8.weight_scale(spec, layout.value) in tensors:
+            raise MappingError(f"{where}: scale '{fp8.weight_scale(spec, layout.value)}' has no weight '{name}'")
         elif src is not None and fp8.is_quantized(params, spec) and src.code != fp8.FP8_CODE:
             raise ParamsError(
                 f"{where}: tensor '{name}' is {dtype_name(src.code)}, expected float8_e4m3fn ({origin} quantizes it)"
