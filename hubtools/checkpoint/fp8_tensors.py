@@ -75,6 +75,11 @@ def _explain_stray_scale(
         name.removesuffix(s) for s in (p[layout is Layout.HF] for p in fp8.SUFFIXES.values()) if name.endswith(s)
     )
     weight = stem + ".weight"
+    if stem.endswith("_fake_quantizer"):
+        raise MappingError(
+            f"{where}: unknown tensor '{name}': a KV-cache scale (vLLM's k_scale / v_scale) that transformers has no "
+            "parameter for; refused rather than dropped (see README, FP8)"
+        )
     if weight not in tensors:
         raise MappingError(f"{where}: scale '{name}' has no weight '{weight}'")
     if params.quantization is None:
