@@ -16,6 +16,8 @@ from hubtools.model.rows import Row
 
 class TiedMistral(Mistral):
     name = "tied-mistral"
+    params_fields = Mistral.params_fields | {"tied_embeddings"}
+    params_absent = {"moe": (None, {})}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return raw.get("tied_embeddings") is True and not raw.get("moe")

@@ -69,6 +69,11 @@ class Mistral(Family):
     architecture = "MistralForCausalLM"
     model_type = "mistral"
     gguf_architecture = "llama"
+    params_fields = frozenset(
+        ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size",
+         "rope_theta", "sliding_window", "max_seq_len")
+    )  # fmt: skip
+    params_absent = {"tied_embeddings": (False,), "moe": (None, {})}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return True  # any params.json; the families derived from this one recognise theirs
