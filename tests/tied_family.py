@@ -41,7 +41,7 @@ class TiedMistral(Mistral):
     def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
         return (NORM,)
 
-    def output_row(self) -> Row:
+    def output_row(self, params: ModelParams) -> Row:
         return EMBEDDING
 
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:

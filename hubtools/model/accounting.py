@@ -148,7 +148,7 @@ def same_value(expected: Any, found: Any) -> bool:
     if isinstance(expected, int) and isinstance(found, int):
         return expected == found
     if isinstance(expected, (list, tuple)) and isinstance(found, (list, tuple)):
-        return len(expected) == len(found) and all(same_value(a, b) for a, b in zip(expected, found))
+        return len(expected) == len(found) and all(same_value(a, b) for a, b in zip(expected, found, strict=True))
     if isinstance(expected, dict) and isinstance(found, dict):
         return expected.keys() == found.keys() and all(same_value(expected[k], found[k]) for k in expected)
     return type(expected) is type(found) and bool(expected == found)

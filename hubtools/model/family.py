@@ -275,8 +275,9 @@ class Family:
         """
         raise NotImplementedError
 
-    def hf_head_weights(self, read: Getter) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final norm weight, output projection) under their HF names."""
+    def hf_head_weights(self, read: Getter, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final norm weight, output projection) under their HF names; `config`: transformers' (a tied one's
+        output projection is the embedding)."""
         raise NotImplementedError
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -131,7 +131,7 @@ def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides 
     own = params.family.config_fields(params)
     config.update(own)
     if "rope_parameters" in own:  # transformers 5.x's form holds the base
-        config.pop("rope_theta")
+        config["rope_parameters"] = {"rope_theta": config.pop("rope_theta"), **own["rope_parameters"]}
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     config["transformers_version"] = transformers_version()
     generation["transformers_version"] = config["transformers_version"]

@@ -218,11 +218,22 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
-    rope_type = _rope_parameters(config).get("rope_type", "default")
-    if rope_type != "default":
-        problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
-    if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
-        problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
+    rope = expected.config.get("rope_parameters")
+    if rope is None:
+        rope = {"rope_type": "default"}
+        if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
+            problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
+    found = {"rope_type": "default", **_rope_parameters(config)}
+    for key, want in rope.items():  # a family's rotary scaling (YaRN, llama-4) field by field
+        if not _same(want, found.get(key)):
+            reason = f" {why['rope_theta']}" if key == "rope_theta" else ""
+            problems.append(
+                f"config.json rope_parameters.{key}: expected {_fmt(want)}{reason}, found {_fmt(found.get(key), like=want)}"
+            )
+    if "layer_types" in expected.config and not _same(expected.config["layer_types"], config.get("layer_types")):
+        problems.append(
+            f"config.json layer_types: expected {_fmt(expected.config['layer_types'])}, found {_fmt(config.get('layer_types'))}"
+        )
     return problems
 
 
