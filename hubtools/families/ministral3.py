@@ -17,8 +17,9 @@ The forward: `hubtools.model.yarn` (frequencies, mscale, query scaling); GGUF: l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import EMBEDDING, NORM, OUTPUT, Mistral
@@ -165,13 +166,8 @@ class Ministral3(Mistral):
         return q * scale[None, :, None, None].to(q.dtype)
 
 
-def _number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and value == value
-        and abs(value) != float("inf")
-    )
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _yarn(yarn: Any, source: str, bad: Bad) -> Yarn:

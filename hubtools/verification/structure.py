@@ -227,13 +227,11 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     for key, want in rope.items():  # a family's rotary scaling (YaRN, llama-4) field by field
         if not _same(want, found.get(key)):
             reason = f" {why['rope_theta']}" if key == "rope_theta" else ""
-            problems.append(
-                f"config.json rope_parameters.{key}: expected {_fmt(want)}{reason}, found {_fmt(found.get(key), like=want)}"
-            )
-    if "layer_types" in expected.config and not _same(expected.config["layer_types"], config.get("layer_types")):
-        problems.append(
-            f"config.json layer_types: expected {_fmt(expected.config['layer_types'])}, found {_fmt(config.get('layer_types'))}"
-        )
+            got = _fmt(found.get(key), like=want)
+            problems.append(f"config.json rope_parameters.{key}: expected {_fmt(want)}{reason}, found {got}")
+    kinds = expected.config.get("layer_types")
+    if kinds is not None and not _same(kinds, config.get("layer_types")):
+        problems.append(f"config.json layer_types: expected {_fmt(kinds)}, found {_fmt(config.get('layer_types'))}")
     return problems
 
 
