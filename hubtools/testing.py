@@ -36,9 +36,6 @@ TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name
     "v3": ("mistral_instruct_tokenizer_240323.model.v3", spm_versioned_name("v3"), 32768),
     "v7": ("mistral_instruct_tokenizer_241114.model.v7", spm_versioned_name("v7"), 32768),
     "tekken": ("tekken_240911.json", TEKKEN, 131072),
-    "tekken-v7": ("tekken_240911.json", TEKKEN, 131072),  # the same file, its config's version set to v7
-    "tekken-v11": ("tekken_240911.json", TEKKEN, 131072),
-    "tekken-v13": ("tekken_240911.json", TEKKEN, 131072),
 }
 
 
@@ -142,13 +139,17 @@ def synthetic_tensors(
 def copy_tokenizer(kind: str, folder: Path) -> Path:
     """Copy a real mistral-common tokenizer file into `folder` under its native name."""
     shipped, native, _ = TOKENIZERS[kind]
-    if kind.startswith("tekken-"):  # tekken_240911.json with another version in its config
-        data = json.loads((mistral_common_data() / shipped).read_text(encoding="utf-8"))
-        data["config"]["version"] = kind.split("-", 1)[1]
-        path = folder / native
-        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        return path
     return Path(shutil.copyfile(mistral_common_data() / shipped, folder / native))
+
+
+def write_tekken_version(folder: Path, version: str) -> Path:
+    """mistral-common's tekken_240911.json with its config's `version` set to `version` ("v7", "v11", "v13"), as
+    `tekken.json` in `folder`: the same vocabulary under a later instruct format."""
+    data = json.loads((mistral_common_data() / TOKENIZERS["tekken"][0]).read_text(encoding="utf-8"))
+    data["config"]["version"] = version
+    path = folder / TEKKEN
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def write_native_checkpoint(
