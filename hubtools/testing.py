@@ -145,8 +145,20 @@ def copy_tokenizer(kind: str, folder: Path) -> Path:
 def write_tekken_version(folder: Path, version: str) -> Path:
     """mistral-common's tekken_240911.json with its config's `version` set to `version` ("v7", "v11", "v13"), as
     `tekken.json` in `folder`: the same vocabulary under a later instruct format."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
     data = json.loads((mistral_common_data() / TOKENIZERS["tekken"][0]).read_text(encoding="utf-8"))
     data["config"]["version"] = version
+    if version not in ("v3", "v7"):  # mistral-common wants the list spelled out from v11 on, with the new controls
+        named = {32: "[ARGS]", 33: "[CALL_ID]", 34: "[THINK]", 35: "[/THINK]"}
+        specials = [dict(t) for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
+        count = data["config"]["default_num_special_tokens"]
+        fill = Tekkenizer.SPECIAL_TOKEN_TEMPLATE
+        specials += [
+            {"rank": i, "token_str": named.get(i, fill.format(id=i)), "is_control": True}
+            for i in range(len(specials), count)
+        ]
+        data["special_tokens"] = specials
     path = folder / TEKKEN
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return path

@@ -27,6 +27,10 @@ class Ministral(Mistral):
     name = "ministral"
     architecture = "MinistralForCausalLM"
     model_type = "ministral"
+    gguf_unsupported = (
+        "llama.cpp's convert_hf_to_gguf.py has no MinistralForCausalLM, and the `llama` architecture it uses for "
+        "MistralForCausalLM applies no per-layer sliding window"
+    )
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return isinstance(raw.get("sliding_window"), list) and not raw.get("moe")

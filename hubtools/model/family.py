@@ -105,6 +105,7 @@ class Family:
     architecture: ClassVar[str]  # config.json `architectures[0]`
     model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
     gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
+    gguf_unsupported: ClassVar[str | None] = None  # why llama.cpp's converter cannot export it, if it cannot
     params_fields: ClassVar[frozenset[str]]  # the params.json fields it maps (`hubtools.model.accounting`)
     params_absent: ClassVar[Mapping[str, tuple[Any, ...]]] = {}  # fields accepted only with these values
     default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
