@@ -19,7 +19,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from hubtools.errors import ParamsError
+from hubtools.model import fp8
 from hubtools.model.family import Family, ModelParams
+
+EVERY_FAMILY_FIELDS = frozenset({fp8.NATIVE_FIELD})  # params.json fields read for any family (`hubtools.model.fp8`)
 
 NEUTRAL_CONFIG_KEYS = frozenset(
     {
@@ -41,7 +44,7 @@ def check_params_fields(raw: Mapping[str, Any], family: Family, *, source: str) 
         ParamsError: naming the file and the field.
     """
     for key, value in raw.items():
-        if key in family.params_fields:
+        if key in family.params_fields or key in EVERY_FAMILY_FIELDS:
             continue
         absent = family.params_absent.get(key)
         if absent is None:
@@ -78,7 +81,7 @@ def check_config_fields(
     """
     given = normalised_rope(config, expected)
     for key, value in given.items():
-        if key in NEUTRAL_CONFIG_KEYS:
+        if key in NEUTRAL_CONFIG_KEYS or key == fp8.HF_FIELD:  # fp8.parse_hf checks every key of its own
             continue
         if key not in expected:
             raise ParamsError(
