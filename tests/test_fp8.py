@@ -238,9 +238,38 @@ def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Pa
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
-def test_gguf_refuses_an_fp8_source_in_one_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    native = _native(tmp_path, moe=False)
-    assert_one_line_error(run_cli("gguf", native, tmp_path / "out", "--quant", "BF16"), "FP8", "--dtype bfloat16")
+@pytest.mark.parametrize("quant", ["bf16", "q8_0"])
+def test_gguf_from_fp8_equals_gguf_from_its_float32_dequantization_and_verifies(tmp_path: Path, quant: str) -> None:
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+    from hubtools.gguf.verify import verify_gguf
+    from tests.test_gguf_llama_cpp import assert_same_gguf
+
+    native = write_native_checkpoint(tmp_path / "n", tiny_params(moe=True, fp8=True, n_layers=1), tokenizer="v1")
+    convert(native, tmp_path / "f32", dtype="float32")  # the exact products, which GGUF rounds once
+    ours = export(native, tmp_path / "a", quants=parse_quants(quant), name="m").outputs[0].files[0]
+    plain = export(tmp_path / "f32", tmp_path / "b", quants=parse_quants(quant), name="m").outputs[0].files[0]
+    assert_same_gguf(tmp_path / "a" / ours, tmp_path / "b" / plain)
+    report = verify_gguf(native, tmp_path / "a" / ours, readback=False)
+    assert report.passed, report.to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moe", [False, True])
+def test_gguf_from_fp8_equals_llama_cpp_converter_on_the_hf_fp8_folder(tmp_path: Path, moe: bool) -> None:
+    from tests import llama_cpp_peer as peer
+    from tests.test_gguf_llama_cpp import check_equal_to_converter
+
+    if peer.tree() is None:
+        pytest.skip("llama.cpp's tree not found (HUBTOOLS_LLAMA_CPP)")
+    import tests.test_gguf_llama_cpp as peer_tests
+
+    peer_tests.MODELS["fp8"] = ({"moe": moe, "fp8": True, "n_layers": 2}, "v1")
+    try:
+        for outtype in ("bf16", "f32", "q8_0"):
+            check_equal_to_converter(tmp_path / outtype, "fp8", outtype)
+    finally:
+        peer_tests.MODELS.pop("fp8")
 
 
 def test_inspect_shows_fp8(tmp_path: Path) -> None:
