@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,9 +165,7 @@ def test_hf_quantization_config_is_read_or_refused(tmp_path: Path, run_cli, chan
 
 
 def test_a_kept_list_native_params_cannot_say_is_refused_towards_native() -> None:
-    params = tiny_params(moe=False, fp8=True)
-    kept = type(params.quantization)(("lm_head", "model.layers.1.mlp.down_proj"))  # type: ignore[misc]
-    other = params.__class__(**{**params.__dict__, "quantization": kept})
+    other = replace(tiny_params(moe=False, fp8=True), quantization=fp8.Fp8(("lm_head", "model.layers.1.mlp.down_proj")))
     assert not fp8.is_quantized(
         other, next(s for s in other.family.tensor_specs(other) if s.hf.endswith("1.mlp.down_proj.weight"))
     )
@@ -223,12 +222,13 @@ def test_verify_names_a_planted_fp8_fault(tmp_path: Path, target: str, plant: st
         assert not report.logits.passed  # a scale 1.5x off moves the forward too
 
 
-def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("moe", [False, True])
+def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Path, moe: bool) -> None:
     if importlib.util.find_spec("accelerate") is None:
         pytest.skip("transformers' FP8 loader needs accelerate (pip install accelerate)")
     from transformers import AutoModelForCausalLM
 
-    native = _native(tmp_path, moe=True)
+    native = _native(tmp_path, moe=moe)
     convert(native, tmp_path / "hf")
     convert(native, tmp_path / "bf16", dtype="bfloat16")
     model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
