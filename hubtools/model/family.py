@@ -11,7 +11,9 @@ spell a tensor name. It states:
 - its rows of the name table (native <-> HF <-> GGUF, per model, layer and expert, with transforms);
 - its blocks for the clean-room reference forward on native names (embedding, attention, feed-forward,
   head), each loading weights through `get(native_name)`;
-- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names).
+- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names);
+- for FP8 checkpoints, which rows are linear layers (`fp8_linear`) and which HF modules stay unquantized
+  (`fp8_kept_modules`); the scale rows themselves are added by `hubtools.model.fp8`, never stated.
 
 `Family` holds the generic machinery (expanding rows, counting layers); the families implement the rest.
 Two families are equal when they are the same class.
