@@ -153,6 +153,10 @@ class Family:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
 
+    def generation_fields(self, params: ModelParams) -> dict[str, Any]:
+        """generation_config.json keys of its own, beside bos/eos (a pad token)."""
+        return {}
+
     def layer_window(self, params: ModelParams, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
         return params.sliding_window
