@@ -172,3 +172,25 @@ def test_a_recipe_names_ministral3_expects_its_yarn_and_supplies_the_context(tmp
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert (config["max_position_embeddings"], config["rope_parameters"]["rope_theta"]) == (65536, 1e7)
     assert "rope_theta=1e+07 (override)" in result.rules
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_fp8_releases_keep_fp8_with_the_published_kept_list_and_verify(tied: bool, tmp_path: Path) -> None:
+    """Ministral 3 Instruct and Devstral 2 ship FP8: kept bit-exactly both ways, with the modules_to_not_convert
+    list transformers' script and the published repos write, and verified (values, scales and logits)."""
+    import dataclasses
+
+    from hubtools.model.fp8 import Fp8
+
+    params = dataclasses.replace(tiny_ministral3_params(tied=tied), quantization=Fp8())
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None)
+    convert(native, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["quantization_config"]["modules_to_not_convert"] == [
+        "model.vision_tower", "model.multi_modal_projector", "lm_head",
+    ]  # fmt: skip
+    assert verify(native, tmp_path / "hf").passed
+    convert(tmp_path / "hf", tmp_path / "back", to="native")
+    assert (tmp_path / "back" / "consolidated.safetensors").read_bytes() == (
+        native / "consolidated.safetensors"
+    ).read_bytes()

@@ -145,6 +145,11 @@ class Ministral3(Mistral):
 
     # -- the name table: a tied model has no output projection --------------------------------------------------
 
+    def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        """The list transformers' ministral3 script and the published FP8 repos (Devstral 2, Ministral 3) write,
+        vision modules included even for a text-only model (they match nothing there)."""
+        return ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+
     def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
         return (NORM,) if params.option("tied") else (NORM, OUTPUT)
 
