@@ -98,6 +98,24 @@ class ModelParams:
         return self.family.params_json(self)
 
 
+@dataclass(frozen=True)
+class InputGroup:
+    """Weights of one layer that read the same input, and what makes that input (for quantization).
+
+    `readers` are quantized. `source` makes their input: a norm weight `[dim]` or a linear whose output rows
+    are the input's channels (AWQ divides its entries / rows by the scales it multiplies the readers' columns
+    by), or None (nothing to fold into: the group is left unscaled). `passengers` read the same input but stay
+    unquantized (the router): their columns are multiplied by the scales too, so they compute what they
+    computed before. `experts`: "none" (layer rows), "each" (expert rows, the group repeats per expert) or
+    "all" (the readers of every expert share the layer's input).
+    """
+
+    readers: tuple[Row, ...]
+    source: Row | None = None
+    passengers: tuple[Row, ...] = ()
+    experts: str = "none"
+
+
 class Family:
     """A model family (see the module docstring). Subclass the nearest relative and state what differs."""
 
@@ -274,6 +292,12 @@ class Family:
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """(Families with experts) uninitialised storage for one layer's experts in transformers' layout."""
+        raise NotImplementedError
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """The layer's quantized weights grouped by the input they read (see `InputGroup`)."""
         raise NotImplementedError
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
