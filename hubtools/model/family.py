@@ -264,6 +264,14 @@ class Family:
         """The layer's output once every expert is added."""
         raise NotImplementedError
 
+    def every_token(self, routing: Any, expert: int) -> Any:
+        """`routing` with every token sent to `expert` alone, at weight 1 (calibration)."""
+        raise NotImplementedError
+
+    def routed_tokens(self, routing: Any, experts: int) -> list[int]:
+        """How many tokens the router sent to each expert."""
+        raise NotImplementedError
+
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------
 
     def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:

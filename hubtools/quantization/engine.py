@@ -61,15 +61,24 @@ class LayerRecord:
 
 def group_names(group: InputGroup, layer: int, experts: int) -> list[tuple[list[str], str | None, list[str]]]:
     """(reader names, source name, passenger names) of each instance of `group` in `layer`."""
+
     def names(rows: tuple[Any, ...], expert: int | None) -> list[str]:
         return [row.native_name(layer, expert) for row in rows]
 
     if group.experts == "each":
         return [
-            (names(group.readers, e), group.source.native_name(layer, e) if group.source else None, names(group.passengers, e))
+            (
+                names(group.readers, e),
+                group.source.native_name(layer, e) if group.source else None,
+                names(group.passengers, e),
+            )
             for e in range(experts)
         ]
-    readers = [n for e in range(experts) for n in names(group.readers, e)] if group.experts == "all" else names(group.readers, None)
+    readers = (
+        [n for e in range(experts) for n in names(group.readers, e)]
+        if group.experts == "all"
+        else names(group.readers, None)
+    )
     source = group.source.native_name(layer, None) if group.source else None
     return [(readers, source, names(group.passengers, None))]
 
@@ -77,7 +86,9 @@ def group_names(group: InputGroup, layer: int, experts: int) -> list[tuple[list[
 class LayerEngine:
     """Quantizes a model one layer at a time (see the module docstring)."""
 
-    def __init__(self, params: ModelParams, read: Reader, chunks: list[Chunk], options: QuantizeOptions, *, rope_theta: float) -> None:
+    def __init__(
+        self, params: ModelParams, read: Reader, chunks: list[Chunk], options: QuantizeOptions, *, rope_theta: float
+    ) -> None:
         self.params, self.read, self.options, self.theta = params, read, options, rope_theta
         self.family, self.table = params.family, NameTable(params)
         self.chunks = chunks
@@ -171,10 +182,14 @@ class LayerEngine:
                 assert source is not None
                 weights[source] = weights[source] / (s if weights[source].ndim == 1 else s[:, None])
                 hf = self.table.by_native[readers[0]].hf
-                record.awq.append({"first": hf, "readers": len(readers), "alpha": alpha, "error_vs_rtn": round(ratio, 4)})
+                record.awq.append(
+                    {"first": hf, "readers": len(readers), "alpha": alpha, "error_vs_rtn": round(ratio, 4)}
+                )
 
     def _quantize(self, w: torch.Tensor, seen: InputStats) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
         if o.method == "gptq":
-            return gptq(w, seen.hessian.matrix(), bits=o.bits, group_size=o.group_size, damp=o.damp, act_order=o.act_order)
+            return gptq(
+                w, seen.hessian.matrix(), bits=o.bits, group_size=o.group_size, damp=o.damp, act_order=o.act_order
+            )
         return round_to_nearest(w, o.bits, o.group_size)

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_STEM, INDEX, SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG, TOKENIZER_JSON, shard_name
+from hubtools.filenames import (
+    CONFIG,
+    GENERATION_CONFIG,
+    HF_STEM,
+    INDEX,
+    SPECIAL_TOKENS_MAP,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    shard_name,
+)
 from hubtools.model.family import ModelParams
 from hubtools.model.names import Layout, TensorSpec
 from hubtools.model.transforms import to_hf
@@ -34,7 +43,9 @@ def scheme(options: QuantizeOptions) -> Any:
     """compressed-tensors' scheme for the quantized linears: symmetric int, group-wise, weights only."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
-    args = QuantizationArgs(num_bits=options.bits, type="int", symmetric=True, strategy="group", group_size=options.group_size)
+    args = QuantizationArgs(
+        num_bits=options.bits, type="int", symmetric=True, strategy="group", group_size=options.group_size
+    )
     return QuantizationScheme(targets=["Linear"], weights=args)
 
 
@@ -53,9 +64,7 @@ def quantization_config(options: QuantizeOptions, ignore: list[str]) -> dict[str
 def ignored_modules(specs: list[TensorSpec], quantized: set[str]) -> list[str]:
     """The HF module names of the unquantized matrices a `Linear` target would catch (lm_head, routers)."""
     return [
-        s.hf.removesuffix(".weight")
-        for s in specs
-        if len(s.shape) == 2 and s.native not in quantized and s.unit >= 0
+        s.hf.removesuffix(".weight") for s in specs if len(s.shape) == 2 and s.native not in quantized and s.unit >= 0
     ]
 
 

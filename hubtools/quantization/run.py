@@ -9,11 +9,12 @@ at DST unless the whole run succeeds). The report (`QuantizeReport`) is also wri
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from hubtools.filenames import CONFIG, PARAMS
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.params import default_rope_theta
 from hubtools.model.transforms import to_native
-from hubtools.quantization.calibration import calibration_sequences, pack
+from hubtools.quantization.calibration import CHUNK_TOKENS, calibration_sequences, pack
 from hubtools.quantization.engine import LayerEngine, LayerRecord
 from hubtools.quantization.output import FolderWriter, hf_configs, ignored_modules, quantization_config, write_tokenizer
 from hubtools.quantization.scheme import QuantizeOptions
@@ -75,6 +76,29 @@ def native_reader(ckpt: Checkpoint, device: torch.device) -> Callable[[TensorSpe
     return read
 
 
+def engine_columns(params: Any) -> set[int]:
+    """The input widths of the matrices the family quantizes."""
+    table = NameTable(params)
+    family = params.family
+    return {
+        table.by_native[row.native_name(layer, 0 if group.experts != "none" else None)].shape[1]
+        for layer in range(params.n_layers)
+        for group in family.input_groups(params, layer)
+        for row in group.readers
+    }
+
+
+def _fitted_group(options: QuantizeOptions, columns: set[int]) -> QuantizeOptions:
+    """The group size, lowered to the largest that tiles every quantized matrix (a tiny model's 64 columns
+    under the default 128); the report's options show the one used."""
+    size = math.gcd(options.group_size, *columns)
+    return (
+        options
+        if size == options.group_size
+        else replace(options, group_size=size, requested_group_size=options.group_size)
+    )
+
+
 def _rope_theta(ckpt: Checkpoint) -> float:
     if ckpt.layout is Layout.HF:
         from hubtools.model.hf_config import config_rope_theta
@@ -111,11 +135,23 @@ def quantize(
         origin = ckpt.folder / (PARAMS if ckpt.layout is Layout.NATIVE else CONFIG)
         check_counts(params, ckpt.tensors, source=str(origin))
         check_tensors(ckpt, NameTable(params))
+        options = _fitted_group(options, engine_columns(params))
         rows, where = calibration_sequences(
-            ckpt.tokenizer_file, params.vocab_size, options.calibration, samples=options.samples, seq_len=options.seq_len
+            ckpt.folder,
+            ckpt.tokenizer_file,
+            params.vocab_size,
+            options.calibration,
+            samples=options.samples,
+            seq_len=options.seq_len,
         )
         report = QuantizeReport(str(src), str(dst), params.architecture, options.to_json(), where, sum(map(len, rows)))
-        engine = LayerEngine(params, native_reader(ckpt, device), pack(rows, device=device), options, rope_theta=_rope_theta(ckpt))
+        engine = LayerEngine(
+            params,
+            native_reader(ckpt, device),
+            pack(rows, device=device, chunk_tokens=max(options.seq_len, CHUNK_TOKENS)),
+            options,
+            rope_theta=_rope_theta(ckpt),
+        )
         with atomic_folder(dst, sources=(src,), force=force) as tmp:
             writer = FolderWriter(tmp, ckpt, options)
             for item in engine.run(say):

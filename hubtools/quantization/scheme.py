@@ -50,20 +50,25 @@ class QuantizeOptions:
     act_order: bool = True
     damp: float = 0.01
     awq_grid: int = 20
+    requested_group_size: int | None = None  # set when the group size was lowered to tile the model
 
     def checked(self) -> QuantizeOptions:
         """These options, or a `QuantizeError` naming the first bad one."""
         if self.method not in METHODS:
             raise QuantizeError(f"--method: expected one of {', '.join(METHODS)}, found {self.method!r}")
         if self.format in REFUSED_FORMATS:
-            raise QuantizeError(f"--format {self.format}: not written ({REFUSED_FORMATS[self.format]}); use compressed-tensors")
+            raise QuantizeError(
+                f"--format {self.format}: not written ({REFUSED_FORMATS[self.format]}); use compressed-tensors"
+            )
         if self.format not in FORMATS:
             raise QuantizeError(f"--format: expected one of {', '.join(FORMATS)}, found {self.format!r}")
         if not 2 <= self.bits <= 8:
             raise QuantizeError(f"--bits: expected 2..8, found {self.bits}")
         for name in ("group_size", "samples", "seq_len"):
             if getattr(self, name) < 1:
-                raise QuantizeError(f"--{name.replace('_', '-')}: expected a positive number, found {getattr(self, name)}")
+                raise QuantizeError(
+                    f"--{name.replace('_', '-')}: expected a positive number, found {getattr(self, name)}"
+                )
         if self.device not in DEVICES:
             raise QuantizeError(f"--device: expected one of {', '.join(DEVICES)}, found {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
