@@ -116,8 +116,13 @@ def quantize(
     *,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    rows: list[list[int]] | None = None,
 ) -> QuantizeReport:
     """Quantize SRC (native or HF folder) into the HF folder DST with `options`.
+
+    Args:
+        rows: calibration token rows to use as they are (a comparison feeding two tools the same rows);
+            None: `options.calibration` (or the shipped set) encoded by the model's tokenizer.
 
     Raises:
         QuantizeError: a bad option, calibration file or group size (one line naming it).
@@ -136,14 +141,17 @@ def quantize(
         check_counts(params, ckpt.tensors, source=str(origin))
         check_tensors(ckpt, NameTable(params))
         options = _fitted_group(options, engine_columns(params))
-        rows, where = calibration_sequences(
-            ckpt.folder,
-            ckpt.tokenizer_file,
-            params.vocab_size,
-            options.calibration,
-            samples=options.samples,
-            seq_len=options.seq_len,
-        )
+        if rows is None:
+            rows, where = calibration_sequences(
+                ckpt.folder,
+                ckpt.tokenizer_file,
+                params.vocab_size,
+                options.calibration,
+                samples=options.samples,
+                seq_len=options.seq_len,
+            )
+        else:
+            where = f"{len(rows)} token rows given by the caller"
         report = QuantizeReport(str(src), str(dst), params.architecture, options.to_json(), where, sum(map(len, rows)))
         engine = LayerEngine(
             params,
