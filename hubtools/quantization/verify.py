@@ -33,7 +33,7 @@ from hubtools.model.names import NameTable
 from hubtools.model.transforms import to_native
 from hubtools.quantization.output import FORMAT
 from hubtools.quantization.quality import measure, reference_logits, rtn_getter, transformers_logits
-from hubtools.quantization.run import _rope_theta, native_reader
+from hubtools.quantization.run import native_reader, rope_theta_of
 from hubtools.verification.logits import logit_metrics, prompt_tokens
 
 PACKED = ".weight_packed"
@@ -230,7 +230,7 @@ def verify_quantized(
             report.tensors = {"passed": False, "error": "the folder did not load"}
             return report
         prompts = prompt_tokens(ckpt.tokenizer_file, params.vocab_size, texts + heldout_texts()).pack()
-        theta = _rope_theta(ckpt)
+        theta = rope_theta_of(ckpt)
         say("logits: transformers on the quantized folder")
         quant = transformers_logits(model, prompts)
         report.tensors = _compare_layers(model, ckpt, tensors)
