@@ -82,6 +82,18 @@ class ModelParams:
     def architecture(self) -> str:
         return self.family.architecture
 
+    @property
+    def text(self) -> ModelParams:
+        """The text model's params: a wrapper's (a vision model's) inner ones, else these."""
+        inner: ModelParams | None = self.option("text")
+        return inner if inner is not None else self
+
+    @property
+    def vision_heads(self) -> int:
+        """A vision encoder's attention heads (0 without one): what `Transform.VISION_ROTARY` groups rows by."""
+        vision = self.option("vision")
+        return vision.num_attention_heads if vision is not None else 0
+
     def option(self, key: str, default: Any = None) -> Any:
         """A family's own field (`options`), or `default`."""
         return dict(self.options).get(key, default)
@@ -105,6 +117,7 @@ class Family:
     architecture: ClassVar[str]  # config.json `architectures[0]`
     model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
     gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
+    wraps_text: ClassVar[bool] = False  # a wrapper (vision + a text family) wins over the text families it wraps
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -142,6 +155,10 @@ class Family:
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
+
+    def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json to write from the flat one built for the text model (a wrapper nests it)."""
+        return config
 
     # -- the name table ---------------------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides 
         "torch_dtype": dtype,
     }
     config.update(params.family.config_fields(params))
+    config = params.family.outer_config(params, config)
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     config["transformers_version"] = transformers_version()
     generation["transformers_version"] = config["transformers_version"]
