@@ -41,6 +41,7 @@ class Pixtral(Mistral):
     architecture = "LlavaForConditionalGeneration"
     model_type = "llava"
     wraps_text = True
+    hf_text_prefix = HF_TEXT
     patch_merger = False  # whether the HF class has one (and the projector norm)
 
     # -- recognition and fields ------------------------------------------------------------------------------

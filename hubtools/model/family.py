@@ -118,6 +118,7 @@ class Family:
     model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
     gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
     wraps_text: ClassVar[bool] = False  # a wrapper (vision + a text family) wins over the text families it wraps
+    hf_text_prefix: ClassVar[str] = ""  # a wrapper's: where its text model's HF names sit
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -261,6 +262,29 @@ class Family:
 
     def routed_output(self, routing: Any) -> torch.Tensor:
         """The layer's output once every expert is added."""
+        raise NotImplementedError
+
+    # A vision wrapper (`wraps_text`) also runs its encoder on images before the text embedding: the stem on
+    # the images, each encoder layer, then the projector to the text width (native names, through `get`).
+
+    def vision_stem(self, images: list[torch.Tensor], get: Getter, params: ModelParams) -> torch.Tensor:
+        """(Vision wrappers) images `[C, H, W]` -> the encoder's input sequence `[patches, hidden]`."""
+        raise NotImplementedError
+
+    def vision_layer(
+        self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) encoder layer `layer`; `grids`: each image's patch rows and columns."""
+        raise NotImplementedError
+
+    def vision_project(
+        self, h: torch.Tensor, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) the encoder's output -> one text-width embedding per image token."""
+        raise NotImplementedError
+
+    def hf_vision_prefix(self, part: Part, layer: int | None = None) -> str:
+        """(Vision wrappers) the HF name prefix of transformers' vision tower, encoder layer `layer`, or projector."""
         raise NotImplementedError
 
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------

@@ -174,7 +174,8 @@ def vision_from_config(config: Mapping[str, Any], *, source: str) -> dict[str, A
     if act != "silu":
         raise ParamsError(f"{source}: vision_config.hidden_act is {act!r}; expected 'silu' (Pixtral's SwiGLU)")
     out = {native: vision.get(key) for key, native in VISION_CONFIG_KEYS.items()}
-    rope = vision.get("rope_parameters") if isinstance(vision.get("rope_parameters"), dict) else {}
+    rope = vision.get("rope_parameters")
+    rope = rope if isinstance(rope, dict) else {}
     out["rope_theta"] = vision.get("rope_theta") or rope.get("rope_theta") or DEFAULTS["rope_theta"]
     out["image_token_id"] = config.get("image_token_index", config.get("image_token_id", DEFAULTS["image_token_id"]))
     out["adapter_bias"] = config.get("multimodal_projector_bias", True)
@@ -191,7 +192,9 @@ LN_PRE = Row("vision_encoder.ln_pre.weight", "vision_tower.ln_pre.weight", "v.pr
 _NATIVE_LAYER, HF_LAYER = "vision_encoder.transformer.layers.{layer}.", "vision_tower.transformer.layers.{layer}."
 
 
-def _layer_row(native: str, hf: str, gguf: str, shape: tuple[str, ...], transform: Transform = Transform.IDENTITY) -> Row:
+def _layer_row(
+    native: str, hf: str, gguf: str, shape: tuple[str, ...], transform: Transform = Transform.IDENTITY
+) -> Row:
     return Row(_NATIVE_LAYER + native, HF_LAYER + hf, "v.blk.{layer}." + gguf, shape, transform)
 
 

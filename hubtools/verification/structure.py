@@ -200,6 +200,49 @@ def _fmt(value: Any, *, like: Any = None) -> str:
     return json.dumps(value)
 
 
+WRAPPER_FIELDS = (  # a vision model's config.json keys outside text_config and vision_config
+    "model_type",
+    "architectures",
+    "image_token_index",
+    "projector_hidden_act",
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "multimodal_projector_bias",
+    "spatial_merge_size",
+    "tie_word_embeddings",
+)
+VISION_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "head_dim",
+    "hidden_act",
+    "rope_theta",
+)
+
+
+def _sections(
+    expected: dict[str, Any], config: dict[str, Any]
+) -> list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]]:
+    """(key prefix, expected, found, keys) for each part of config.json: the whole one, or a vision model's
+    wrapper keys, its text_config and its vision_config."""
+    if not isinstance(expected.get("text_config"), dict):
+        return [("", expected, config, COMPARED_FIELDS)]
+    parts: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]] = [("", expected, config, WRAPPER_FIELDS)]
+    for key, fields in (("text_config", COMPARED_FIELDS), ("vision_config", VISION_FIELDS)):
+        found = config.get(key)
+        want = dict(expected[key])
+        if key == "vision_config":
+            want["rope_theta"] = want["rope_parameters"]["rope_theta"]
+        parts.append((f"{key}.", want, found if isinstance(found, dict) else {}, fields))
+    return parts
+
+
 def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: float | None = None) -> list[str]:
     """Every config.json field the native params determine, compared; rope_theta by the documented rule.
 
@@ -209,20 +252,25 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     expected = to_hf_config(params, dtype="float32", overrides=ConfigOverrides(rope_theta=rope_theta))
     why = {"rope_theta": expected.rules[0].split(" ", 1)[1]}
     problems = []
-    for key in COMPARED_FIELDS:
-        want, got = expected.config.get(key), _found(config, key)
-        if key not in expected.config:
-            continue
-        if not _same(want, got):
-            reason = f" {why[key]}" if key in why else ""
-            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
-    if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
-        problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
-    rope_type = _rope_parameters(config).get("rope_type", "default")
+    for prefix, want_config, found_config, keys in _sections(expected.config, config):
+        for key in keys:
+            want, got = want_config.get(key), _found(found_config, key)
+            if key not in want_config:
+                continue
+            if not _same(want, got):
+                reason = f" {why[key]}" if key in why and prefix != "vision_config." else ""
+                problems.append(
+                    f"config.json {prefix}{key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}"
+                )
+    text = config.get("text_config") if "text_config" in expected.config else config
+    text = text if isinstance(text, dict) else {}
+    if text.get("rope_parameters") is not None and not isinstance(text["rope_parameters"], dict):
+        problems.append(f"config.json rope_parameters: expected an object, found {_fmt(text['rope_parameters'])}")
+    rope_type = _rope_parameters(text).get("rope_type", "default")
     if rope_type != "default":
         problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
-    if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
-        problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
+    if _scales_rope(text.get("rope_scaling")):  # transformers 4.x's key
+        problems.append(f"config.json rope_scaling: expected null, found {_fmt(text['rope_scaling'])}")
     return problems
 
 
@@ -253,7 +301,11 @@ def size_mismatches(config: dict[str, Any] | None, params: ModelParams) -> list[
     if config is None:
         return list(SIZE_FIELDS)
     expected = to_hf_config(params, dtype="float32").config
-    return [k for k in SIZE_FIELDS if k in expected and not _same(expected[k], _found(config, k))]
+    mismatched = []
+    for prefix, want, found, _ in _sections(expected, config):
+        if prefix or "text_config" not in expected:  # a vision model's wrapper keys size nothing
+            mismatched += [prefix + k for k in SIZE_FIELDS if k in want and not _same(want[k], _found(found, k))]
+    return mismatched
 
 
 def mapping_problems(
