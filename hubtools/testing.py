@@ -131,6 +131,18 @@ def copy_tokenizer(kind: str, folder: Path) -> Path:
     return Path(shutil.copyfile(mistral_common_data() / shipped, folder / native))
 
 
+def set_image_config(tekken: Path, vision: VisionParams) -> None:
+    """Give a tekken file the image config of `vision` (what mistral-common sizes image tokens by), as the
+    tekken.json of each vision release carries its own."""
+    data = json.loads(tekken.read_text(encoding="utf-8"))
+    data["image"] = {
+        "image_patch_size": vision.patch_size,
+        "max_image_size": vision.longest_edge,
+        "spatial_merge_size": vision.spatial_merge_size,
+    }
+    tekken.write_text(json.dumps(data), encoding="utf-8")
+
+
 def write_native_checkpoint(
     folder: Path,
     params: ModelParams,
@@ -155,7 +167,10 @@ def write_native_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARAMS).write_text(json.dumps(to_native_params(params), indent=2) + "\n")
     if tokenizer:
-        copy_tokenizer(tokenizer, folder)
+        path = copy_tokenizer(tokenizer, folder)
+        vision = params.option("vision")
+        if vision is not None and tokenizer == "tekken":
+            set_image_config(path, vision)
     if layout in ("safetensors", "sharded"):
         _write_safetensors(folder, params, dtype, seed, shards if layout == "sharded" else 1)
     elif layout in ("pth", "pth-split"):

@@ -108,6 +108,9 @@ class Pixtral(Mistral):
             **top,
         }
 
+    def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
+        return vis.processor_files(self.vision(params))
+
     def wrapper_fields(self, vision: VisionParams) -> dict[str, Any]:
         """The wrapper config's own keys (Llava: every patch a feature, one image token per feature)."""
         return {"vision_feature_select_strategy": "full", "image_seq_length": 1}

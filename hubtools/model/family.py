@@ -157,6 +157,10 @@ class Family:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
 
+    def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
+        """JSON files an HF folder carries besides config.json and the tokenizer (a vision model's processor)."""
+        return {}
+
     def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
         """The config.json to write from the flat one built for the text model (a wrapper nests it)."""
         return config

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubtools.errors import ParamsError
+from hubtools.filenames import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG
 from hubtools.model.rows import Row
 from hubtools.model.transforms import Transform
 
@@ -180,6 +181,27 @@ def vision_from_config(config: Mapping[str, Any], *, source: str) -> dict[str, A
     out["image_token_id"] = config.get("image_token_index", config.get("image_token_id", DEFAULTS["image_token_id"]))
     out["adapter_bias"] = config.get("multimodal_projector_bias", True)
     return out
+
+
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]  # mistral-common's (CLIP's) normalisation, per channel
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGE_TOKENS = {"image_token": "[IMG]", "image_break_token": "[IMG_BREAK]", "image_end_token": "[IMG_END]"}
+
+
+def processor_files(vision: VisionParams) -> dict[str, dict[str, Any]]:
+    """processor_config.json and preprocessor_config.json as transformers 5.x saves a `PixtralProcessor` and its
+    image processor: images resized to fit `longest_edge` (params.json's max_image_size, else image_size) in
+    multiples of the patch, normalised as mistral-common does; each `[IMG]` expanded into rows of image tokens
+    (one per `patch_size * spatial_merge_size` square) ending in `[IMG_BREAK]`, the last in `[IMG_END]`."""
+    processor = {**IMAGE_TOKENS, "patch_size": vision.patch_size, "processor_class": "PixtralProcessor",
+                 "spatial_merge_size": vision.spatial_merge_size}  # fmt: skip
+    image = {
+        "do_convert_rgb": True, "do_normalize": True, "do_pad": True, "do_rescale": True, "do_resize": True,
+        "image_mean": IMAGE_MEAN, "image_processor_type": "PixtralImageProcessor", "image_std": IMAGE_STD,
+        "patch_size": vision.patch_size, "processor_class": "PixtralProcessor", "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"longest_edge": vision.longest_edge},
+    }  # fmt: skip
+    return {PROCESSOR_CONFIG: processor, PREPROCESSOR_CONFIG: image}
 
 
 # -- the name table ------------------------------------------------------------------------------------------
