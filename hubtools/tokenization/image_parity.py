@@ -86,7 +86,7 @@ def _tokens_only() -> Iterator[None]:
     from mistral_common.tokens.tokenizers import image as mc_image
 
     original = mc_image.transform_image
-    mc_image.transform_image = lambda image, size: np.zeros((3, size[1], size[0]), np.float32)
+    mc_image.transform_image = lambda image, new_size: np.zeros((3, new_size[1], new_size[0]), np.float32)
     try:
         yield
     finally:
