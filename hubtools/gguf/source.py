@@ -17,7 +17,7 @@ import numpy as np
 
 from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import CorruptFileError, LayoutError, TokenizerError
+from hubtools.errors import CorruptFileError, LayoutError, ParamsError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
@@ -74,6 +74,12 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
     """
     ckpt = _open(folder)
     try:
+        if ckpt.params.family.wraps_text:
+            raise ParamsError(
+                f"{folder}: a vision model ({ckpt.params.architecture}); hubtools gguf exports text models only "
+                "(llama.cpp's converter writes these as a text GGUF plus a vision projector with --mmproj, which "
+                "hubtools does not write yet: use convert_hf_to_gguf.py on the converted folder)"
+            )
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
         check_tokenizer_vocab(ckpt)
