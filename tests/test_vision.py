@@ -1,6 +1,6 @@
 """Vision models (Pixtral 12B: `LlavaForConditionalGeneration`; Mistral Small 3.1-style:
-`Mistral3ForConditionalGeneration`): params, the name table, convert both ways, what transformers 5.x loads, the clean-room encoder against
-transformers, verify with planted faults, and the tokenizer with images."""
+`Mistral3ForConditionalGeneration`): params, the name table, convert both ways, what transformers 5.x loads,
+the clean-room encoder against transformers, verify with planted faults, and the tokenizer with images."""
 
 from __future__ import annotations
 
