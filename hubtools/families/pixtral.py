@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import ParamsError
@@ -110,6 +111,10 @@ class Pixtral(Mistral):
 
     def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
         return vis.processor_files(self.vision(params))
+
+    def with_hf_side_files(self, params: ModelParams, folder: Path) -> ModelParams:
+        vision = vis.vision_from_side_files(self.vision(params), folder)
+        return replace(params, options=(("text", self.text(params)), ("vision", vision)))
 
     def wrapper_fields(self, vision: VisionParams) -> dict[str, Any]:
         """The wrapper config's own keys (Llava: every patch a feature, one image token per feature)."""

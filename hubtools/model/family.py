@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
@@ -160,6 +161,11 @@ class Family:
     def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
         """JSON files an HF folder carries besides config.json and the tokenizer (a vision model's processor)."""
         return {}
+
+    def with_hf_side_files(self, params: ModelParams, folder: Path) -> ModelParams:
+        """`params` read from an HF folder's config.json, completed from the folder's other files (a vision
+        model's processor configs hold native fields config.json does not)."""
+        return params
 
     def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
         """The config.json to write from the flat one built for the text model (a wrapper nests it)."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from hubtools.errors import ParamsError
-from hubtools.filenames import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG
+from hubtools.filenames import PREPROCESSOR_CONFIG, PROCESSOR_CONFIG, TOKENIZER_JSON
 from hubtools.model.rows import Row
 from hubtools.model.transforms import Transform
 
@@ -202,6 +203,32 @@ def processor_files(vision: VisionParams) -> dict[str, dict[str, Any]]:
         "rescale_factor": 1 / 255, "size": {"longest_edge": vision.longest_edge},
     }  # fmt: skip
     return {PROCESSOR_CONFIG: processor, PREPROCESSOR_CONFIG: image}
+
+
+def vision_from_side_files(vision: VisionParams, folder: Path) -> VisionParams:
+    """`vision` (from config.json) with what an HF folder's other files hold: `max_image_size` from
+    preprocessor_config.json's `size.longest_edge` (with a patch merger, or where it differs from image_size),
+    the `[IMG_BREAK]` and `[IMG_END]` ids from tokenizer.json. Files that are absent add nothing."""
+    from hubtools.model.params import read_json_file
+
+    found: dict[str, Any] = {}
+    if (folder / PREPROCESSOR_CONFIG).is_file():
+        size = _object(read_json_file(folder / PREPROCESSOR_CONFIG)).get("size")
+        edge = _object(size).get("longest_edge")
+        positive = isinstance(edge, int) and not isinstance(edge, bool) and edge > 0
+        if positive and (vision.has_patch_merger or edge != vision.image_size):  # Small 3.x's params.json has it
+            found["max_image_size"] = edge
+    if (folder / TOKENIZER_JSON).is_file():
+        added = _object(read_json_file(folder / TOKENIZER_JSON, limit=1 << 30)).get("added_tokens")
+        ids = {t.get("content"): t.get("id") for t in added if isinstance(t, dict)} if isinstance(added, list) else {}
+        for key, token in (("image_break_token_id", "[IMG_BREAK]"), ("image_end_token_id", "[IMG_END]")):
+            if _is_int(ids.get(token)):
+                found[key] = ids[token]
+    return replace(vision, **found, present=(*vision.present, *(k for k in found if k not in vision.present)))
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 # -- the name table ------------------------------------------------------------------------------------------
