@@ -91,6 +91,10 @@ def tokenizer_line(c: TokenizerCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
     shown = f"{100 * c.agreement:.1f}%" if c.agreement is not None else "n/a"
+    images = c.details.get("images")
+    if isinstance(images, dict):  # a vision model's conversations with images
+        with_images = f"{images.get('agreed')}/{images.get('sequences')} with images"
+        return f"agreement {shown} on {c.sequences} sequences ({with_images}, {images.get('processor')})"
     return f"agreement {shown} on {c.sequences} sequences"
 
 

@@ -249,7 +249,9 @@ class Lockstep:
     def _run(self, unit: int) -> None:
         if unit < -1:  # the vision encoder's stem, layers and projector
             assert self.vision is not None, "only a vision model has units before the embedding"
-            self.progress("logits: vision encoder")
+            from hubtools.verification.vision_pass import vision_stage
+
+            self.progress(f"logits: vision {vision_stage(unit)}")
             self.vision.run(unit)
             return
         if unit == -1:

@@ -62,6 +62,13 @@ def with_image_prompt(prompts: Prompts, vision: VisionParams, bos: int = 1) -> t
     return Prompts(tokens, (*prompts.lengths, len(row)), source, packed=True), mask
 
 
+def vision_stage(unit: int) -> str:
+    """A vision unit's name for progress messages."""
+    if unit == VISION_STEM_UNIT:
+        return "stem"
+    return "projector" if unit == PROJECTOR_UNIT else f"layer {unit - VISION_LAYER_UNIT + 1}"
+
+
 class VisionSides:
     """Both encoders advanced as the vision tensors arrive (`run(unit)`), then `place` on each side."""
 
