@@ -64,8 +64,7 @@ _TEXT_OF = r"""
                 {{- parts.texts | join('\n\n') ~ '[IMG]' -}}
                 {%- set parts.texts = [] -%}
             {%- elif chunk is not mapping or chunk['type'] != 'text' -%}
-                {{- raise_exception('Only text chunks (and images in user messages) are supported in ' ~ role
-                                    ~ ' messages.') -}}
+                {{- raise_exception('Only text chunks are supported in ' ~ role ~ ' messages.') -}}
             {%- elif chunk['text'] -%}
                 {%- set parts.texts = parts.texts + [chunk['text']] -%}
             {%- endif -%}
