@@ -24,6 +24,7 @@ from hubtools.testing import synthetic_tensors, tiny_vision, tiny_vision_params,
 from hubtools.verification import reference
 from hubtools.verification.report_text import format_report
 from hubtools.verification.run import verify
+from tests.test_families import tied_plugin  # noqa: F401  (the fixture)
 
 KINDS = {"mistral3": 2, "pixtral": 1}  # family -> spatial_merge_size
 
@@ -334,3 +335,28 @@ def test_safetensors_of_a_converted_folder_name_the_text_model_as_transformers_s
         keys = set(f.keys())
     assert "language_model.model.embed_tokens.weight" in keys and "language_model.lm_head.weight" in keys
     assert not any(k.startswith("model.") for k in keys)
+
+
+def test_the_wrapper_composes_whatever_text_family_recognises_the_rest(tied_plugin, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """A text family registered later (here the tests' tied-embedding plugin, as a Ministral 3 family would be)
+    is the one the vision wrapper wraps: no output tensor, `tie_word_embeddings` true, transformers loads it and
+    verify passes."""
+    import dataclasses
+
+    from transformers import AutoModelForImageTextToText
+
+    from hubtools.testing import tiny_params
+
+    text = dataclasses.replace(tiny_params(moe=False, vocab_size=1000, dim=64), family=tied_plugin)
+    params = tiny_vision_params(merge=2, text=text)
+    assert params.family.name == "mistral3" and params.text.family == tied_plugin
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None, dtype=torch.float32)
+    assert "output.weight" not in load_file(native / "consolidated.safetensors")
+    convert(native, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True and config["text_config"]["tie_word_embeddings"] is True
+    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    report = verify(native, tmp_path / "hf")
+    assert report.passed, format_report(report)

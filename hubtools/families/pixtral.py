@@ -70,7 +70,12 @@ class Pixtral(Mistral):
             raise ParamsError(f"{source}: a {self.architecture} {has} patch merger; '{FIELD}' says otherwise")
         text_raw = {k: v for k, v in raw.items() if k != FIELD}
         text = family_of_params(text_raw, source=source).parse_params(text_raw, source=source, names=names)
-        return replace(text, family=self, options=(("text", text), ("vision", vision)))
+        return self._wrapped(text, vision)
+
+    def _wrapped(self, text: ModelParams, vision: VisionParams) -> ModelParams:
+        """The wrapper's params: the text model's fields and own options (engines that read an option find it
+        here too), the text params themselves and the vision encoder's."""
+        return replace(text, family=self, options=(*text.options, ("text", text), ("vision", vision)))
 
     def text(self, params: ModelParams) -> ModelParams:
         """The text model's params (its own family's)."""
@@ -113,8 +118,7 @@ class Pixtral(Mistral):
         return vis.processor_files(self.vision(params))
 
     def with_hf_side_files(self, params: ModelParams, folder: Path) -> ModelParams:
-        vision = vis.vision_from_side_files(self.vision(params), folder)
-        return replace(params, options=(("text", self.text(params)), ("vision", vision)))
+        return self._wrapped(self.text(params), vis.vision_from_side_files(self.vision(params), folder))
 
     def wrapper_fields(self, vision: VisionParams) -> dict[str, Any]:
         """The wrapper config's own keys (Llava: every patch a feature, one image token per feature)."""
