@@ -167,7 +167,7 @@ class Lockstep:
         if params.family.wraps_text:  # a vision model: its encoders first, then the text with images in it
             from hubtools.verification.vision_pass import VisionSides, with_image_prompt
 
-            prompts, self.image_mask = with_image_prompt(prompts, params.option("vision"))
+            prompts, self.image_mask = with_image_prompt(prompts, params.option("vision"), params.vocab_size)
             self.vision = VisionSides(config, params, self._get, self._read, dtype)
         self.prompts = prompts.pack()
         self.native: dict[str, torch.Tensor] = {}

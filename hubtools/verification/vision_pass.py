@@ -47,13 +47,15 @@ def padded(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, torch.tensor([[i.shape[1], i.shape[2]] for i in images])
 
 
-def with_image_prompt(prompts: Prompts, vision: VisionParams, bos: int = 1) -> tuple[Prompts, torch.Tensor]:
+def with_image_prompt(
+    prompts: Prompts, vision: VisionParams, vocab_size: int, bos: int = 1
+) -> tuple[Prompts, torch.Tensor]:
     """`prompts` plus one sequence holding the synthetic images' tokens, and the mask of its `[IMG]` tokens
     in the packed row (only that sequence's: a random prompt may hold the id too)."""
     row = [bos]
     for rows, cols in IMAGE_GRIDS:
         row += image_token_layout(rows, cols, vision)
-    row += list(TEXT_AFTER)
+    row += [token % vocab_size for token in TEXT_AFTER]
     packed = prompts.pack()
     tokens = torch.cat([packed.tokens[0], torch.tensor(row)])[None]
     mask = torch.zeros(tokens.shape, dtype=torch.bool)
