@@ -182,7 +182,7 @@ class Lockstep:
                 self.front[spec.unit] = self.front.get(spec.unit, 0) + 1
             else:
                 self.expert_names.setdefault((spec.unit, spec.expert), []).append(spec.native)
-        shared = self.family.shared_rows(params)  # kept to the end (a tied head uses the embedding again)
+        shared = params.family.shared_rows(params)  # kept to the end (a tied head uses the embedding again)
         self.keep_native = {s.native for s in self.table.specs if s.row in shared}
         self.keep_hf = {s.hf for s in self.table.specs if s.row in shared}
         self.pool = CastPool(dtype)
