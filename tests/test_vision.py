@@ -360,3 +360,20 @@ def test_the_wrapper_composes_whatever_text_family_recognises_the_rest(tied_plug
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
     report = verify(native, tmp_path / "hf")
     assert report.passed, format_report(report)
+
+
+def test_a_vision_config_relying_on_transformers_defaults_reads_as_pixtral_12b() -> None:
+    """mistral-community/pixtral-12b's config.json leaves the encoder's sizes to PixtralVisionConfig's defaults."""
+    config = {
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": 10,
+        "projector_hidden_act": "gelu", "vision_feature_layer": -1, "vision_feature_select_strategy": "full",
+        "text_config": {"model_type": "mistral", "hidden_size": 5120, "intermediate_size": 14336,
+                        "num_hidden_layers": 40, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                        "rms_norm_eps": 1e-5, "rope_theta": 1e9, "vocab_size": 131072},
+        "vision_config": {"model_type": "pixtral", "hidden_act": "silu", "head_dim": 64, "rope_theta": 10000.0},
+    }  # fmt: skip
+    params = from_hf_config(config)
+    vision = params.option("vision")
+    assert (params.architecture, params.n_layers, params.head_dim) == ("LlavaForConditionalGeneration", 40, 128)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (1024, 24, 16, 1024)
+    assert vision.adapter_bias is True and not vision.has_patch_merger

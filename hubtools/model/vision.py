@@ -150,6 +150,17 @@ VISION_CONFIG_KEYS = {  # config.json vision_config key -> vision_encoder field
 }
 
 
+PIXTRAL_CONFIG_DEFAULTS = {  # transformers' PixtralVisionConfig defaults, which mistral-community/pixtral-12b relies on
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_channels": 3,
+    "image_size": 1024,
+    "patch_size": 16,
+}
+
+
 def vision_config(vision: VisionParams) -> dict[str, Any]:
     """transformers' `PixtralVisionConfig` as 5.x saves it (SwiGLU with silu, as mistral-inference runs it)."""
     return {
@@ -175,7 +186,7 @@ def vision_from_config(config: Mapping[str, Any], *, source: str) -> dict[str, A
     act = vision.get("hidden_act", "gelu")
     if act != "silu":
         raise ParamsError(f"{source}: vision_config.hidden_act is {act!r}; expected 'silu' (Pixtral's SwiGLU)")
-    out = {native: vision.get(key) for key, native in VISION_CONFIG_KEYS.items()}
+    out = {native: vision.get(key, PIXTRAL_CONFIG_DEFAULTS[key]) for key, native in VISION_CONFIG_KEYS.items()}
     rope = vision.get("rope_parameters")
     rope = rope if isinstance(rope, dict) else {}
     out["rope_theta"] = vision.get("rope_theta") or rope.get("rope_theta") or DEFAULTS["rope_theta"]
