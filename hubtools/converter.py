@@ -262,7 +262,10 @@ def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
         write_index(out / INDEX, conversion.shards)
         _write_json(out / CONFIG, conversion.config)
         _write_json(out / GENERATION_CONFIG, conversion.generation)
-        return [INDEX, CONFIG, GENERATION_CONFIG]
+        side = conversion.params.family.hf_side_files(conversion.params)  # a vision model's processor configs
+        for name, data in side.items():
+            _write_json(out / name, data)
+        return [INDEX, CONFIG, GENERATION_CONFIG, *side]
     _write_json(out / PARAMS, to_native_params(conversion.params))
     return [PARAMS]
 

@@ -167,6 +167,7 @@ def open_checkpoint(
         if not config_path.is_file():
             raise LayoutError(f"{folder}: expected config.json beside the HF weights, found none")
         params = from_hf_config(json_object(config_path), source=str(config_path))
+        params = params.family.with_hf_side_files(params, folder)
         tensors = index_hf_weights(folder, weights.files)
     return Checkpoint(folder, weights, params, tensors, find_tokenizer_file(folder))
 

@@ -77,6 +77,12 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
     try:
         if (why := ckpt.params.family.gguf_unsupported) is not None:
             raise ParamsError(f"{folder}: a {ckpt.params.architecture} cannot be exported to GGUF ({why})")
+        if ckpt.params.family.wraps_text:
+            raise ParamsError(
+                f"{folder}: a vision model ({ckpt.params.architecture}); hubtools gguf exports text models only "
+                "(llama.cpp's converter writes these as a text GGUF plus a vision projector with --mmproj, which "
+                "hubtools does not write yet: use convert_hf_to_gguf.py on the converted folder)"
+            )
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
         check_tokenizer_vocab(ckpt)

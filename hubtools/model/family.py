@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
@@ -86,6 +87,18 @@ class ModelParams:
     def architecture(self) -> str:
         return self.family.architecture
 
+    @property
+    def text(self) -> ModelParams:
+        """The text model's params: a wrapper's (a vision model's) inner ones, else these."""
+        inner: ModelParams | None = self.option("text")
+        return inner if inner is not None else self
+
+    @property
+    def vision_heads(self) -> int:
+        """A vision encoder's attention heads (0 without one): what `Transform.VISION_ROTARY` groups rows by."""
+        vision = self.option("vision")
+        return vision.num_attention_heads if vision is not None else 0
+
     def option(self, key: str, default: Any = None) -> Any:
         """A family's own field (`options`), or `default`."""
         return dict(self.options).get(key, default)
@@ -133,6 +146,8 @@ class Family:
     params_fields: ClassVar[frozenset[str]]  # the params.json fields it maps (`hubtools.model.accounting`)
     params_absent: ClassVar[Mapping[str, tuple[Any, ...]]] = {}  # fields accepted only with these values
     default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
+    wraps_text: ClassVar[bool] = False  # a wrapper (vision + a text family) wins over the text families it wraps
+    hf_text_prefix: ClassVar[str] = ""  # a wrapper's: where its text model's HF names sit
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -178,6 +193,19 @@ class Family:
     def layer_window(self, params: ModelParams, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
         return params.sliding_window
+
+    def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
+        """JSON files an HF folder carries besides config.json and the tokenizer (a vision model's processor)."""
+        return {}
+
+    def with_hf_side_files(self, params: ModelParams, folder: Path) -> ModelParams:
+        """`params` read from an HF folder's config.json, completed from the folder's other files (a vision
+        model's processor configs hold native fields config.json does not)."""
+        return params
+
+    def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json to write from the flat one built for the text model (a wrapper nests it)."""
+        return config
 
     # -- the name table ---------------------------------------------------------------------------------------
 
@@ -297,6 +325,29 @@ class Family:
 
     def routed_tokens(self, routing: Any, experts: int) -> list[int]:
         """How many tokens the router sent to each expert."""
+        raise NotImplementedError
+
+    # A vision wrapper (`wraps_text`) also runs its encoder on images before the text embedding: the stem on
+    # the images, each encoder layer, then the projector to the text width (native names, through `get`).
+
+    def vision_stem(self, images: list[torch.Tensor], get: Getter, params: ModelParams) -> torch.Tensor:
+        """(Vision wrappers) images `[C, H, W]` -> the encoder's input sequence `[patches, hidden]`."""
+        raise NotImplementedError
+
+    def vision_layer(
+        self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) encoder layer `layer`; `grids`: each image's patch rows and columns."""
+        raise NotImplementedError
+
+    def vision_project(
+        self, h: torch.Tensor, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) the encoder's output -> one text-width embedding per image token."""
+        raise NotImplementedError
+
+    def hf_vision_prefix(self, part: Part, layer: int | None = None) -> str:
+        """(Vision wrappers) the HF name prefix of transformers' vision tower, encoder layer `layer`, or projector."""
         raise NotImplementedError
 
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------

@@ -130,7 +130,17 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     except TokenizerError as exc:
         return TokenizerCheck(False, error=str(exc))
     details = {k: v for k, v in report.to_dict().items() if k not in ("passed", "sequences", "agreed", "agreement")}
-    return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
+    if not native.params.family.wraps_text:
+        return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
+    from hubtools.tokenization.image_parity import check_image_parity
+
+    try:  # a vision model: conversations with images, mistral-common against the folder's processor
+        images = check_image_parity(hf_folder, native.tokenizer_file)
+    except TokenizerError as exc:
+        return TokenizerCheck(False, report.sequences, report.agreed, details, error=str(exc))
+    details["images"] = images.to_dict()
+    passed = bool(report.passed) and images.passed
+    return TokenizerCheck(passed, report.sequences + images.sequences, report.agreed + images.agreed, details)
 
 
 def check_prompts(prompts_path: Path | None) -> None:
