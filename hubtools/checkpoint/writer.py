@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from hubtools.checkpoint.pth import Segment
 from hubtools.checkpoint.safetensors_format import build_header, nbytes, torch_dtype
-from hubtools.errors import DestinationError
+from hubtools.errors import DestinationError, MappingError
 from hubtools.filenames import shard_name
+from hubtools.model.rows import Fusion
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +33,12 @@ class PlannedTensor:
     name: str
     code: str  # safetensors dtype code
     shape: tuple[int, ...]
+    parts: tuple[str, ...] = ()  # a fused tensor: the planned tensors written back to back to make it
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The planned tensors whose bytes make this one, in order (itself, or its parts)."""
+        return self.parts or (self.name,)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,6 +78,30 @@ def plan_shards(
     if n == 1 and single_name:
         return [Shard(single_name, tuple(groups[0]))]
     return [Shard(shard_name(stem, i, n), tuple(g)) for i, g in enumerate(groups, 1)]
+
+
+def fuse_planned(planned: list[PlannedTensor], fusions: tuple[Fusion, ...]) -> list[PlannedTensor]:
+    """`planned` with each fusion's parts replaced by one tensor (where its first part was) that lists them.
+
+    Raises:
+        MappingError: the parts of a fusion would have different dtypes.
+    """
+    if not fusions:
+        return planned
+    by_name = {t.name: t for t in planned}
+    first = {f.parts[0]: f for f in fusions}
+    inside = {p for f in fusions for p in f.parts}
+    out: list[PlannedTensor] = []
+    for t in planned:
+        fusion = first.get(t.name)
+        if fusion is not None:
+            codes = sorted({by_name[p].code for p in fusion.parts})
+            if len(codes) > 1:
+                raise MappingError(f"'{fusion.hf}': its parts have different dtypes {codes}; expected one")
+            out.append(PlannedTensor(fusion.hf, t.code, fusion.shape, fusion.parts))
+        elif t.name not in inside:
+            out.append(t)
+    return out
 
 
 def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
-from hubtools.model.rows import Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
     import torch
@@ -165,6 +165,10 @@ class Family:
 
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:
         """Rows whose tensors a later part of the forward uses again (a tied output: the embedding)."""
+        return ()
+
+    def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
+        """The HF tensors stored fused (several table tensors back to back); none by default."""
         return ()
 
     def experts(self, params: ModelParams, layer: int) -> int:

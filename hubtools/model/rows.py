@@ -71,6 +71,21 @@ class TensorSpec:
         return self.layer if self.part is Part.LAYER and self.layer is not None else 1 << 30
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """One HF tensor that holds several tensors of the table back to back (transformers' fused experts).
+
+    `parts` are the table's HF names in byte order, each of shape `part_shape`; the stored tensor has
+    `shape` (as many elements as the parts together). Readers split it into its parts, writers
+    write the parts' bytes one after the other: no part is ever transformed across the join.
+    """
+
+    hf: str
+    parts: tuple[str, ...]
+    shape: tuple[int, ...]
+    part_shape: tuple[int, ...]
+
+
 def expand(
     rows: Iterable[Row], dims: dict[str, int], part: Part, layer: int | None = None, expert: int | None = None
 ) -> Iterator[TensorSpec]:

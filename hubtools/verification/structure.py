@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed_files, read_weight_map
 from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
-from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.reader import Checkpoint, split_fusions
+from hubtools.errors import MappingError, ParamsError
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
 from hubtools.model.family import ModelParams
@@ -53,6 +54,13 @@ class HfFolder:
     tensors: dict[str, TensorSource]
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+
+    def split(self, params: ModelParams) -> HfFolder:
+        """This folder with its fused tensors as their parts (`split_fusions`); a bad fusion is a problem."""
+        try:
+            return replace(self, tensors=split_fusions(params, self.tensors, where="HF"))
+        except (MappingError, ParamsError) as exc:
+            return replace(self, problems=(*self.problems, str(exc)))
 
     def checkpoint(self, params: ModelParams) -> Checkpoint:
         """A reader over the tensors that could be indexed (first copy of a duplicate)."""
@@ -218,11 +226,30 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
-    rope_type = _rope_parameters(config).get("rope_type", "default")
-    if rope_type != "default":
-        problems.append(f'config.json rope_parameters.rope_type: expected "default", found {_fmt(rope_type)}')
+    problems += _family_problems(config, params.family.config_fields(params))
+    rope_type, want_type = (_rope_parameters(c).get("rope_type", "default") for c in (config, expected.config))
+    if rope_type != want_type:
+        problems.append(f"config.json rope_parameters.rope_type: expected {_fmt(want_type)}, found {_fmt(rope_type)}")
     if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
         problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
+    return problems
+
+
+def _family_problems(config: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """The family's own config.json fields (an object compared key by key), beyond `COMPARED_FIELDS`."""
+    problems = []
+    for key, want in fields.items():
+        if key in COMPARED_FIELDS:
+            continue
+        found = config.get(key)
+        if isinstance(want, dict):
+            inner = found if isinstance(found, dict) else {}
+            pairs = [(f"{key}.{k}", v, inner.get(k)) for k, v in want.items()]
+        else:
+            pairs = [(key, want, found)]
+        for name, expected, found in pairs:
+            if not _same(expected, found):
+                problems.append(f"config.json {name}: expected {_fmt(expected)}, found {_fmt(found, like=expected)}")
     return problems
 
 
