@@ -79,10 +79,14 @@ def test_convert_fuses_the_experts_as_transformers_stores_them_and_goes_back_bit
         assert same_bytes(gate_up[e, EXPERT_WIDTH:], source[f"layers.1.experts.{e}.w3.weight"])
         assert same_bytes(down[e], source[f"layers.1.experts.{e}.w2.weight"])
     assert same_bytes(stored["model.layers.0.mlp.gate_proj.weight"], source["layers.0.feed_forward.w1.weight"])
-    assert same_bytes(stored["model.layers.1.mlp.shared_experts.up_proj.weight"], source["layers.1.shared_experts.w3.weight"])
+    assert same_bytes(
+        stored["model.layers.1.mlp.shared_experts.up_proj.weight"], source["layers.1.shared_experts.w3.weight"]
+    )
     assert same_bytes(stored["model.layers.2.self_attn.q_b_proj.weight"], source["layers.2.attention.wq_b.weight"])
     convert(hf, tmp_path / "back")
-    assert (tmp_path / "back/consolidated.safetensors").read_bytes() == (native / "consolidated.safetensors").read_bytes()
+    assert (tmp_path / "back/consolidated.safetensors").read_bytes() == (
+        native / "consolidated.safetensors"
+    ).read_bytes()
 
 
 def test_transformers_loads_the_conversion_with_no_missing_or_unexpected_keys(converted: tuple[Path, Path]) -> None:
@@ -92,7 +96,9 @@ def test_transformers_loads_the_conversion_with_no_missing_or_unexpected_keys(co
     model, info = Mistral4ForCausalLM.from_pretrained(hf, dtype=torch.float32, output_loading_info=True)
     assert (info["missing_keys"], info["unexpected_keys"], info["mismatched_keys"]) == (set(), set(), set())
     stored = load_file(hf / HF_SHARD)
-    assert torch.equal(model.model.layers[2].mlp.experts.gate_up_proj, stored["model.layers.2.mlp.experts.gate_up_proj"].float())
+    assert torch.equal(
+        model.model.layers[2].mlp.experts.gate_up_proj, stored["model.layers.2.mlp.experts.gate_up_proj"].float()
+    )
 
 
 def test_the_reference_on_native_names_matches_the_whole_transformers_model(converted: tuple[Path, Path]) -> None:

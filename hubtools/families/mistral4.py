@@ -21,11 +21,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubtools.model import mla_fields as fields
 from hubtools.families.mistral import (
-    ATTENTION_NORM, EMBEDDING, FFN_NORM, HF_LAYER, LAYER_NUMBER, NORM, OUTPUT, W1, W2, W3, Mistral,
+    ATTENTION_NORM,
+    EMBEDDING,
+    FFN_NORM,
+    HF_LAYER,
+    LAYER_NUMBER,
+    NORM,
+    OUTPUT,
+    W1,
+    W2,
+    W3,
+    Mistral,
 )  # fmt: skip
 from hubtools.families.mixtral import Mixtral, Routing
+from hubtools.model import mla_fields as fields
 from hubtools.model.family import Getter, ModelParams
 from hubtools.model.rows import Fusion, Row, TensorSpec
 
@@ -135,8 +145,8 @@ class Mistral4(Mixtral):
     def check_counts(self, params: ModelParams, names: Any, *, source: str) -> None:
         names = list(names)
         super().check_counts(params, names, source=source)
-        fields.check_dense_layers(params, {int(m[1]) for n in names if "experts." in n and (m := LAYER_NUMBER.search(n))},
-                                  source=source)  # fmt: skip
+        holding = {int(m[1]) for n in names if "experts." in n and (m := LAYER_NUMBER.search(n))}
+        fields.check_dense_layers(params, holding, source=source)
 
     # -- the reference forward (native names) -----------------------------------------------------------------
 
@@ -151,16 +161,25 @@ class Mistral4(Mixtral):
         m = fields.mla(params)
         x = ops.rms_norm(h, get(ATTENTION_NORM.native_name(layer)), params.norm_eps)
         batch, seq, _ = x.shape
-        q_latent = ops.rms_norm(F.linear(x, get(WQ_A.native_name(layer))), get(Q_A_NORM.native_name(layer)), params.norm_eps)
+        q_latent = ops.rms_norm(
+            F.linear(x, get(WQ_A.native_name(layer))), get(Q_A_NORM.native_name(layer)), params.norm_eps
+        )
         q = F.linear(q_latent, get(WQ_B.native_name(layer))).view(batch, seq, params.n_heads, -1)
         latent, k_rope = F.linear(x, get(WKV_A.native_name(layer))).split([m.kv_lora_rank, m.qk_rope_head_dim], -1)
-        kv = F.linear(ops.rms_norm(latent, get(KV_A_NORM.native_name(layer)), params.norm_eps), get(WKV_B.native_name(layer)))
+        kv = F.linear(
+            ops.rms_norm(latent, get(KV_A_NORM.native_name(layer)), params.norm_eps), get(WKV_B.native_name(layer))
+        )
         k_nope, v = kv.view(batch, seq, params.n_heads, -1).split([m.qk_nope_head_dim, m.v_head_dim], -1)
         cis = mla.rotation(positions, fields.inverse_frequencies(params, rope_theta))
         q_rope = ops.apply_rotary(q[..., m.qk_nope_head_dim :], cis)
         k_rope = ops.apply_rotary(k_rope.view(batch, seq, 1, m.qk_rope_head_dim), cis)
-        q = torch.cat((q[..., : m.qk_nope_head_dim], q_rope), -1) * fields.query_scale(params, positions)[None, :, None, None]
-        out = mla.latent_attention(q.type_as(x), k_rope, k_nope, v, ops.attention_mask(positions, None), fields.softmax_scale(params))
+        q = (
+            torch.cat((q[..., : m.qk_nope_head_dim], q_rope), -1)
+            * fields.query_scale(params, positions)[None, :, None, None]
+        )
+        out = mla.latent_attention(
+            q.type_as(x), k_rope, k_nope, v, ops.attention_mask(positions, None), fields.softmax_scale(params)
+        )
         return h + F.linear(out, get(WO.native_name(layer)))
 
     def feed_forward_block(self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> torch.Tensor:
@@ -190,7 +209,9 @@ class Mistral4(Mixtral):
         rows, slot = torch.where(routing.chosen == expert)
         if rows.numel():
             w1, w2, w3 = (get(row.native_name(layer, expert)) for row in (EXPERT_W1, EXPERT_W2, EXPERT_W3))
-            routing.out.index_add_(0, rows, routing.weights[rows, slot, None] * ops.swiglu(routing.flat[rows], w1, w2, w3))
+            routing.out.index_add_(
+                0, rows, routing.weights[rows, slot, None] * ops.swiglu(routing.flat[rows], w1, w2, w3)
+            )
         routing.next_expert = expert + 1
 
     # -- the HF-side forward ----------------------------------------------------------------------------------
@@ -211,7 +232,9 @@ class Mistral4(Mixtral):
         if spec.row is EXPERT_W2:
             fused[FUSED_DOWN][spec.expert] = tensor
         else:
-            fused[FUSED_GATE_UP][spec.expert, slice(None, inter) if spec.row is EXPERT_W1 else slice(inter, None)] = tensor
+            fused[FUSED_GATE_UP][spec.expert, slice(None, inter) if spec.row is EXPERT_W1 else slice(inter, None)] = (
+                tensor
+            )
         return True
 
     def hf_layer_state(

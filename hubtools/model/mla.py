@@ -34,8 +34,8 @@ def yarn_inverse_frequencies(
     def correction(rotations: float) -> float:
         return (dim * math.log(original_max / (rotations * 2 * math.pi))) / (2 * math.log(base))
 
-    low = max(math.floor(correction(beta_fast)), 0)
-    high = min(math.ceil(correction(beta_slow)), dim - 1)
+    low = float(max(math.floor(correction(beta_fast)), 0))
+    high = float(min(math.ceil(correction(beta_slow)), dim - 1))
     if low == high:
         high += 0.001
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)

@@ -116,7 +116,7 @@ def parse(raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | Non
     for key, allowed in (("tied_embeddings", False), ("sliding_window", None)):
         if raw.get(key, allowed) != allowed:
             raise bad(key, f"{allowed} for Mistral 4 (not supported)", raw.get(key))
-    ranks = {key: positive_int(raw, key, bad) for key in RANKS}
+    ranks: dict[str, Any] = {key: positive_int(raw, key, bad) for key in RANKS}
     head = ranks["qk_nope_head_dim"] + ranks["qk_rope_head_dim"]
     if raw.get("head_dim") not in (None, head):
         raise bad("head_dim", f"qk_nope_head_dim + qk_rope_head_dim = {head}", raw.get("head_dim"))
@@ -132,7 +132,9 @@ def parse(raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | Non
     if positions is not None:
         positive_int(raw, "max_position_embeddings", bad)
     found = Mla(**ranks, **moe_fields, **yarn_fields, max_position_embeddings=positions)
-    return ModelParams(**common, num_experts=experts, num_experts_per_tok=top_k, family=family, options=(("mla", found),))
+    return ModelParams(
+        **common, num_experts=experts, num_experts_per_tok=top_k, family=family, options=(("mla", found),)
+    )
 
 
 def _moe(moe: Any, n_layers: int, source: str, names: Mapping[str, str] | None) -> tuple[int, int, dict[str, Any]]:
@@ -151,11 +153,13 @@ def _moe(moe: Any, n_layers: int, source: str, names: Mapping[str, str] | None) 
         raise bad("first_k_dense_replace", f"an integer in 0..{n_layers - 1}", dense)
     experts, groups, per_token = counts["num_experts"], counts["num_expert_groups"], counts["num_expert_groups_per_tok"]
     if experts % groups or per_token > groups:
-        raise bad("num_expert_groups", f"a divisor of {experts} experts, >= num_expert_groups_per_tok {per_token}", groups)
+        raise bad(
+            "num_expert_groups", f"a divisor of {experts} experts, >= num_expert_groups_per_tok {per_token}", groups
+        )
     if counts["num_experts_per_tok"] > experts // groups * per_token:
         raise bad("num_experts_per_tok", f"at most the {experts // groups * per_token} experts the chosen groups hold",
                   counts["num_experts_per_tok"])  # fmt: skip
-    fields = {k: counts[k] for k in ("expert_hidden_dim", "num_shared_experts", "num_expert_groups",
+    fields: dict[str, Any] = {k: counts[k] for k in ("expert_hidden_dim", "num_shared_experts", "num_expert_groups",
                                      "num_expert_groups_per_tok")}  # fmt: skip
     fields.update(routed_scale=_number(moe, "routed_scale", bad, 1.0), first_k_dense_replace=dense)
     return experts, counts["num_experts_per_tok"], fields
@@ -244,7 +248,8 @@ def config_to_params(
     Raises:
         ParamsError: a rope_parameters or routing value that params.json cannot express, named.
     """
-    rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+    found_rope = config.get("rope_parameters")
+    rope: dict[str, Any] = found_rope if isinstance(found_rope, dict) else {}
     fixed = {"rope_type": "yarn", "mscale": 1.0, "mscale_all_dim": 1.0, "norm_topk_prob": True, "rope_interleave": True}
     for key, want in fixed.items():
         found = rope.get(key) if key in ("rope_type", "mscale", "mscale_all_dim") else config.get(key, want)
@@ -255,7 +260,9 @@ def config_to_params(
     raw["yarn"] = {native: rope.get(hf) for native, hf in YARN.items()}
     if rope.get("attention_factor") is not None:
         if rope["attention_factor"] != 1.0:
-            raise ParamsError(f"{source}: rope_parameters.attention_factor must be 1.0, got {rope['attention_factor']!r}")
+            raise ParamsError(
+                f"{source}: rope_parameters.attention_factor must be 1.0, got {rope['attention_factor']!r}"
+            )
         raw["yarn"]["apply_scale"] = False
     if rope.get("llama_4_scaling_beta"):
         raw["llama_4_scaling"] = {"beta": rope["llama_4_scaling_beta"]}
@@ -308,4 +315,3 @@ def query_scale(params: ModelParams, positions: torch.Tensor) -> torch.Tensor:
     if not m.llama_4_beta:
         return torch.ones(positions.shape, dtype=torch.float32)
     return llama_4_query_scale(positions, m.llama_4_beta, m.yarn_original_max)
-

@@ -16,8 +16,8 @@ from typing import Any
 from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed_files, read_weight_map
 from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
 from hubtools.checkpoint.reader import Checkpoint, split_fusions
-from hubtools.errors import MappingError, ParamsError
 from hubtools.checkpoint.safetensors_format import dtype_name
+from hubtools.errors import MappingError, ParamsError
 from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
