@@ -82,6 +82,12 @@ class Mistral4(Mixtral):
     model_type = "mistral4"
     gguf_architecture = "mistral4"  # llama.cpp's (DeepseekV2Model); `hubtools gguf` refuses it for now
 
+    def gguf_refusal(self) -> str | None:
+        return (
+            "Mistral 4 is not exported to GGUF by hubtools yet; llama.cpp's own converter (the vendored "
+            "convert_hf_to_gguf.py) supports it as architecture 'mistral4' (DeepseekV2Model): run it on the HF output"
+        )
+
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return raw.get("qk_nope_head_dim") is not None and isinstance(raw.get("moe"), dict)
 

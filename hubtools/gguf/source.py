@@ -17,7 +17,7 @@ import numpy as np
 
 from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import CorruptFileError, LayoutError, TokenizerError
+from hubtools.errors import CorruptFileError, LayoutError, MappingError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
@@ -76,6 +76,9 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
     try:
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
+        refusal = ckpt.params.family.gguf_refusal()
+        if refusal is not None:
+            raise MappingError(f"{folder}: {refusal}")
         check_tokenizer_vocab(ckpt)
         if ckpt.layout == "native":
             codes = {name: src.code for name, src in ckpt.tensors.items()}

@@ -209,6 +209,10 @@ class Family:
         """The layer and expert indices that tensor names (native or HF) hold, without a table."""
         raise NotImplementedError
 
+    def gguf_refusal(self) -> str | None:
+        """Why `hubtools gguf` does not export this family (one line), or None when it does."""
+        return None
+
     # -- the reference forward (native names) -----------------------------------------------------------------
 
     def embed(self, tokens: torch.Tensor, get: Getter) -> torch.Tensor:
