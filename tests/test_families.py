@@ -49,7 +49,7 @@ def test_built_in_families_are_found_by_module_and_the_most_derived_one_wins() -
 
 
 def test_an_unknown_family_name_lists_the_known_ones() -> None:
-    with pytest.raises(ParamsError, match=r"^model family 'llama': expected one of mistral, mixtral$"):
+    with pytest.raises(ParamsError, match=r"^model family 'llama': expected one of mistral, mistral4, mixtral$"):
         family_named("llama")
 
 
