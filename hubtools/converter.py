@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from hubtools.checkpoint.layout import check_not_in_target
 from hubtools.checkpoint.reader import Checkpoint, TensorSource, check_tensors, open_checkpoint
-from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
+from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name, torch_dtype
 from hubtools.checkpoint.writer import (
     FollowingHash,
     PlannedTensor,
@@ -47,9 +47,11 @@ from hubtools.filenames import (
     NATIVE_STEM,
     PARAMS,
 )
+from hubtools.model import fp8
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
 from hubtools.model.names import Layout, NameTable, TensorSpec
+from hubtools.model.rows import Role
 from hubtools.model.transforms import Transform
 from hubtools.validation import byte_size, cast_dtype
 
@@ -58,17 +60,22 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Step:
-    """How one output tensor is made: from `source`, by `transform` (or a byte copy), cast to `dtype`."""
+    """How one output tensor is made: from `source`, by `transform` (or a byte copy), cast to `dtype`; an FP8
+    weight with a `scale` is dequantized by the rule of `hubtools.model.fp8`."""
 
     spec: TensorSpec
     source: TensorSource
     out: PlannedTensor
     target: Layout
+    scale: TensorSource | None = None
 
     @property
     def is_copy(self) -> bool:
         return (
-            self.spec.transform is Transform.IDENTITY and self.out.code == self.source.code and self.source.view is None
+            self.spec.transform is Transform.IDENTITY
+            and self.out.code == self.source.code
+            and self.source.view is None
+            and self.scale is None
         )
 
 
@@ -108,7 +115,8 @@ def plan(
 
     Args:
         dtype: cast every tensor to this (a torch dtype, "bfloat16" or "BF16"; bfloat16, float16 or
-            float32); None keeps each tensor's.
+            float32); None keeps each tensor's. An FP8 source is dequantized (its scales and
+            `quantization_config` leave the output).
 
     Raises:
         MappingError, ParamsError, TokenizerError: the source is inconsistent.
@@ -125,20 +133,27 @@ def plan(
     target = Layout.parse(ckpt.layout).other
     key_in, key_out = target.other.value, target.value
     cast = dtype_code(dtype) if dtype is not None else None
+    dequantizing = cast is not None and ckpt.params.quantization is not None
+    params = replace(ckpt.params, quantization=None) if dequantizing else ckpt.params
+    if target is Layout.NATIVE and params.quantization is not None:
+        fp8.check_native_expressible(params, table.specs, source=str(source))
     steps: dict[str, Step] = {}
     for spec in table.specs:
+        if dequantizing and spec.row.role is not Role.TENSOR:
+            continue  # the scales are spent on their weights
         src = ckpt.tensors[getattr(spec, key_in)]
         out = PlannedTensor(getattr(spec, key_out), cast or src.code, spec.shape)
-        steps[out.name] = Step(spec, src, out, target)
+        scale = fp8.weight_scale(spec, key_in) if dequantizing and fp8.is_quantized(ckpt.params, spec) else None
+        steps[out.name] = Step(spec, src, out, target, ckpt.tensors[scale] if scale else None)
     planned = [s.out for s in steps.values()]
     if target is Layout.HF:
         planned = fuse_planned(planned, ckpt.params.family.fusions(ckpt.params))
         shards = plan_shards(planned, max_shard_size=max_shard_size, stem=HF_STEM)
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
-        hf = to_hf_config(ckpt.params, dtype=main_dtype, overrides=overrides)
-        return ConversionPlan(Layout.HF, ckpt.params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
+        hf = to_hf_config(params, dtype=main_dtype, overrides=overrides)
+        return ConversionPlan(Layout.HF, params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
     shards = plan_shards(planned, max_shard_size=max_shard_size, stem=NATIVE_STEM, single_name=NATIVE_SINGLE)
-    return ConversionPlan(Layout.NATIVE, ckpt.params, tuple(shards), steps, None, None)
+    return ConversionPlan(Layout.NATIVE, params, tuple(shards), steps, None, None)
 
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
@@ -160,6 +175,11 @@ def converted_bytes(ckpt: Checkpoint, step: Step, raw: np.ndarray) -> memoryview
     if step.is_copy:
         return memoryview(raw.data).cast("B")
     transform = step.spec.transform
+    if step.scale is not None:
+        weight, scale = ckpt.tensor_from(src, raw), ckpt.read(step.scale.name)
+        dequantized = fp8.dequantize(weight, scale, torch_dtype(step.out.code))
+        _check_cast(src, fp8.dequantize(weight, scale, torch_dtype("F32")), dequantized)
+        return tensor_bytes(transform.towards(step.target, dequantized, ckpt.params).contiguous())
     if step.out.code == src.code and src.view is None and len(src.shape) == 2:
         rows = raw.reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
         return memoryview(np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data).cast("B")

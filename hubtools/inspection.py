@@ -10,6 +10,7 @@ from typing import Any
 from hubtools.checkpoint.layout import Layout
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name, itemsize
+from hubtools.model import fp8
 from hubtools.units import human_bytes, human_count
 
 
@@ -29,6 +30,7 @@ class Summary:
     files: int
     tokenizer: str | None
     vocab_size: int
+    quantization: str | None = None  # FP8: how many weights, scales, what stays unquantized
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -95,7 +97,20 @@ def summarize(folder: str | os.PathLike[str]) -> Summary:
             len(ckpt.files),
             ckpt.tokenizer_file.name if ckpt.tokenizer_file else None,
             p.vocab_size,
+            _fp8_summary(ckpt),
         )
+
+
+def _fp8_summary(ckpt: Checkpoint) -> str | None:
+    """One line on FP8 weights: their count, their scales' dtype and what the model keeps unquantized."""
+    if ckpt.params.quantization is None:
+        return None
+    weights = sum(1 for t in ckpt.tensors.values() if t.code == fp8.FP8_CODE)
+    suffixes = tuple(pair[ckpt.layout is Layout.HF] for pair in fp8.SUFFIXES.values())
+    scales = [t for n, t in ckpt.tensors.items() if n.endswith(suffixes)]
+    codes = "/".join(sorted({dtype_name(t.code) for t in scales})) or "none"
+    kept = ", ".join(fp8.kept_modules(ckpt.params))
+    return f"FP8 e4m3, per-tensor: {weights} weights, {len(scales)} scales ({codes}); unquantized: {kept}"
 
 
 def format_summary(s: Summary) -> str:
@@ -110,5 +125,6 @@ def format_summary(s: Summary) -> str:
             f"  dtype         {', '.join(f'{k} x{v}' for k, v in sorted(s.dtypes.items()))}",
             f"  size on disk  {human_bytes(s.bytes_on_disk)}",
             f"  tokenizer     {s.tokenizer or 'none'} (vocab {s.vocab_size})",
+            *([f"  quantization  {s.quantization}"] if s.quantization else []),
         ]
     )

@@ -27,9 +27,12 @@ from hubtools.filenames import (
     spm_versioned_name,
 )
 from hubtools.model.family import ModelParams
+from hubtools.model.fp8 import Fp8, is_quantized
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import Part, TensorSpec, tensor_specs
+from hubtools.model.rows import Role
 
+FP8_MAX = 448.0  # the largest float8_e4m3fn value
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
 TOKENIZERS = {  # name -> (file shipped in mistral_common/data, native file name, vocab size)
     "v1": ("tokenizer.model.v1", SPM, 32000),
@@ -59,8 +62,10 @@ def tiny_params(
     top_k: int = 2,
     sliding_window: int | None = None,
     rope_theta: float | None = None,
+    fp8: bool = False,
 ) -> ModelParams:
-    """Small, valid params for a Mixtral (moe=True) or Mistral; head_dim may differ from dim/n_heads."""
+    """Small, valid params for a Mixtral (moe=True) or Mistral; head_dim may differ from dim/n_heads;
+    fp8: linear weights in float8_e4m3fn with per-tensor scales (`hubtools.model.fp8`)."""
     return ModelParams(
         dim=dim,
         n_layers=n_layers,
@@ -75,6 +80,7 @@ def tiny_params(
         num_experts=num_experts if moe else 0,
         num_experts_per_tok=top_k if moe else 0,
         family=family_named("mixtral" if moe else "mistral"),
+        quantization=Fp8() if fp8 else None,
     )
 
 
@@ -108,13 +114,34 @@ def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Gene
     return (torch.randn(spec.shape, generator=generator) * scale).to(dtype)
 
 
+def spec_dtype(params: ModelParams, spec: TensorSpec, dtype: torch.dtype) -> torch.dtype:
+    """The stored dtype of one synthetic tensor: FP8 weights float8_e4m3fn, their scales bfloat16."""
+    if spec.row.role is not Role.TENSOR:
+        return torch.bfloat16
+    return torch.float8_e4m3fn if is_quantized(params, spec) else dtype
+
+
 def synthetic_tensors(
     params: ModelParams, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(native name, tensor) pairs one at a time, so big benchmark models never sit in memory."""
+    """(native name, tensor) pairs one at a time, so big benchmark models never sit in memory.
+
+    An FP8 weight is quantized from a random one as a release is: weight scale amax / 448 (bfloat16),
+    `(w / scale).to(float8_e4m3fn)`; its activation scale is a random positive bfloat16.
+    """
     generator = torch.Generator().manual_seed(seed)
+    scale = torch.ones((), dtype=torch.bfloat16)
     for spec in tensor_specs(params):
-        yield spec.native, synthetic_tensor(spec, dtype, generator)
+        if spec.row.role is Role.WEIGHT_SCALE:
+            yield spec.native, scale
+        elif spec.row.role is Role.ACTIVATION_SCALE:
+            yield spec.native, (0.01 + 0.05 * torch.rand((), generator=generator)).to(torch.bfloat16)
+        elif is_quantized(params, spec):
+            w = synthetic_tensor(spec, torch.float32, generator)
+            scale = (w.abs().max() / FP8_MAX).to(torch.bfloat16)
+            yield spec.native, (w / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        else:
+            yield spec.native, synthetic_tensor(spec, dtype, generator)
 
 
 def copy_tokenizer(kind: str, folder: Path) -> Path:
@@ -167,10 +194,10 @@ def _write_safetensors(folder: Path, params: ModelParams, dtype: torch.dtype, se
     for i, group in enumerate(groups, 1):
         name = NATIVE_SINGLE if shards == 1 else shard_name(NATIVE_STEM, i, shards)
         with (folder / name).open("wb") as f:
-            f.write(build_header([(s.native, dtype, s.shape) for s in group], {"format": "pt"}))
+            f.write(build_header([(s.native, spec_dtype(params, s, dtype), s.shape) for s in group], {"format": "pt"}))
             for _ in group:
                 _, t = next(tensors)
-                f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _split_file(path: Path, parts: int) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hubtools.checkpoint.fp8_tensors import check_fp8_tensors
 from hubtools.checkpoint.hf_index import index_hf_weights, index_safetensors, json_object
 from hubtools.checkpoint.layout import (
     Layout,
@@ -221,6 +222,7 @@ def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:
         MappingError: unknown or missing tensors.  ParamsError: a shape that params contradict.
     """
     where = str(ckpt.folder)
+    check_fp8_tensors(ckpt.tensors, ckpt.params, table, ckpt.layout, where)
     table.check_complete(ckpt.tensors, layout=ckpt.layout, where=where)
     p = ckpt.params
     for name, src in ckpt.tensors.items():

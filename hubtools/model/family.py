@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
+from hubtools.model.fp8 import Fp8, with_scales
 from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class ModelParams:
     num_experts: int = 0
     num_experts_per_tok: int = 0
     family: Family = field(kw_only=True)
+    quantization: Fp8 | None = field(default=None, kw_only=True)  # FP8 weights (`hubtools.model.fp8`)
     options: tuple[tuple[str, Any], ...] = field(default=(), kw_only=True)  # a family's own fields
 
     @property
@@ -91,6 +93,8 @@ class ModelParams:
         out = {k: getattr(self, k) for k in COMMON_FIELDS if getattr(self, k) is not None}
         if not self.is_moe:
             out.pop("num_experts"), out.pop("num_experts_per_tok")
+        if self.quantization is not None:
+            out["quantization"] = self.quantization.native()
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,7 +180,8 @@ class Family:
         return params.num_experts if self.expert_rows(params, layer) else 0
 
     def tensor_specs(self, params: ModelParams) -> list[TensorSpec]:
-        """Every tensor in canonical order: embedding, each layer (its own rows, then expert by expert), head."""
+        """Every tensor in canonical order: embedding, each layer (its own rows, then expert by expert), head;
+        an FP8 weight is followed by its two scales (`hubtools.model.fp8`)."""
         dims = self.dims(params)
         specs = list(expand(self.embedding_rows(params), dims, Part.EMBEDDING))
         for layer in range(params.n_layers):
@@ -185,7 +190,15 @@ class Family:
             for expert in range(self.experts(params, layer)):
                 specs.extend(expand(rows, dims, Part.LAYER, layer, expert))
         specs.extend(expand(self.head_rows(params), dims, Part.HEAD))
-        return specs
+        return with_scales(params, specs)
+
+    def fp8_linear(self, spec: TensorSpec) -> bool:
+        """Whether `spec` is the weight of a module transformers quantizes to FP8 (a linear layer)."""
+        return len(spec.shape) == 2 and spec.part is not Part.EMBEDDING
+
+    def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        """The HF modules an FP8 release keeps unquantized (`modules_to_not_convert`, transformers' patterns)."""
+        return ("lm_head",)
 
     def check_counts(self, params: ModelParams, names: Iterable[str], *, source: str) -> None:
         """n_layers (and the expert count) must match the indices the weights hold.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubtools.errors import InvalidValueError, ParamsError
+from hubtools.model import fp8
 from hubtools.model.family import ModelParams
 from hubtools.model.params import default_rope_theta
 
@@ -126,6 +127,8 @@ def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides 
         "eos_token_id": overrides.eos_token_id,
         "torch_dtype": dtype,
     }
+    if params.quantization is not None:
+        config[fp8.HF_FIELD] = fp8.hf_config(params)
     config.update(params.family.config_fields(params))
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     config["transformers_version"] = transformers_version()
@@ -174,6 +177,8 @@ def config_to_common(config: dict[str, Any], *, source: str) -> tuple[dict[str, 
     raw["rope_theta"] = config_rope_theta(config)
     if config.get("rope_theta") is None:
         keys["rope_theta"] = "rope_parameters.rope_theta"
+    raw["quantization"] = fp8.parse_hf(config.get(fp8.HF_FIELD), source=source)
+    keys["quantization"] = fp8.HF_FIELD
     return raw, keys
 
 

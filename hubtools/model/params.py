@@ -16,6 +16,7 @@ from typing import Any, TypeGuard
 from hubtools.errors import ParamsError
 from hubtools.filenames import PARAMS
 from hubtools.model.family import ModelParams
+from hubtools.model.fp8 import parse_native
 
 _REQUIRED = ("dim", "n_layers", "n_heads", "norm_eps", "vocab_size")
 _INT_FIELDS = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size")
@@ -99,6 +100,7 @@ def parse_common(raw: Any, *, source: str = PARAMS, names: Mapping[str, str] | N
         "rope_theta": float(raw["rope_theta"]) if raw.get("rope_theta") is not None else None,
         "sliding_window": raw.get("sliding_window"),
         "max_seq_len": raw.get("max_seq_len"),
+        "quantization": parse_native(raw.get("quantization"), source=source),
     }
 
 

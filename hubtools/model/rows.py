@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from hubtools.model.transforms import Transform
+
+
+class Role(str, Enum):
+    """What a tensor holds: a weight (or norm), or one of the per-tensor scales of an FP8 weight."""
+
+    TENSOR = "tensor"
+    WEIGHT_SCALE = "weight_scale"  # native `qscale_weight`, HF `weight_scale_inv`: dequantized = weight * it
+    ACTIVATION_SCALE = "activation_scale"  # native `qscale_act`, HF `activation_scale`: static input scale
 
 
 class Part(IntEnum):
@@ -27,7 +35,8 @@ class Row:
 
     `native`, `hf` and `gguf` are templates (`{layer}`, `{expert}`); `shape` names `ModelParams`-derived
     sizes (the family's `dims`). A row of experts in GGUF is one merged tensor per layer (its template has
-    no `{expert}`): the experts are stacked in expert order.
+    no `{expert}`): the experts are stacked in expert order. A scale row (`role` not TENSOR) belongs to the
+    FP8 weight row `weight`; families never state them (`hubtools.model.fp8` adds them).
     """
 
     native: str
@@ -35,6 +44,8 @@ class Row:
     gguf: str
     shape: tuple[str, ...]
     transform: Transform = Transform.IDENTITY
+    role: Role = Role.TENSOR
+    weight: Row | None = None
 
     def native_name(self, layer: int | None = None, expert: int | None = None) -> str:
         """The native name for one layer (and expert)."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +27,8 @@ from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
 from hubtools.families import check_counts
 from hubtools.filenames import PARAMS
+from hubtools.model import fp8
+from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
@@ -65,17 +69,35 @@ def assign_folders(first: Path, second: Path) -> tuple[Path, Path]:
     )
 
 
+def hf_side_params(params: ModelParams, config: dict[str, Any] | None) -> ModelParams:
+    """The native params as the HF side holds them: FP8 weights dequantized when config.json has no
+    `quantization_config` (a `convert --dtype` output), else as the native side."""
+    if params.quantization is not None and (config or {}).get(fp8.HF_FIELD) is None:
+        return replace(params, quantization=None)
+    return params
+
+
 def check_structure(
-    native: Checkpoint, hf: HfFolder, table: NameTable, *, rope_theta: float | None = None
+    native: Checkpoint,
+    hf: HfFolder,
+    table: NameTable,
+    hf_table: NameTable | None = None,
+    *,
+    rope_theta: float | None = None,
 ) -> StructureCheck:
-    """Config vs params, both sides' tensors against the name table, dtypes and the index."""
+    """Config vs params, both sides' tensors against the name table (`hf_table` for the HF side: without
+    scales when it is dequantized), dtypes and the index."""
+    hf_table = hf_table or table
     problems = list(hf.problems)
     if hf.config is not None:
-        problems += config_problems(hf.config, native.params, rope_theta=rope_theta)
+        problems += config_problems(hf.config, hf_table.params, rope_theta=rope_theta)
         problems += dtype_problems(hf.config, hf.tensors)
-    for ckpt_layout, tensors, where in ((Layout.NATIVE, native.tensors, "native"), (Layout.HF, hf.tensors, "HF")):
+    for ckpt_layout, tensors, where, side in (
+        (Layout.NATIVE, native.tensors, "native", table),
+        (Layout.HF, hf.tensors, "HF", hf_table),
+    ):
         problems += mapping_problems(
-            table, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
+            side, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
         )
     notes = list(hf.notes)
     native_dtypes = _dtype_names(t.dtype for t in native.tensors.values())
@@ -89,14 +111,10 @@ def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
     return "/".join(sorted({dtype_name(d) for d in dtypes}))
 
 
-def forward_ready(native: Checkpoint, hf: HfFolder, table: NameTable) -> bool:
+def forward_ready(native: Checkpoint, hf: HfFolder, table: NameTable, hf_table: NameTable | None = None) -> bool:
     """Every tensor present with its expected shape on both sides (a forward can run)."""
-    return all(
-        s.native in native.tensors
-        and native.tensors[s.native].shape == s.shape
-        and s.hf in hf.tensors
-        and hf.tensors[s.hf].shape == s.shape
-        for s in table.specs
+    return all(s.native in native.tensors and native.tensors[s.native].shape == s.shape for s in table.specs) and all(
+        s.hf in hf.tensors and hf.tensors[s.hf].shape == s.shape for s in (hf_table or table).specs
     )
 
 
@@ -190,7 +208,8 @@ def verify(
         check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
         audit = index_hf_folder(hf).split(src.params)
         table = NameTable(src.params)
-        structure = check_structure(src, audit, table, rope_theta=rope_theta)
+        hf_table = NameTable(hf_side_params(src.params, audit.config))
+        structure = check_structure(src, audit, table, hf_table, rope_theta=rope_theta)
         with audit.checkpoint(src.params) as dst:
             from hubtools.verification.stream import one_pass
 
@@ -200,7 +219,8 @@ def verify(
                 dst,
                 hf,
                 table,
-                forward_ready(src, audit, table),
+                hf_table,
+                forward_ready(src, audit, table, hf_table),
                 dtype=compute,
                 rope_theta=theta,
                 enabled=check_logits,

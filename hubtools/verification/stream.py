@@ -25,12 +25,15 @@ import torch
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import VerifyError
+from hubtools.model import fp8
 from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable, Part, TensorSpec
+from hubtools.model.rows import Role
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
 from hubtools.verification.casts import cast_damage
 from hubtools.verification.checks import TensorsCheck
+from hubtools.verification.fp8_weights import forward_weights, read_scales
 from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.logits import (
     Divergence,
@@ -74,9 +77,15 @@ class TensorTally:
         self.table, self.params = table, params
         self.compared, self.mismatched, self.differences, self.casts = 0, [], {}, set()  # type: ignore[var-annotated]
 
-    def check(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> bool:
+    def check(
+        self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> bool:
         """Compare `hf` with `to_hf(native)` (cast to the HF dtype first); True when bit-identical and the
-        cast keeps the values (`verification.casts`: no integer type, no overflow, no flushed values)."""
+        cast keeps the values (`verification.casts`: no integer type, no overflow, no flushed values).
+        An FP8 `native` weight that HF holds in another dtype is first dequantized with its `scale`."""
+        if scale is not None and hf.dtype != native.dtype:
+            self.casts.add(f"float8_e4m3fn * scale -> {dtype_name(hf.dtype)} (the FP8 rule)")
+            native = fp8.dequantize(native, scale, hf.dtype)
         expected = to_hf(spec.transform, native, self.params)
         damage = None
         if native.dtype != hf.dtype:
@@ -169,6 +178,8 @@ class Lockstep:
         self.table = NameTable(params)
         self.expert_names: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> its native names
         for spec in self.table.specs:
+            if spec.row.role is not Role.TENSOR:
+                continue  # FP8 scales reach the forwards inside their dequantized weights
             self.need[spec.unit] = self.need.get(spec.unit, 0) + 1
             if spec.expert is None:
                 self.front[spec.unit] = self.front.get(spec.unit, 0) + 1
@@ -190,7 +201,9 @@ class Lockstep:
         self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
-        """Take one pair; advance whatever it completes."""
+        """Take one pair (FP8 weights already dequantized; scales ignored); advance whatever it completes."""
+        if spec.row.role is not Role.TENSOR:
+            return
         unit = spec.unit
         self.native[spec.native] = native
         streamed = spec.part is Part.LAYER and self.family.experts(self.params, unit) > 0
@@ -273,6 +286,7 @@ def one_pass(
     hf: Checkpoint,
     hf_folder: Path,
     table: NameTable,
+    hf_table: NameTable,
     ready: bool,
     *,
     dtype: torch.dtype,
@@ -286,10 +300,11 @@ def one_pass(
 
     Pairs missing or misshapen on a side are skipped (the structure check names them); the forward runs
     only when `ready` (every pair present), `enabled`, and config.json (`audit_config`, when given) sizes
-    the modules as params.json does. `texts` join the built-in prompts.
+    the modules as params.json does. `texts` join the built-in prompts. `hf_table` is the HF side's (without
+    FP8 scales when the conversion dequantized them).
     """
     name = dtype_name(dtype)
-    tally = TensorTally(table, native.params)
+    tally = TensorTally(hf_table, native.params)
     lockstep, error = None, None
     if not enabled:
         skipped: str | None = "logits check disabled (--no-logits)"
@@ -303,6 +318,8 @@ def one_pass(
                 native, hf_folder, ready, dtype=dtype, rope_theta=rope_theta, progress=progress, texts=texts
             )
     for i, spec in enumerate(table.specs):
+        if spec.hf not in hf_table.by_hf:
+            continue  # a scale the dequantized HF side spent on its weight
         src, dst = native.tensors.get(spec.native), hf.tensors.get(spec.hf)
         if src is None or dst is None or src.shape != spec.shape or dst.shape != spec.shape:
             continue
@@ -312,10 +329,11 @@ def one_pass(
         if i % 50 == 0:
             progress(f"tensors: {i}/{len(table.specs)}")
         a, b = native.read(spec.native), hf.read(spec.hf)
-        tally.check(spec, a, b)
+        scales = read_scales(native, hf, spec, hf_table.params)
+        tally.check(spec, a, b, scales.native if scales else None)
         if lockstep is not None and error is None:
             try:
-                lockstep.feed(spec, a, b)
+                lockstep.feed(spec, *forward_weights(a, b, scales))
             except RuntimeError as exc:  # transformers refusing the weights for this config (see structure)
                 error = f"transformers cannot run the HF model: {str(exc).splitlines()[0]}"
     if skipped:

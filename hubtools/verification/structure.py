@@ -19,6 +19,7 @@ from hubtools.checkpoint.reader import Checkpoint, split_fusions
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import MappingError, ParamsError
 from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
+from hubtools.model import fp8
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, config_rope_theta, to_hf_config
 from hubtools.model.names import NameTable
@@ -224,6 +225,7 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
         if not _same(want, got):
             reason = f" {why[key]}" if key in why else ""
             problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
+    problems += _quantization_problems(config, params)
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
     problems += _family_problems(config, params.family.config_fields(params))
@@ -251,6 +253,18 @@ def _family_problems(config: dict[str, Any], fields: dict[str, Any]) -> list[str
             if not _same(expected, found):
                 problems.append(f"config.json {name}: expected {_fmt(expected)}, found {_fmt(found, like=expected)}")
     return problems
+
+
+def _quantization_problems(config: dict[str, Any], params: ModelParams) -> list[str]:
+    """`quantization_config` present exactly when the HF side keeps FP8, and one hubtools reads."""
+    try:
+        found = fp8.parse_hf(config.get(fp8.HF_FIELD), source="config.json")
+    except ParamsError as exc:
+        return [str(exc)]
+    if (found is None) != (params.quantization is None):
+        want = "FP8 (params.json quantization)" if params.quantization is not None else "none (dequantized)"
+        return [f"config.json {fp8.HF_FIELD}: expected {want}, found {_fmt(config.get(fp8.HF_FIELD))}"]
+    return []
 
 
 def _scales_rope(rope_scaling: Any) -> bool:
@@ -302,7 +316,11 @@ def mapping_problems(
 
 
 def dtype_problems(config: dict[str, Any], tensors: dict[str, TensorSource]) -> list[str]:
-    """HF tensors share one dtype, and it is the one config.json declares (torch_dtype or dtype)."""
+    """HF tensors share one dtype, and it is the one config.json declares (torch_dtype or dtype); with a
+    `quantization_config`, FP8 weights and their scales aside (`hubtools.checkpoint.fp8_tensors` checks them)."""
+    if config.get(fp8.HF_FIELD) is not None:
+        scales = tuple(hf for _, hf in fp8.SUFFIXES.values())
+        tensors = {n: t for n, t in tensors.items() if t.code != fp8.FP8_CODE and not n.endswith(scales)}
     dtypes = sorted({dtype_name(t.code) for t in tensors.values()})
     problems = []
     if len(dtypes) > 1:

@@ -1,0 +1,196 @@
+"""FP8 weights with per-tensor scales, for every family: the params field, the scale rows, the rule.
+
+A native FP8 checkpoint (Ministral 3, Devstral 2, Mistral Small 4) says `"quantization": {"qformat_weight":
+"fp8_e4m3", "qscheme_act": "TENSOR"}` in params.json; each quantized linear weight `X.weight` is stored as
+float8_e4m3fn beside two scalar scales, `X.qscale_weight` and `X.qscale_act`. transformers calls them
+`X.weight_scale_inv` and `X.activation_scale` under `quantization_config {quant_method: fp8,
+activation_scheme: static, weight_block_size: null, modules_to_not_convert: [...]}`.
+
+Which weights are FP8 is a rule, not a list: every linear weight of the family (`Family.fp8_linear`) except
+the modules kept unquantized (`Family.fp8_kept_modules`, e.g. `lm_head`; on the HF side the config's
+`modules_to_not_convert`, matched as transformers matches it). `with_scales` adds the two scale rows after
+each quantized weight, so every engine meets them in the name table; families state no scale row.
+
+The dequantization rule (both sides multiply; "scale_inv" is the reciprocal of the quantizer's scale):
+`dequantized = (weight.to(float32) * scale.to(float32)).to(dtype)`, transformers' `Fp8Dequantize` and
+llama.cpp's `dequant_simple`. With a bfloat16 scale the float32 product is exact (4 + 8 significant bits),
+so it equals the native rule `weight.to(bfloat16) * scale.to(bfloat16)` in bfloat16 (`native_dequantize`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from hubtools.errors import ParamsError
+from hubtools.model.rows import Role, Row, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from hubtools.model.family import ModelParams
+
+NATIVE_FIELD, HF_FIELD = "quantization", "quantization_config"
+NATIVE_SCHEME = {"qformat_weight": "fp8_e4m3", "qscheme_act": "TENSOR"}
+HF_SCHEME = {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": None}
+HF_DEFAULTS = {"dequantize": False, "modules_to_convert": None, "scale_fmt": "float", "expert_dtype": "fp8"}
+SUFFIXES = {  # role -> (native suffix, HF suffix), replacing the weight's ".weight"
+    Role.WEIGHT_SCALE: (".qscale_weight", ".weight_scale_inv"),
+    Role.ACTIVATION_SCALE: (".qscale_act", ".activation_scale"),
+}
+FP8_CODE = "F8_E4M3"  # the safetensors code of float8_e4m3fn
+SCALE_CODES = ("BF16", "F16", "F32")
+
+
+@dataclass(frozen=True)
+class Fp8:
+    """FP8 weights, per-tensor scales, static activation scales.
+
+    `kept` is an HF config's `modules_to_not_convert` (transformers' module patterns); None means the
+    family's rule (`Family.fp8_kept_modules`), which is all a native params.json can say.
+    """
+
+    kept: tuple[str, ...] | None = None
+
+    def native(self) -> dict[str, Any]:
+        """The params.json `quantization` object."""
+        return dict(NATIVE_SCHEME)
+
+
+def parse_native(value: Any, *, source: str) -> Fp8 | None:
+    """params.json `quantization` (absent or null: not quantized).
+
+    Raises:
+        ParamsError: anything but the FP8 per-tensor scheme, naming the field.
+    """
+    if value is None or isinstance(value, Fp8):
+        return value
+    if value != NATIVE_SCHEME:
+        raise ParamsError(f"{source}: field '{NATIVE_FIELD}' must be {NATIVE_SCHEME} (FP8, per-tensor), got {value!r}")
+    return Fp8()
+
+
+def parse_hf(value: Any, *, source: str) -> Fp8 | None:
+    """config.json `quantization_config` (absent: not quantized).
+
+    Raises:
+        ParamsError: another method or scheme, a block size, an unknown key, naming it.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ParamsError(f"{source}: field '{HF_FIELD}' must be an object, got {value!r}")
+    for key, expected in {**HF_SCHEME, **HF_DEFAULTS}.items():
+        if key in value and value[key] != expected:
+            raise ParamsError(
+                f"{source}: field '{HF_FIELD}.{key}' must be {expected!r} (FP8, per-tensor), got {value[key]!r}"
+            )
+    missing = [key for key in HF_SCHEME if key not in value]
+    unknown = sorted(set(value) - set(HF_SCHEME) - set(HF_DEFAULTS) - {"modules_to_not_convert"})
+    if missing or unknown:
+        what = f"missing '{HF_FIELD}.{missing[0]}'" if missing else f"unknown field '{HF_FIELD}.{unknown[0]}'"
+        raise ParamsError(f"{source}: {what} (expected {sorted([*HF_SCHEME, 'modules_to_not_convert'])})")
+    kept = value.get("modules_to_not_convert") or []
+    if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
+        raise ParamsError(f"{source}: field '{HF_FIELD}.modules_to_not_convert' must be a list of names, got {kept!r}")
+    return Fp8(tuple(kept))
+
+
+def hf_config(params: ModelParams) -> dict[str, Any]:
+    """config.json `quantization_config` of an FP8 model."""
+    return {**HF_SCHEME, "modules_to_not_convert": list(kept_modules(params))}
+
+
+def kept_modules(params: ModelParams) -> tuple[str, ...]:
+    """The HF module patterns an FP8 model keeps unquantized."""
+    scheme = params.quantization
+    if scheme is not None and scheme.kept is not None:
+        return scheme.kept
+    return params.family.fp8_kept_modules(params)
+
+
+def is_kept(module: str, patterns: Iterable[str]) -> bool:
+    """Whether transformers' `should_convert_module` leaves `module` unquantized: a pattern matches it from
+    the start up to a module boundary (also as a regex), or is its suffix."""
+    boundary = r"(?:(?<=\.)|(?=\.|$))"
+    return any(re.match(rf"(?:{p}){boundary}", module) or module.endswith(p) for p in patterns)
+
+
+def module_of(spec: TensorSpec) -> str:
+    """The HF module a weight belongs to (`model.layers.0.mlp.up_proj`)."""
+    return spec.hf.removesuffix(".weight")
+
+
+def is_quantized(params: ModelParams, spec: TensorSpec) -> bool:
+    """Whether `spec` is an FP8 weight of `params` (with two scales)."""
+    return (
+        params.quantization is not None
+        and spec.row.role is Role.TENSOR
+        and params.family.fp8_linear(spec)
+        and not is_kept(module_of(spec), kept_modules(params))
+    )
+
+
+def scale_row(row: Row, role: Role) -> Row:
+    """The row of one scale of the weight row `row` (a scalar; no GGUF name: GGUF dequantizes)."""
+    native, hf = SUFFIXES[role]
+    return Row(
+        row.native.removesuffix(".weight") + native, row.hf.removesuffix(".weight") + hf, "", (), role=role, weight=row
+    )
+
+
+def with_scales(params: ModelParams, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """`specs` with each quantized weight followed by its weight scale and activation scale."""
+    if params.quantization is None:
+        return specs
+    out: list[TensorSpec] = []
+    for spec in specs:
+        out.append(spec)
+        if is_quantized(params, spec):
+            for role in SUFFIXES:
+                row = scale_row(spec.row, role)
+                name = row.native_name(spec.layer, spec.expert), row.hf_name(spec.layer, spec.expert)
+                out.append(
+                    replace(spec, native=name[0], hf=name[1], gguf="", shape=(), transform=row.transform, row=row)
+                )
+    return out
+
+
+def weight_scale(spec: TensorSpec, layout: str) -> str:
+    """The name (in `layout`, "native" or "hf") of the weight scale of the FP8 weight `spec`."""
+    native, hf = SUFFIXES[Role.WEIGHT_SCALE]
+    name = spec.native if layout == "native" else spec.hf
+    return name.removesuffix(".weight") + (native if layout == "native" else hf)
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The dequantization rule: `(weight.float() * scale.float()).to(dtype)` (see the module docstring)."""
+    import torch
+
+    return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+
+
+def native_dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The native rule as mistral-inference states it, in bfloat16: `weight.to(bf16) * scale.to(bf16)`."""
+    import torch
+
+    return weight.to(torch.bfloat16) * scale.to(torch.bfloat16)
+
+
+def check_native_expressible(params: ModelParams, specs: Iterable[TensorSpec], *, source: str) -> None:
+    """An HF config whose `modules_to_not_convert` keeps other weights than the family's rule cannot become
+    a native params.json (which has no such list).
+
+    Raises:
+        ParamsError: naming the first weight whose quantization the two rules disagree on.
+    """
+    native = replace(params, quantization=Fp8())
+    for spec in specs:
+        if spec.row.role is Role.TENSOR and is_quantized(params, spec) != is_quantized(native, spec):
+            kept = "keeps" if not is_quantized(params, spec) else "quantizes"
+            raise ParamsError(
+                f"{source}: {HF_FIELD}.modules_to_not_convert {kept} '{module_of(spec)}', which a native params.json "
+                f"cannot say (native FP8 keeps exactly {list(params.family.fp8_kept_modules(params))} unquantized)"
+            )
