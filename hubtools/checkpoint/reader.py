@@ -184,7 +184,7 @@ def split_fusions(params: ModelParams, tensors: dict[str, TensorSource], *, wher
         return tensors
     out = dict(tensors)
     for fusion in fusions:
-        stray = next((p for p in fusion.parts if p in tensors), None)
+        stray = next((p for p in (*fusion.parts, *(a for a, _ in fusion.aliases)) if p in tensors), None)
         if stray is not None:
             raise MappingError(f"{where}: tensor '{stray}' is stored on its own; expected it inside '{fusion.hf}'")
         src = out.pop(fusion.hf, None)
@@ -197,6 +197,8 @@ def split_fusions(params: ModelParams, tensors: dict[str, TensorSource], *, wher
         step = src.nbytes // len(fusion.parts)
         for i, part in enumerate(fusion.parts):
             out[part] = TensorSource(part, src.code, fusion.part_shape, _byte_range(src.segments, i * step, step))
+        for alias, part in fusion.aliases:
+            out[alias] = TensorSource(alias, src.code, fusion.part_shape, out[part].segments)
     return out
 
 

@@ -80,17 +80,21 @@ def plan_shards(
     return [Shard(shard_name(stem, i, n), tuple(g)) for i, g in enumerate(groups, 1)]
 
 
-def fuse_planned(planned: list[PlannedTensor], fusions: tuple[Fusion, ...]) -> list[PlannedTensor]:
+def fuse_planned(
+    planned: list[PlannedTensor], fusions: tuple[Fusion, ...], same: Callable[[str, str], bool]
+) -> list[PlannedTensor]:
     """`planned` with each fusion's parts replaced by one tensor (where its first part was) that lists them.
 
+    Args:
+        same: whether two planned tensors hold the same bytes (an alias must equal its part).
+
     Raises:
-        MappingError: the parts of a fusion would have different dtypes.
+        MappingError: the parts of a fusion would have different dtypes, or an alias differs from its part.
     """
-    if not fusions:
-        return planned
     by_name = {t.name: t for t in planned}
+    fusions = tuple(f for f in fusions if f.parts[0] in by_name)  # scales a dequantizing conversion spends
     first = {f.parts[0]: f for f in fusions}
-    inside = {p for f in fusions for p in f.parts}
+    inside = {p for f in fusions for p in (*f.parts, *(a for a, _ in f.aliases))}
     out: list[PlannedTensor] = []
     for t in planned:
         fusion = first.get(t.name)
@@ -98,6 +102,12 @@ def fuse_planned(planned: list[PlannedTensor], fusions: tuple[Fusion, ...]) -> l
             codes = sorted({by_name[p].code for p in fusion.parts})
             if len(codes) > 1:
                 raise MappingError(f"'{fusion.hf}': its parts have different dtypes {codes}; expected one")
+            for alias, part in fusion.aliases:
+                if not same(alias, part):
+                    raise MappingError(
+                        f"'{alias}' differs from '{part}': '{fusion.hf}' holds one value for both (transformers' "
+                        "FP8 experts take one input scale for gate and up); convert with --dtype bfloat16"
+                    )
             out.append(PlannedTensor(fusion.hf, t.code, fusion.shape, fusion.parts))
         elif t.name not in inside:
             out.append(t)

@@ -35,9 +35,10 @@ from hubtools.families.mistral import (
     Mistral,
 )  # fmt: skip
 from hubtools.families.mixtral import Mixtral, Routing
+from hubtools.model import fp8
 from hubtools.model import mla_fields as fields
 from hubtools.model.family import Getter, ModelParams
-from hubtools.model.rows import Fusion, Row, TensorSpec
+from hubtools.model.rows import Fusion, Part, Role, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +147,12 @@ class Mistral4(Mixtral):
             down = tuple(EXPERT_W2.hf_name(layer, e) for e in experts)
             out.append(Fusion(prefix + FUSED_GATE_UP, gate_up, (len(experts), 2 * inter, hidden), (inter, hidden)))
             out.append(Fusion(prefix + FUSED_DOWN, down, (len(experts), hidden, inter), (hidden, inter)))
+            if fp8.is_quantized(params, _expert_specs(layer, 1)[0]):
+                out.extend(_scale_fusions(prefix, layer, params.num_experts))
         return tuple(out)
+
+    def fp8_linear(self, spec: TensorSpec) -> bool:
+        return Mistral.fp8_linear(self, spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
 
     def check_counts(self, params: ModelParams, names: Any, *, source: str) -> None:
         names = list(names)
@@ -256,18 +262,36 @@ class Mistral4(Mixtral):
         if FUSED_GATE_UP in keys:
             if fused is None:
                 fused = self.empty_fused_experts(config, dtype)
-                for spec in _expert_specs(self, layer, config.n_routed_experts):
+                for spec in _expert_specs(layer, config.n_routed_experts):
                     self.put_expert(fused, config, spec, read(spec.hf))
             state.update(fused)
         prefix = HF_LAYER.format(layer=layer)
         return {**state, **{key: read(prefix + key) for key in keys if key not in state}}
 
 
-def _expert_specs(family: Mistral4, layer: int, experts: int) -> list[TensorSpec]:
-    from hubtools.model.rows import Part, expand
-
+def _expert_specs(layer: int, experts: int) -> list[TensorSpec]:
+    """The weight specs of `experts` experts of `layer` (w1, w3, w2 each), with placeholder shapes."""
     dims = {"dim": 0, "expert_hidden_dim": 0}
     return [s for e in range(experts) for s in expand((EXPERT_W1, EXPERT_W3, EXPERT_W2), dims, Part.LAYER, layer, e)]
+
+
+def _scale_fusions(prefix: str, layer: int, experts: int) -> tuple[Fusion, ...]:
+    """FP8 experts' scales as transformers 5.25's `FP8Experts` holds them: weight scales `gate_up_proj_scale_inv
+    [E, 2, 1]` (one per half: nothing re-quantized) and `down_proj_scale_inv [E, 1, 1]`; input scales
+    `gate_up_proj_activation_scale [E]` (one for both halves: w3's must equal w1's) and `down_proj_activation_scale`."""
+
+    def name(row: Row, role: Role, expert: int) -> str:
+        return fp8.scale_row(row, role).hf_name(layer, expert)
+
+    w, a, es = Role.WEIGHT_SCALE, Role.ACTIVATION_SCALE, range(experts)
+    return (
+        Fusion(prefix + FUSED_GATE_UP + "_scale_inv", tuple(name(r, w, e) for e in es for r in (EXPERT_W1, EXPERT_W3)),
+               (experts, 2, 1), ()),
+        Fusion(prefix + FUSED_DOWN + "_scale_inv", tuple(name(EXPERT_W2, w, e) for e in es), (experts, 1, 1), ()),
+        Fusion(prefix + FUSED_GATE_UP + "_activation_scale", tuple(name(EXPERT_W1, a, e) for e in es), (experts,), (),
+               tuple((name(EXPERT_W3, a, e), name(EXPERT_W1, a, e)) for e in es)),
+        Fusion(prefix + FUSED_DOWN + "_activation_scale", tuple(name(EXPERT_W2, a, e) for e in es), (experts,), ()),
+    )  # fmt: skip
 
 
 FAMILY = Mistral4()

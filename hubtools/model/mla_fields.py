@@ -47,6 +47,7 @@ TOP_LEVEL = {
     "dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size", "rope_theta",
     "max_seq_len", "max_position_embeddings", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
     "qk_nope_head_dim", "v_head_dim", "moe", "yarn", "llama_4_scaling", "tied_embeddings", "sliding_window",
+    "quantization",
 }  # fmt: skip
 RANKS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 MOE = {  # params.json moe key -> config.json key

@@ -88,13 +88,16 @@ class Fusion:
 
     `parts` are the table's HF names in byte order, each of shape `part_shape`; the stored tensor has
     `shape` (as many elements as the parts together). Readers split it into its parts, writers
-    write the parts' bytes one after the other: no part is ever transformed across the join.
+    write the parts' bytes one after the other: no part is ever transformed across the join. An alias is a
+    table tensor the fused one holds only once (transformers' one activation scale for an expert's gate and
+    up halves): it must equal its part, and reads back as it.
     """
 
     hf: str
     parts: tuple[str, ...]
     shape: tuple[int, ...]
     part_shape: tuple[int, ...]
+    aliases: tuple[tuple[str, str], ...] = ()  # (name, part): a tensor stored once, as that part, equal to it
 
 
 def expand(
