@@ -75,6 +75,7 @@ EXPERT_W3 = _row("experts.{expert}.w3.weight", "mlp.experts.{expert}.up_proj.wei
                  ("expert_hidden_dim", "dim"))  # fmt: skip
 ATTENTION_ROWS = (ATTENTION_NORM, WQ_A, Q_A_NORM, WQ_B, WKV_A, KV_A_NORM, WKV_B, WO, FFN_NORM)
 FUSED_GATE_UP, FUSED_DOWN = "mlp.experts.gate_up_proj", "mlp.experts.down_proj"  # transformers' layer keys
+VISION = "vision_encoder"  # params.json's vision tower: a wrapper family's (Mistral3ForConditionalGeneration)
 
 
 class Mistral4(Mixtral):
@@ -90,7 +91,8 @@ class Mistral4(Mixtral):
         )
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
-        return raw.get("qk_nope_head_dim") is not None and isinstance(raw.get("moe"), dict)
+        """An MLA + MoE params.json; with a `vision_encoder`, the vision wrapper's (it hands this family the rest)."""
+        return raw.get("qk_nope_head_dim") is not None and isinstance(raw.get("moe"), dict) and VISION not in raw
 
     def parse_params(
         self, raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | None = None
@@ -152,7 +154,7 @@ class Mistral4(Mixtral):
         return tuple(out)
 
     def fp8_linear(self, spec: TensorSpec) -> bool:
-        return Mistral.fp8_linear(self, spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
+        return Mistral.fp8_linear(self, spec) and spec.row.native != ROUTER.native  # the router is no nn.Linear
 
     def check_counts(self, params: ModelParams, names: Any, *, source: str) -> None:
         names = list(names)
@@ -240,13 +242,12 @@ class Mistral4(Mixtral):
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
         if spec.expert is None:
             return False
-        inter = config.moe_intermediate_size
-        if spec.row is EXPERT_W2:
+        inter, row = config.moe_intermediate_size, spec.row.native  # the native template: wrappers prefix HF names
+        if row == EXPERT_W2.native:
             fused[FUSED_DOWN][spec.expert] = tensor
         else:
-            fused[FUSED_GATE_UP][spec.expert, slice(None, inter) if spec.row is EXPERT_W1 else slice(inter, None)] = (
-                tensor
-            )
+            half = slice(None, inter) if row == EXPERT_W1.native else slice(inter, None)
+            fused[FUSED_GATE_UP][spec.expert, half] = tensor
         return True
 
     def hf_layer_state(

@@ -99,6 +99,13 @@ class Fusion:
     part_shape: tuple[int, ...]
     aliases: tuple[tuple[str, str], ...] = ()  # (name, part): a tensor stored once, as that part, equal to it
 
+    def prefixed(self, prefix: str) -> Fusion:
+        """This fusion with every HF name under `prefix` (a wrapper holding the text model, e.g. a vision one)."""
+        return Fusion(
+            prefix + self.hf, tuple(prefix + p for p in self.parts), self.shape, self.part_shape,
+            tuple((prefix + a, prefix + p) for a, p in self.aliases),
+        )  # fmt: skip
+
 
 def expand(
     rows: Iterable[Row], dims: dict[str, int], part: Part, layer: int | None = None, expert: int | None = None
