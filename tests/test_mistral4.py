@@ -18,7 +18,7 @@ from hubtools.errors import ParamsError
 from hubtools.families import from_hf_config, parse_params
 from hubtools.model.hf_config import to_hf_config, to_native_params
 from hubtools.model.transforms import interleaved_to_half
-from hubtools.testing import synthetic_tensors, tiny_mistral4_params, write_native_checkpoint
+from hubtools.testing import copy_tokenizer, synthetic_tensors, tiny_mistral4_params, write_native_checkpoint
 from hubtools.verification import reference
 from hubtools.verification.run import verify
 from tests.helpers import RunCli, assert_one_line_error, edit_json, same_bytes, tensors_of
@@ -31,7 +31,7 @@ EXPERT_WIDTH, EXPERTS = 32, 8  # tiny_mistral4_params' moe.expert_hidden_dim and
 def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(native, hf): a bf16 tiny Mistral 4 (layer 0 dense, layers 1-2 MoE) and its conversion."""
     root = tmp_path_factory.mktemp("mistral4")
-    native = write_native_checkpoint(root / "native", tiny_mistral4_params(), tokenizer="v1")
+    native = write_native_checkpoint(root / "native", tiny_mistral4_params(), tokenizer=None)
     convert(native, root / "hf")
     return native, root / "hf"
 
@@ -116,9 +116,14 @@ def test_the_reference_on_native_names_matches_the_whole_transformers_model(conv
     assert (ours - theirs).abs().max() < 1e-4
 
 
-def test_verify_passes_layer_by_layer_in_float32(converted: tuple[Path, Path]) -> None:
-    report = verify(*converted)
-    assert report.passed, report
+def test_verify_passes_layer_by_layer_in_float32_with_the_tokenizer(
+    converted: tuple[Path, Path], tmp_path: Path
+) -> None:
+    native = Path(shutil.copytree(converted[0], tmp_path / "native"))
+    copy_tokenizer("v1", native)
+    convert(native, tmp_path / "hf")
+    report = verify(native, tmp_path / "hf")
+    assert report.passed and report.tokenizer.skipped is None, report
     assert report.logits.max_abs_dlogit is not None and report.logits.max_abs_dlogit < 1e-4
     assert len(report.logits.layers) == 3 and report.tensors.compared == report.tensors.expected
 
@@ -173,7 +178,7 @@ def test_transformers_groups_experts_by_their_top_two_sum_where_vllm_takes_the_b
     by its two best experts (DeepSeek-V3's rule for a correction bias) and vLLM, which runs the native format,
     by its best one (its rule without a bias, Mistral's case): the two models differ, and verify says so."""
     params = tiny_mistral4_params(moe_num_expert_groups=4, moe_num_expert_groups_per_tok=2)
-    native = write_native_checkpoint(tmp_path / "native", params, tokenizer="v1")
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None)
     convert(native, tmp_path / "hf")
     report = verify(native, tmp_path / "hf")
     assert report.structure.passed and report.tensors.passed and not report.logits.passed

@@ -99,7 +99,7 @@ def _one_input_scale_per_expert(tensors: dict[str, torch.Tensor]) -> None:
 def fp8_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(native, hf kept FP8, hf dequantized to bfloat16) of a tiny FP8 Mistral 4."""
     root = tmp_path_factory.mktemp("mistral4_fp8")
-    native = write_native_checkpoint(root / "native", tiny_mistral4_params(**FP8_PARAMS), tokenizer="v1")
+    native = write_native_checkpoint(root / "native", tiny_mistral4_params(**FP8_PARAMS), tokenizer=None)
     _edit(native / NATIVE_FILE, _one_input_scale_per_expert)
     convert(native, root / "hf")
     convert(native, root / "bf16", dtype="bfloat16")
@@ -181,7 +181,7 @@ def test_one_expert_s_fp8_scale_planted_fails_verify_and_is_named(
 
 
 def test_gate_and_up_input_scales_that_differ_are_refused_in_one_line(tmp_path: Path, run_cli: RunCli) -> None:
-    native = write_native_checkpoint(tmp_path / "native", tiny_mistral4_params(**FP8_PARAMS), tokenizer="v1")
+    native = write_native_checkpoint(tmp_path / "native", tiny_mistral4_params(**FP8_PARAMS), tokenizer=None)
     _edit(native / NATIVE_FILE, _one_input_scale_per_expert)
 
     def differ(tensors: dict[str, torch.Tensor]) -> None:
