@@ -105,6 +105,10 @@ class Mistral4(Mixtral):
     def config_fields(self, params: ModelParams) -> dict[str, Any]:
         return {**Mistral.config_fields(self, params), **fields.config_fields(params)}
 
+    def checked_config_fields(self, params: ModelParams) -> dict[str, Any]:
+        unchecked = ("pad_token_id", "max_position_embeddings")  # no effect on the forward
+        return {k: v for k, v in fields.config_fields(params).items() if k not in unchecked}
+
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         raw, keys = Mistral.config_to_params(self, config, source=source)
         return fields.config_to_params(config, raw, keys, source=source)

@@ -143,6 +143,10 @@ class Family:
         """The config.json keys that are this family's own (architecture, model_type, ...)."""
         raise NotImplementedError
 
+    def checked_config_fields(self, params: ModelParams) -> dict[str, Any]:
+        """The family's own config.json fields that verify compares (those that change the forward); none here."""
+        return {}
+
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError

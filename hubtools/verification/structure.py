@@ -228,7 +228,7 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     problems += _quantization_problems(config, params)
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
-    problems += _family_problems(config, params.family.config_fields(params))
+    problems += _family_problems(config, params.family.checked_config_fields(params))
     rope_type, want_type = (_rope_parameters(c).get("rope_type", "default") for c in (config, expected.config))
     if rope_type != want_type:
         problems.append(f"config.json rope_parameters.rope_type: expected {_fmt(want_type)}, found {_fmt(rope_type)}")
