@@ -82,12 +82,13 @@ class Mistral4(Mixtral):
     name = "mistral4"
     architecture = "Mistral4ForCausalLM"
     model_type = "mistral4"
-    gguf_architecture = "mistral4"  # llama.cpp's (DeepseekV2Model); `hubtools gguf` refuses it for now
+    gguf_architecture = "mistral4"  # llama.cpp's, inside its Mistral3 wrapper only; `hubtools gguf` refuses
 
     def gguf_refusal(self) -> str | None:
         return (
-            "Mistral 4 is not exported to GGUF by hubtools yet; llama.cpp's own converter (the vendored "
-            "convert_hf_to_gguf.py) supports it as architecture 'mistral4' (DeepseekV2Model): run it on the HF output"
+            "llama.cpp's converter (llama-cpp-python 0.3.36's) has no support for Mistral4ForCausalLM (\"Model "
+            'Mistral4ForCausalLM is not supported"; it reads Mistral 4 only inside Mistral3ForConditionalGeneration, '
+            "as architecture 'mistral4'), so hubtools exports no GGUF for it"
         )
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
