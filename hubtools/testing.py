@@ -106,6 +106,47 @@ def tiny_mistral4_params(**changes: object) -> ModelParams:
     return family_named("mistral4").parse_params(raw, source="params.json")
 
 
+def tiny_ministral3_params(
+    *,
+    tied: bool = False,
+    llama4: bool = True,
+    apply_scale: bool = False,
+    n_layers: int = 2,
+    vocab_size: int = 1000,
+    dim: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    head_dim: int | None = None,
+    factor: float = 4.0,
+    original_max_positions: int = 8,
+    rope_theta: float = 1e6,
+) -> ModelParams:
+    """Small Ministral 3 params: YaRN (scaled or not), llama-4 scaling beyond `original_max_positions` (small, so
+    short prompts reach it), tied or untied embeddings."""
+    raw: dict[str, object] = {
+        "dim": dim, "n_layers": n_layers, "head_dim": head_dim or dim // n_heads, "hidden_dim": 2 * dim,
+        "n_heads": n_heads, "n_kv_heads": n_kv_heads, "norm_eps": 1e-5, "vocab_size": vocab_size,
+        "rope_theta": rope_theta, "max_position_embeddings": int(original_max_positions * factor),
+        "tied_embeddings": tied,
+        "yarn": {"factor": factor, "original_max_position_embeddings": original_max_positions, "beta": 32.0,
+                 "alpha": 1.0, "apply_scale": apply_scale},
+    }  # fmt: skip
+    if llama4:
+        raw["llama_4_scaling"] = {"original_max_position_embeddings": original_max_positions, "beta": 0.1}
+    return family_named("ministral3").parse_params(raw, source="tiny_ministral3_params")
+
+
+def tiny_ministral_params(
+    *, pattern: tuple[int | None, ...] = (None, 4, 4), n_layers: int = 3, vocab_size: int = 1000, dim: int = 64
+) -> ModelParams:
+    """Small Ministral (8B 2410 shape) params: a per-layer window pattern, null for full attention."""
+    raw = {
+        "dim": dim, "n_layers": n_layers, "head_dim": 16, "hidden_dim": 2 * dim, "n_heads": 4, "n_kv_heads": 2,
+        "norm_eps": 1e-5, "vocab_size": vocab_size, "rope_theta": 1e8, "sliding_window": list(pattern),
+    }  # fmt: skip
+    return family_named("ministral").parse_params(raw, source="tiny_ministral_params")
+
+
 def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """A random tensor for one spec: norms near 1, matrices scaled by 1/sqrt(fan_in)."""
     if len(spec.shape) == 1:
@@ -148,6 +189,28 @@ def copy_tokenizer(kind: str, folder: Path) -> Path:
     """Copy a real mistral-common tokenizer file into `folder` under its native name."""
     shipped, native, _ = TOKENIZERS[kind]
     return Path(shutil.copyfile(mistral_common_data() / shipped, folder / native))
+
+
+def write_tekken_version(folder: Path, version: str) -> Path:
+    """mistral-common's tekken_240911.json with its config's `version` set to `version` ("v7", "v11", "v13"), as
+    `tekken.json` in `folder`: the same vocabulary under a later instruct format."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    data = json.loads((mistral_common_data() / TOKENIZERS["tekken"][0]).read_text(encoding="utf-8"))
+    data["config"]["version"] = version
+    if version not in ("v3", "v7"):  # mistral-common wants the list spelled out from v11 on, with the new controls
+        named = {32: "[ARGS]", 33: "[CALL_ID]", 34: "[THINK]", 35: "[/THINK]"}
+        specials = [dict(t) for t in Tekkenizer.DEPRECATED_SPECIAL_TOKENS]
+        count = data["config"]["default_num_special_tokens"]
+        fill = Tekkenizer.SPECIAL_TOKEN_TEMPLATE
+        specials += [
+            {"rank": i, "token_str": named.get(i, fill.format(id=i)), "is_control": True}
+            for i in range(len(specials), count)
+        ]
+        data["special_tokens"] = specials
+    path = folder / TEKKEN
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
 
 
 def write_native_checkpoint(

@@ -98,7 +98,8 @@ def test_native_params_always_carry_rope_theta_and_never_max_seq_len() -> None:
         ([], "config.json: expected a JSON object"),
         (
             {"model_type": "llama"},
-            "config.json: model_type 'llama' is not supported (expected 'mistral' or 'mistral4' or 'mixtral')",
+            "config.json: model_type 'llama' is not supported "
+            "(expected 'ministral' or 'ministral3' or 'mistral' or 'mistral4' or 'mixtral')",
         ),
         ({"model_type": "mistral", "hidden_size": 8}, "config.json: missing field num_hidden_layers"),
     ],

@@ -16,6 +16,8 @@ from hubtools.model.rows import Row
 
 class TiedMistral(Mistral):
     name = "tied-mistral"
+    params_fields = Mistral.params_fields | {"tied_embeddings"}
+    params_absent = {"moe": (None, {})}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return raw.get("tied_embeddings") is True and not raw.get("moe")
@@ -39,7 +41,7 @@ class TiedMistral(Mistral):
     def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
         return (NORM,)
 
-    def output_row(self) -> Row:
+    def output_row(self, params: ModelParams) -> Row:
         return EMBEDDING
 
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:

@@ -32,7 +32,9 @@ from typing import Any
 
 from hubtools.errors import ParamsError
 from hubtools.filenames import CONFIG, PARAMS
+from hubtools.model.accounting import check_config_fields, check_params_fields
 from hubtools.model.family import Family, ModelParams
+from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.params import read_json_file
 
 ENTRY_POINTS = "hubtools.families"
@@ -94,6 +96,7 @@ def parse_params(raw: Any, *, source: str = PARAMS) -> ModelParams:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     family = _choose(lambda f: f.recognises_params(raw), source, "no model family recognises it")
+    check_params_fields(raw, family, source=source)
     return family.parse_params(raw, source=source)
 
 
@@ -111,15 +114,23 @@ def load_params(path: Path) -> ModelParams:
 def from_hf_config(config: Any, *, source: str = CONFIG) -> ModelParams:
     """Translate a config.json back into native params, by the family whose `model_type` it names.
 
+    Every key is accounted for (`hubtools.model.accounting`): mapped, or neutral, or refused.
+
     Raises:
-        ParamsError: no family's config, fields missing, or a value of the wrong type or range (the
-            message names the config.json key).
+        ParamsError: no family's config, fields missing, a value of the wrong type or range, or a key that
+            would be dropped or changed (the message names the config.json key).
     """
     if not isinstance(config, dict):
         raise ParamsError(f"{source}: expected a JSON object")
     family = family_of_config(config, source=source)
     raw, keys = family.config_to_params(config, source=source)
-    return family.parse_params(raw, source=source, names=keys)
+    params = family.parse_params(raw, source=source, names=keys)
+    positions = config.get("max_position_embeddings")
+    valid = isinstance(positions, int) and not isinstance(positions, bool) and positions > 0
+    overrides = ConfigOverrides(max_position_embeddings=positions if valid else None)
+    expected = to_hf_config(params, dtype="bfloat16", overrides=overrides).config
+    check_config_fields(config, params, expected, source=source)
+    return params
 
 
 def family_of_config(config: dict[str, Any], *, source: str = CONFIG) -> Family:

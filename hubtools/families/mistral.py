@@ -69,6 +69,11 @@ class Mistral(Family):
     architecture = "MistralForCausalLM"
     model_type = "mistral"
     gguf_architecture = "llama"
+    params_fields = frozenset(
+        ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size",
+         "rope_theta", "sliding_window", "max_seq_len")
+    )  # fmt: skip
+    params_absent = {"tied_embeddings": (False,), "moe": (None, {})}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return True  # any params.json; the families derived from this one recognise theirs
@@ -130,16 +135,26 @@ class Mistral(Family):
 
         from hubtools.model import ops
 
-        cis = ops.rotary_angles(positions, params.head_dim, rope_theta)
-        mask = ops.attention_mask(positions, params.sliding_window)
+        cis = self.rotary(positions, params, rope_theta)
+        mask = ops.attention_mask(positions, self.layer_window(params, layer))
         x = ops.rms_norm(h, get(ATTENTION_NORM.native_name(layer)), params.norm_eps)
         batch, seq, _ = x.shape
         q = F.linear(x, get(WQ.native_name(layer))).view(batch, seq, params.n_heads, params.head_dim)
         k = F.linear(x, get(WK.native_name(layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
         v = F.linear(x, get(WV.native_name(layer))).view(batch, seq, params.n_kv_heads, params.head_dim)
-        q, k = ops.apply_rotary(q, cis), ops.apply_rotary(k, cis)
+        q, k = self.scale_queries(ops.apply_rotary(q, cis), positions, params), ops.apply_rotary(k, cis)
         out = ops.grouped_query_attention(q, k, v, mask, params.head_dim)
         return h + F.linear(out, get(WO.native_name(layer)))
+
+    def rotary(self, positions: torch.Tensor, params: ModelParams, rope_theta: float) -> torch.Tensor:
+        """The complex rotations of `positions` (`ops.apply_rotary`): plain RoPE with base `rope_theta`."""
+        from hubtools.model import ops
+
+        return ops.rotary_angles(positions, params.head_dim, rope_theta)
+
+    def scale_queries(self, q: torch.Tensor, positions: torch.Tensor, params: ModelParams) -> torch.Tensor:
+        """Queries after the rotary, before attention: unchanged."""
+        return q
 
     def feed_forward_norm(self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams) -> torch.Tensor:
         from hubtools.model import ops
@@ -159,9 +174,9 @@ class Mistral(Family):
         from hubtools.model import ops
 
         normed = ops.rms_norm(h, get(NORM.native_name()), params.norm_eps)
-        return F.linear(normed, get(self.output_row().native_name()))
+        return F.linear(normed, get(self.output_row(params).native_name()))
 
-    def output_row(self) -> Row:
+    def output_row(self, params: ModelParams) -> Row:
         """The row whose weight projects to the vocabulary (a tied family: the embedding's)."""
         return OUTPUT
 
@@ -184,8 +199,8 @@ class Mistral(Family):
         prefix = HF_LAYER.format(layer=layer)
         return {key: read(prefix + key) for key in keys}
 
-    def hf_head_weights(self, read: Getter) -> tuple[torch.Tensor, torch.Tensor]:
-        return read(NORM.hf_name()), read(self.output_row().hf_name())
+    def hf_head_weights(self, read: Getter, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return read(NORM.hf_name()), read((EMBEDDING if config.tie_word_embeddings else OUTPUT).hf_name())
 
 
 FAMILY = Mistral()

@@ -83,6 +83,8 @@ class Mistral4(Mixtral):
     architecture = "Mistral4ForCausalLM"
     model_type = "mistral4"
     gguf_architecture = "mistral4"  # llama.cpp's, inside its Mistral3 wrapper only; `hubtools gguf` refuses
+    params_fields = fields.TOP_LEVEL  # each mapped or refused by value in `mla_fields.parse`
+    params_absent = {}
 
     def gguf_refusal(self) -> str | None:
         return (

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import HF_LAYER, Mistral
+from hubtools.model.accounting import check_object_fields
 from hubtools.model.family import Getter, ModelParams
 from hubtools.model.params import Bad, bad_value, parse_common, positive_int
 from hubtools.model.rows import Row, TensorSpec
@@ -66,6 +67,8 @@ class Mixtral(Mistral):
     name = "mixtral"
     architecture = "MixtralForCausalLM"
     model_type = "mixtral"
+    params_fields = Mistral.params_fields | {"moe"}
+    params_absent = {"tied_embeddings": (False,)}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return raw.get("moe") not in (None, {})
@@ -203,6 +206,7 @@ def _moe(moe: Any, source: str, bad: Bad) -> tuple[int, int]:
         raise bad("moe", "an object with num_experts and num_experts_per_tok", moe)
     if not {"num_experts", "num_experts_per_tok"} <= set(moe):
         raise ParamsError(f"{source}: 'moe' needs num_experts and num_experts_per_tok, got {sorted(moe)}")
+    check_object_fields(moe, ("num_experts", "num_experts_per_tok"), field="moe", source=source)
     experts, top_k = (positive_int(moe, key, bad) for key in ("num_experts", "num_experts_per_tok"))
     if top_k > experts:
         raise ParamsError(f"{source}: moe.num_experts_per_tok {top_k} must be in 1..num_experts ({experts})")

@@ -1,7 +1,8 @@
-"""Model metadata of a GGUF file: the keys and values llama.cpp's converter writes for Mistral and
-Mixtral (`TextModel.set_gguf_parameters` + `LlamaModel.set_gguf_parameters`), from the config.json
-hubtools writes (or reads), in the converter's order, under the family's llama.cpp architecture (`llama`
-for both); no sliding-window key (the converter writes none for this architecture).
+"""Model metadata of a GGUF file: the keys and values llama.cpp's converter writes for Mistral, Mixtral and
+Ministral 3 (`TextModel.set_gguf_parameters` + `LlamaModel.set_gguf_parameters`, + `Mistral3Model`'s YaRN log
+multiplier and llama-4 temperature scale), from the config.json hubtools writes (or reads), in the converter's
+order, under the family's llama.cpp architecture (`llama`, or `mistral3`); no sliding-window key (the converter
+writes none for these architectures).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def add_model_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_t
         writer.add_feed_forward_length(config["intermediate_size"])
         writer.add_head_count(config["num_attention_heads"])
         writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
+        rope = config.get("rope_parameters") or {}
+        if rope.get("rope_type") == "yarn" and rope.get("factor") is not None:  # TextModel.set_gguf_parameters
+            _add_yarn(writer, rope)
         theta = _get(config, "rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
         if theta is not None:
             writer.add_rope_freq_base(theta)
@@ -54,6 +58,22 @@ def add_model_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_t
         writer.add_file_type(file_type)
         writer.add_vocab_size(config["vocab_size"])
         writer.add_rope_dimension_count(head_dim)
+        if config.get("model_type") == "ministral3":  # the converter's Mistral3Model.Ministral3Model
+            writer.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
+            writer.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
     except KeyError as exc:
         raise ParamsError(f"config.json: missing field {exc.args[0]} (needed for GGUF metadata)") from None
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_yarn(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
+    """YaRN's keys, as the converter writes them from `rope_parameters` (no log multiplier here)."""
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    writer.add_rope_scaling_factor(rope["factor"])
+    writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+    if (attention_factor := rope.get("attention_factor", rope.get("attn_factor"))) is not None:
+        writer.add_rope_scaling_yarn_attn_factor(attention_factor)
+    if (beta_fast := rope.get("beta_fast")) is not None:
+        writer.add_rope_scaling_yarn_beta_fast(beta_fast)
+    if (beta_slow := rope.get("beta_slow")) is not None:
+        writer.add_rope_scaling_yarn_beta_slow(beta_slow)

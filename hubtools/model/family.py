@@ -109,6 +109,10 @@ class Family:
     architecture: ClassVar[str]  # config.json `architectures[0]`
     model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
     gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
+    gguf_unsupported: ClassVar[str | None] = None  # why llama.cpp's converter cannot export it, if it cannot
+    params_fields: ClassVar[frozenset[str]]  # the params.json fields it maps (`hubtools.model.accounting`)
+    params_absent: ClassVar[Mapping[str, tuple[Any, ...]]] = {}  # fields accepted only with these values
+    default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -150,6 +154,10 @@ class Family:
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
+
+    def layer_window(self, params: ModelParams, layer: int) -> int | None:
+        """The attention window of layer `layer` (None: full attention)."""
+        return params.sliding_window
 
     # -- the name table ---------------------------------------------------------------------------------------
 
@@ -293,8 +301,9 @@ class Family:
         """
         raise NotImplementedError
 
-    def hf_head_weights(self, read: Getter) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final norm weight, output projection) under their HF names."""
+    def hf_head_weights(self, read: Getter, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final norm weight, output projection) under their HF names; `config`: transformers' (a tied one's
+        output projection is the embedding)."""
         raise NotImplementedError
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:

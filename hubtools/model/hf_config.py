@@ -4,8 +4,8 @@ Every default for a field params.json leaves out is an explicit rule, reported i
 and overridable (recipe or flag):
 - rope_theta: params value, else override, else 1e4 with a sliding window and 1e6 without
   (`params.default_rope_theta`).
-- max_position_embeddings: override, else params `max_seq_len`, else 32768 (Mixtral 8x7B's published
-  value; 8x22B recipes override it with 65536).
+- max_position_embeddings: override, else params `max_seq_len`, else the family's default (32768, Mixtral
+  8x7B's published value, for Mistral and Mixtral; 8x22B recipes override it with 65536).
 - sliding_window: params value or null; bos/eos ids 1/2 (every Mistral tokenizer).
 """
 
@@ -90,8 +90,10 @@ def _max_positions(params: ModelParams, overrides: ConfigOverrides) -> tuple[int
         value = overrides.max_position_embeddings
         return value, f"max_position_embeddings={value} (override)"
     if params.max_seq_len is not None:
-        return params.max_seq_len, f"max_position_embeddings={params.max_seq_len} (params.json max_seq_len)"
-    return DEFAULT_MAX_POSITIONS, f"max_position_embeddings={DEFAULT_MAX_POSITIONS} (default rule)"
+        key = params.option("max_positions_key", "max_seq_len")
+        return params.max_seq_len, f"max_position_embeddings={params.max_seq_len} (params.json {key})"
+    default = params.family.default_max_positions
+    return default, f"max_position_embeddings={default} (default rule)"
 
 
 def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides | None = None) -> HfConfig:
@@ -129,7 +131,10 @@ def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides 
     }
     if params.quantization is not None:
         config[fp8.HF_FIELD] = fp8.hf_config(params)
-    config.update(params.family.config_fields(params))
+    own = params.family.config_fields(params)
+    config.update(own)
+    if "rope_parameters" in own:  # transformers 5.x's form holds the base
+        config["rope_parameters"] = {"rope_theta": config.pop("rope_theta"), **own["rope_parameters"]}
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
     config["transformers_version"] = transformers_version()
     generation["transformers_version"] = config["transformers_version"]

@@ -20,6 +20,7 @@ Every field is mapped or refused with one line (the family is `hubtools.families
 | llama_4_scaling.beta | rope_parameters.llama_4_scaling_beta (absent -> 0.0: no scaling) |
 | llama_4_scaling.original_max_position_embeddings | must equal yarn's (transformers reads yarn's) |
 | tied_embeddings, sliding_window | refused unless false / null |
+| quantization | FP8 per-tensor (`hubtools.model.fp8`); anything else refused |
 | no yarn | refused: transformers 5.25's default rotary for Mistral4 spans the whole head, not the rope slice |
 
 Written as transformers' script writes them: `rope_parameters.mscale` and `mscale_all_dim` 1.0,
@@ -32,7 +33,7 @@ the script writes beta 0.1) and `first_k_dense_replace` layers are read (the scr
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +44,12 @@ from hubtools.model.params import bad_value, parse_common, positive_int
 if TYPE_CHECKING:
     import torch
 
-TOP_LEVEL = {
+TOP_LEVEL = frozenset({
     "dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size", "rope_theta",
     "max_seq_len", "max_position_embeddings", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
     "qk_nope_head_dim", "v_head_dim", "moe", "yarn", "llama_4_scaling", "tied_embeddings", "sliding_window",
     "quantization",
-}  # fmt: skip
+})  # fmt: skip
 RANKS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 MOE = {  # params.json moe key -> config.json key
     "num_experts": "n_routed_experts", "num_experts_per_tok": "num_experts_per_tok",
@@ -92,7 +93,7 @@ def mla(params: ModelParams) -> Mla:
     return found
 
 
-def _refuse_unknown(raw: Mapping[str, Any], known: set[str] | Mapping[str, Any], where: str, source: str) -> None:
+def _refuse_unknown(raw: Mapping[str, Any], known: Iterable[str], where: str, source: str) -> None:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise ParamsError(f"{source}: unknown field '{where}{unknown[0]}' for Mistral 4 (expected some of "
@@ -235,6 +236,7 @@ def config_fields(params: ModelParams) -> dict[str, Any]:
     out.update({hf: getattr(m, native) for native, hf in MOE.items() if hasattr(m, native)})
     out.update(n_routed_experts=params.num_experts, num_experts_per_tok=params.num_experts_per_tok)
     out.update(norm_topk_prob=True, rope_interleave=True, attention_bias=False, pad_token_id=PAD_TOKEN_ID)
+    out.update(qk_head_dim=m.qk_nope_head_dim + m.qk_rope_head_dim, pretraining_tp=1)  # as transformers saves them
     out["rope_parameters"] = rope_parameters(params, default_rope_theta(params))
     if m.max_position_embeddings is not None and params.max_seq_len is None:
         out["max_position_embeddings"] = m.max_position_embeddings

@@ -46,6 +46,17 @@ from hubtools.tokenization.tool_template import (
 
 TEMPLATE_MARKER = "hubtools chat template:"
 MISTRAL_VERSIONS = tuple(v.value for v in TokenizerVersion.sentencepiece())
+# tekken instruct versions whose text conversations encode as v7's (checked against mistral-common); their
+# tool-call formats ([CALL_ID], [ARGS]; v13: tools at the first user message, no call ids) are not reproduced,
+# so their template refuses tools, tool calls and tool results instead of encoding them wrongly
+TEXT_ONLY_VERSIONS = ("v11", "v13")
+_TEXT_ONLY = r"""
+{%- if tools or messages | selectattr('role', 'equalto', 'tool') | list
+      or messages | selectattr('tool_calls') | list -%}
+    {{- raise_exception('This template reproduces text conversations only for tokenizer @VERSION@: '
+                        ~ 'its tool-call format is not reproduced (use mistral-common).') -}}
+{%- endif -%}
+"""
 FLAVOURS = tuple(ChatTemplate.values(auto=False))
 
 _TEXT_OF = r"""
@@ -256,7 +267,8 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
     """The Mistral instruct template for a tokenizer version.
 
     Args:
-        version (`str`): "v1", "v2", "v3" or "v7" (the instruct version, also for tekken files).
+        version (`str`): "v1", "v2", "v3" or "v7" (the instruct version, also for tekken files); for tekken also
+            "v11" and "v13", text conversations only (`TEXT_ONLY_VERSIONS`).
         spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). Only v1
             depends on it, and v1 exists only as SentencePiece.
 
@@ -270,17 +282,30 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
         >>> "[SYSTEM_PROMPT]" in mistral_template("v7")
         True
     """
-    if version not in MISTRAL_VERSIONS or (version == "v1" and not spm):
+    text_only = version in TEXT_ONLY_VERSIONS and not spm
+    if (version not in MISTRAL_VERSIONS and not text_only) or (version == "v1" and not spm):
         kind = "SentencePiece" if spm else "tekken"
+        known = (*MISTRAL_VERSIONS, *TEXT_ONLY_VERSIONS) if not spm else MISTRAL_VERSIONS
         raise ChatTemplateError(
             f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
-            f"(expected one of {', '.join(MISTRAL_VERSIONS)}). Use chat_template='none'."
+            f"(expected one of {', '.join(known)}). Use chat_template='none'."
         )
     header = (
         f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
         "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}"
     )
-    return header + _TEXT_OF + JSON_VALUE + TOOL_MACROS + _validate(version) + _aggregate(version) + _encode(version)
+    guard = _TEXT_ONLY.replace("@VERSION@", version) if text_only else ""
+    version = "v7" if text_only else version
+    return (
+        header
+        + guard
+        + _TEXT_OF
+        + JSON_VALUE
+        + TOOL_MACROS
+        + _validate(version)
+        + _aggregate(version)
+        + _encode(version)
+    )
 
 
 def _validate(version: str) -> str:

@@ -126,24 +126,36 @@ class LayeredModel:
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.family.hf_embed(tokens, self.read)
 
-    def _inputs(self, h: torch.Tensor) -> tuple[Any, Any, torch.Tensor]:
+    def _inputs(self, h: torch.Tensor, layer: int) -> tuple[Any, Any, torch.Tensor]:
+        """The attention mask of `layer`'s kind, the rotary (cos, sin) and the positions, built once per length.
+
+        A config with `layer_types` (Ministral) gets a full and a sliding mask, each layer its kind's, as its
+        model builds them; the others one mask, sliding when `sliding_window` is set.
+        """
         if self._cache is None or self._cache[0] != h.shape[1]:
             from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
             positions = (self.positions if self.positions is not None else torch.arange(h.shape[1]))[None]
-            make_mask = create_sliding_window_causal_mask if self.config.sliding_window else create_causal_mask
-            mask = make_mask(
-                config=self.config, attention_mask=None, position_ids=positions, **_mask_keywords(make_mask, h)
-            )
-            self._cache = (h.shape[1], mask, (self.rotary(h, positions), positions))
-        _, mask, (rope, positions) = self._cache
-        return mask, rope, positions
+            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+            kinds = set(getattr(self.config, "layer_types", None) or ())
+            if not kinds:
+                kinds = {"sliding_attention" if self.config.sliding_window else "full_attention"}
+            masks = {
+                kind: builders[kind](
+                    config=self.config, attention_mask=None, position_ids=positions, **_mask_keywords(builders[kind], h)
+                )
+                for kind in kinds
+            }
+            self._cache = (h.shape[1], masks, (self.rotary(h, positions), positions))
+        _, masks, (rope, positions) = self._cache
+        kind = self.config.layer_types[layer] if getattr(self.config, "layer_types", None) else next(iter(masks))
+        return masks[kind], rope, positions
 
     @torch.no_grad()
     def layer(self, h: torch.Tensor, layer: int, fused: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Run decoder layer `layer` (its weights loaded now, released on return; `fused`: its experts)."""
         module = build_layer(self.config, layer, self.read, self.dtype, fused, self.family)
-        mask, rope, positions = self._inputs(h)
+        mask, rope, positions = self._inputs(h, layer)
         out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
         alive = weakref.ref(module)
         del module
@@ -155,7 +167,7 @@ class LayeredModel:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         with torch.device("meta"):
             norm = _module(self.config, "RMSNorm")(self.config.hidden_size, eps=self.config.rms_norm_eps)
-        weight, output = self.family.hf_head_weights(self.read)
+        weight, output = self.family.hf_head_weights(self.read, self.config)
         norm.load_state_dict({"weight": weight}, assign=True)
         return F.linear(norm(h), output)
 

@@ -228,12 +228,21 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     problems += _quantization_problems(config, params)
     if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
         problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
+    rope = expected.config.get("rope_parameters")
+    if rope is None:
+        rope = {"rope_type": "default"}
+        if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
+            problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
+    found = {"rope_type": "default", **_rope_parameters(config)}
+    for key, want in rope.items():  # a family's rotary scaling (YaRN, llama-4) field by field
+        if not _same(want, found.get(key)):
+            reason = f" {why['rope_theta']}" if key == "rope_theta" else ""
+            got = _fmt(found.get(key), like=want)
+            problems.append(f"config.json rope_parameters.{key}: expected {_fmt(want)}{reason}, found {got}")
+    kinds = expected.config.get("layer_types")
+    if kinds is not None and not _same(kinds, config.get("layer_types")):
+        problems.append(f"config.json layer_types: expected {_fmt(kinds)}, found {_fmt(config.get('layer_types'))}")
     problems += _family_problems(config, params.family.checked_config_fields(params))
-    rope_type, want_type = (_rope_parameters(c).get("rope_type", "default") for c in (config, expected.config))
-    if rope_type != want_type:
-        problems.append(f"config.json rope_parameters.rope_type: expected {_fmt(want_type)}, found {_fmt(rope_type)}")
-    if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
-        problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
     return problems
 
 
