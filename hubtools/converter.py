@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,19 +147,15 @@ def plan(
         steps[out.name] = Step(spec, src, out, target, ckpt.tensors[scale] if scale else None)
     planned = [s.out for s in steps.values()]
     if target is Layout.HF:
-        planned = fuse_planned(planned, params.family.fusions(params), partial(_same_source, ckpt, steps))
+        planned = fuse_planned(
+            planned, params.family.fusions(params), lambda n: ckpt.read_bytes(steps[n].source.segments).tobytes()
+        )
         shards = plan_shards(planned, max_shard_size=max_shard_size, stem=HF_STEM)
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(params, dtype=main_dtype, overrides=overrides)
         return ConversionPlan(Layout.HF, params, tuple(shards), steps, hf.config, hf.generation, hf.rules)
     shards = plan_shards(planned, max_shard_size=max_shard_size, stem=NATIVE_STEM, single_name=NATIVE_SINGLE)
     return ConversionPlan(Layout.NATIVE, params, tuple(shards), steps, None, None)
-
-
-def _same_source(ckpt: Checkpoint, steps: dict[str, Step], a: str, b: str) -> bool:
-    return bool(
-        ckpt.read_bytes(steps[a].source.segments).tobytes() == ckpt.read_bytes(steps[b].source.segments).tobytes()
-    )
 
 
 def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:

@@ -81,12 +81,12 @@ def plan_shards(
 
 
 def fuse_planned(
-    planned: list[PlannedTensor], fusions: tuple[Fusion, ...], same: Callable[[str, str], bool]
+    planned: list[PlannedTensor], fusions: tuple[Fusion, ...], source_bytes: Callable[[str], bytes]
 ) -> list[PlannedTensor]:
     """`planned` with each fusion's parts replaced by one tensor (where its first part was) that lists them.
 
     Args:
-        same: whether two planned tensors hold the same bytes (an alias must equal its part).
+        source_bytes: the source bytes of a planned tensor (an alias must equal its part; read only for aliases).
 
     Raises:
         MappingError: the parts of a fusion would have different dtypes, or an alias differs from its part.
@@ -103,7 +103,7 @@ def fuse_planned(
             if len(codes) > 1:
                 raise MappingError(f"'{fusion.hf}': its parts have different dtypes {codes}; expected one")
             for alias, part in fusion.aliases:
-                if not same(alias, part):
+                if source_bytes(alias) != source_bytes(part):
                     raise MappingError(
                         f"'{alias}' differs from '{part}': '{fusion.hf}' holds one value for both (transformers' "
                         "FP8 experts take one input scale for gate and up); convert with --dtype bfloat16"
