@@ -46,6 +46,7 @@ def test_built_in_families_are_found_by_module_and_the_most_derived_one_wins() -
         "ministral3",
         "mistral",
         "mistral3",
+        "mistral4",
         "mixtral",
         "pixtral",
     ]
@@ -56,7 +57,7 @@ def test_built_in_families_are_found_by_module_and_the_most_derived_one_wins() -
 
 
 def test_an_unknown_family_name_lists_the_known_ones() -> None:
-    known = "ministral, ministral3, mistral, mistral3, mixtral, pixtral"
+    known = "ministral, ministral3, mistral, mistral3, mistral4, mixtral, pixtral"
     with pytest.raises(ParamsError, match=rf"^model family 'llama': expected one of {known}$"):
         family_named("llama")
 
