@@ -20,7 +20,7 @@ from hubtools.errors import ParamsError
 from hubtools.families.mistral import LAYER_NUMBER, Mistral
 from hubtools.model import vision as vis
 from hubtools.model.family import Getter, ModelParams
-from hubtools.model.rows import Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
 from hubtools.model.vision import VisionParams
 
 if TYPE_CHECKING:
@@ -176,6 +176,10 @@ class Pixtral(Mistral):
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:
         text = self.text(params)
         return tuple(map(_prefixed, text.family.shared_rows(text)))
+
+    def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
+        text = self.text(params)
+        return tuple(f.prefixed(HF_TEXT) for f in text.family.fusions(text))
 
     def experts(self, params: ModelParams, layer: int) -> int:
         text = self.text(params)

@@ -171,6 +171,7 @@ class Lockstep:
         progress: Callable[[str], None],
     ) -> None:
         self.config, self.params, self.dtype = config, params.text, dtype  # the text model's (a wrapper's inner)
+        self.text_config = getattr(config, "text_config", None) or config
         self.family, self.progress = params.text.family, progress
         self.vision, self.image_mask = None, None
         if params.family.wraps_text:  # a vision model: its encoders first, then the text with images in it
@@ -235,9 +236,9 @@ class Lockstep:
             return False
         if self.fused is None:
             if self.experts is None:
-                self.experts = self.family.empty_fused_experts(self.config, self.dtype)
+                self.experts = self.family.empty_fused_experts(self.text_config, self.dtype)
             self.fused = self.experts
-        return self.family.put_expert(self.fused, self.config, spec, tensor)
+        return self.family.put_expert(self.fused, self.text_config, spec, tensor)
 
     def _stream_moe(self, layer: int) -> None:
         """Attention and routing once the layer's front is in, then each complete expert in order."""
