@@ -190,6 +190,9 @@ def test_fp8_releases_keep_fp8_with_the_published_kept_list_and_verify(tied: boo
         "model.vision_tower", "model.multi_modal_projector", "lm_head",
     ]  # fmt: skip
     assert verify(native, tmp_path / "hf").passed
+    from hubtools.quantization.verify import is_quantized_folder
+
+    assert not is_quantized_folder(tmp_path / "hf")  # `hubtools verify` treats it as a conversion, not a GPTQ/AWQ
     convert(tmp_path / "hf", tmp_path / "back", to="native")
     assert (tmp_path / "back" / "consolidated.safetensors").read_bytes() == (
         native / "consolidated.safetensors"

@@ -157,8 +157,8 @@ class Mistral4(Mixtral):
                 out.extend(_scale_fusions(prefix, layer, params.num_experts))
         return tuple(out)
 
-    def fp8_linear(self, spec: TensorSpec) -> bool:
-        return Mistral.fp8_linear(self, spec) and spec.row.native != ROUTER.native  # the router is no nn.Linear
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
+        return Mistral.fp8_linear(self, params, spec) and spec.row.native != ROUTER.native  # the router is no nn.Linear
 
     def check_counts(self, params: ModelParams, names: Any, *, source: str) -> None:
         names = list(names)

@@ -106,8 +106,8 @@ class Mixtral(Mistral):
     def expert_rows(self, params: ModelParams, layer: int) -> tuple[Row, ...]:
         return (EXPERT_W1, EXPERT_W2, EXPERT_W3)
 
-    def fp8_linear(self, spec: TensorSpec) -> bool:
-        return super().fp8_linear(spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
+        return super().fp8_linear(params, spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
 
     def indices(self, names: Iterable[str]) -> tuple[set[int], set[int]]:
         names = list(names)

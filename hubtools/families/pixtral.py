@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import LAYER_NUMBER, Mistral
+from hubtools.model import fp8
 from hubtools.model import vision as vis
 from hubtools.model.family import Getter, ModelParams
 from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
@@ -98,7 +99,7 @@ class Pixtral(Mistral):
     def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
         text = self.text(params)
         text_config = text.family.outer_config(text, dict(config))
-        top = {key: text_config.pop(key) for key in ("torch_dtype",) if key in text_config}
+        top = {key: text_config.pop(key) for key in ("torch_dtype", fp8.HF_FIELD) if key in text_config}
         text_config.pop("architectures", None)
         vision = self.vision(params)
         return {
@@ -176,6 +177,14 @@ class Pixtral(Mistral):
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:
         text = self.text(params)
         return tuple(map(_prefixed, text.family.shared_rows(text)))
+
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
+        """The text model's rule; the encoder and projector stay unquantized (the FP8 releases keep them)."""
+        text = self.text(params)
+        return spec.part not in (Part.VISION, Part.PROJECTOR) and text.family.fp8_linear(text, spec)
+
+    def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        return ("model.vision_tower", "model.multi_modal_projector", "lm_head")  # the published FP8 repos' list
 
     def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
         text = self.text(params)

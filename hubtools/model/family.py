@@ -256,7 +256,7 @@ class Family:
         specs.extend(expand(self.head_rows(params), dims, Part.HEAD))
         return with_scales(params, specs)
 
-    def fp8_linear(self, spec: TensorSpec) -> bool:
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
         """Whether `spec` is the weight of a module transformers quantizes to FP8 (a linear layer)."""
         return len(spec.shape) == 2 and spec.part is not Part.EMBEDDING
 

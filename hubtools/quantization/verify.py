@@ -86,11 +86,14 @@ class QuantizedVerifyReport:
 
 
 def is_quantized_folder(folder: Path) -> bool:
-    """Whether `folder`'s config.json carries a `quantization_config`."""
+    """Whether `folder`'s config.json carries a compressed-tensors `quantization_config` (an FP8 conversion's
+    `quant_method: fp8` is a conversion, verified against its native source)."""
     try:
-        return "quantization_config" in json.loads((folder / CONFIG).read_text())
+        config = json.loads((folder / CONFIG).read_text())
     except (OSError, ValueError):
         return False
+    method = config.get("quantization_config") if isinstance(config, dict) else None
+    return isinstance(method, dict) and method.get("quant_method") == "compressed-tensors"
 
 
 class FolderTensors:
