@@ -135,6 +135,11 @@ class Pixtral(Mistral):
         where = f"{source} text_config"
         raw, keys = family_of_config(text_config, source=where).config_to_params(text_config, source=where)
         keys = {native: f"text_config.{key}" for native, key in keys.items()}
+        if config.get(fp8.HF_FIELD) is not None:  # transformers reads it at the wrapper's top level
+            raw[fp8.NATIVE_FIELD], keys[fp8.NATIVE_FIELD] = (
+                fp8.parse_hf(config[fp8.HF_FIELD], source=source),
+                fp8.HF_FIELD,
+            )
         raw[FIELD] = {**vis.vision_from_config(config, source=source), **self.merger_from_config(config)}
         keys[FIELD] = "vision_config"
         return raw, keys
