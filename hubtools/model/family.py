@@ -98,6 +98,24 @@ class ModelParams:
         return self.family.params_json(self)
 
 
+@dataclass(frozen=True)
+class InputGroup:
+    """Weights of one layer that read the same input, and what makes that input (for quantization).
+
+    `readers` are quantized. `source` makes their input: a norm weight `[dim]` or a linear whose output rows
+    are the input's channels (AWQ divides its entries / rows by the scales it multiplies the readers' columns
+    by), or None (nothing to fold into: the group is left unscaled). `passengers` read the same input but stay
+    unquantized (the router): their columns are multiplied by the scales too, so they compute what they
+    computed before. `experts`: "none" (layer rows), "each" (expert rows, the group repeats per expert) or
+    "all" (the readers of every expert share the layer's input).
+    """
+
+    readers: tuple[Row, ...]
+    source: Row | None = None
+    passengers: tuple[Row, ...] = ()
+    experts: str = "none"
+
+
 class Family:
     """A model family (see the module docstring). Subclass the nearest relative and state what differs."""
 
@@ -246,6 +264,14 @@ class Family:
         """The layer's output once every expert is added."""
         raise NotImplementedError
 
+    def every_token(self, routing: Any, expert: int) -> Any:
+        """`routing` with every token sent to `expert` alone, at weight 1 (calibration)."""
+        raise NotImplementedError
+
+    def routed_tokens(self, routing: Any, experts: int) -> list[int]:
+        """How many tokens the router sent to each expert."""
+        raise NotImplementedError
+
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------
 
     def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:
@@ -274,6 +300,12 @@ class Family:
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """(Families with experts) uninitialised storage for one layer's experts in transformers' layout."""
+        raise NotImplementedError
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """The layer's quantized weights grouped by the input they read (see `InputGroup`)."""
         raise NotImplementedError
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
