@@ -53,3 +53,21 @@ def test_a_bad_target_is_named(value: object, message: str) -> None:
     with pytest.raises(RecipeError) as info:
         parse_recipe({**RAW, "quantized": value}, where="r.yaml")
     assert message in str(info.value)
+
+
+def test_the_release_dry_run_lists_the_recipes_quantized_repos(tmp_path: Path) -> None:
+    from hubtools.pipeline.overlay import release_options
+    from hubtools.pipeline.release import plan_release
+    from hubtools.testing import tiny_params, write_native_checkpoint
+
+    params = tiny_params(n_layers=1, dim=32, n_heads=4, n_kv_heads=2, hidden_dim=64)
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer="v1")
+    recipe = parse_recipe(RAW, where="r.yaml")
+    options = release_options(recipe, card=None)
+    options = type(options)(**{**options.__dict__, "check": None, "card": None})  # a tiny source, not 8x7B
+    plan = plan_release(str(native), "acme/tiny", options=options)
+    assert [(q["repo_id"], q["method"]) for q in plan["quantized"]] == [
+        ("mistral-community/Mixtral-8x7B-v0.1-GPTQ", "gptq"),
+        ("mistral-community/Mixtral-8x7B-v0.1-AWQ", "awq"),
+    ]
+    assert all("README" not in f for q in plan["quantized"] for f in q["files"])
