@@ -111,7 +111,9 @@ def test_transformers_loads_the_folder_with_no_missing_unexpected_or_mismatched_
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_transformers_uses_every_quantized_tensor_as_compressed_tensors_dequantizes_it(reports: dict, case: str) -> None:
+def test_transformers_uses_every_quantized_tensor_as_compressed_tensors_dequantizes_it(
+    reports: dict, case: str
+) -> None:  # noqa: E501
     tensors = reports[case]["tensors"]
     assert tensors["passed"] and tensors["differ"] == [] and tensors["compared"] > 0, tensors
     assert tensors["quantized_in_folder"] == (32 if case.startswith("mixtral") else 14)
@@ -166,7 +168,8 @@ def test_every_expert_is_calibrated_even_one_the_router_never_picks(models: dict
     for layer, counts in report["experts_calibrated_tokens"].items():
         assert counts == [tokens] * 4, (layer, counts)
         assert report["experts_routed_tokens"][layer][NEVER_PICKED] == 0, report["experts_routed_tokens"]
-    folder, source = FolderTensors(models["mixtral-gptq"]), load_file(models["mixtral-source"] / "consolidated.safetensors")
+    folder = FolderTensors(models["mixtral-gptq"])
+    source = load_file(models["mixtral-source"] / "consolidated.safetensors")
     for w in ("w1", "w2", "w3"):
         name = f"layers.0.feed_forward.experts.{NEVER_PICKED}.{w}.weight"
         ours = folder.read(f"model.layers.0.block_sparse_moe.experts.{NEVER_PICKED}.{w}.weight")
@@ -183,11 +186,12 @@ def test_a_renamed_expert_is_caught_as_transformers_reinitialising_it(models: di
     shutil.copytree(models["mixtral-gptq"], broken)
     index_path = broken / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
-    for shard in sorted({f for f in index["weight_map"].values()}):
+    for shard in sorted(set(index["weight_map"].values())):
         tensors = load_file(broken / shard)
         renamed = {k.replace(".experts.0.w1.", ".experts.0.gate_proj."): v for k, v in tensors.items()}
         save_file(renamed, broken / shard, metadata={"format": "pt"})
-    index["weight_map"] = {k.replace(".experts.0.w1.", ".experts.0.gate_proj."): v for k, v in index["weight_map"].items()}
+    rename = {k: k.replace(".experts.0.w1.", ".experts.0.gate_proj.") for k in index["weight_map"]}
+    index["weight_map"] = {rename[k]: v for k, v in index["weight_map"].items()}
     index_path.write_text(json.dumps(index))
     report = verify_quantized(models["mixtral-source"], broken).to_json()
     assert not report["passed"] and not report["load"]["passed"]

@@ -68,3 +68,35 @@ def search_scales(
             best = (loss, alpha, s)
     assert best is not None
     return best[2], best[1], best[0] / baseline if baseline > 0 else 1.0
+
+
+def clipped_round_to_nearest(
+    w: torch.Tensor, gram: torch.Tensor, *, bits: int, group_size: int, grid: int = 20, shrink: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AWQ's clipping search, then rounding: per row and group, the scale `ratio * max|w| / half-range`
+    (ratio from 1 down to `shrink`) whose rounding error on the inputs, `e G_gg e^T` with `G_gg` the group's
+    block of the Gram matrix, is smallest. Returns (dequantized weight, scales `[rows, groups]`)."""
+    from hubtools.quantization.scheme import SCALE_DTYPE, code_range, fake_quantize
+
+    rows, columns = w.shape
+    groups = columns // group_size
+    qmin, qmax = code_range(bits)
+    grouped = w.float().reshape(rows, groups, group_size)
+    blocks = torch.stack(
+        [gram[g * group_size : (g + 1) * group_size, g * group_size : (g + 1) * group_size] for g in range(groups)]
+    ).float()
+    absmax = grouped.abs().amax(-1, keepdim=True)
+    best_err = torch.full((rows, groups), float("inf"), device=w.device)
+    best_deq, best_scale = torch.zeros_like(grouped), torch.ones(rows, groups, 1, device=w.device)
+    for step in range(grid):
+        ratio = 1.0 - (1.0 - shrink) * step / grid
+        scale = (absmax * ratio / ((qmax - qmin) / 2)).to(SCALE_DTYPE).float()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        deq = fake_quantize(grouped, scale, bits)
+        err = (deq - grouped).transpose(0, 1)  # [groups, rows, group_size]
+        cost = (torch.bmm(err, blocks) * err).sum(-1).T
+        better = cost < best_err
+        best_err = torch.where(better, cost, best_err)
+        best_deq = torch.where(better[..., None], deq, best_deq)
+        best_scale = torch.where(better[..., None], scale, best_scale)
+    return best_deq.reshape(rows, columns), best_scale.reshape(rows, groups)

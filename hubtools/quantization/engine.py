@@ -24,7 +24,7 @@ import torch
 from hubtools.errors import QuantizeError
 from hubtools.model.family import InputGroup, ModelParams
 from hubtools.model.names import NameTable, TensorSpec
-from hubtools.quantization.awq import search_scales
+from hubtools.quantization.awq import clipped_round_to_nearest, search_scales
 from hubtools.quantization.capture import InputStats, LinearInputs
 from hubtools.quantization.gptq import gptq
 from hubtools.quantization.scheme import QuantizeOptions, check_group_size, round_to_nearest
@@ -93,6 +93,7 @@ class LayerEngine:
         self.family, self.table = params.family, NameTable(params)
         self.chunks = chunks
         self.hidden: list[torch.Tensor] = []
+        self.input_scales: dict[str, torch.Tensor] = {}  # AWQ: the scales a reader's input is divided by
 
     def run(self, progress: Callable[[str], None]) -> Iterator[Quantized | LayerRecord]:
         """Every tensor of the model in canonical order (and each layer's record after its tensors)."""
@@ -120,7 +121,8 @@ class LayerEngine:
         stats = self._capture(layer, weights, quantized, experts, record)
         if self.options.method == "awq":
             self._fold_awq(layer, groups, experts, weights, stats, record)
-        grids = {name: self._quantize(weights[name], stats[name]) for name in quantized}
+        grids = {name: self._quantize(name, weights[name], stats[name]) for name in quantized}
+        self.input_scales.clear()
         live = dict(weights)
         live.update({name: deq for name, (deq, _) in grids.items()})
         self.hidden = [
@@ -179,6 +181,8 @@ class LayerEngine:
                 )  # fmt: skip
                 for name in [*readers, *passengers]:
                     weights[name] = weights[name] * s
+                for name in readers:  # their input is now x / s: its Gram matrix follows
+                    self.input_scales[name] = s
                 assert source is not None
                 weights[source] = weights[source] / (s if weights[source].ndim == 1 else s[:, None])
                 hf = self.table.by_native[readers[0]].hf
@@ -186,8 +190,14 @@ class LayerEngine:
                     {"first": hf, "readers": len(readers), "alpha": alpha, "error_vs_rtn": round(ratio, 4)}
                 )
 
-    def _quantize(self, w: torch.Tensor, seen: InputStats) -> tuple[torch.Tensor, torch.Tensor]:
+    def _quantize(self, name: str, w: torch.Tensor, seen: InputStats) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
+        if o.method == "awq":
+            gram = seen.gram.float()
+            if name in self.input_scales:
+                s = self.input_scales[name]
+                gram = gram / (s[:, None] * s[None, :])
+            return clipped_round_to_nearest(w, gram, bits=o.bits, group_size=o.group_size)
         if o.method == "gptq":
             return gptq(
                 w, seen.hessian.matrix(), bits=o.bits, group_size=o.group_size, damp=o.damp, act_order=o.act_order

@@ -49,6 +49,7 @@ class QuantizeReport:
     quantized_tensors: int = 0
     unquantized: list[str] = field(default_factory=list)
     layers: list[LayerRecord] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)  # file name -> bytes, as written in DST
     seconds: float = 0.0
     peak_rss_mib: float = 0.0
 
@@ -99,7 +100,8 @@ def _fitted_group(options: QuantizeOptions, columns: set[int]) -> QuantizeOption
     )
 
 
-def _rope_theta(ckpt: Checkpoint) -> float:
+def rope_theta_of(ckpt: Checkpoint) -> float:
+    """The rotary base: an HF source's config.json value, else the documented rule for params.json."""
     if ckpt.layout is Layout.HF:
         from hubtools.model.hf_config import config_rope_theta
 
@@ -158,7 +160,7 @@ def quantize(
             native_reader(ckpt, device),
             pack(rows, device=device, chunk_tokens=max(options.seq_len, CHUNK_TOKENS)),
             options,
-            rope_theta=_rope_theta(ckpt),
+            rope_theta=rope_theta_of(ckpt),
         )
         with atomic_folder(dst, sources=(src,), force=force) as tmp:
             writer = FolderWriter(tmp, ckpt, options)
@@ -170,8 +172,9 @@ def quantize(
             config, generation = hf_configs(ckpt, params)
             ignore = ignored_modules(engine.table.specs, writer.quantized)
             config = {**config, "quantization_config": quantization_config(options, ignore)}
-            writer.finish(config, generation)
-            write_tokenizer(ckpt, tmp, config.get("max_position_embeddings"))
+            names = writer.finish(config, generation)
+            names += write_tokenizer(ckpt, tmp, config.get("max_position_embeddings"))
+            report.files = {name: (tmp / name).stat().st_size for name in names}
             report.quantized_tensors = len(writer.quantized)
             report.unquantized = [s.hf for s in engine.table.specs if s.native not in writer.quantized]
             report.seconds = round(time.monotonic() - started, 3)

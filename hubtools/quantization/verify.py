@@ -33,7 +33,7 @@ from hubtools.model.names import NameTable
 from hubtools.model.transforms import to_native
 from hubtools.quantization.output import FORMAT
 from hubtools.quantization.quality import measure, reference_logits, rtn_getter, transformers_logits
-from hubtools.quantization.run import _rope_theta, native_reader
+from hubtools.quantization.run import native_reader, rope_theta_of
 from hubtools.verification.logits import logit_metrics, prompt_tokens
 
 PACKED = ".weight_packed"
@@ -132,6 +132,16 @@ class FolderTensors:
         return BaseCompressor.get_value_from_registry(FORMAT).decompress(state, self.scheme)["weight"].float()
 
 
+def heldout_texts() -> tuple[str, ...]:
+    """The texts of the held-out set shipped with hubtools (`hubtools.tokenization.calibration`, disjoint from the
+    calibration set), when this installation has it; none otherwise (the built-in verify prompts remain)."""
+    try:
+        from hubtools.tokenization import calibration as shipped  # type: ignore[attr-defined, unused-ignore]
+    except ImportError:
+        return ()
+    return tuple(sample.text for sample in shipped.builtin_heldout() if sample.text)
+
+
 def load_as_users_do(folder: Path) -> tuple[Any, dict[str, Any]]:
     """transformers' model and the load check (missing / unexpected / mismatched keys, errors)."""
     from transformers import AutoModelForCausalLM
@@ -219,8 +229,8 @@ def verify_quantized(
         if model is None:
             report.tensors = {"passed": False, "error": "the folder did not load"}
             return report
-        prompts = prompt_tokens(ckpt.tokenizer_file, params.vocab_size, texts).pack()
-        theta = _rope_theta(ckpt)
+        prompts = prompt_tokens(ckpt.tokenizer_file, params.vocab_size, texts + heldout_texts()).pack()
+        theta = rope_theta_of(ckpt)
         say("logits: transformers on the quantized folder")
         quant = transformers_logits(model, prompts)
         report.tensors = _compare_layers(model, ckpt, tensors)
