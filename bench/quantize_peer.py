@@ -106,7 +106,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runs": {},
     }
     for method in args.methods:
-        symmetric = method == "gptq"
         for tool in args.tools:
             out = work / f"{tool}-{method}"
             timing = run_tool(tool, hf, out, work / "rows.json", method, args.bits, args.group_size, args.hubtools_tree)
@@ -116,8 +115,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if tool == "hubtools":
                 entry["hubtools_verify"] = hubtools_verify(hf, out, args.hubtools_tree)
             result["runs"][f"{tool} {method}"] = entry
-            baseline = qq.rtn(hf, quantized, args.bits, args.group_size, symmetric)
-            result["runs"][f"rtn {method}"] = qq.compare(reference, qq.logits(hf, baseline, held, work / "dense"), held)
+            grid = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+            symmetric = next(iter(grid.values()))["weights"]["symmetric"]  # RTN on the grid the tool wrote
+            name = f"rtn {method} ({'symmetric' if symmetric else 'asymmetric'})"
+            if name not in result["runs"]:
+                baseline = qq.rtn(hf, quantized, args.bits, args.group_size, symmetric)
+                result["runs"][name] = qq.compare(reference, qq.logits(hf, baseline, held, work / "dense"), held)
     return result
 
 
