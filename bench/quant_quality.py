@@ -146,3 +146,23 @@ def compare(reference: list[torch.Tensor], quantized: list[torch.Tensor], rows: 
         "perplexity_original": float(torch.tensor(nll_ref / predicted).exp()),
         "tokens": count,
     }
+
+
+def main() -> None:
+    """Measure one quantized folder against its original on held-out rows (a JSON list of token id rows)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("original", type=Path, help="the unquantized HF folder")
+    parser.add_argument("quantized", type=Path, help="a compressed-tensors pack-quantized folder")
+    parser.add_argument("--rows", type=Path, required=True, help="held-out token id rows (JSON)")
+    parser.add_argument("--workdir", type=Path, default=Path(".bench/quant_quality"))
+    args = parser.parse_args()
+    rows = json.loads(args.rows.read_text())
+    dense, _ = dequantize(args.quantized, args.original)
+    reference = logits(args.original, None, rows, args.workdir)
+    print(json.dumps(compare(reference, logits(args.original, dense, rows, args.workdir), rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
