@@ -148,8 +148,9 @@ class Mixtral(Mistral):
         import torch
 
         tokens = routing.flat.shape[0]
-        chosen = torch.full((tokens, 1), expert, dtype=routing.chosen.dtype)
-        weights = torch.ones((tokens, 1), dtype=routing.weights.dtype)
+        device = routing.flat.device
+        chosen = torch.full((tokens, 1), expert, dtype=routing.chosen.dtype, device=device)
+        weights = torch.ones((tokens, 1), dtype=routing.weights.dtype, device=device)
         return Routing(routing.h_mid, routing.flat, chosen, weights, torch.zeros_like(routing.flat), expert)
 
     def routed_tokens(self, routing: Routing, experts: int) -> list[int]:

@@ -102,6 +102,7 @@ class LayerEngine:
         with torch.no_grad():
             self.hidden = [self.family.embed(c.tokens, weights.__getitem__) for c in self.chunks]
         yield from (Quantized(s, weights[s.native]) for s in specs)
+        del weights  # not held while the layers run
         for layer in range(self.params.n_layers):
             progress(f"layer {layer + 1}/{self.params.n_layers}")
             with torch.no_grad():
