@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
@@ -41,6 +41,9 @@ from hubtools.errors import CardError, VerifyError
 from hubtools.units import human_count, size_both
 from hubtools.verification.report import GgufReport, VerifyReport, load_report
 from hubtools.verification.report_text import check_details, status, verdict
+
+if TYPE_CHECKING:
+    from hubtools.card.forms import Form
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ def render_card(
     runs: Sequence[EvalRun] = (),
     model: ModelFacts | None = None,
     report: VerifyReport | None = None,
+    forms: Sequence[Form] = (),
 ) -> str:
     """Render the README.md text: validated front matter plus the Jinja body.
 
@@ -86,6 +90,8 @@ def render_card(
             card source's results for the same benchmark.
         model (`ModelFacts`, *optional*): facts read from the converted model (`read_model_facts`).
         report (`Mapping`, *optional*): a `hubtools verify --json` report to summarise.
+        forms (`Sequence[Form]`, *optional*): the released forms (`hubtools.card.forms.release_forms`) for the
+            "Quantizations" table.
 
     Returns:
         `str`: the card, ready to be written as README.md.
@@ -105,7 +111,7 @@ def render_card(
     body = (
         jinja_environment()
         .get_template("model_card.md.jinja")
-        .render(**_context(source, benchmarks, runs, model, report))
+        .render(**_context(source, benchmarks, runs, model, report), forms=list(forms))
     )
     text = f"---\n{card_data.to_yaml()}\n---\n\n{body.strip()}\n"
     validate_card_text(text, where=str(source.path))
@@ -273,6 +279,7 @@ def build_card(
     results: Sequence[str | os.PathLike[str]] = (),
     model_dir: str | os.PathLike[str] | None = None,
     report: str | os.PathLike[str] | None = None,
+    forms: Sequence[str | os.PathLike[str]] = (),
     force: bool = False,
 ) -> Path:
     """Resolve, render, validate and write a card: what `hubtools card` does.
@@ -284,6 +291,8 @@ def build_card(
         results (`Sequence[Path]`, *optional*): lm-evaluation-harness `results_*.json` files.
         model_dir (`Path`, *optional*): the converted model (parameter count, chat template).
         report (`Path`, *optional*): a `hubtools verify --json` report.
+        forms (`Sequence[Path]`, *optional*): released quantized and GGUF folders for the "Quantizations" table
+            (with `model_dir`, the unquantized form leads it).
         force (`bool`, *optional*, defaults to `False`): overwrite an existing output.
 
     Returns:
@@ -301,11 +310,19 @@ def build_card(
     output = Path(output)
     check_destination(output, force=force)  # before any work
     source = load_card_source(resolve_card_source(spec, cards_dir=Path(cards_dir)))
+    model = read_model_facts(Path(model_dir)) if model_dir is not None else None
+    rows: list[Form] = []
+    if forms:
+        from hubtools.card.forms import release_forms
+
+        parameters = model.parameters if model else source.parameters
+        rows = release_forms(Path(model_dir) if model_dir else None, [Path(f) for f in forms], parameters)
     text = render_card(
         source,
         runs=[load_lm_eval_results(Path(path)) for path in results],
-        model=read_model_facts(Path(model_dir)) if model_dir is not None else None,
+        model=model,
         report=_verify_report(Path(report)) if report is not None else None,
+        forms=rows,
     )
     return write_card(text, output, force=force)
 

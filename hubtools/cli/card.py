@@ -42,6 +42,19 @@ from hubtools.cli.errors import handle_errors
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Render the GGUF repo card for the *.gguf files in this folder (quality from <file>.verify.json).",
 )
+@click.option(
+    "--quantized",
+    "quantized_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Render the -GPTQ / -AWQ repo card for this `hubtools quantize` folder (quality from --report or "
+    "<DIR>.verify.json).",
+)
+@click.option(
+    "--forms",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A released quantized or GGUF folder for the card's Quantizations table (repeatable).",
+)
 @handle_errors
 def card_command(
     spec: str,
@@ -51,6 +64,8 @@ def card_command(
     report: Path | None,
     force: bool,
     gguf_dir: Path | None,
+    quantized_dir: Path | None,
+    forms: tuple[Path, ...],
 ) -> None:
     """Render the model card of SPEC (a card source path or a release name in cards/)."""
     if gguf_dir is not None:
@@ -58,9 +73,21 @@ def card_command(
 
         click.echo(str(write_gguf_card(spec, output, gguf_dir, reports=(report,) if report else (), force=force)))
         return
+    if quantized_dir is not None:
+        from hubtools.card.quantized import write_quantized_card
+
+        click.echo(str(write_quantized_card(spec, output, quantized_dir, report=report, force=force)))
+        return
     from hubtools.card.render import build_card
 
     written = build_card(
-        spec, output, cards_dir=Path("cards"), results=results, model_dir=model_dir, report=report, force=force
+        spec,
+        output,
+        cards_dir=Path("cards"),
+        results=results,
+        model_dir=model_dir,
+        report=report,
+        forms=forms,
+        force=force,
     )
     click.echo(str(written))

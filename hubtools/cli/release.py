@@ -121,3 +121,8 @@ def _print_release_plan(plan: dict[str, Any], repo_id: str, as_json: bool) -> No
             click.echo(f"{'':>17}{t['name']} <- {t['source']}: {ranges}")
     click.echo(f"{'':>15}  + {', '.join(plan['small_files'])}")
     click.echo(f"would publish {plan['total_bytes']:,d} bytes of weights to '{repo_id}' in one commit (nothing sent)")
+    for q in plan.get("quantized", []):
+        click.echo(
+            f"then {q['method'].upper()} {q['bits']}-bit, group {q['group_size']}, to '{q['repo_id']}' "
+            "(quantize, verify, card, publish)"
+        )

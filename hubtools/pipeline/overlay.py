@@ -26,6 +26,7 @@ from hubtools.dtypes import DType
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.model.names import Layout
+from hubtools.pipeline.quantized_targets import QuantizedTarget
 from hubtools.pipeline.recipe import Recipe, check_source
 from hubtools.tokenization.choices import ChatTemplate
 from hubtools.validation import byte_size, cast_dtype, compute_dtype, file_stem, split_size
@@ -177,6 +178,7 @@ class ReleaseOptions:
     private: bool = False
     tag: str | None = None
     check: Check | None = None
+    quantized: tuple[QuantizedTarget, ...] = ()  # the recipe's GPTQ / AWQ repos (`quantized_release`)
 
     def __post_init__(self) -> None:
         """The values are checked however the options are made (`release_options` or the constructor).
@@ -220,4 +222,5 @@ def release_options(
         private=private,
         tag=tag,
         check=source_check(recipe),
+        quantized=recipe.quantized if recipe is not None else (),
     )

@@ -1,7 +1,8 @@
 """Release recipes (`converters/*.yaml`): data only, loaded into frozen dataclasses and validated.
 
 A recipe names its source, the architecture and params it expects (used to reject a wrong source),
-config overrides, dtype, shard size, chat template, target repo id and card source.
+config overrides, dtype, shard size, chat template, target repo id and card source, and the quantized
+releases beside it (`gguf:` types, `quantized:` GPTQ / AWQ repos).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
+from hubtools.pipeline.quantized_targets import QuantizedTarget, parse_quantized_targets
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 from hubtools.validation import byte_size, cast_dtype
 
@@ -39,6 +41,7 @@ _KEYS = {
     "card",
     "tags",
     "gguf",
+    "quantized",
 }
 _OVERRIDES = {"rope_theta", "max_position_embeddings"}
 
@@ -62,6 +65,7 @@ class Recipe:
     overrides: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     gguf: tuple[QuantType, ...] = ()  # GGUF quant types to release (`hubtools gguf`), e.g. Q8_0, Q4_K_M
+    quantized: tuple[QuantizedTarget, ...] = ()  # GPTQ / AWQ repos to release (`hubtools quantize`)
 
     def config_overrides(self) -> ConfigOverrides:
         return ConfigOverrides(
@@ -129,6 +133,7 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         overrides=dict(overrides),
         path=where,
         gguf=_gguf_list(raw.get("gguf"), where),
+        quantized=parse_quantized_targets(raw.get("quantized"), _need(raw, "repo_id", str, where), where),
     )
 
 

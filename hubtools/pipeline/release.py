@@ -39,6 +39,7 @@ from hubtools.converter import ConversionPlan, converted_bytes, plan
 from hubtools.dtypes import DType
 from hubtools.errors import PublishError, VerifyError
 from hubtools.pipeline.overlay import ReleaseOptions
+from hubtools.pipeline.quantized_release import plan_quantized
 from hubtools.pipeline.release_files import (
     ReleaseResult,
     dry_run_plan,
@@ -117,7 +118,8 @@ def plan_release(src: str, repo_id: str, *, options: ReleaseOptions, api: HfApi 
             write_small_files(ckpt, conversion, out, chat_template=ChatTemplate(options.chat_template).value)
             if options.card:
                 write_card(options.card, out, cards_dir=options.cards_dir, ckpt=ckpt, report=None)
-            return dry_run_plan(src, ckpt, conversion, [f.path for f, _ in small_files(out)])
+            planned = dry_run_plan(src, ckpt, conversion, [f.path for f, _ in small_files(out)])
+            return {**planned, "quantized": plan_quantized(options.quantized, card=options.card)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -1,0 +1,79 @@
+"""Benchmark: wall time and peak memory of quantizing with hubtools vs llm-compressor, side by side in one run, at
+two widths and two depths (memory should stay flat as depth grows: hubtools holds one decoder layer plus the
+calibration activations; llm-compressor loads the whole model).
+
+Random Mixtrals (bench/quantize_peer.py's `build_model`: real v1 tokenizer, outlier channels, bf16), the same
+calibration rows for both tools (the package's default set), GPTQ 4-bit, each run in its own process; peak RSS
+is the child's own high-water mark (VmHWM), wall time includes loading and writing.
+
+    python bench/quantize.py [--dims 512 1024] [--layers 2 8] [--samples 32] [--seq-len 128] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+from quantize_peer import HUBTOOLS_TREE, build_model, run_tool, token_rows  # noqa: E402  (same folder)
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for dim in args.dims:
+        for layers in args.layers:
+            work = args.workdir / f"d{dim}-l{layers}"
+            hf = build_model(work / "model", moe=True, dim=dim, layers=layers, experts=args.experts)
+            rows, _ = token_rows(hf, args.samples, args.seq_len, 1)
+            (work / "rows.json").write_text(json.dumps(rows))
+            for tool in args.tools:
+                out = work / f"{tool}-{args.method}"
+                timing = run_tool(
+                    tool, hf, out, work / "rows.json", args.method, 4, args.group_size, args.hubtools_tree
+                )
+                results.append({"dim": dim, "layers": layers, "size": _size(hf), "tool": tool, **timing})
+                print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| dim | layers | bf16 size | tool | wall s | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['dim']} | {r['layers']} | {r['size'] / 2**20:,.0f} MiB | {r['tool']} | {r['seconds']:.1f} | "
+            f"{r['peak_rss'] / 2**20:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", nargs="+", type=int, default=[512, 1024])
+    parser.add_argument("--layers", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--method", choices=["gptq", "awq"], default="gptq")
+    parser.add_argument("--tools", nargs="+", default=["llmc", "hubtools"], choices=["llmc", "hubtools"])
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--workdir", type=Path, default=Path(".bench/quantize"))
+    parser.add_argument("--hubtools-tree", type=Path, default=HUBTOOLS_TREE)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.workdir = args.workdir.resolve()
+    results = measure(args)
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
