@@ -165,7 +165,9 @@ def _tokenizer(expect: dict[str, Any], where: str) -> tuple[str | None, str | No
         _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
     if version is not None:
         if tokenizer != TokenizerVersion.TEKKEN.value:
-            raise RecipeError(f"{where}: 'expect.tokenizer_version' is for tekken, but 'expect.tokenizer' is {tokenizer!r}")
+            raise RecipeError(
+                f"{where}: 'expect.tokenizer_version' is for tekken, but 'expect.tokenizer' is {tokenizer!r}"
+            )
         _one_of(version, TEKKEN_VERSIONS, "expect.tokenizer_version", where)
     return tokenizer, version
 
