@@ -43,6 +43,7 @@ from hubtools.verification.report import GgufReport, VerifyReport, load_report
 from hubtools.verification.report_text import check_details, status, verdict
 
 logger = logging.getLogger(__name__)
+MODEL_CLASSES = {"image-text-to-text": "AutoModelForImageTextToText"}  # pipeline_tag -> transformers' auto class
 
 
 def mistral_tokenizer(tokenizer: str, native: Path | None = None) -> Any:
@@ -149,6 +150,8 @@ def _context(
         "repo_id": source.repo_id,
         "architecture": source.architecture,
         "tokenizer": source.tokenizer.value,
+        "tokenizer_version": source.tokenizer_version,
+        "model_class": MODEL_CLASSES.get(str(source.metadata.get("pipeline_tag")), "AutoModelForCausalLM"),
         "context_length": source.context_length or (model.context_length if model else None),
         "config_context_length": model.context_length if model and source.context_length else None,
         "sliding_window": model.sliding_window if model and model.folder else source.sliding_window,

@@ -21,7 +21,7 @@ from hubtools.dtypes import DType
 from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
-from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
+from hubtools.tokenization.choices import TEKKEN_VERSIONS, ChatTemplate, TokenizerVersion
 from hubtools.validation import byte_size, cast_dtype
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
 TOKENIZERS = tuple(v.value for v in TokenizerVersion)
-TEKKEN_VERSIONS = ("v3", "v7", "v11", "v13", "v15")  # tekken.json `config.version` (mistral-common's)
 KEEP = "keep"  # `dtype: keep`: the source's dtype (an FP8 release stays FP8)
 _KEYS = {
     "name",
