@@ -54,7 +54,7 @@ def _unsupported(path: Path) -> str | None:
 
 def _cases(paths: list[Path]) -> list[Any]:
     return [
-        pytest.param(p, id=p.stem, marks=pytest.mark.xfail(reason=why, strict=True)) if (why := _unsupported(p)) else p
+        pytest.param(p, id=p.stem, marks=[pytest.mark.xfail(reason=why, strict=True)] if (why := _unsupported(p)) else [])
         for p in paths
     ]
 
