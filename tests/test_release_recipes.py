@@ -54,7 +54,9 @@ def _unsupported(path: Path) -> str | None:
 
 def _cases(paths: list[Path]) -> list[Any]:
     return [
-        pytest.param(p, id=p.stem, marks=[pytest.mark.xfail(reason=why, strict=True)] if (why := _unsupported(p)) else [])
+        pytest.param(
+            p, id=p.stem, marks=[pytest.mark.xfail(reason=why, strict=True)] if (why := _unsupported(p)) else []
+        )
         for p in paths
     ]
 
@@ -134,3 +136,19 @@ def test_a_recipe_checks_the_tekken_instruct_version(version: str, accepted: boo
         else:
             with pytest.raises(RecipeError, match="tokenizer tekken.json is tekken v13, recipe expects tekken v11"):
                 check_source(recipe, ckpt)
+
+
+@pytest.mark.parametrize("family_fields", [{}, {"sliding_window": [None, 8]}])
+def test_params_context_field_is_read_under_either_name(family_fields: dict[str, Any]) -> None:
+    from hubtools.errors import ParamsError
+
+    base = {"dim": 64, "n_layers": 2, "head_dim": 16, "hidden_dim": 128, "n_heads": 4, "n_kv_heads": 2,
+            "norm_eps": 1e-5, "vocab_size": 1000, "rope_theta": 1e9, **family_fields}  # fmt: skip
+    for key in ("max_position_embeddings", "max_seq_len"):
+        params = parse_params({**base, key: 131072})
+        assert params.max_seq_len == 131072 and params.to_dict()[key] == 131072
+        assert to_hf_config(params, dtype="bfloat16").config["max_position_embeddings"] == 131072
+    with pytest.raises(
+        ParamsError, match="'max_seq_len' \\(32768\\) and 'max_position_embeddings' \\(131072\\) disagree"
+    ):
+        parse_params({**base, "max_seq_len": 32768, "max_position_embeddings": 131072})
