@@ -84,6 +84,28 @@ def tiny_params(
     )
 
 
+def tiny_mistral4_params(**changes: object) -> ModelParams:
+    """Small, valid Mistral 4 params (MLA, routed + shared experts, grouped routing, one leading dense layer,
+    YaRN); `changes` replace top-level fields, `moe_*` / `yarn_*` keyword names replace those inside."""
+    raw: dict[str, object] = {
+        "dim": 64, "n_layers": 3, "hidden_dim": 96, "n_heads": 4, "n_kv_heads": 4, "norm_eps": 1e-6,
+        "vocab_size": 32000, "rope_theta": 10000.0, "max_position_embeddings": 4096, "q_lora_rank": 32,
+        "kv_lora_rank": 16, "qk_rope_head_dim": 16, "qk_nope_head_dim": 8, "v_head_dim": 16,
+        "moe": {"num_experts": 8, "num_experts_per_tok": 2, "expert_hidden_dim": 32, "num_shared_experts": 1,
+                "routed_scale": 1.5, "num_expert_groups": 1, "num_expert_groups_per_tok": 1,
+                "first_k_dense_replace": 1},
+        "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024, "beta": 32.0, "alpha": 1.0},
+        "llama_4_scaling": {"beta": 0.1, "original_max_position_embeddings": 1024},
+    }  # fmt: skip
+    for key, value in changes.items():
+        section, _, inner = key.partition("_")
+        if section in ("moe", "yarn") and inner and key not in raw:
+            raw[section] = {**raw[section], inner: value}  # type: ignore[dict-item]
+        else:
+            raw[key] = value
+    return family_named("mistral4").parse_params(raw, source="params.json")
+
+
 def tiny_ministral3_params(
     *,
     tied: bool = False,

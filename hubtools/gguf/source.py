@@ -17,7 +17,7 @@ import numpy as np
 
 from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import CorruptFileError, LayoutError, ParamsError, QuantizeError, TokenizerError
+from hubtools.errors import CorruptFileError, LayoutError, MappingError, ParamsError, QuantizeError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
@@ -78,6 +78,9 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
             raise ParamsError(f"{folder}: a {ckpt.params.architecture} cannot be exported to GGUF ({why})")
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
+        refusal = ckpt.params.family.gguf_refusal()
+        if refusal is not None:
+            raise MappingError(f"{folder}: {refusal}")
         if ckpt.params.quantization is not None:
             raise QuantizeError(
                 f"{folder}: FP8 weights (float8_e4m3fn with scales) are not exported to GGUF directly; convert with "

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
 from hubtools.model.fp8 import Fp8, with_scales
-from hubtools.model.rows import Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
     import torch
@@ -147,6 +147,10 @@ class Family:
         """The config.json keys that are this family's own (architecture, model_type, ...)."""
         raise NotImplementedError
 
+    def checked_config_fields(self, params: ModelParams) -> dict[str, Any]:
+        """The family's own config.json fields that verify compares (those that change the forward); none here."""
+        return {}
+
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
@@ -177,6 +181,10 @@ class Family:
 
     def shared_rows(self, params: ModelParams) -> tuple[Row, ...]:
         """Rows whose tensors a later part of the forward uses again (a tied output: the embedding)."""
+        return ()
+
+    def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
+        """The HF tensors stored fused (several table tensors back to back); none by default."""
         return ()
 
     def experts(self, params: ModelParams, layer: int) -> int:
@@ -225,6 +233,10 @@ class Family:
     def indices(self, names: Iterable[str]) -> tuple[set[int], set[int]]:
         """The layer and expert indices that tensor names (native or HF) hold, without a table."""
         raise NotImplementedError
+
+    def gguf_refusal(self) -> str | None:
+        """Why `hubtools gguf` does not export this family (one line), or None when it does."""
+        return None
 
     # -- the reference forward (native names) -----------------------------------------------------------------
 

@@ -82,6 +82,31 @@ class TensorSpec:
         return self.layer if self.part is Part.LAYER and self.layer is not None else 1 << 30
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """One HF tensor that holds several tensors of the table back to back (transformers' fused experts).
+
+    `parts` are the table's HF names in byte order, each of shape `part_shape`; the stored tensor has
+    `shape` (as many elements as the parts together). Readers split it into its parts, writers
+    write the parts' bytes one after the other: no part is ever transformed across the join. An alias is a
+    table tensor the fused one holds only once (transformers' one activation scale for an expert's gate and
+    up halves): it must equal its part, and reads back as it.
+    """
+
+    hf: str
+    parts: tuple[str, ...]
+    shape: tuple[int, ...]
+    part_shape: tuple[int, ...]
+    aliases: tuple[tuple[str, str], ...] = ()  # (name, part): a tensor stored once, as that part, equal to it
+
+    def prefixed(self, prefix: str) -> Fusion:
+        """This fusion with every HF name under `prefix` (a wrapper holding the text model, e.g. a vision one)."""
+        return Fusion(
+            prefix + self.hf, tuple(prefix + p for p in self.parts), self.shape, self.part_shape,
+            tuple((prefix + a, prefix + p) for a, p in self.aliases),
+        )  # fmt: skip
+
+
 def expand(
     rows: Iterable[Row], dims: dict[str, int], part: Part, layer: int | None = None, expert: int | None = None
 ) -> Iterator[TensorSpec]:

@@ -205,8 +205,8 @@ def verify(
     native, hf = assign_folders(native, hf)
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
-        audit = index_hf_folder(hf)
         check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
+        audit = index_hf_folder(hf).split(src.params)
         table = NameTable(src.params)
         hf_table = NameTable(hf_side_params(src.params, audit.config))
         structure = check_structure(src, audit, table, hf_table, rope_theta=rope_theta)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed_files, read_weight_map
 from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
-from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.reader import Checkpoint, split_fusions
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import ParamsError
+from hubtools.errors import MappingError, ParamsError
 from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
 from hubtools.model import fp8
 from hubtools.model.family import ModelParams
@@ -55,6 +55,13 @@ class HfFolder:
     tensors: dict[str, TensorSource]
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+
+    def split(self, params: ModelParams) -> HfFolder:
+        """This folder with its fused tensors as their parts (`split_fusions`); a bad fusion is a problem."""
+        try:
+            return replace(self, tensors=split_fusions(params, self.tensors, where="HF"))
+        except (MappingError, ParamsError) as exc:
+            return replace(self, problems=(*self.problems, str(exc)))
 
     def checkpoint(self, params: ModelParams) -> Checkpoint:
         """A reader over the tensors that could be indexed (first copy of a duplicate)."""
@@ -235,6 +242,25 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     kinds = expected.config.get("layer_types")
     if kinds is not None and not _same(kinds, config.get("layer_types")):
         problems.append(f"config.json layer_types: expected {_fmt(kinds)}, found {_fmt(config.get('layer_types'))}")
+    problems += _family_problems(config, params.family.checked_config_fields(params))
+    return problems
+
+
+def _family_problems(config: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """The family's own config.json fields (an object compared key by key), beyond `COMPARED_FIELDS`."""
+    problems = []
+    for key, want in fields.items():
+        if key in COMPARED_FIELDS:
+            continue
+        found = config.get(key)
+        if isinstance(want, dict):
+            inner = found if isinstance(found, dict) else {}
+            pairs = [(f"{key}.{k}", v, inner.get(k)) for k, v in want.items()]
+        else:
+            pairs = [(key, want, found)]
+        for name, expected, found in pairs:
+            if not _same(expected, found):
+                problems.append(f"config.json {name}: expected {_fmt(expected)}, found {_fmt(found, like=expected)}")
     return problems
 
 
