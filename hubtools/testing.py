@@ -271,3 +271,25 @@ def _split_file(path: Path, parts: int) -> None:
             with path.with_name(pth_split_name(i, path.name)).open("wb") as dst:
                 dst.write(src.read(step))
     path.unlink()
+
+
+def add_outlier_channels(
+    folder: Path, params: ModelParams, *, channels: tuple[int, ...] = (3, 41), scale: float = 25.0
+) -> Path:
+    """Give a native safetensors checkpoint the activation outliers real models have: the norm weights of
+    every layer scaled by `scale` on `channels` (a few input channels of every linear then dominate: what
+    GPTQ's Hessian and AWQ's scales exist for). Rewrites consolidated.safetensors in place.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from hubtools.model.names import NameTable
+
+    path = folder / NATIVE_SINGLE
+    tensors = load_file(path)
+    norms = {s.native for s in NameTable(params).specs if len(s.shape) == 1 and s.layer is not None}
+    for name in norms:
+        boosted = tensors[name].float()
+        boosted[list(channels)] *= scale
+        tensors[name] = boosted.to(tensors[name].dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return folder

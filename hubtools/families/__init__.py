@@ -1,6 +1,7 @@
 """Model families: one module per family, each stating only what differs from its nearest relative.
 
-`mistral` is the dense decoder; `mixtral` derives from it and adds the mixture of experts. A family owns
+`mistral` is the dense decoder; `mixtral` derives from it and adds the mixture of experts, `ministral` per-layer
+sliding windows, `ministral3` YaRN, llama-4 query scaling and tied embeddings. A family owns
 everything that differs between families (the contract is `hubtools.model.family.Family`): recognising
 its params.json / config.json, the params <-> config fields, its rows of the name table (native <-> HF <->
 GGUF, per layer and per expert), the transforms of those rows, and its blocks for the reference forward and
@@ -10,7 +11,8 @@ tensor name.
 Adding a family:
 
 1. Write `hubtools/families/NAME.py`: subclass the nearest relative (`Mistral`, `Mixtral`, ...), set
-   `name`, `architecture`, `model_type`, override what differs (its `recognises_params` /
+   `name`, `architecture`, `model_type`, the params.json fields it maps (`params_fields`: any other field is
+   refused, `hubtools.model.accounting`), override what differs (its `recognises_params` /
    `recognises_config`, its rows, its blocks), and end with `FAMILY = NAME()`. Modules in this package are
    found by name; a family outside it (a plugin) is declared as an entry point in the group
    `hubtools.families` naming its `FAMILY` object.

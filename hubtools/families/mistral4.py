@@ -83,15 +83,12 @@ class Mistral4(Mixtral):
     architecture = "Mistral4ForCausalLM"
     model_type = "mistral4"
     gguf_architecture = "mistral4"  # llama.cpp's, inside its Mistral3 wrapper only; `hubtools gguf` refuses
+    gguf_unsupported = (
+        "llama.cpp's converter, llama-cpp-python 0.3.36's, has no support for Mistral4ForCausalLM: \"Model "
+        'Mistral4ForCausalLM is not supported"; it reads Mistral 4 only inside Mistral3ForConditionalGeneration'
+    )
     params_fields = fields.TOP_LEVEL  # each mapped or refused by value in `mla_fields.parse`
     params_absent = {}
-
-    def gguf_refusal(self) -> str | None:
-        return (
-            "llama.cpp's converter (llama-cpp-python 0.3.36's) has no support for Mistral4ForCausalLM (\"Model "
-            'Mistral4ForCausalLM is not supported"; it reads Mistral 4 only inside Mistral3ForConditionalGeneration, '
-            "as architecture 'mistral4'), so hubtools exports no GGUF for it"
-        )
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         """An MLA + MoE params.json; with a `vision_encoder`, the vision wrapper's (it hands this family the rest)."""

@@ -83,6 +83,12 @@ def check_config_fields(
     for key, value in given.items():
         if key in NEUTRAL_CONFIG_KEYS or key == fp8.HF_FIELD:  # fp8.parse_hf checks every key of its own
             continue
+        if key == "rope_parameters" and key not in expected:  # a default rope family: only its base belongs there
+            theta = _json(expected.get("rope_theta"))
+            raise ParamsError(
+                f"{source}: field 'rope_parameters' is {_json(value)}, expected "
+                f'{{"rope_type": "default", "rope_theta": {theta}}} for a {params.architecture}'
+            )
         if key not in expected:
             raise ParamsError(
                 f"{source}: unknown field '{key}' for a {params.architecture} (hubtools maps or refuses every "

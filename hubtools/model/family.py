@@ -11,7 +11,9 @@ spell a tensor name. It states:
 - its rows of the name table (native <-> HF <-> GGUF, per model, layer and expert, with transforms);
 - its blocks for the clean-room reference forward on native names (embedding, attention, feed-forward,
   head), each loading weights through `get(native_name)`;
-- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names).
+- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names);
+- for FP8 checkpoints, which rows are linear layers (`fp8_linear`) and which HF modules stay unquantized
+  (`fp8_kept_modules`); the scale rows themselves are added by `hubtools.model.fp8`, never stated.
 
 `Family` holds the generic machinery (expanding rows, counting layers); the families implement the rest.
 Two families are equal when they are the same class.
@@ -102,6 +104,24 @@ class ModelParams:
         return self.family.params_json(self)
 
 
+@dataclass(frozen=True)
+class InputGroup:
+    """Weights of one layer that read the same input, and what makes that input (for quantization).
+
+    `readers` are quantized. `source` makes their input: a norm weight `[dim]` or a linear whose output rows
+    are the input's channels (AWQ divides its entries / rows by the scales it multiplies the readers' columns
+    by), or None (nothing to fold into: the group is left unscaled). `passengers` read the same input but stay
+    unquantized (the router): their columns are multiplied by the scales too, so they compute what they
+    computed before. `experts`: "none" (layer rows), "each" (expert rows, the group repeats per expert) or
+    "all" (the readers of every expert share the layer's input).
+    """
+
+    readers: tuple[Row, ...]
+    source: Row | None = None
+    passengers: tuple[Row, ...] = ()
+    experts: str = "none"
+
+
 class Family:
     """A model family (see the module docstring). Subclass the nearest relative and state what differs."""
 
@@ -154,6 +174,10 @@ class Family:
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
+
+    def generation_fields(self, params: ModelParams) -> dict[str, Any]:
+        """generation_config.json keys of its own, beside bos/eos (a pad token)."""
+        return {}
 
     def layer_window(self, params: ModelParams, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
@@ -234,10 +258,6 @@ class Family:
         """The layer and expert indices that tensor names (native or HF) hold, without a table."""
         raise NotImplementedError
 
-    def gguf_refusal(self) -> str | None:
-        """Why `hubtools gguf` does not export this family (one line), or None when it does."""
-        return None
-
     # -- the reference forward (native names) -----------------------------------------------------------------
 
     def embed(self, tokens: torch.Tensor, get: Getter) -> torch.Tensor:
@@ -279,6 +299,14 @@ class Family:
         """The layer's output once every expert is added."""
         raise NotImplementedError
 
+    def every_token(self, routing: Any, expert: int) -> Any:
+        """`routing` with every token sent to `expert` alone, at weight 1 (calibration)."""
+        raise NotImplementedError
+
+    def routed_tokens(self, routing: Any, experts: int) -> list[int]:
+        """How many tokens the router sent to each expert."""
+        raise NotImplementedError
+
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------
 
     def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:
@@ -308,6 +336,12 @@ class Family:
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """(Families with experts) uninitialised storage for one layer's experts in transformers' layout."""
+        raise NotImplementedError
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """The layer's quantized weights grouped by the input they read (see `InputGroup`)."""
         raise NotImplementedError
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:

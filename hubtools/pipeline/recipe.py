@@ -213,6 +213,13 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
+def architectures() -> tuple[str, ...]:
+    """The architectures a recipe may name: every known family's (`hubtools.families`)."""
+    from hubtools.families import known_families
+
+    return tuple(dict.fromkeys(f.architecture for f in known_families()))
+
+
 def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
     """Reject a source that is not the checkpoint this recipe describes.
 

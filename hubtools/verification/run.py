@@ -219,7 +219,6 @@ def verify(
                 dst,
                 hf,
                 table,
-                hf_table,
                 forward_ready(src, audit, table, hf_table),
                 dtype=compute,
                 rope_theta=theta,
@@ -227,6 +226,7 @@ def verify(
                 progress=say,
                 texts=prompt_texts(prompts_path),
                 audit_config=audit.config,
+                hf_table=hf_table,
             )
             say("tokenizer")
             tokenizer = check_tokenizer_parity(src, hf, prompts_path)

@@ -286,7 +286,6 @@ def one_pass(
     hf: Checkpoint,
     hf_folder: Path,
     table: NameTable,
-    hf_table: NameTable,
     ready: bool,
     *,
     dtype: torch.dtype,
@@ -295,6 +294,7 @@ def one_pass(
     progress: Callable[[str], None],
     texts: tuple[str, ...] = (),
     audit_config: dict[str, Any] | None = None,
+    hf_table: NameTable | None = None,
 ) -> tuple[TensorsCheck, LogitsCheck]:
     """`verify`'s tensors and logits checks from one read of each tensor on each side.
 
@@ -304,6 +304,7 @@ def one_pass(
     FP8 scales when the conversion dequantized them).
     """
     name = dtype_name(dtype)
+    hf_table = hf_table or table
     tally = TensorTally(hf_table, native.params)
     lockstep, error = None, None
     if not enabled:
