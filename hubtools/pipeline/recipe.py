@@ -126,7 +126,7 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         dtype_name = str(raw.get("dtype", "bfloat16"))  # str: a null dtype is 'None', refused
         dtype = None if dtype_name == KEEP else cast_dtype(dtype_name)
     except InvalidValueError as exc:
-        raise RecipeError(f"{where}: {exc} (or '{KEEP}')") from None
+        raise RecipeError(f"{where}: {exc}") from None  # the message `cast_dtype` gives everywhere
     tokenizer, version = _tokenizer(expect, where)
     return Recipe(
         name=_need(raw, "name", str, where),
