@@ -90,9 +90,7 @@ def test_8x22b_recipes_keep_their_vocab_sizes_apart() -> None:
             "'architecture' is 'LlamaForCausalLM' (expected one of MinistralForCausalLM, Ministral3ForCausalLM",
         ),
         ({"colour": "red"}, "unknown key 'colour'"),
-        (
-            {"dtype": "float8"},
-            "r.yaml: dtype 'float8': expected one of bfloat16, float16, float32"),
+        ({"dtype": "float8"}, "r.yaml: dtype 'float8': expected one of bfloat16, float16, float32"),
         ({"expect": ["dim"]}, "r.yaml: 'expect' must be a mapping of field names to values"),
         ({"expect_config": {"rope_parameters..factor": 1}}, "'expect_config' key 'rope_parameters..factor'"),
         ({"expect": {"tokenizer": "tekken", "tokenizer_version": "v9"}}, "'expect.tokenizer_version' is 'v9'"),

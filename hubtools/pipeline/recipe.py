@@ -86,13 +86,6 @@ def _need(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return raw[key]
 
 
-def architectures() -> tuple[str, ...]:
-    """The architectures a recipe may name: every known family's (`hubtools.families.known_families`)."""
-    from hubtools.families import known_families
-
-    return tuple(dict.fromkeys(f.architecture for f in known_families()))
-
-
 def _one_of(value: Any, allowed: tuple[str, ...], key: str, where: str) -> Any:
     if value not in allowed:
         raise RecipeError(f"{where}: '{key}' is '{value}' (expected one of {', '.join(allowed)})")
