@@ -31,6 +31,7 @@ from tests.helpers import assert_one_line_error
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = sorted((ROOT / "cards").glob("*.md"))
 RECIPES = sorted((ROOT / "converters").glob("*.yaml"))
+OTHER_LICENSES = {"ministral-8b-instruct-2410", "devstral-2-123b-instruct-2512"}  # MRL, modified MIT
 GOLDEN_8X22B = ROOT / "tests" / "golden" / "mixtral-8x22b-v0.1.model-index.yaml"
 # the published card's YAML front matter, as the Hub serves it (indentation lost in the copy; compared stripped)
 PUBLISHED_8X22B = ROOT / "tests" / "data" / "mixtral-8x22b-v0.1.published-front-matter.txt"
@@ -63,7 +64,10 @@ def test_every_card_source_renders_to_metadata_the_hub_accepts(path: Path) -> No
     meta = validate_card_text(text)
     card = ModelCard(text)
     assert str(card) == text  # huggingface_hub reads and writes it back unchanged
-    assert card.data.license == "apache-2.0" and meta["pipeline_tag"] == "text-generation"
+    assert card.data.license == ("other" if source.path.stem in OTHER_LICENSES else "apache-2.0")
+    vision = source.architecture.endswith("ForConditionalGeneration")
+    assert meta["pipeline_tag"] == ("image-text-to-text" if vision else "text-generation")
+    assert ("AutoModelForImageTextToText" in text) == vision
     assert f"# {source.title}\n" in text and source.repo_id in text
     assert ("model-index" in meta) == bool(source.benchmarks)
     assert ("[INST]" in text) == (source.kind == "instruct")
@@ -72,19 +76,56 @@ def test_every_card_source_renders_to_metadata_the_hub_accepts(path: Path) -> No
         "## Usage",
         "BitsAndBytesConfig(load_in_4bit=True)",
         'attn_implementation="flash_attention_2"',
-        f"MistralTokenizer.{source.tokenizer.value}()",
+        "MistralTokenizer.from_file("
+        if source.tokenizer == "tekken"
+        else f"MistralTokenizer.{source.tokenizer.value}()",
         "## Memory requirements",
     ):
         assert section in text, section
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def _recipe_cases() -> list[Any]:
+    """Every recipe; those naming a family not merged into this branch are expected to fail to load."""
+    from hubtools.pipeline.recipe import architectures
+
+    out = []
+    for path in RECIPES:
+        arch = yaml.safe_load(path.read_text())["architecture"]
+        why = None if arch in architectures() else f"family of {arch} not merged into this branch"
+        out.append(pytest.param(path, id=path.stem, marks=[pytest.mark.xfail(reason=why, strict=True)] if why else []))
+    return out
+
+
+@pytest.mark.parametrize("path", _recipe_cases())
 def test_every_recipe_names_a_card_source_that_agrees_with_it(path: Path) -> None:
     recipe = load_recipe(path)
     source = load_card_source(ROOT / recipe.card)
     assert (source.repo_id, source.architecture) == (recipe.repo_id, recipe.architecture)
-    assert source.tokenizer == recipe.tokenizer
+    assert (source.tokenizer, source.tokenizer_version) == (recipe.tokenizer, recipe.tokenizer_version)
     assert (source.kind == "instruct") == (recipe.chat_template != "none")
+
+
+def test_every_card_source_has_a_recipe() -> None:
+    assert {p.stem for p in CARDS} == {p.stem for p in RECIPES}
+
+
+def _spec_counts(expect: dict[str, Any]) -> tuple[int, int | None]:
+    """(total, active) from the name table of the release's params: every weight (scales aside); active leaves out
+    the experts a token's router does not pick."""
+    from hubtools.families import parse_params
+    from hubtools.model.names import tensor_specs
+    from hubtools.model.rows import Role
+
+    raw = {k: v for k, v in expect.items() if k != "quantization_config"}
+    params = parse_params(raw)
+    total, expert = 0, 0
+    for spec in tensor_specs(params):
+        if spec.row.role is Role.TENSOR:
+            total += math.prod(spec.shape)
+            expert += math.prod(spec.shape) if spec.expert is not None else 0
+    if not params.is_moe:
+        return total, None
+    return total, total - expert * (params.num_experts - params.num_experts_per_tok) // params.num_experts
 
 
 def _architecture_counts(expect: dict[str, Any]) -> tuple[int, int | None]:
@@ -101,11 +142,14 @@ def _architecture_counts(expect: dict[str, Any]) -> tuple[int, int | None]:
     return total, (outside + expect["n_layers"] * active_layer) if moe else None
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _recipe_cases())
 def test_card_parameter_counts_follow_from_the_recipe_dimensions(path: Path) -> None:
     recipe = load_recipe(path)
     source = load_card_source(ROOT / recipe.card)
-    assert (source.parameters, source.active_parameters) == _architecture_counts(recipe.expect)
+    if path.stem.startswith(("mistral-7b-", "mixtral-")):
+        assert (source.parameters, source.active_parameters) == _architecture_counts(recipe.expect)
+    else:
+        assert (source.parameters, source.active_parameters) == _spec_counts(recipe.expect)
 
 
 # --- the published Mixtral-8x22B-v0.1 model-index ---------------------------------------------------------

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from hubtools.card.forms import Form
 
 logger = logging.getLogger(__name__)
+MODEL_CLASSES = {"image-text-to-text": "AutoModelForImageTextToText"}  # pipeline_tag -> transformers' auto class
 
 
 def mistral_tokenizer(tokenizer: str, native: Path | None = None) -> Any:
@@ -155,6 +156,8 @@ def _context(
         "repo_id": source.repo_id,
         "architecture": source.architecture,
         "tokenizer": source.tokenizer.value,
+        "tokenizer_version": source.tokenizer_version,
+        "model_class": MODEL_CLASSES.get(str(source.metadata.get("pipeline_tag")), "AutoModelForCausalLM"),
         "context_length": source.context_length or (model.context_length if model else None),
         "config_context_length": model.context_length if model and source.context_length else None,
         "sliding_window": model.sliding_window if model and model.folder else source.sliding_window,

@@ -1,6 +1,7 @@
 """Card sources: `cards/<release>.md`, Markdown with YAML front matter, parsed into a `CardSource`.
 
-Front matter keys: `title`, `repo_id`, `kind` (base or instruct), `tokenizer` (mistral-common version),
+Front matter keys: `title`, `repo_id`, `kind` (base or instruct), `tokenizer` (mistral-common version; for
+tekken optionally `tokenizer_version`, its instruct format v3 ... v15),
 `parameters` (and optional `active_parameters`, `context_length`, `sliding_window`, `architecture`,
 `model_name`), `metadata` (the Hub front matter) and `results` (groups of benchmarks sharing a source,
 see `hubtools.card.eval_results.benchmarks_from_source`). The prose before the first `## ` heading is the
@@ -20,7 +21,7 @@ import yaml
 
 from hubtools.card.eval_results import Benchmark, benchmarks_from_source
 from hubtools.errors import CardError
-from hubtools.tokenization.choices import TokenizerVersion
+from hubtools.tokenization.choices import TEKKEN_VERSIONS, TokenizerVersion
 
 
 class ModelKind(str, Enum):
@@ -53,6 +54,7 @@ class CardSource:
     active_parameters: int | None = None
     context_length: int | None = None
     sliding_window: int | None = None
+    tokenizer_version: str | None = None  # tekken's instruct format, when the release's is known
     benchmarks: tuple[Benchmark, ...] = ()
     details_urls: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
@@ -117,6 +119,7 @@ def load_card_source(path: Path) -> CardSource:
         active_parameters=data.get("active_parameters"),
         context_length=data.get("context_length"),
         sliding_window=data.get("sliding_window"),
+        tokenizer_version=data.get("tokenizer_version"),
         benchmarks=benchmarks_from_source(data.get("results"), where=str(path)),
         details_urls={
             g.get("source") or "": g["details_url"]
@@ -138,6 +141,12 @@ def _check_source(data: Any, path: Path) -> None:
         raise CardError(f"{path}: 'kind' must be one of {', '.join(KINDS)}, got {data['kind']!r}")
     if data["tokenizer"] not in TOKENIZERS:
         raise CardError(f"{path}: 'tokenizer' must be one of {', '.join(TOKENIZERS)}, got {data['tokenizer']!r}")
+    version = data.get("tokenizer_version")
+    if version is not None and (data["tokenizer"] != "tekken" or version not in TEKKEN_VERSIONS):
+        raise CardError(
+            f"{path}: 'tokenizer_version' must be one of {', '.join(TEKKEN_VERSIONS)} with tokenizer tekken, "
+            f"got {version!r} with {data['tokenizer']!r}"
+        )
     reserved = sorted({"model-index", "eval_results", "model_name"} & set(data["metadata"]))
     if reserved:
         raise CardError(f"{path}: metadata must not set {', '.join(reserved)} (list benchmarks under 'results')")

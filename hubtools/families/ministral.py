@@ -18,7 +18,7 @@ from typing import Any
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import Mistral
 from hubtools.model.family import ModelParams
-from hubtools.model.params import parse_common
+from hubtools.model.params import context_field, parse_common
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 
@@ -40,11 +40,13 @@ class Ministral(Mistral):
     ) -> ModelParams:
         pattern = _pattern(raw.get("sliding_window"), raw.get("n_layers"), source)
         window = next((w for w in pattern if w is not None), None)
-        common = parse_common({**raw, "sliding_window": window}, source=source, names=names)
-        return ModelParams(**common, family=self, options=(("window_pattern", pattern),))
+        key, positions = context_field(raw, source)
+        common = parse_common({**raw, "sliding_window": window, "max_seq_len": positions}, source=source, names=names)
+        options = (("window_pattern", pattern),) + ((("max_positions_key", key),) if key != "max_seq_len" else ())
+        return ModelParams(**common, family=self, options=options)
 
     def params_json(self, params: ModelParams) -> dict[str, Any]:
-        return {**params.common(), "sliding_window": list(params.option("window_pattern"))}
+        return {**super().params_json(params), "sliding_window": list(params.option("window_pattern"))}
 
     def config_fields(self, params: ModelParams) -> dict[str, Any]:
         kinds = [FULL if self.layer_window(params, i) is None else SLIDING for i in range(params.n_layers)]

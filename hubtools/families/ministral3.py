@@ -25,7 +25,7 @@ from hubtools.errors import ParamsError
 from hubtools.families.mistral import EMBEDDING, NORM, OUTPUT, Mistral
 from hubtools.model.accounting import check_object_fields
 from hubtools.model.family import ModelParams
-from hubtools.model.params import Bad, bad_value, parse_common, positive_int
+from hubtools.model.params import Bad, bad_value, context_field, parse_common, positive_int
 from hubtools.model.rows import Row
 from hubtools.model.yarn import Yarn
 
@@ -43,7 +43,7 @@ class Ministral3(Mistral):
     architecture = "Ministral3ForCausalLM"
     model_type = "ministral3"
     gguf_architecture = "mistral3"
-    params_fields = Mistral.params_fields | {"yarn", "llama_4_scaling", "tied_embeddings", "max_position_embeddings"}
+    params_fields = Mistral.params_fields | {"yarn", "llama_4_scaling", "tied_embeddings"}
     params_absent = {"moe": (None, {}), **dict.fromkeys(MLA_FIELDS, (None,))}  # MLA fields null: not MLA
     default_max_positions = 262144
 
@@ -54,15 +54,8 @@ class Ministral3(Mistral):
         self, raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | None = None
     ) -> ModelParams:
         bad = bad_value(source, names)
-        key = "max_seq_len" if raw.get("max_position_embeddings") is None else "max_position_embeddings"
-        if raw.get("max_seq_len") is None:
-            key = "max_position_embeddings"
-        elif key == "max_position_embeddings" and raw["max_seq_len"] != raw["max_position_embeddings"]:
-            raise ParamsError(
-                f"{source}: fields 'max_seq_len' ({raw['max_seq_len']}) and 'max_position_embeddings' "
-                f"({raw['max_position_embeddings']}) disagree (expected one context length)"
-            )
-        common = parse_common({**raw, "max_seq_len": raw.get(key)}, source=source, names=names)
+        key, positions = context_field(raw, source)
+        common = parse_common({**raw, "max_seq_len": positions}, source=source, names=names)
         yarn = _yarn(raw.get("yarn"), source, bad)
         beta = _llama4_beta(raw.get("llama_4_scaling"), yarn, source, bad)
         tied = raw.get("tied_embeddings", False)

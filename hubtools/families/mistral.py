@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubtools.model.family import Family, Getter, InputGroup, ModelParams
 from hubtools.model.hf_config import config_to_common
-from hubtools.model.params import parse_common
+from hubtools.model.params import context_field, parse_common
 from hubtools.model.rows import Row
 from hubtools.model.transforms import Transform
 
@@ -71,7 +71,7 @@ class Mistral(Family):
     gguf_architecture = "llama"
     params_fields = frozenset(
         ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size",
-         "rope_theta", "sliding_window", "max_seq_len")
+         "rope_theta", "sliding_window", "max_seq_len", "max_position_embeddings")
     )  # fmt: skip
     params_absent = {"tied_embeddings": (False,), "moe": (None, {})}
 
@@ -84,10 +84,16 @@ class Mistral(Family):
     def parse_params(
         self, raw: Mapping[str, Any], *, source: str, names: Mapping[str, str] | None = None
     ) -> ModelParams:
-        return ModelParams(**parse_common(raw, source=source, names=names), family=self)
+        key, positions = context_field(raw, source)
+        common = parse_common({**raw, "max_seq_len": positions}, source=source, names=names)
+        options = (("max_positions_key", key),) if key != "max_seq_len" else ()  # the default name: no option
+        return ModelParams(**common, family=self, options=options)
 
     def params_json(self, params: ModelParams) -> dict[str, Any]:
-        return params.common()
+        out = params.common()
+        if "max_seq_len" in out:  # under the name params.json gave it
+            out[params.option("max_positions_key", "max_seq_len")] = out.pop("max_seq_len")
+        return out
 
     def config_fields(self, params: ModelParams) -> dict[str, Any]:
         return {"architectures": [self.architecture], "model_type": self.model_type}

@@ -67,7 +67,7 @@ class Mixtral(Mistral):
     name = "mixtral"
     architecture = "MixtralForCausalLM"
     model_type = "mixtral"
-    params_fields = Mistral.params_fields | {"moe"}
+    params_fields = (Mistral.params_fields - {"max_position_embeddings"}) | {"moe"}  # no release has it
     params_absent = {"tied_embeddings": (False,)}
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:

@@ -51,6 +51,24 @@ def positive_int(raw: Mapping[str, Any], key: str, bad: Bad) -> int:
     return value
 
 
+def context_field(raw: Mapping[str, Any], source: str) -> tuple[str, Any]:
+    """params.json's context length and the name it goes by: `max_seq_len` (Small 3 2501) or
+    `max_position_embeddings` (Small 3.1 on, Ministral 3); both present must agree.
+
+    Raises:
+        ParamsError: both present with different values, naming them.
+    """
+    seq, positions = raw.get("max_seq_len"), raw.get("max_position_embeddings")
+    if positions is None:
+        return "max_seq_len", seq
+    if seq is not None and seq != positions:
+        raise ParamsError(
+            f"{source}: fields 'max_seq_len' ({seq}) and 'max_position_embeddings' ({positions}) disagree "
+            "(expected one context length)"
+        )
+    return "max_position_embeddings", positions
+
+
 def parse_common(raw: Any, *, source: str = PARAMS, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Validate the fields of a decoded params.json that every family shares: `ModelParams` keyword arguments.
 

@@ -1,7 +1,11 @@
 """Release recipes (`converters/*.yaml`): data only, loaded into frozen dataclasses and validated.
 
-A recipe names its source, the architecture and params it expects (used to reject a wrong source),
-config overrides, dtype, shard size, chat template, target repo id and card source, and the quantized
+A recipe names its source, the architecture (one of the known families', `hubtools.families`) and the
+params.json fields it expects (nested objects too: `yarn`, `llama_4_scaling`, `moe`, `vision_encoder`,
+`quantization`, the MLA ranks; used to reject a wrong source), the tokenizer (`v1`..`v7` SentencePiece or
+`tekken`, and for tekken its instruct version `tokenizer_version`: v3, v7, v11, v13, v15), the config.json
+fields convert must produce (`expect_config`, dotted keys reach into nested objects), config overrides,
+dtype (`keep`: FP8 stays FP8), shard size, chat template, target repo id and card source, and the quantized
 releases beside it (`gguf:` types, `quantized:` GPTQ / AWQ repos).
 """
 
@@ -19,7 +23,7 @@ from hubtools.errors import InvalidValueError, RecipeError
 from hubtools.filenames import DEFAULT_SHARD_SIZE
 from hubtools.model.hf_config import ConfigOverrides
 from hubtools.pipeline.quantized_targets import QuantizedTarget, parse_quantized_targets
-from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
+from hubtools.tokenization.choices import TEKKEN_VERSIONS, ChatTemplate, TokenizerVersion
 from hubtools.validation import byte_size, cast_dtype
 
 if TYPE_CHECKING:
@@ -27,12 +31,14 @@ if TYPE_CHECKING:
 
 CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
 TOKENIZERS = tuple(v.value for v in TokenizerVersion)
+KEEP = "keep"  # `dtype: keep`: the source's dtype (an FP8 release stays FP8)
 _KEYS = {
     "name",
     "description",
     "source",
     "architecture",
     "expect",
+    "expect_config",
     "overrides",
     "dtype",
     "max_shard_size",
@@ -56,12 +62,14 @@ class Recipe:
     source_format: str
     repo_id: str
     card: str
-    dtype: DType = DType.BFLOAT16
+    dtype: DType | None = DType.BFLOAT16  # None: keep the source's (FP8 stays FP8)
     max_shard_size: int = DEFAULT_SHARD_SIZE
     chat_template: ChatTemplate = ChatTemplate.NONE
     tokenizer: TokenizerVersion | None = None
+    tokenizer_version: str | None = None  # tekken's instruct version (`config.version`)
     description: str = ""
     expect: dict[str, Any] = field(default_factory=dict)
+    expect_config: dict[str, Any] = field(default_factory=dict)  # dotted config.json key -> value
     overrides: dict[str, Any] = field(default_factory=dict)
     path: str = ""
     gguf: tuple[QuantType, ...] = ()  # GGUF quant types to release (`hubtools gguf`), e.g. Q8_0, Q4_K_M
@@ -100,8 +108,9 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
     if unknown:
         raise RecipeError(f"{where}: unknown key '{unknown[0]}' (expected some of {', '.join(sorted(_KEYS))})")
     source = _need(raw, "source", dict, where)
-    expect = raw.get("expect") or {}
-    overrides = raw.get("overrides") or {}
+    expect = _mapping(raw.get("expect"), "expect", where)
+    expect_config = _mapping(raw.get("expect_config"), "expect_config", where)
+    overrides = _mapping(raw.get("overrides"), "overrides", where)
     bad = sorted(set(overrides) - _OVERRIDES)
     if bad:
         raise RecipeError(f"{where}: unknown override '{bad[0]}' (expected {', '.join(sorted(_OVERRIDES))})")
@@ -111,12 +120,11 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         raise RecipeError(f"{where}: overrides.{exc}") from None
     try:  # the checks `convert` and the CLI make (`hubtools.validation`)
         shard = byte_size(raw.get("max_shard_size", DEFAULT_SHARD_SIZE), name="max_shard_size")
-        dtype = cast_dtype(str(raw.get("dtype", "bfloat16")))  # str: a null dtype is 'None', refused
+        dtype_name = str(raw.get("dtype", "bfloat16"))  # str: a null dtype is 'None', refused
+        dtype = None if dtype_name == KEEP else cast_dtype(dtype_name)
     except InvalidValueError as exc:
-        raise RecipeError(f"{where}: {exc}") from None
-    tokenizer = expect.get("tokenizer")
-    if tokenizer is not None:
-        _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
+        raise RecipeError(f"{where}: {exc}") from None  # the message `cast_dtype` gives everywhere
+    tokenizer, version = _tokenizer(expect, where)
     return Recipe(
         name=_need(raw, "name", str, where),
         architecture=_one_of(raw.get("architecture"), architectures(), "architecture", where),
@@ -124,17 +132,49 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         source_format=str(source.get("format", "")),
         repo_id=_need(raw, "repo_id", str, where),
         card=_need(raw, "card", str, where),
-        dtype=dtype or DType.BFLOAT16,
+        dtype=dtype,
         max_shard_size=shard,
         chat_template=ChatTemplate(_one_of(raw.get("chat_template", "none"), CHAT_TEMPLATES, "chat_template", where)),
         tokenizer=None if tokenizer is None else TokenizerVersion(tokenizer),
+        tokenizer_version=version,
         description=str(raw.get("description", "")),
-        expect={k: v for k, v in expect.items() if k != "tokenizer"},
+        expect={k: v for k, v in expect.items() if k not in ("tokenizer", "tokenizer_version")},
+        expect_config=_config_expectations(expect_config, where),
         overrides=dict(overrides),
         path=where,
         gguf=_gguf_list(raw.get("gguf"), where),
         quantized=parse_quantized_targets(raw.get("quantized"), _need(raw, "repo_id", str, where), where),
     )
+
+
+def _mapping(value: Any, key: str, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise RecipeError(f"{where}: '{key}' must be a mapping of field names to values, got {value!r}")
+    return value
+
+
+def _tokenizer(expect: dict[str, Any], where: str) -> tuple[str | None, str | None]:
+    """`expect.tokenizer` and, for tekken, `expect.tokenizer_version`, checked."""
+    tokenizer, version = expect.get("tokenizer"), expect.get("tokenizer_version")
+    if tokenizer is not None:
+        _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
+    if version is not None:
+        if tokenizer != TokenizerVersion.TEKKEN.value:
+            raise RecipeError(
+                f"{where}: 'expect.tokenizer_version' is for tekken, but 'expect.tokenizer' is {tokenizer!r}"
+            )
+        _one_of(version, TEKKEN_VERSIONS, "expect.tokenizer_version", where)
+    return tokenizer, version
+
+
+def _config_expectations(expected: dict[str, Any], where: str) -> dict[str, Any]:
+    """`expect_config`: dotted config.json keys (`text_config.rope_parameters.factor`) to values."""
+    for key in expected:
+        if not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"{where}: 'expect_config' key {key!r} must be a config.json key, dotted for nesting")
+    return dict(expected)
 
 
 def _gguf_list(value: Any, where: str) -> tuple[QuantType, ...]:
@@ -187,19 +227,59 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
     where = f"{ckpt.folder} (recipe {recipe.name})"
     if ckpt.params.architecture != recipe.architecture:
         raise RecipeError(f"{where}: architecture is {ckpt.params.architecture}, recipe expects {recipe.architecture}")
-    actual = ckpt.params.to_dict()
-    for key, expected in recipe.expect.items():
-        found = actual.get(key)
-        if found != expected:
-            raise RecipeError(f"{where}: params '{key}' is {found!r}, recipe expects {expected!r}")
+    for key, expected, found in params_mismatches(recipe.expect, ckpt.params.to_dict()):
+        raise RecipeError(f"{where}: params '{key}' is {found!r}, recipe expects {expected!r}")
     if recipe.tokenizer and ckpt.tokenizer_file is not None:
-        from hubtools.tokenization.files import tokenizer_version
+        from hubtools.tokenization.files import instruct_version, tokenizer_version
 
-        version = tokenizer_version(ckpt.tokenizer_file)
+        file = ckpt.tokenizer_file
+        version = tokenizer_version(file)
         if version != recipe.tokenizer:
+            raise RecipeError(f"{where}: tokenizer {file.name} is {version}, recipe expects {recipe.tokenizer.value}")
+        if recipe.tokenizer_version is not None and instruct_version(file) != recipe.tokenizer_version:
             raise RecipeError(
-                f"{where}: tokenizer {ckpt.tokenizer_file.name} is {version}, recipe expects {recipe.tokenizer.value}"
+                f"{where}: tokenizer {file.name} is tekken {instruct_version(file)}, "
+                f"recipe expects tekken {recipe.tokenizer_version}"
             )
+
+
+def params_mismatches(expected: dict[str, Any], actual: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted field, expected, found) for each expected params field the source differs on.
+
+    Nested objects are compared field by field; an expected null means absent (params.json's unused fields).
+
+    Example:
+        >>> params_mismatches({"yarn": {"factor": 16}, "q_lora_rank": None}, {"yarn": {"factor": 16.0, "beta": 32}})
+        []
+    """
+    out: list[tuple[str, Any, Any]] = []
+    for key, want in expected.items():
+        found = actual.get(key)
+        if isinstance(want, dict) and isinstance(found, dict):
+            out += params_mismatches(want, found, f"{prefix}{key}.")
+        elif want != found:
+            out.append((f"{prefix}{key}", want, found))
+    return out
+
+
+def config_mismatches(expected: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, expected, found) for each `expect_config` entry that `config` (a config.json) differs on.
+
+    Example:
+        >>> config_mismatches({"rope_parameters.factor": 16.0}, {"rope_parameters": {"factor": 16.0}})
+        []
+    """
+    out = []
+    for key, want in expected.items():
+        found: Any = config
+        for part in key.split("."):
+            found = found.get(part, _ABSENT) if isinstance(found, dict) else _ABSENT
+        if found is _ABSENT or found != want or isinstance(found, bool) != isinstance(want, bool):
+            out.append((key, want, "absent" if found is _ABSENT else found))
+    return out
+
+
+_ABSENT = object()
 
 
 def find_recipe(name_or_path: str | Path, *, root: Path = Path(".")) -> Path:

@@ -32,6 +32,9 @@ class TokenizerVersion(str, Enum):
         return tuple(v for v in cls if v is not cls.TEKKEN)
 
 
+TEKKEN_VERSIONS = ("v3", "v7", "v11", "v13", "v15")  # a tekken.json's instruct format (`config.version`)
+
+
 class ChatTemplate(str, Enum):
     """What goes into tokenizer_config.json's chat_template.
 
