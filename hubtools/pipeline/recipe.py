@@ -246,7 +246,8 @@ def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:
 def params_mismatches(expected: dict[str, Any], actual: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted field, expected, found) for each expected params field the source differs on.
 
-    Nested objects are compared field by field; an expected null means absent (params.json's unused fields).
+    Nested objects are compared field by field; an expected null means absent (params.json's unused fields), and
+    an expected false flag equals an absent one (a family writes `tied_embeddings: false` by leaving it out).
 
     Example:
         >>> params_mismatches({"yarn": {"factor": 16}, "q_lora_rank": None}, {"yarn": {"factor": 16.0, "beta": 32}})
@@ -257,7 +258,7 @@ def params_mismatches(expected: dict[str, Any], actual: dict[str, Any], prefix: 
         found = actual.get(key)
         if isinstance(want, dict) and isinstance(found, dict):
             out += params_mismatches(want, found, f"{prefix}{key}.")
-        elif want != found:
+        elif want != found and not (want is False and found is None):
             out.append((f"{prefix}{key}", want, found))
     return out
 
