@@ -16,26 +16,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hubtools.checkpoint.layout import check_not_in_target
-from hubtools.checkpoint.reader import Checkpoint, TensorSource, check_tensors, open_checkpoint
-from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name, torch_dtype
+from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
+from hubtools.checkpoint.safetensors_format import dtype_code, dtype_name
+from hubtools.checkpoint.steps import Step, write_step
 from hubtools.checkpoint.writer import (
     FollowingHash,
     PlannedTensor,
     Shard,
-    copy_segments,
     fuse_planned,
     plan_shards,
-    tensor_bytes,
-    write_all,
     write_index,
     write_shard,
 )
 from hubtools.destination import atomic_folder, check_destination, remember_sha256
 from hubtools.dtypes import DType
-from hubtools.errors import InvalidValueError
 from hubtools.families import check_counts
 from hubtools.filenames import (
     CONFIG,
@@ -50,33 +45,11 @@ from hubtools.filenames import (
 from hubtools.model import fp8
 from hubtools.model.family import ModelParams
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config, to_native_params
-from hubtools.model.names import Layout, NameTable, TensorSpec
+from hubtools.model.names import Layout, NameTable
 from hubtools.model.rows import Role
-from hubtools.model.transforms import Transform
 from hubtools.validation import byte_size, cast_dtype
 
 Progress = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class Step:
-    """How one output tensor is made: from `source`, by `transform` (or a byte copy), cast to `dtype`; an FP8
-    weight with a `scale` is dequantized by the rule of `hubtools.model.fp8`."""
-
-    spec: TensorSpec
-    source: TensorSource
-    out: PlannedTensor
-    target: Layout
-    scale: TensorSource | None = None
-
-    @property
-    def is_copy(self) -> bool:
-        return (
-            self.spec.transform is Transform.IDENTITY
-            and self.out.code == self.source.code
-            and self.source.view is None
-            and self.scale is None
-        )
 
 
 @dataclass(frozen=True)
@@ -158,57 +131,6 @@ def plan(
     return ConversionPlan(Layout.NATIVE, params, tuple(shards), steps, None, None)
 
 
-def _fill(ckpt: Checkpoint, step: Step, fd: int, path: Path) -> None:
-    """Write one output tensor: a kernel byte copy, a row permutation of raw bytes, or (cast) via torch."""
-    if step.is_copy:
-        copy_segments(fd, step.source.segments, path, ckpt.fd)
-        return
-    write_all(fd, converted_bytes(ckpt, step, ckpt.read_bytes(step.source.segments)), path)
-
-
-def converted_bytes(ckpt: Checkpoint, step: Step, raw: np.ndarray) -> memoryview:
-    """The output bytes of one step from its source bytes `raw`: as is, a row permutation of raw bytes,
-    or (a cast or a strided source) through torch.
-
-    Raises:
-        InvalidValueError: a cast that overflows (see `_check_cast`).
-    """
-    src = step.source
-    if step.is_copy:
-        return memoryview(raw.data).cast("B")
-    transform = step.spec.transform
-    if step.scale is not None:
-        weight, scale = ckpt.tensor_from(src, raw), ckpt.read(step.scale.name)
-        dequantized = fp8.dequantize(weight, scale, torch_dtype(step.out.code))
-        _check_cast(src, fp8.dequantize(weight, scale, torch_dtype("F32")), dequantized)
-        return tensor_bytes(transform.towards(step.target, dequantized, ckpt.params).contiguous())
-    if step.out.code == src.code and src.view is None and len(src.shape) == 2:
-        rows = raw.reshape(src.shape[0], -1)  # [rows, cols * itemsize] bytes
-        return memoryview(np.ascontiguousarray(transform.towards(step.target, rows, ckpt.params)).data).cast("B")
-    source = transform.towards(step.target, ckpt.tensor_from(src, raw), ckpt.params)
-    tensor = source.to(step.out.dtype)
-    _check_cast(src, source, tensor)
-    return tensor_bytes(tensor)
-
-
-def _check_cast(src: TensorSource, before: Any, after: Any) -> None:
-    """A cast must not turn finite values into infinities (bfloat16 values above 65504 in float16).
-
-    Raises:
-        InvalidValueError: naming the tensor, how many values overflow and the dtypes.
-    """
-    import torch
-
-    if not after.is_floating_point():
-        return
-    overflow = int((torch.isinf(after) & torch.isfinite(before)).sum())
-    if overflow:
-        raise InvalidValueError(
-            f"{src.name}: expected values that fit {dtype_name(after.dtype)}, found {overflow} of "
-            f"{after.numel()} that overflow to inf (keep {dtype_name(before.dtype)} or cast to bfloat16)"
-        )
-
-
 def write_tokenizer(
     ckpt: Checkpoint, target: Layout, out: Path, chat_template: str, context_length: int | None = None
 ) -> list[str]:
@@ -247,7 +169,7 @@ def write_plan(
 
             def fill(fd: int, t: PlannedTensor, path: Path = path, follow: FollowingHash = follow) -> None:
                 for name in t.names:  # a fused tensor: its parts, back to back
-                    _fill(ckpt, conversion.steps[name], fd, path)
+                    write_step(ckpt, conversion.steps[name], fd, path)
                 follow.upto(os.lseek(fd, 0, os.SEEK_CUR))  # the record's hash, on the second core
                 if progress:
                     progress(t.nbytes)

@@ -34,8 +34,9 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import read_header
 from hubtools.checkpoint.source import open_source
+from hubtools.checkpoint.steps import converted_bytes
 from hubtools.checkpoint.writer import PlannedTensor, Shard, write_all, write_shard
-from hubtools.converter import ConversionPlan, converted_bytes, plan
+from hubtools.converter import ConversionPlan, plan
 from hubtools.dtypes import DType
 from hubtools.errors import PublishError, VerifyError
 from hubtools.pipeline.overlay import ReleaseOptions

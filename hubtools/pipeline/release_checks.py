@@ -17,8 +17,9 @@ import torch
 
 from hubtools.checkpoint.reader import Checkpoint, TensorSource
 from hubtools.checkpoint.safetensors_format import HeaderEntry
+from hubtools.checkpoint.steps import Step
 from hubtools.checkpoint.writer import Shard
-from hubtools.converter import ConversionPlan, Step
+from hubtools.converter import ConversionPlan
 from hubtools.dtypes import DType
 from hubtools.errors import VerifyError
 from hubtools.model.names import NameTable

@@ -292,11 +292,9 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
             reason = f" {why['rope_theta']}" if key == "rope_theta" else ""
             got = _fmt(found.get(key), like=want)
             problems.append(f"config.json {prefix}rope_parameters.{key}: expected {_fmt(want)}{reason}, found {got}")
-    kinds = want_text.get("layer_types")
-    if kinds is not None and not _same(kinds, text.get("layer_types")):
-        problems.append(
-            f"config.json {prefix}layer_types: expected {_fmt(kinds)}, found {_fmt(text.get('layer_types'))}"
-        )
+    kinds, found_kinds = want_text.get("layer_types"), text.get("layer_types")
+    if kinds is not None and not _same(kinds, found_kinds):
+        problems.append(f"config.json {prefix}layer_types: expected {_fmt(kinds)}, found {_fmt(found_kinds)}")
     problems += _family_problems(text, params.text.family.checked_config_fields(params.text), prefix)
     return problems
 
@@ -313,11 +311,11 @@ def _family_problems(config: dict[str, Any], fields: dict[str, Any], prefix: str
             pairs = [(f"{key}.{k}", v, inner.get(k)) for k, v in want.items()]
         else:
             pairs = [(key, want, found)]
-        for name, expected, found in pairs:
-            if not _same(expected, found):
-                problems.append(
-                    f"config.json {prefix}{name}: expected {_fmt(expected)}, found {_fmt(found, like=expected)}"
-                )
+        problems += [
+            f"config.json {prefix}{name}: expected {_fmt(want)}, found {_fmt(got, like=want)}"
+            for name, want, got in pairs
+            if not _same(want, got)
+        ]
     return problems
 
 
