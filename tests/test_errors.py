@@ -207,11 +207,11 @@ def test_sigint_leaves_nothing(make_native: Callable[..., Path], tmp_path: Path)
         import os, signal, sys
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job inherits SIGINT ignored
         from hubtools import converter as c
-        original = c._fill
+        original = c.write_step
         def slow(*a, **k):
             original(*a, **k)
             os.kill(os.getpid(), signal.SIGINT)
-        c._fill = slow
+        c.write_step = slow
         from hubtools.cli import main
         sys.argv = ["hubtools", "convert", {str(src)!r}, {str(tmp_path / "out")!r}, "--quiet"]
         main()

@@ -225,7 +225,11 @@ def check_folder(folder: Path, weights: list[str]) -> None:
     config = folder / CONFIG
     if not config.is_file():
         raise PublishError(f"{config}: expected the model's config.json beside the weights, found none")
-    from_hf_config(json_object(config), source=str(config))
+    decoded = json_object(config)
+    scheme = decoded.get("quantization_config")
+    if isinstance(scheme, dict) and scheme.get("quant_method") == "compressed-tensors":  # a GPTQ/AWQ release:
+        decoded = {k: v for k, v in decoded.items() if k != "quantization_config"}  # checked by its own verify
+    from_hf_config(decoded, source=str(config))
 
 
 def _check_gguf_splits(folder: Path, files: set[str]) -> None:
