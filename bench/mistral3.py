@@ -49,6 +49,16 @@ from hubtools.testing import write_native_checkpoint
 family, raw, dst = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
 params = family_named(family).parse_params(raw, source="bench")
 write_native_checkpoint(dst, params, dtype=torch.bfloat16, tokenizer="tekken", shards=1)
+with (dst / "consolidated.safetensors").open("r+b") as f:  # one input scale per expert, as releases calibrate it
+    start = 8 + int.from_bytes(f.read(8), "little")          # (gate and up read the same input): w3's := w1's
+    header = json.loads(f.read(start - 8))
+    for name, entry in header.items():
+        if ".experts." in name and name.endswith(".w3.qscale_act"):
+            begin, end = header[name.replace(".w3.", ".w1.")]["data_offsets"]
+            f.seek(start + begin)
+            data = f.read(end - begin)
+            f.seek(start + entry["data_offsets"][0])
+            f.write(data)
 tekken = dst / "tekken.json"
 data = json.loads(tekken.read_text())
 if data["config"]["default_vocab_size"] != params.vocab_size:  # a smaller vocabulary: tekken's own truncation
@@ -145,12 +155,13 @@ class Bench:
         self.tree, self.work, self.peer, self.repeat = tree.resolve(), work.resolve(), peer, repeat
         self.env = dict(os.environ, PYTHONPATH=str(self.tree), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         self.shared = load_bench("convert")
+        self.child: dict[str, Any] = {"env": self.env, "cwd": self.work}  # not this checkout: -c and -m put cwd first
 
     def build(self, family: str, raw: dict[str, Any], name: str) -> Path:
         dst = self.work / name
         if not (dst / "params.json").exists():
             print(f"building {dst} ...", file=sys.stderr)
-            subprocess.run([sys.executable, "-c", BUILD, family, json.dumps(raw), str(dst)], env=self.env, check=True)
+            subprocess.run([sys.executable, "-c", BUILD, family, json.dumps(raw), str(dst)], **self.child, check=True)
         return dst
 
     def hubtools(self, *args: str) -> list[str]:
@@ -175,7 +186,7 @@ class Bench:
             for name in names:
                 cmd = [str(out) if part == "{out}" else part for part in methods[name] or []]
                 self.warm(src)
-                runs[name].append(self.shared.run_measured(cmd, env=self.env, check=False))
+                runs[name].append(self.shared.run_measured(cmd, **self.child, check=False))
                 shutil.rmtree(out, ignore_errors=True)
                 os.sync()
         return {name: summary(r) for name, r in runs.items()}
@@ -192,7 +203,7 @@ class Bench:
         for i in range(repeat or self.repeat):
             for name in list(methods) if i % 2 == 0 else list(reversed(methods)):
                 self.warm(native, hf)
-                run = self.shared.run_measured(methods[name], env=self.env, check=False)
+                run = self.shared.run_measured(methods[name], **self.child, check=False)
                 if name.startswith("verify") and "error" not in run:
                     checks = json.loads(report.read_text())
                     run["result"] = verdict(checks["passed"], checks["checks"]["logits"])
@@ -288,9 +299,9 @@ def main() -> None:
         published = bench.measure({"peer as published": bench.peer_cmd(SCRIPT, [], src, Path("{out}"))}, src, 1)
         res = {**bench.measure(convert_methods(bench, src, fp8, SCRIPT, ["text-only"]), src), **published}
         print(table(f"convert, {args.shape} x {args.layers} layers, {kind}", size, res), flush=True)
-        hf = args.workdir / f"{kind}-hf"
+        hf = bench.work / f"{kind}-hf"
         if not (hf / "config.json").exists():
-            subprocess.run(bench.hubtools("convert", str(src), str(hf), "--quiet"), env=bench.env, check=True)
+            subprocess.run(bench.hubtools("convert", str(src), str(hf), "--quiet"), **bench.child, check=True)
         checked = bench.compare(src, hf, "bfloat16")
         print(table(f"verify vs both whole, {kind}", size, checked, floor=None), flush=True)
         results[kind] = {"size": size, "convert": res, "verify": checked}
