@@ -282,6 +282,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=131072)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--variants", nargs="*", default=["bf16", "fp8"], choices=["bf16", "fp8"])
     parser.add_argument("--widths", nargs="*", default=["3b", "8b"], help="shapes of the width check (1 layer)")
     parser.add_argument("--peer", type=Path, default=Path("/work/peer/scripts"), help="transformers' scripts")
     parser.add_argument("--tree", type=Path, default=ROOT, help="the hubtools source tree to run")
@@ -292,8 +293,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     bench = Bench(args.tree, args.workdir, args.peer if args.peer.is_dir() else None, args.repeat)
     results: dict[str, Any] = {}
-    for fp8 in (False, True):
-        kind = "fp8" if fp8 else "bf16"
+    for kind in args.variants:
+        fp8 = kind == "fp8"
         src = bench.build("ministral3", ministral3_params(args.shape, args.layers, args.vocab, fp8), f"{kind}")
         size = size_of(src)
         published = bench.measure({"peer as published": bench.peer_cmd(SCRIPT, [], src, Path("{out}"))}, src, 1)

@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny attention/expert widths (the smoke test)")
     parser.add_argument("--widths", type=int, nargs="*", default=[2048, 4096], help="dims of the width check")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--variants", nargs="*", default=["bf16", "fp8"], choices=["bf16", "fp8"])
     parser.add_argument("--peer", type=Path, default=Path("/work/peer/scripts"), help="transformers' scripts")
     parser.add_argument("--tree", type=Path, default=m3.ROOT, help="the hubtools source tree to run")
     parser.add_argument("--workdir", type=Path, default=Path(".bench/mistral4"))
@@ -81,8 +82,8 @@ def main() -> None:
     bench = m3.Bench(args.tree, args.workdir, args.peer if args.peer.is_dir() else None, args.repeat)
     shape = {"layers": args.layers, "experts": args.experts, "vocab": args.vocab, "tiny": args.tiny}
     results: dict[str, Any] = {}
-    for fp8 in (False, True):
-        kind = "fp8" if fp8 else "bf16"
+    for kind in args.variants:
+        fp8 = kind == "fp8"
         src = bench.build("mistral4", mistral4_params(dim=args.dim, fp8=fp8, **shape), kind)
         size = m3.size_of(src)
         published = bench.measure({"peer as published": bench.peer_cmd(SCRIPT, [], src, Path("{out}"))}, src, 1)
