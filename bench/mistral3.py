@@ -316,7 +316,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(src)
     for shape, res in widths.items():
-        print(table(f"width check: {shape} (dim {SHAPES[shape]['dim']}), 1 layer, fp8", res.pop("size"), res))
+        runs = {m: r for m, r in res.items() if m != "size"}
+        print(table(f"width check: {shape} (dim {SHAPES[shape]['dim']}), 1 layer, fp8", res["size"], runs))
     results["widths"] = widths
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

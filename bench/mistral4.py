@@ -115,7 +115,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(src)
     for dim, res in widths.items():
-        print(m3.table(f"width check: dim {dim}, 1 layer, fp8", res.pop("size"), res), flush=True)
+        runs = {m: r for m, r in res.items() if m != "size"}
+        print(m3.table(f"width check: dim {dim}, 1 layer, fp8", res["size"], runs), flush=True)
     results["widths"] = widths
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
