@@ -26,6 +26,7 @@ from hubtools.checkpoint.writer import (
     PlannedTensor,
     Shard,
     copy_segments,
+    fuse_planned,
     plan_shards,
     tensor_bytes,
     write_all,
@@ -146,6 +147,9 @@ def plan(
         steps[out.name] = Step(spec, src, out, target, ckpt.tensors[scale] if scale else None)
     planned = [s.out for s in steps.values()]
     if target is Layout.HF:
+        planned = fuse_planned(
+            planned, params.family.fusions(params), lambda n: ckpt.read_bytes(steps[n].source.segments).tobytes()
+        )
         shards = plan_shards(planned, max_shard_size=max_shard_size, stem=HF_STEM)
         main_dtype = dtype_name(steps[table.specs[0].hf].out.code)
         hf = to_hf_config(params, dtype=main_dtype, overrides=overrides)
@@ -242,7 +246,8 @@ def write_plan(
             path, follow = out / shard.file, FollowingHash(out / shard.file, hashing)
 
             def fill(fd: int, t: PlannedTensor, path: Path = path, follow: FollowingHash = follow) -> None:
-                _fill(ckpt, conversion.steps[t.name], fd, path)
+                for name in t.names:  # a fused tensor: its parts, back to back
+                    _fill(ckpt, conversion.steps[name], fd, path)
                 follow.upto(os.lseek(fd, 0, os.SEEK_CUR))  # the record's hash, on the second core
                 if progress:
                     progress(t.nbytes)
@@ -262,7 +267,10 @@ def write_metadata(conversion: ConversionPlan, out: Path) -> list[str]:
         write_index(out / INDEX, conversion.shards)
         _write_json(out / CONFIG, conversion.config)
         _write_json(out / GENERATION_CONFIG, conversion.generation)
-        return [INDEX, CONFIG, GENERATION_CONFIG]
+        side = conversion.params.family.hf_side_files(conversion.params)  # a vision model's processor configs
+        for name, data in side.items():
+            _write_json(out / name, data)
+        return [INDEX, CONFIG, GENERATION_CONFIG, *side]
     _write_json(out / PARAMS, to_native_params(conversion.params))
     return [PARAMS]
 

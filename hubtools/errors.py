@@ -70,7 +70,8 @@ class PublishError(HubtoolsError):
 
 
 class QuantizeError(HubtoolsError):
-    """A quant type is unknown, or llama.cpp's quantizer is missing or failed."""
+    """A quant type or quantization option is unknown or unfit for the model, llama.cpp's quantizer is missing or
+    failed, or a calibration file cannot be used."""
 
 
 class SourceError(HubtoolsError):

@@ -22,6 +22,8 @@ import re
 PARAMS = "params.json"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
+PROCESSOR_CONFIG = "processor_config.json"  # a vision model's processor (PixtralProcessor)
+PREPROCESSOR_CONFIG = "preprocessor_config.json"  # ... and its image processor
 INDEX = "model.safetensors.index.json"
 README = "README.md"
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes per safetensors shard unless a recipe or the caller says otherwise

@@ -10,11 +10,12 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hubtools.checkpoint.safetensors_format import build_header
-from hubtools.families import family_named
+from hubtools.families import family_named, parse_params
 from hubtools.filenames import (
     NATIVE_SINGLE,
     NATIVE_STEM,
@@ -31,6 +32,7 @@ from hubtools.model.fp8 import Fp8, is_quantized
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import Part, TensorSpec, tensor_specs
 from hubtools.model.rows import Role
+from hubtools.model.vision import VisionParams, parse_vision
 
 FP8_MAX = 448.0  # the largest float8_e4m3fn value
 LAYOUTS = ("safetensors", "sharded", "pth", "pth-split")
@@ -84,6 +86,28 @@ def tiny_params(
     )
 
 
+def tiny_mistral4_params(**changes: object) -> ModelParams:
+    """Small, valid Mistral 4 params (MLA, routed + shared experts, grouped routing, one leading dense layer,
+    YaRN); `changes` replace top-level fields, `moe_*` / `yarn_*` keyword names replace those inside."""
+    raw: dict[str, object] = {
+        "dim": 64, "n_layers": 3, "hidden_dim": 96, "n_heads": 4, "n_kv_heads": 4, "norm_eps": 1e-6,
+        "vocab_size": 32000, "rope_theta": 10000.0, "max_position_embeddings": 4096, "q_lora_rank": 32,
+        "kv_lora_rank": 16, "qk_rope_head_dim": 16, "qk_nope_head_dim": 8, "v_head_dim": 16,
+        "moe": {"num_experts": 8, "num_experts_per_tok": 2, "expert_hidden_dim": 32, "num_shared_experts": 1,
+                "routed_scale": 1.5, "num_expert_groups": 1, "num_expert_groups_per_tok": 1,
+                "first_k_dense_replace": 1},
+        "yarn": {"factor": 4.0, "original_max_position_embeddings": 1024, "beta": 32.0, "alpha": 1.0},
+        "llama_4_scaling": {"beta": 0.1, "original_max_position_embeddings": 1024},
+    }  # fmt: skip
+    for key, value in changes.items():
+        section, _, inner = key.partition("_")
+        if section in ("moe", "yarn") and inner and key not in raw:
+            raw[section] = {**raw[section], inner: value}  # type: ignore[dict-item]
+        else:
+            raw[key] = value
+    return family_named("mistral4").parse_params(raw, source="params.json")
+
+
 def tiny_ministral3_params(
     *,
     tied: bool = False,
@@ -125,11 +149,39 @@ def tiny_ministral_params(
     return family_named("ministral").parse_params(raw, source="tiny_ministral_params")
 
 
+def tiny_vision(*, merge: int = 2, layers: int = 2, bias: bool | None = None) -> VisionParams:
+    """A small Pixtral encoder: Mistral3's (patch merger, projector norm, no adapter bias) with `merge` > 1,
+    Pixtral 12B's (adapter bias, no merger) with `merge` 1."""
+    raw: dict[str, Any] = {
+        "hidden_size": 32, "num_channels": 3, "image_size": 64, "patch_size": 4, "rope_theta": 10000.0,
+        "intermediate_size": 48, "num_hidden_layers": layers, "num_attention_heads": 4, "image_token_id": 10,
+        "image_break_token_id": 12, "image_end_token_id": 13,
+    }  # fmt: skip
+    if merge > 1:
+        raw.update(max_image_size=64, spatial_merge_size=merge, add_pre_mm_projector_layer_norm=True,
+                   mm_projector_id="patch_merge")  # fmt: skip
+    raw["adapter_bias"] = merge == 1 if bias is None else bias
+    return parse_vision(raw, source="tiny_vision")
+
+
+def tiny_vision_params(
+    *, merge: int = 2, text: ModelParams | None = None, vision: VisionParams | None = None
+) -> ModelParams:
+    """A small vision-language model around `text` (default: a dense Mistral with tekken's vocabulary)."""
+    text = text or tiny_params(moe=False, vocab_size=TOKENIZERS["tekken"][2], dim=64)
+    vision = vision or tiny_vision(merge=merge)
+    raw = {**to_native_params(text), "vision_encoder": vision.to_native()}
+    return parse_params(raw, source="tiny_vision_params")
+
+
 def synthetic_tensor(spec: TensorSpec, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
     """A random tensor for one spec: norms near 1, matrices scaled by 1/sqrt(fan_in)."""
     if len(spec.shape) == 1:
         return (1.0 + 0.1 * torch.randn(spec.shape, generator=generator)).to(dtype)
-    scale = spec.shape[1] ** -0.5 if spec.part is not Part.EMBEDDING else 1.0
+    fan_in = 1
+    for size in spec.shape[1:]:
+        fan_in *= size
+    scale = fan_in**-0.5 if spec.part is not Part.EMBEDDING else 1.0
     return (torch.randn(spec.shape, generator=generator) * scale).to(dtype)
 
 
@@ -191,6 +243,18 @@ def write_tekken_version(folder: Path, version: str) -> Path:
     return path
 
 
+def set_image_config(tekken: Path, vision: VisionParams) -> None:
+    """Give a tekken file the image config of `vision` (what mistral-common sizes image tokens by), as the
+    tekken.json of each vision release carries its own."""
+    data = json.loads(tekken.read_text(encoding="utf-8"))
+    data["image"] = {
+        "image_patch_size": vision.patch_size,
+        "max_image_size": vision.longest_edge,
+        "spatial_merge_size": vision.spatial_merge_size,
+    }
+    tekken.write_text(json.dumps(data), encoding="utf-8")
+
+
 def write_native_checkpoint(
     folder: Path,
     params: ModelParams,
@@ -215,7 +279,10 @@ def write_native_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARAMS).write_text(json.dumps(to_native_params(params), indent=2) + "\n")
     if tokenizer:
-        copy_tokenizer(tokenizer, folder)
+        path = copy_tokenizer(tokenizer, folder)
+        vision = params.option("vision")
+        if vision is not None and tokenizer == "tekken":
+            set_image_config(path, vision)
     if layout in ("safetensors", "sharded"):
         _write_safetensors(folder, params, dtype, seed, shards if layout == "sharded" else 1)
     elif layout in ("pth", "pth-split"):
@@ -249,3 +316,25 @@ def _split_file(path: Path, parts: int) -> None:
             with path.with_name(pth_split_name(i, path.name)).open("wb") as dst:
                 dst.write(src.read(step))
     path.unlink()
+
+
+def add_outlier_channels(
+    folder: Path, params: ModelParams, *, channels: tuple[int, ...] = (3, 41), scale: float = 25.0
+) -> Path:
+    """Give a native safetensors checkpoint the activation outliers real models have: the norm weights of
+    every layer scaled by `scale` on `channels` (a few input channels of every linear then dominate: what
+    GPTQ's Hessian and AWQ's scales exist for). Rewrites consolidated.safetensors in place.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from hubtools.model.names import NameTable
+
+    path = folder / NATIVE_SINGLE
+    tensors = load_file(path)
+    norms = {s.native for s in NameTable(params).specs if len(s.shape) == 1 and s.layer is not None}
+    for name in norms:
+        boosted = tensors[name].float()
+        boosted[list(channels)] *= scale
+        tensors[name] = boosted.to(tensors[name].dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return folder

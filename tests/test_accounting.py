@@ -123,7 +123,7 @@ def test_unknown_rope_parameters_of_a_ministral3_are_refused_naming_them() -> No
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"foo": 1}, "foo"), ({"vision_encoder": {"dim": 8}}, "vision_encoder"), ({"lora": {"rank": 8}}, "lora")],
+    [({"foo": 1}, "foo"), ({"audio_encoder": {"dim": 8}}, "audio_encoder"), ({"lora": {"rank": 8}}, "lora")],
 )
 def test_an_unknown_params_field_is_refused_naming_it(kind: str, change: dict[str, Any], field: str) -> None:
     raw = {**to_native_params(KINDS[kind]), **change}

@@ -41,7 +41,15 @@ def test_gguf_names_of_the_table_are_gguf_py_s_llama_names(moe: bool) -> None:
 
 
 def test_built_in_families_are_found_by_module_and_the_most_derived_one_wins() -> None:
-    assert [f.name for f in known_families()] == ["ministral", "ministral3", "mistral", "mixtral"]
+    assert [f.name for f in known_families()] == [
+        "ministral",
+        "ministral3",
+        "mistral",
+        "mistral3",
+        "mistral4",
+        "mixtral",
+        "pixtral",
+    ]
     moe = {"dim": 8, "n_layers": 1, "hidden_dim": 16, "n_heads": 2, "norm_eps": 1e-5, "vocab_size": 10}
     assert parse_params(moe).family == family_named("mistral")  # Mixtral does not claim a dense model
     with_moe = parse_params({**moe, "moe": {"num_experts": 2, "num_experts_per_tok": 1}})
@@ -49,9 +57,8 @@ def test_built_in_families_are_found_by_module_and_the_most_derived_one_wins() -
 
 
 def test_an_unknown_family_name_lists_the_known_ones() -> None:
-    with pytest.raises(
-        ParamsError, match=r"^model family 'llama': expected one of ministral, ministral3, mistral, mixtral$"
-    ):
+    known = "ministral, ministral3, mistral, mistral3, mistral4, mixtral, pixtral"
+    with pytest.raises(ParamsError, match=rf"^model family 'llama': expected one of {known}$"):
         family_named("llama")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,9 +165,7 @@ def test_hf_quantization_config_is_read_or_refused(tmp_path: Path, run_cli, chan
 
 
 def test_a_kept_list_native_params_cannot_say_is_refused_towards_native() -> None:
-    params = tiny_params(moe=False, fp8=True)
-    kept = type(params.quantization)(("lm_head", "model.layers.1.mlp.down_proj"))  # type: ignore[misc]
-    other = params.__class__(**{**params.__dict__, "quantization": kept})
+    other = replace(tiny_params(moe=False, fp8=True), quantization=fp8.Fp8(("lm_head", "model.layers.1.mlp.down_proj")))
     assert not fp8.is_quantized(
         other, next(s for s in other.family.tensor_specs(other) if s.hf.endswith("1.mlp.down_proj.weight"))
     )
@@ -223,12 +222,13 @@ def test_verify_names_a_planted_fp8_fault(tmp_path: Path, target: str, plant: st
         assert not report.logits.passed  # a scale 1.5x off moves the forward too
 
 
-def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("moe", [False, True])
+def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Path, moe: bool) -> None:
     if importlib.util.find_spec("accelerate") is None:
         pytest.skip("transformers' FP8 loader needs accelerate (pip install accelerate)")
     from transformers import AutoModelForCausalLM
 
-    native = _native(tmp_path, moe=True)
+    native = _native(tmp_path, moe=moe)
     convert(native, tmp_path / "hf")
     convert(native, tmp_path / "bf16", dtype="bfloat16")
     model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
@@ -238,9 +238,38 @@ def test_transformers_loads_the_fp8_folder_and_dequantizes_as_we_do(tmp_path: Pa
     assert all(torch.equal(ours[k], reference[k]) for k in ours)
 
 
-def test_gguf_refuses_an_fp8_source_in_one_line(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
-    native = _native(tmp_path, moe=False)
-    assert_one_line_error(run_cli("gguf", native, tmp_path / "out", "--quant", "BF16"), "FP8", "--dtype bfloat16")
+def test_gguf_from_fp8_equals_gguf_from_its_float32_dequantization_and_verifies(tmp_path: Path) -> None:
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+    from hubtools.gguf.verify import verify_gguf
+    from tests.test_gguf_llama_cpp import assert_same_gguf
+
+    native = write_native_checkpoint(tmp_path / "n", tiny_params(moe=True, fp8=True, n_layers=1), tokenizer="v1")
+    convert(native, tmp_path / "f32", dtype="float32")  # the exact products, which GGUF rounds once
+    ours = export(native, tmp_path / "a", quants=parse_quants("bf16,q8_0"), name="m").outputs
+    plain = export(tmp_path / "f32", tmp_path / "b", quants=parse_quants("bf16,q8_0"), name="m").outputs
+    for a, b in zip(ours, plain, strict=True):
+        assert_same_gguf(tmp_path / "a" / a.files[0], tmp_path / "b" / b.files[0])
+    report = verify_gguf(native, tmp_path / "a" / ours[1].files[0], readback=False)
+    assert report.passed, report.to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moe", [False, True])
+def test_gguf_from_fp8_equals_llama_cpp_converter_on_the_hf_fp8_folder(tmp_path: Path, moe: bool) -> None:
+    from tests import llama_cpp_peer as peer
+    from tests.test_gguf_llama_cpp import check_equal_to_converter
+
+    if peer.tree() is None:
+        pytest.skip("llama.cpp's tree not found (HUBTOOLS_LLAMA_CPP)")
+    import tests.test_gguf_llama_cpp as peer_tests
+
+    peer_tests.MODELS["fp8"] = ({"moe": moe, "fp8": True, "n_layers": 2}, "v1")
+    try:
+        for outtype in ("bf16", "f32", "q8_0"):
+            check_equal_to_converter(tmp_path / outtype, "fp8", outtype)
+    finally:
+        peer_tests.MODELS.pop("fp8")
 
 
 def test_inspect_shows_fp8(tmp_path: Path) -> None:

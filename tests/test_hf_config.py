@@ -99,7 +99,7 @@ def test_native_params_always_carry_rope_theta_and_never_max_seq_len() -> None:
         (
             {"model_type": "llama"},
             "config.json: model_type 'llama' is not supported "
-            "(expected 'ministral' or 'ministral3' or 'mistral' or 'mixtral')",
+            "(expected 'ministral' or 'ministral3' or 'mistral' or 'mistral3' or 'mistral4' or 'mixtral' or 'llava')",
         ),
         ({"model_type": "mistral", "hidden_size": 8}, "config.json: missing field num_hidden_layers"),
     ],

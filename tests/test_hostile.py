@@ -339,7 +339,7 @@ def hf_folder(make_native: Callable[..., Path], run_cli: RunCli, tmp_path: Path)
     [
         ({"rms_norm_eps": "abc"}, "field 'rms_norm_eps' must be a finite number > 0, got 'abc'"),
         ({"rope_theta": "fast"}, "field 'rope_theta' must be a finite number > 0, got 'fast'"),
-        ({"rope_theta": _DELETE, "rope_parameters": 5}, None),  # ignored, default rule
+        ({"rope_theta": _DELETE, "rope_parameters": 5}, "field 'rope_parameters' is 5, expected {\"rope_type\""),
         (
             {"rope_theta": _DELETE, "rope_parameters": {"rope_theta": -1}},
             "field 'rope_parameters.rope_theta' must be a finite number > 0",

@@ -14,7 +14,6 @@ from hubtools.errors import ParamsError
 from hubtools.families import from_hf_config, parse_params
 from hubtools.model.hf_config import to_hf_config, to_native_params
 from hubtools.testing import synthetic_tensors, tiny_ministral_params, write_native_checkpoint
-from hubtools.verification.hf_forward import whole_model_logits
 from hubtools.verification.reference import forward
 from hubtools.verification.run import verify
 from tests.helpers import edit_json, tensors_of
@@ -64,7 +63,13 @@ def test_it_round_trips_loads_as_ministral_and_matches_the_per_layer_reference(t
 
     weights = dict(synthetic_tensors(params, dtype=torch.float32))
     reference = forward(TOKENS, weights.__getitem__, params, rope_theta=1e8)
-    assert (whole_model_logits(tmp_path / "hf", TOKENS, torch.float32) - reference).abs().max() <= 1e-4
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32, attn_implementation="eager")
+    assert type(model).__name__ == "MinistralForCausalLM"
+    state, hf = model.state_dict(), tensors_of(tmp_path / "hf")
+    assert all(torch.equal(state[name], tensor) for name, tensor in hf.items())  # every parameter, as loaded
+    assert (model(input_ids=TOKENS).logits - reference).abs().max() <= 1e-4
     report = verify(native, tmp_path / "hf")
     assert report.passed and report.logits is not None and report.logits.max_abs_dlogit <= 1e-4
 

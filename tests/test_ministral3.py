@@ -145,3 +145,55 @@ def test_a_devstral2_params_json_converts_as_ministral3_not_as_a_default_rope_mi
     assert config["rope_parameters"]["rope_type"] == "yarn" and config["rope_parameters"]["mscale_all_dim"] == 0.0
     assert config["rope_parameters"]["llama_4_scaling_beta"] == 0.0 and "rope_theta" not in config
     assert from_hf_config(config) == params
+
+
+def test_a_recipe_names_ministral3_expects_its_yarn_and_supplies_the_context(tmp_path: Path) -> None:
+    """What a release recipe needs: the architecture, expected nested fields, and overrides for what params.json
+    omits (here max_position_embeddings and rope_theta)."""
+    from hubtools.checkpoint.reader import open_checkpoint
+    from hubtools.pipeline.recipe import check_source, parse_recipe
+
+    params = tiny_ministral3_params(llama4=False, apply_scale=True)
+    native = write_native_checkpoint(tmp_path / "native", params, dtype=torch.float32, tokenizer=None)
+    edit_json(native / "params.json", lambda p: [p.pop("max_position_embeddings"), p.pop("rope_theta")])
+    raw = {
+        "name": "devstral-2-tiny",
+        "source": {"url": "https://example.invalid/devstral.tar"},
+        "architecture": "Ministral3ForCausalLM",
+        "expect": {"yarn": to_native_params(params)["yarn"], "tied_embeddings": False},
+        "overrides": {"max_position_embeddings": 65536, "rope_theta": 1e7},
+        "repo_id": "me/devstral-2-tiny",
+        "card": "cards/x.md",
+    }
+    recipe = parse_recipe(raw, where="recipe")
+    with open_checkpoint(native) as ckpt:
+        check_source(recipe, ckpt)
+    result = convert(native, tmp_path / "hf", overrides=recipe.config_overrides())
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["max_position_embeddings"], config["rope_parameters"]["rope_theta"]) == (65536, 1e7)
+    assert "rope_theta=1e+07 (override)" in result.rules
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_fp8_releases_keep_fp8_with_the_published_kept_list_and_verify(tied: bool, tmp_path: Path) -> None:
+    """Ministral 3 Instruct and Devstral 2 ship FP8: kept bit-exactly both ways, with the modules_to_not_convert
+    list transformers' script and the published repos write, and verified (values, scales and logits)."""
+    import dataclasses
+
+    from hubtools.model.fp8 import Fp8
+
+    params = dataclasses.replace(tiny_ministral3_params(tied=tied), quantization=Fp8())
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None)
+    convert(native, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["quantization_config"]["modules_to_not_convert"] == [
+        "model.vision_tower", "model.multi_modal_projector", "lm_head",
+    ]  # fmt: skip
+    assert verify(native, tmp_path / "hf").passed
+    from hubtools.quantization.verify import is_quantized_folder
+
+    assert not is_quantized_folder(tmp_path / "hf")  # `hubtools verify` treats it as a conversion, not a GPTQ/AWQ
+    convert(tmp_path / "hf", tmp_path / "back", to="native")
+    assert (tmp_path / "back" / "consolidated.safetensors").read_bytes() == (
+        native / "consolidated.safetensors"
+    ).read_bytes()

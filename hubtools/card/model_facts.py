@@ -75,6 +75,8 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
         with open_checkpoint(model_dir, prefer="hf") as ckpt:
             total, active = parameter_counts(ckpt)
             architecture = ckpt.params.architecture
+    nested = model_config.get("text_config")  # a vision model's text model
+    text_config = nested if isinstance(nested, dict) else model_config
     config = _json_file(model_dir / TOKENIZER_CONFIG)
     template, where = _chat_template(model_dir, config)
     native = find_tokenizer_file(model_dir)
@@ -90,8 +92,8 @@ def read_model_facts(model_dir: Path, *, counts: tuple[int, int] | None = None) 
         tokenizer_file=native.name if native is not None else None,
         tokenizer_version=tokenizer_version(native) if native is not None else None,
         hf_tokenizer=(model_dir / TOKENIZER_JSON).is_file(),
-        context_length=_int(model_config.get("max_position_embeddings")),
-        sliding_window=_int(model_config.get("sliding_window")),
+        context_length=_int(text_config.get("max_position_embeddings")),
+        sliding_window=_int(text_config.get("sliding_window")),
     )
 
 

@@ -33,7 +33,7 @@ def check_fp8_tensors(
     suffixes = tuple(pair[layout is Layout.HF] for pair in fp8.SUFFIXES.values())
     for name in sorted(tensors):
         if name not in index and name.endswith(suffixes):
-            _explain_stray_scale(name, tensors, params, table, layout, where)
+            _explain_stray_scale(name, tensors, params, layout, where)
     for spec in table.specs:
         name = spec.native if layout is Layout.NATIVE else spec.hf
         src = tensors.get(name)
@@ -67,7 +67,7 @@ def check_fp8_tensors(
 
 
 def _explain_stray_scale(
-    name: str, tensors: Mapping[str, TensorSource], params: ModelParams, table: NameTable, layout: Layout, where: str
+    name: str, tensors: Mapping[str, TensorSource], params: ModelParams, layout: Layout, where: str
 ) -> None:
     """A scale the table has no row for: say why in one line."""
     origin = layout.metadata_file

@@ -26,7 +26,7 @@ from hubtools.checkpoint.layout import (
 from hubtools.checkpoint.pages import map_range
 from hubtools.checkpoint.pth import ConcatFile, Segment, read_pth_index
 from hubtools.checkpoint.tokenizer_file import find_tokenizer_file
-from hubtools.errors import CorruptFileError, LayoutError, ParamsError
+from hubtools.errors import CorruptFileError, LayoutError, MappingError, ParamsError
 from hubtools.families import from_hf_config, load_params
 from hubtools.filenames import CONFIG, PARAMS
 from hubtools.model.family import ModelParams
@@ -167,8 +167,55 @@ def open_checkpoint(
         if not config_path.is_file():
             raise LayoutError(f"{folder}: expected config.json beside the HF weights, found none")
         params = from_hf_config(json_object(config_path), source=str(config_path))
-        tensors = index_hf_weights(folder, weights.files)
+        params = params.family.with_hf_side_files(params, folder)
+        tensors = split_fusions(params, index_hf_weights(folder, weights.files), where=str(folder))
     return Checkpoint(folder, weights, params, tensors, find_tokenizer_file(folder))
+
+
+def split_fusions(params: ModelParams, tensors: dict[str, TensorSource], *, where: str) -> dict[str, TensorSource]:
+    """An HF checkpoint's fused tensors (`Family.fusions`) replaced by their parts, each a byte range of the
+    stored tensor (no byte is read): everything downstream sees one tensor per row of the name table.
+
+    Raises:
+        MappingError: a fused tensor stored split (its parts under their own names).
+        ParamsError: a fused tensor whose shape is not what params imply.
+    """
+    fusions = params.family.fusions(params)
+    if not fusions:
+        return tensors
+    out = dict(tensors)
+    for fusion in fusions:
+        stray = next((p for p in (*fusion.parts, *(a for a, _ in fusion.aliases)) if p in tensors), None)
+        if stray is not None:
+            raise MappingError(f"{where}: tensor '{stray}' is stored on its own; expected it inside '{fusion.hf}'")
+        src = out.pop(fusion.hf, None)
+        if src is None:
+            continue  # the table's completeness check names the missing parts
+        if src.shape != fusion.shape or src.view is not None:
+            raise ParamsError(
+                f"{where}: tensor '{fusion.hf}' has shape {list(src.shape)}, config.json implies {list(fusion.shape)}"
+            )
+        step = src.nbytes // len(fusion.parts)
+        for i, part in enumerate(fusion.parts):
+            out[part] = TensorSource(part, src.code, fusion.part_shape, _byte_range(src.segments, i * step, step))
+        for alias, part in fusion.aliases:
+            out[alias] = TensorSource(alias, src.code, fusion.part_shape, out[part].segments)
+    return out
+
+
+def _byte_range(segments: tuple[Segment, ...], start: int, length: int) -> tuple[Segment, ...]:
+    """The segments holding bytes `start .. start + length` of the concatenation of `segments`."""
+    out: list[Segment] = []
+    for path, offset, size in segments:
+        if start >= size:
+            start -= size
+            continue
+        take = min(size - start, length)
+        out.append((path, offset + start, take))
+        length, start = length - take, 0
+        if not length:
+            break
+    return tuple(out)
 
 
 def check_tensors(ckpt: Checkpoint, table: NameTable) -> None:

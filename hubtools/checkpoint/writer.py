@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from hubtools.checkpoint.pth import Segment
 from hubtools.checkpoint.safetensors_format import build_header, nbytes, torch_dtype
-from hubtools.errors import DestinationError
+from hubtools.errors import DestinationError, MappingError
 from hubtools.filenames import shard_name
+from hubtools.model.rows import Fusion
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +33,12 @@ class PlannedTensor:
     name: str
     code: str  # safetensors dtype code
     shape: tuple[int, ...]
+    parts: tuple[str, ...] = ()  # a fused tensor: the planned tensors written back to back to make it
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The planned tensors whose bytes make this one, in order (itself, or its parts)."""
+        return self.parts or (self.name,)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -71,6 +78,40 @@ def plan_shards(
     if n == 1 and single_name:
         return [Shard(single_name, tuple(groups[0]))]
     return [Shard(shard_name(stem, i, n), tuple(g)) for i, g in enumerate(groups, 1)]
+
+
+def fuse_planned(
+    planned: list[PlannedTensor], fusions: tuple[Fusion, ...], source_bytes: Callable[[str], bytes]
+) -> list[PlannedTensor]:
+    """`planned` with each fusion's parts replaced by one tensor (where its first part was) that lists them.
+
+    Args:
+        source_bytes: the source bytes of a planned tensor (an alias must equal its part; read only for aliases).
+
+    Raises:
+        MappingError: the parts of a fusion would have different dtypes, or an alias differs from its part.
+    """
+    by_name = {t.name: t for t in planned}
+    fusions = tuple(f for f in fusions if f.parts[0] in by_name)  # scales a dequantizing conversion spends
+    first = {f.parts[0]: f for f in fusions}
+    inside = {p for f in fusions for p in (*f.parts, *(a for a, _ in f.aliases))}
+    out: list[PlannedTensor] = []
+    for t in planned:
+        fusion = first.get(t.name)
+        if fusion is not None:
+            codes = sorted({by_name[p].code for p in fusion.parts})
+            if len(codes) > 1:
+                raise MappingError(f"'{fusion.hf}': its parts have different dtypes {codes}; expected one")
+            for alias, part in fusion.aliases:
+                if source_bytes(alias) != source_bytes(part):
+                    raise MappingError(
+                        f"'{alias}' differs from '{part}': '{fusion.hf}' holds one value for both (transformers' "
+                        "FP8 experts take one input scale for gate and up); convert with --dtype bfloat16"
+                    )
+            out.append(PlannedTensor(fusion.hf, t.code, fusion.shape, fusion.parts))
+        elif t.name not in inside:
+            out.append(t)
+    return out
 
 
 def write_all(fd: int, data: memoryview | bytes, where: Path) -> None:

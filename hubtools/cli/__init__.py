@@ -22,6 +22,7 @@ from hubtools.cli.errors import OneLineGroup, unwind_on_termination
 from hubtools.cli.gguf import gguf_command
 from hubtools.cli.inspect import inspect_command
 from hubtools.cli.publish import publish_command
+from hubtools.cli.quantize import quantize_command
 from hubtools.cli.release import release_command
 from hubtools.cli.verify import verify_command
 
@@ -33,6 +34,7 @@ COMMANDS = (
     card_command,
     publish_command,
     gguf_command,
+    quantize_command,
     release_command,
 )
 

@@ -19,7 +19,7 @@ from hubtools.tokenization.choices import ChatTemplate
 @click.option(
     "--dtype",
     metavar=f"[{'|'.join(DType.values(*CAST_DTYPES))}]",
-    help="Cast tensors (default: keep; the recipe's dtype with --recipe).",
+    help="Cast tensors (default: keep; the recipe's dtype with --recipe); FP8 weights are dequantized.",
 )
 @click.option("--max-shard-size", default=None, help="Shard budget, e.g. 5GB (default 5GB or the recipe's).")
 @click.option("--recipe", help="converters/NAME.yaml or a release name: validate SRC against it, use its settings.")

@@ -79,6 +79,12 @@ def verify_command(
             progress=progress,
         )
         passed, payload, table = gguf_report.passed, gguf_report.to_dict(), format_report(gguf_report)
+    elif _is_quantized(converted):  # a GPTQ / AWQ folder: loaded as users load it, quality against the source
+        from hubtools.quantization.verify import verify_quantized
+        from hubtools.verification.run import prompt_texts
+
+        quantized = verify_quantized(src, converted, texts=prompt_texts(prompts_path), progress=progress)
+        passed, payload, table = quantized.passed, quantized.to_json(), quantized.text()
     else:
         from hubtools.verification.run import verify
 
@@ -99,3 +105,9 @@ def verify_command(
         write_file(json_path, text + "\n", force=force)
     if not passed:
         sys.exit(1)
+
+
+def _is_quantized(folder: Path) -> bool:
+    from hubtools.quantization.verify import is_quantized_folder
+
+    return is_quantized_folder(folder)

@@ -1,6 +1,7 @@
 """Model families: one module per family, each stating only what differs from its nearest relative.
 
-`mistral` is the dense decoder; `mixtral` derives from it and adds the mixture of experts. A family owns
+`mistral` is the dense decoder; `mixtral` derives from it and adds the mixture of experts, `ministral` per-layer
+sliding windows, `ministral3` YaRN, llama-4 query scaling and tied embeddings. A family owns
 everything that differs between families (the contract is `hubtools.model.family.Family`): recognising
 its params.json / config.json, the params <-> config fields, its rows of the name table (native <-> HF <->
 GGUF, per layer and per expert), the transforms of those rows, and its blocks for the reference forward and
@@ -10,12 +11,14 @@ tensor name.
 Adding a family:
 
 1. Write `hubtools/families/NAME.py`: subclass the nearest relative (`Mistral`, `Mixtral`, ...), set
-   `name`, `architecture`, `model_type`, override what differs (its `recognises_params` /
+   `name`, `architecture`, `model_type`, the params.json fields it maps (`params_fields`: any other field is
+   refused, `hubtools.model.accounting`), override what differs (its `recognises_params` /
    `recognises_config`, its rows, its blocks), and end with `FAMILY = NAME()`. Modules in this package are
    found by name; a family outside it (a plugin) is declared as an entry point in the group
    `hubtools.families` naming its `FAMILY` object.
 2. Where several families recognise a file, the most derived one wins (a subclass of all the others);
-   anything else is ambiguous and refused.
+   anything else is ambiguous and refused. A wrapper (`wraps_text`: a vision encoder around a text model)
+   wins over the text families, and chooses its text family from the rest of the file.
 3. Test it: the name table is a bijection, params.json -> config.json -> params.json round-trips, and a
    tiny synthetic checkpoint converts, verifies (bit-exact tensors, reference forward vs transformers) and
    exports to GGUF. `tests/test_families.py` shows all of it for a family added from the test suite alone.
@@ -66,6 +69,8 @@ def _choose(recognises: Callable[[Family], bool], what: str, expected: str) -> F
     matches = [f for f in families if recognises(f)]
     if not matches:
         raise ParamsError(f"{what}: {expected}")
+    wrappers = [f for f in matches if f.wraps_text]  # a vision model: its wrapper chooses the text family
+    matches = wrappers or matches
     return _most_derived(matches, what)
 
 
@@ -96,8 +101,21 @@ def parse_params(raw: Any, *, source: str = PARAMS) -> ModelParams:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a JSON object, got {type(raw).__name__}")
     family = _choose(lambda f: f.recognises_params(raw), source, "no model family recognises it")
-    check_params_fields(raw, family, source=source)
+    if family.wraps_text:  # its own object is checked by its parser, the rest as the text family's fields
+        text_raw = {k: v for k, v in raw.items() if k not in family.params_fields}
+        check_params_fields(text_raw, family_of_params(text_raw, source=source), source=source)
+    else:
+        check_params_fields(raw, family, source=source)
     return family.parse_params(raw, source=source)
+
+
+def family_of_params(raw: dict[str, Any], *, source: str = PARAMS) -> Family:
+    """The family that recognises a decoded params.json (see `parse_params`).
+
+    Raises:
+        ParamsError: none or several (ambiguous) do.
+    """
+    return _choose(lambda f: f.recognises_params(raw), source, "no model family recognises it")
 
 
 def load_params(path: Path) -> ModelParams:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 YARN_FIELDS = ("factor", "original_max_position_embeddings", "beta", "alpha", "apply_scale")
 LLAMA4_FIELDS = ("original_max_position_embeddings", "beta")
+TEKKEN_PAD = 11  # tekken's <pad>: Ministral3Config's default, and what transformers' script writes
 MLA_FIELDS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 
@@ -101,7 +102,11 @@ class Ministral3(Mistral):
             "mscale_all_dim": 0.0 if yarn.apply_scale else 1.0,
             "llama_4_scaling_beta": float(params.option("llama_4_scaling_beta") or 0.0),
         }
-        return {**super().config_fields(params), "tie_word_embeddings": params.option("tied"), "rope_parameters": rope}
+        own = {"tie_word_embeddings": params.option("tied"), "pad_token_id": TEKKEN_PAD, "rope_parameters": rope}
+        return {**super().config_fields(params), **own}
+
+    def generation_fields(self, params: ModelParams) -> dict[str, Any]:
+        return {"pad_token_id": TEKKEN_PAD}
 
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         raw, keys = super().config_to_params(config, source=source)
@@ -139,6 +144,11 @@ class Ministral3(Mistral):
         return raw, keys
 
     # -- the name table: a tied model has no output projection --------------------------------------------------
+
+    def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        """The list transformers' ministral3 script and the published FP8 repos (Devstral 2, Ministral 3) write,
+        vision modules included even for a text-only model (they match nothing there)."""
+        return ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
         return (NORM,) if params.option("tied") else (NORM, OUTPUT)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubtools.model.family import Family, Getter, ModelParams
+from hubtools.model.family import Family, Getter, InputGroup, ModelParams
 from hubtools.model.hf_config import config_to_common
 from hubtools.model.params import parse_common
 from hubtools.model.rows import Row
@@ -179,6 +179,18 @@ class Mistral(Family):
     def output_row(self, params: ModelParams) -> Row:
         """The row whose weight projects to the vocabulary (a tied family: the embedding's)."""
         return OUTPUT
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """q/k/v read the attention norm; o reads the heads (no single source: v's rows repeat per group of
+        heads); w1/w3 read the feed-forward norm; w2 reads `silu(w1 x) * w3 x`, linear in w3's rows."""
+        return (
+            InputGroup((WQ, WK, WV), ATTENTION_NORM),
+            InputGroup((WO,)),
+            InputGroup((W1, W3), FFN_NORM),
+            InputGroup((W2,), W3),
+        )
 
     # -- the HF-side forward ----------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubtools.errors import ParamsError
-from hubtools.families.mistral import HF_LAYER, Mistral
+from hubtools.families.mistral import ATTENTION_NORM, FFN_NORM, HF_LAYER, WK, WO, WQ, WV, Mistral
 from hubtools.model.accounting import check_object_fields
-from hubtools.model.family import Getter, ModelParams
+from hubtools.model.family import Getter, InputGroup, ModelParams
 from hubtools.model.params import Bad, bad_value, parse_common, positive_int
 from hubtools.model.rows import Row, TensorSpec
 
@@ -106,8 +106,8 @@ class Mixtral(Mistral):
     def expert_rows(self, params: ModelParams, layer: int) -> tuple[Row, ...]:
         return (EXPERT_W1, EXPERT_W2, EXPERT_W3)
 
-    def fp8_linear(self, spec: TensorSpec) -> bool:
-        return super().fp8_linear(spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
+        return super().fp8_linear(params, spec) and spec.row is not ROUTER  # transformers' router is no nn.Linear
 
     def indices(self, names: Iterable[str]) -> tuple[set[int], set[int]]:
         names = list(names)
@@ -148,6 +148,34 @@ class Mixtral(Mistral):
     def routed_output(self, routing: Routing) -> torch.Tensor:
         """The layer's output: the hidden state after attention plus the experts' sum."""
         return routing.h_mid + routing.out.view_as(routing.h_mid)
+
+    def every_token(self, routing: Routing, expert: int) -> Routing:
+        """`routing` with every token sent to `expert` alone, at weight 1 (calibration: no expert is starved)."""
+        import torch
+
+        tokens = routing.flat.shape[0]
+        device = routing.flat.device
+        chosen = torch.full((tokens, 1), expert, dtype=routing.chosen.dtype, device=device)
+        weights = torch.ones((tokens, 1), dtype=routing.weights.dtype, device=device)
+        return Routing(routing.h_mid, routing.flat, chosen, weights, torch.zeros_like(routing.flat), expert)
+
+    def routed_tokens(self, routing: Routing, experts: int) -> list[int]:
+        """How many tokens the router sent to each expert."""
+        import torch
+
+        return torch.bincount(routing.chosen.reshape(-1), minlength=experts).tolist()
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """Mistral's attention; every expert's w1/w3 read the feed-forward norm, and so does the router (a
+        passenger: unquantized, its columns take the scales); each expert's w2 reads what its w3 makes."""
+        return (
+            InputGroup((WQ, WK, WV), ATTENTION_NORM),
+            InputGroup((WO,)),
+            InputGroup((EXPERT_W1, EXPERT_W3), FFN_NORM, passengers=(ROUTER,), experts="all"),
+            InputGroup((EXPERT_W2,), EXPERT_W3, experts="each"),
+        )
 
     # -- the HF-side forward: experts fused as transformers 5.x fuses them ---------------------------------------
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable, TensorSpec
+from hubtools.model.rows import Role
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ def gguf_tensors(params: ModelParams, hf_order: Iterable[str]) -> list[GgufTenso
     out: list[GgufTensor] = []
     for hf in hf_order:
         spec = table.spec(hf, layout="hf")
+        if spec.row.role is not Role.TENSOR:
+            continue  # an FP8 scale: spent on its weight (dequantized), as llama.cpp's converter does
         if spec.expert is None:
             out.append(GgufTensor(spec.gguf, (spec,), spec.shape))
             continue

@@ -31,7 +31,7 @@ from hubtools.filenames import spm_versioned_name
 from hubtools.gguf.files import GgufFiles
 from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
 from hubtools.gguf.quant import QuantType
-from hubtools.gguf.source import GgufSource, raw_rows
+from hubtools.gguf.source import GgufSource, source_rows
 from hubtools.verification.checks import NEAR_TIE, THRESHOLDS, Check, LogitsCheck
 from hubtools.verification.logits import (
     Divergence,
@@ -183,7 +183,7 @@ def _source_getter(source: GgufSource) -> Callable[[str], Any]:
     specs = {spec.native: spec for t in source.tensors for spec in t.sources}
 
     def get(native: str) -> torch.Tensor:
-        raw, code = raw_rows(source, specs[native])
+        raw, code = source_rows(source, specs[native])
         dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[code]
         return torch.from_numpy(raw.reshape(-1)).view(dtype).reshape(specs[native].shape).float()
 

@@ -17,9 +17,10 @@ import numpy as np
 
 from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import CorruptFileError, LayoutError, ParamsError, QuantizeError, TokenizerError
+from hubtools.errors import CorruptFileError, LayoutError, ParamsError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
+from hubtools.model import fp8
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.transforms import to_native
@@ -76,13 +77,14 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
     try:
         if (why := ckpt.params.family.gguf_unsupported) is not None:
             raise ParamsError(f"{folder}: a {ckpt.params.architecture} cannot be exported to GGUF ({why})")
+        if ckpt.params.family.wraps_text:
+            raise ParamsError(
+                f"{folder}: a vision model ({ckpt.params.architecture}); hubtools gguf exports text models only "
+                "(llama.cpp's converter writes these as a text GGUF plus a vision projector with --mmproj, which "
+                "hubtools does not write yet: use convert_hf_to_gguf.py on the converted folder)"
+            )
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
-        if ckpt.params.quantization is not None:
-            raise QuantizeError(
-                f"{folder}: FP8 weights (float8_e4m3fn with scales) are not exported to GGUF directly; convert with "
-                "--dtype bfloat16 first (it dequantizes exactly as llama.cpp's converter does), then export that"
-            )
         check_tokenizer_vocab(ckpt)
         if ckpt.layout == "native":
             codes = {name: src.code for name, src in ckpt.tensors.items()}
@@ -125,10 +127,29 @@ def raw_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
     return raw, src.code
 
 
+def dequantized_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
+    """An FP8 weight as float32 rows in native row order: `weight.float() * scale.float()`, as llama.cpp's
+    converter dequantizes `weight_scale_inv` / `qscale_weight` (`dequant_simple`) before writing any type."""
+    import torch
+
+    ckpt, layout = source.ckpt, source.ckpt.layout.value
+    weight = ckpt.read(spec.native if layout == "native" else spec.hf)
+    rows = fp8.dequantize(weight, ckpt.read(fp8.weight_scale(spec, layout)), torch.float32).numpy()
+    if layout == "hf" and spec.transform != "identity":
+        rows = np.ascontiguousarray(to_native(spec.transform, rows, ckpt.params))
+    return rows.view(np.uint8).reshape(spec.shape[0], -1), "F32"
+
+
+def source_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
+    """`raw_rows`, or for an FP8 weight `dequantized_rows`."""
+    return dequantized_rows(source, spec) if fp8.is_quantized(source.params, spec) else raw_rows(source, spec)
+
+
 def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndarray, int]]:
-    """(float32 rows, source bytes they came from) in chunks, expert by expert for merged experts."""
+    """(float32 rows, source bytes they came from) in chunks, expert by expert for merged experts; FP8
+    weights dequantized first (`source_rows`)."""
     for spec in tensor.sources:
-        raw, code = raw_rows(source, spec)
+        raw, code = source_rows(source, spec)
         cols = spec.shape[1] if len(spec.shape) == 2 else 1
         step = max(1, CHUNK_BYTES // (4 * cols))
         for start in range(0, raw.shape[0], step):

@@ -69,9 +69,10 @@ def check_object_fields(value: Mapping[str, Any], known: tuple[str, ...], *, fie
 
 
 def check_config_fields(
-    config: Mapping[str, Any], params: ModelParams, expected: Mapping[str, Any], *, source: str
+    config: Mapping[str, Any], params: ModelParams, expected: Mapping[str, Any], *, source: str, prefix: str = ""
 ) -> None:
-    """Every key of `config` is neutral or equals `expected` (what hubtools writes for `params`).
+    """Every key of `config` is neutral or equals `expected` (what hubtools writes for `params`); a nested
+    model config (a vision model's `text_config` / `vision_config`) is checked by the same rule.
 
     Args:
         expected: `to_hf_config(params, ...)`'s config.json, with the config's own max_position_embeddings.
@@ -83,17 +84,25 @@ def check_config_fields(
     for key, value in given.items():
         if key in NEUTRAL_CONFIG_KEYS or key == fp8.HF_FIELD:  # fp8.parse_hf checks every key of its own
             continue
+        if key == "rope_parameters" and key not in expected:  # a default rope family: only its base belongs there
+            theta = _json(expected.get("rope_theta"))
+            raise ParamsError(
+                f"{source}: field '{prefix}rope_parameters' is {_json(value)}, expected "
+                f'{{"rope_type": "default", "rope_theta": {theta}}} for a {params.architecture}'
+            )
         if key not in expected:
             raise ParamsError(
-                f"{source}: unknown field '{key}' for a {params.architecture} (hubtools maps or refuses every "
+                f"{source}: unknown field '{prefix}{key}' for a {params.architecture} (hubtools maps or refuses every "
                 "field; this one would be dropped)"
             )
         want = expected[key]
-        if isinstance(want, dict) and isinstance(value, dict):
-            _check_object(value, want, key, source)
+        if isinstance(want, dict) and isinstance(value, dict) and "model_type" in want:
+            check_config_fields(value, params, want, source=source, prefix=f"{prefix}{key}.")
+        elif isinstance(want, dict) and isinstance(value, dict):
+            _check_object(value, want, prefix + key, source)
         elif not same_value(want, value) and not _derived_head_dim(key, value, params):
             raise ParamsError(
-                f"{source}: field '{key}' is {_json(value)}, expected {_json(want)} for a {params.architecture}"
+                f"{source}: field '{prefix}{key}' is {_json(value)}, expected {_json(want)} for a {params.architecture}"
             )
 
 
@@ -128,6 +137,10 @@ def normalised_rope(config: Mapping[str, Any], expected: Mapping[str, Any]) -> d
             given.pop("rope_parameters")
             if given.get("rope_theta") is None:
                 given["rope_theta"] = rope.get("rope_theta")
+    if "rope_parameters" in expected and "rope_parameters" not in given and "rope_theta" in given:
+        kind = expected["rope_parameters"].get("rope_type", "default")  # 4.x spelling: a base, no scaling
+        kind = kind if kind in ("default", "axial") else "default"  # (Pixtral's encoder rotary is "axial")
+        given["rope_parameters"] = {"rope_type": kind, "rope_theta": given.pop("rope_theta")}
     scaling = given.get("rope_scaling")
     if not scaling or (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "default"):
         given.pop("rope_scaling", None)

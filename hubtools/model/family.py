@@ -11,7 +11,9 @@ spell a tensor name. It states:
 - its rows of the name table (native <-> HF <-> GGUF, per model, layer and expert, with transforms);
 - its blocks for the clean-room reference forward on native names (embedding, attention, feed-forward,
   head), each loading weights through `get(native_name)`;
-- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names).
+- its blocks for the HF-side forward (transformers' decoder layer filled from the HF names);
+- for FP8 checkpoints, which rows are linear layers (`fp8_linear`) and which HF modules stay unquantized
+  (`fp8_kept_modules`); the scale rows themselves are added by `hubtools.model.fp8`, never stated.
 
 `Family` holds the generic machinery (expanding rows, counting layers); the families implement the rest.
 Two families are equal when they are the same class.
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
 from hubtools.model.fp8 import Fp8, with_scales
-from hubtools.model.rows import Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +87,18 @@ class ModelParams:
     def architecture(self) -> str:
         return self.family.architecture
 
+    @property
+    def text(self) -> ModelParams:
+        """The text model's params: a wrapper's (a vision model's) inner ones, else these."""
+        inner: ModelParams | None = self.option("text")
+        return inner if inner is not None else self
+
+    @property
+    def vision_heads(self) -> int:
+        """A vision encoder's attention heads (0 without one): what `Transform.VISION_ROTARY` groups rows by."""
+        vision = self.option("vision")
+        return vision.num_attention_heads if vision is not None else 0
+
     def option(self, key: str, default: Any = None) -> Any:
         """A family's own field (`options`), or `default`."""
         return dict(self.options).get(key, default)
@@ -102,6 +117,24 @@ class ModelParams:
         return self.family.params_json(self)
 
 
+@dataclass(frozen=True)
+class InputGroup:
+    """Weights of one layer that read the same input, and what makes that input (for quantization).
+
+    `readers` are quantized. `source` makes their input: a norm weight `[dim]` or a linear whose output rows
+    are the input's channels (AWQ divides its entries / rows by the scales it multiplies the readers' columns
+    by), or None (nothing to fold into: the group is left unscaled). `passengers` read the same input but stay
+    unquantized (the router): their columns are multiplied by the scales too, so they compute what they
+    computed before. `experts`: "none" (layer rows), "each" (expert rows, the group repeats per expert) or
+    "all" (the readers of every expert share the layer's input).
+    """
+
+    readers: tuple[Row, ...]
+    source: Row | None = None
+    passengers: tuple[Row, ...] = ()
+    experts: str = "none"
+
+
 class Family:
     """A model family (see the module docstring). Subclass the nearest relative and state what differs."""
 
@@ -113,6 +146,8 @@ class Family:
     params_fields: ClassVar[frozenset[str]]  # the params.json fields it maps (`hubtools.model.accounting`)
     params_absent: ClassVar[Mapping[str, tuple[Any, ...]]] = {}  # fields accepted only with these values
     default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
+    wraps_text: ClassVar[bool] = False  # a wrapper (vision + a text family) wins over the text families it wraps
+    hf_text_prefix: ClassVar[str] = ""  # a wrapper's: where its text model's HF names sit
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)
@@ -147,13 +182,34 @@ class Family:
         """The config.json keys that are this family's own (architecture, model_type, ...)."""
         raise NotImplementedError
 
+    def checked_config_fields(self, params: ModelParams) -> dict[str, Any]:
+        """The family's own config.json fields that verify compares (those that change the forward); none here."""
+        return {}
+
     def config_to_params(self, config: dict[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, str]]:
         """config.json -> (params.json-shaped dict, params field -> config key for messages)."""
         raise NotImplementedError
 
+    def generation_fields(self, params: ModelParams) -> dict[str, Any]:
+        """generation_config.json keys of its own, beside bos/eos (a pad token)."""
+        return {}
+
     def layer_window(self, params: ModelParams, layer: int) -> int | None:
         """The attention window of layer `layer` (None: full attention)."""
         return params.sliding_window
+
+    def hf_side_files(self, params: ModelParams) -> dict[str, dict[str, Any]]:
+        """JSON files an HF folder carries besides config.json and the tokenizer (a vision model's processor)."""
+        return {}
+
+    def with_hf_side_files(self, params: ModelParams, folder: Path) -> ModelParams:
+        """`params` read from an HF folder's config.json, completed from the folder's other files (a vision
+        model's processor configs hold native fields config.json does not)."""
+        return params
+
+    def outer_config(self, params: ModelParams, config: dict[str, Any]) -> dict[str, Any]:
+        """The config.json to write from the flat one built for the text model (a wrapper nests it)."""
+        return config
 
     # -- the name table ---------------------------------------------------------------------------------------
 
@@ -179,6 +235,10 @@ class Family:
         """Rows whose tensors a later part of the forward uses again (a tied output: the embedding)."""
         return ()
 
+    def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
+        """The HF tensors stored fused (several table tensors back to back); none by default."""
+        return ()
+
     def experts(self, params: ModelParams, layer: int) -> int:
         """How many experts layer `layer` holds."""
         return params.num_experts if self.expert_rows(params, layer) else 0
@@ -196,7 +256,7 @@ class Family:
         specs.extend(expand(self.head_rows(params), dims, Part.HEAD))
         return with_scales(params, specs)
 
-    def fp8_linear(self, spec: TensorSpec) -> bool:
+    def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
         """Whether `spec` is the weight of a module transformers quantizes to FP8 (a linear layer)."""
         return len(spec.shape) == 2 and spec.part is not Part.EMBEDDING
 
@@ -267,6 +327,37 @@ class Family:
         """The layer's output once every expert is added."""
         raise NotImplementedError
 
+    def every_token(self, routing: Any, expert: int) -> Any:
+        """`routing` with every token sent to `expert` alone, at weight 1 (calibration)."""
+        raise NotImplementedError
+
+    def routed_tokens(self, routing: Any, experts: int) -> list[int]:
+        """How many tokens the router sent to each expert."""
+        raise NotImplementedError
+
+    # A vision wrapper (`wraps_text`) also runs its encoder on images before the text embedding: the stem on
+    # the images, each encoder layer, then the projector to the text width (native names, through `get`).
+
+    def vision_stem(self, images: list[torch.Tensor], get: Getter, params: ModelParams) -> torch.Tensor:
+        """(Vision wrappers) images `[C, H, W]` -> the encoder's input sequence `[patches, hidden]`."""
+        raise NotImplementedError
+
+    def vision_layer(
+        self, h: torch.Tensor, layer: int, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) encoder layer `layer`; `grids`: each image's patch rows and columns."""
+        raise NotImplementedError
+
+    def vision_project(
+        self, h: torch.Tensor, get: Getter, params: ModelParams, grids: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """(Vision wrappers) the encoder's output -> one text-width embedding per image token."""
+        raise NotImplementedError
+
+    def hf_vision_prefix(self, part: Part, layer: int | None = None) -> str:
+        """(Vision wrappers) the HF name prefix of transformers' vision tower, encoder layer `layer`, or projector."""
+        raise NotImplementedError
+
     # -- the HF-side forward (HF names, transformers' modules) -------------------------------------------------
 
     def hf_embed(self, tokens: torch.Tensor, read: Getter) -> torch.Tensor:
@@ -296,6 +387,12 @@ class Family:
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """(Families with experts) uninitialised storage for one layer's experts in transformers' layout."""
+        raise NotImplementedError
+
+    # -- quantization -----------------------------------------------------------------------------------------
+
+    def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
+        """The layer's quantized weights grouped by the input they read (see `InputGroup`)."""
         raise NotImplementedError
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:

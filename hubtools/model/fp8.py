@@ -128,7 +128,7 @@ def is_quantized(params: ModelParams, spec: TensorSpec) -> bool:
     return (
         params.quantization is not None
         and spec.row.role is Role.TENSOR
-        and params.family.fp8_linear(spec)
+        and params.family.fp8_linear(params, spec)
         and not is_kept(module_of(spec), kept_modules(params))
     )
 

@@ -135,7 +135,9 @@ def to_hf_config(params: ModelParams, *, dtype: str, overrides: ConfigOverrides 
     config.update(own)
     if "rope_parameters" in own:  # transformers 5.x's form holds the base
         config["rope_parameters"] = {"rope_theta": config.pop("rope_theta"), **own["rope_parameters"]}
+    config = params.family.outer_config(params, config)
     generation = {"bos_token_id": overrides.bos_token_id, "eos_token_id": overrides.eos_token_id}
+    generation.update(params.family.generation_fields(params))
     config["transformers_version"] = transformers_version()
     generation["transformers_version"] = config["transformers_version"]
     return HfConfig(dict(sorted(config.items())), generation, (theta_rule, positions_rule))

@@ -27,7 +27,7 @@ def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch
         >>> rotary_angles(torch.arange(3), 4, 1e4).shape
         torch.Size([3, 2])
     """
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     angles = torch.outer(positions.to(torch.float32), freqs)
     return torch.polar(torch.ones_like(angles), angles)
 
@@ -53,7 +53,7 @@ def attention_mask(positions: torch.Tensor, window: int | None) -> torch.Tensor:
     allowed = (distance >= 0) & (sequence[:, None] == sequence[None, :])
     if window is not None:
         allowed &= distance < window
-    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(allowed.shape, device=positions.device).masked_fill(~allowed, float("-inf"))
 
 
 def grouped_query_attention(

@@ -22,11 +22,17 @@ class Role(str, Enum):
 
 
 class Part(IntEnum):
-    """Where a tensor sits in the forward: before the decoder layers, in one, or after them."""
+    """Where a tensor sits in the forward: before the decoder layers, in one, or after them; a vision model's
+    encoder (its stem and layers, `layer` set for a layer) and projector run before the embedding."""
 
     EMBEDDING = 0
     LAYER = 1
     HEAD = 2
+    VISION = 3
+    PROJECTOR = 4
+
+
+VISION_STEM_UNIT, VISION_LAYER_UNIT, PROJECTOR_UNIT = -(1 << 21), -(1 << 20), -2  # all before the embedding (-1)
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,40 @@ class TensorSpec:
 
     @property
     def unit(self) -> int:
-        """The forward step that needs this tensor: -1 embedding, the layer index, or 2**30 for the head."""
+        """The forward step that needs this tensor: -1 embedding, the layer index, or 2**30 for the head; a
+        vision encoder's stem, its layers and the projector come first (`VISION_*_UNIT`, `PROJECTOR_UNIT`)."""
         if self.part is Part.EMBEDDING:
             return -1
+        if self.part is Part.VISION:
+            return VISION_STEM_UNIT if self.layer is None else VISION_LAYER_UNIT + self.layer
+        if self.part is Part.PROJECTOR:
+            return PROJECTOR_UNIT
         return self.layer if self.part is Part.LAYER and self.layer is not None else 1 << 30
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One HF tensor that holds several tensors of the table back to back (transformers' fused experts).
+
+    `parts` are the table's HF names in byte order, each of shape `part_shape`; the stored tensor has
+    `shape` (as many elements as the parts together). Readers split it into its parts, writers
+    write the parts' bytes one after the other: no part is ever transformed across the join. An alias is a
+    table tensor the fused one holds only once (transformers' one activation scale for an expert's gate and
+    up halves): it must equal its part, and reads back as it.
+    """
+
+    hf: str
+    parts: tuple[str, ...]
+    shape: tuple[int, ...]
+    part_shape: tuple[int, ...]
+    aliases: tuple[tuple[str, str], ...] = ()  # (name, part): a tensor stored once, as that part, equal to it
+
+    def prefixed(self, prefix: str) -> Fusion:
+        """This fusion with every HF name under `prefix` (a wrapper holding the text model, e.g. a vision one)."""
+        return Fusion(
+            prefix + self.hf, tuple(prefix + p for p in self.parts), self.shape, self.part_shape,
+            tuple((prefix + a, prefix + p) for a, p in self.aliases),
+        )  # fmt: skip
 
 
 def expand(

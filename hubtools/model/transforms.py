@@ -24,6 +24,8 @@ class HeadCounts(Protocol):
     def n_heads(self) -> int: ...
     @property
     def n_kv_heads(self) -> int: ...
+    @property
+    def vision_heads(self) -> int: ...
 
 
 def interleaved_to_half(w: Array, n_heads: int) -> Array:
@@ -58,6 +60,7 @@ class Transform(str, Enum):
     IDENTITY = "identity"
     ROTARY_Q = "rotary_q"
     ROTARY_K = "rotary_k"
+    VISION_ROTARY = "vision_rotary"  # a vision encoder's q and k (as many kv heads as heads)
 
     @classmethod
     def parse(cls, value: Transform | str) -> Transform:
@@ -69,7 +72,9 @@ class Transform(str, Enum):
             raise MappingError(f"'{value}': expected a transform, one of {names}") from None
 
     def heads(self, params: HeadCounts) -> int:
-        """The head count the rotary permutation groups rows by (q: n_heads, k: n_kv_heads)."""
+        """The head count the rotary permutation groups rows by (q: n_heads, k: n_kv_heads, vision: its heads)."""
+        if self is Transform.VISION_ROTARY:
+            return params.vision_heads
         return params.n_heads if self is Transform.ROTARY_Q else params.n_kv_heads
 
     def forward(self, w: Array, params: HeadCounts) -> Array:

@@ -23,7 +23,6 @@ from hubtools.validation import byte_size, cast_dtype
 if TYPE_CHECKING:
     from hubtools.gguf.quant import QuantType
 
-ARCHITECTURES = ("MistralForCausalLM", "MixtralForCausalLM")
 CHAT_TEMPLATES = tuple(ChatTemplate.values(auto=False))
 TOKENIZERS = tuple(v.value for v in TokenizerVersion)
 _KEYS = {
@@ -116,7 +115,7 @@ def parse_recipe(raw: Any, *, where: str) -> Recipe:
         _one_of(tokenizer, TOKENIZERS, "expect.tokenizer", where)
     return Recipe(
         name=_need(raw, "name", str, where),
-        architecture=_one_of(raw.get("architecture"), ARCHITECTURES, "architecture", where),
+        architecture=_one_of(raw.get("architecture"), architectures(), "architecture", where),
         source_url=_need(source, "url", str, f"{where}: source"),
         source_format=str(source.get("format", "")),
         repo_id=_need(raw, "repo_id", str, where),
@@ -165,6 +164,13 @@ def load_recipe(path: str | Path) -> Recipe:
     if recipe.name != path.stem:
         raise RecipeError(f"{path}: name '{recipe.name}' does not match the file name '{path.stem}'")
     return recipe
+
+
+def architectures() -> tuple[str, ...]:
+    """The architectures a recipe may name: every known family's (`hubtools.families`)."""
+    from hubtools.families import known_families
+
+    return tuple(dict.fromkeys(f.architecture for f in known_families()))
 
 
 def check_source(recipe: Recipe, ckpt: Checkpoint) -> None:

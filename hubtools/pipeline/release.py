@@ -290,21 +290,23 @@ class _Run:
         reader: list[int] = []
 
         def fill(fd: int, t: PlannedTensor) -> None:
-            step = self.conversion.steps[t.name]
-            raw = self.ckpt.read_bytes(step.source.segments)
-            start = os.lseek(fd, 0, os.SEEK_CUR)
-            if not reader:
-                reader.append(os.open(path, os.O_RDONLY))
-                digest.update(os.pread(reader[0], start, 0))  # the header
-            write_all(fd, converted_bytes(self.ckpt, step, raw), path)
-            back = np.empty(t.nbytes, dtype=np.uint8)
-            if t.nbytes and os.preadv(reader[0], [back.data], start) != t.nbytes:
-                raise PublishError(f"{path}: tensor '{t.name}' could not be read back after writing")
-            digest.update(back.data)
-            if not checks.feed(step, raw, back):
-                raise VerifyError(f"{path}: tensor '{t.name}' differs from to_hf(source) (nothing of it was sent)")
-            if self.progress:
-                self.progress(step.source.nbytes)
+            for name in t.names:  # a fused tensor: its parts, back to back
+                step = self.conversion.steps[name]
+                raw = self.ckpt.read_bytes(step.source.segments)
+                start = os.lseek(fd, 0, os.SEEK_CUR)
+                if not reader:
+                    reader.append(os.open(path, os.O_RDONLY))
+                    digest.update(os.pread(reader[0], start, 0))  # the header
+                write_all(fd, converted_bytes(self.ckpt, step, raw), path)
+                size = step.out.nbytes
+                back = np.empty(size, dtype=np.uint8)
+                if size and os.preadv(reader[0], [back.data], start) != size:
+                    raise PublishError(f"{path}: tensor '{name}' could not be read back after writing")
+                digest.update(back.data)
+                if not checks.feed(step, raw, back):
+                    raise VerifyError(f"{path}: tensor '{name}' differs from to_hf(source) (nothing of it was sent)")
+                if self.progress:
+                    self.progress(step.source.nbytes)
 
         try:
             write_shard(path, shard, fill)

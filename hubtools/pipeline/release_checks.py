@@ -81,6 +81,7 @@ class ReleaseChecks:
             t.name: TensorSource(t.name, t.code, t.shape, ()) for s in self.conversion.shards for t in s.tensors
         }
         folder = HfFolder(out, self.conversion.config, (), hf_tensors, tuple(self.header_problems))
+        folder = folder.split(self.conversion.params)  # fused tensors (Mistral 4's experts) as their parts
         structure = check_structure(self.ckpt, folder, self.table)
         tokenizer = check_tokenizer_parity(self.ckpt, out, None)
         return VerifyReport(src, str(out), structure, self.tally.result(), tokenizer, self._logits())

@@ -65,11 +65,18 @@ _TEXT_OF = r"""
         {{- content -}}
     {%- elif content is iterable and content is not mapping -%}
         {%- set parts = namespace(texts=[]) -%}
+        {#- mistral-common moves an image that ends a message of texts to the front -#}
+        {%- if role == 'user' and content | length >= 2 and content[-1] is mapping and content[-1]['type'] == 'image'
+              and content[:-1] | selectattr('type', 'equalto', 'text') | list | length == content | length - 1 -%}
+            {%- set content = [content[-1]] + content[:-1] -%}
+        {%- endif -%}
         {%- for chunk in content -%}
-            {%- if chunk is not mapping or chunk['type'] != 'text' -%}
+            {%- if chunk is mapping and chunk['type'] == 'image' and role == 'user' -%}
+                {{- parts.texts | join('\n\n') ~ '[IMG]' -}}
+                {%- set parts.texts = [] -%}
+            {%- elif chunk is not mapping or chunk['type'] != 'text' -%}
                 {{- raise_exception('Only text chunks are supported in ' ~ role ~ ' messages.') -}}
-            {%- endif -%}
-            {%- if chunk['text'] -%}
+            {%- elif chunk['text'] -%}
                 {%- set parts.texts = parts.texts + [chunk['text']] -%}
             {%- endif -%}
         {%- endfor -%}
@@ -78,6 +85,14 @@ _TEXT_OF = r"""
         {{- raise_exception('The content of a ' ~ role ~ ' message must be a string or a list of text chunks.')
         -}}
     {%- endif -%}
+{%- endmacro -%}
+{#- Messages' texts joined as mistral-common joins them: by a blank line, except across an image -#}
+{%- macro joined(texts) -%}
+    {%- for text in texts -%}
+        {{- '\n\n' if not loop.first and not loop.previtem.endswith('[IMG]') and not text.startswith('[IMG]')
+            else '' -}}
+        {{- text -}}
+    {%- endfor -%}
 {%- endmacro -%}
 """
 
@@ -146,7 +161,7 @@ _AGGREGATE = r"""
     {%- set content = message['content'] if message['content'] is defined else none -%}
     {%- if role != agg.role or role == 'tool' -%}
         {%- if agg.role in ['user', 'assistant'] -%}
-            {%- set agg.out = agg.out + [{'role': agg.role, 'content': agg.texts | join('\n\n'), 'calls': agg.calls,
+            {%- set agg.out = agg.out + [{'role': agg.role, 'content': joined(agg.texts), 'calls': agg.calls,
                                           'prefix': agg.prefix}] -%}
         {%- endif -%}
         {%- set agg.role = role -%}

@@ -211,7 +211,7 @@ def hf_chat_ids(tok: Any, messages: Sequence[dict[str, Any]], tools: Sequence[An
     return [int(i) for i in ids]
 
 
-def _load_hf(hf_dir: Path) -> Any:
+def load_hf_tokenizer(hf_dir: Path) -> Any:
     """The folder's tokenizer.json (with tokenizer_config.json), as a fast tokenizer.
 
     Not `AutoTokenizer`: since transformers 5, a folder that also holds `tekken.json` loads as
@@ -231,7 +231,7 @@ def _load_hf(hf_dir: Path) -> Any:
         ) from exc
 
 
-def _load_reference(native_file: Path, version: str, workdir: str) -> Any:
+def load_reference_tokenizer(native_file: Path, version: str, workdir: str) -> Any:
     """mistral-common's tokenizer for the file, read as `version` (an unversioned tokenizer.model is
     otherwise always v1)."""
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
@@ -330,7 +330,7 @@ def check_tokenizer(
     """
     version = tokenizer_version(native_file)
     tokenizer_vocab_size(native_file)  # validates sizes and counts before mistral-common builds anything
-    tok = _load_hf(hf_dir)
+    tok = load_hf_tokenizer(hf_dir)
     flavour = template_flavour(getattr(tok, "chat_template", None)) if chat else "none"
     extra = list(prompts or [])
     texts = [("builtin", i, t) for i, t in enumerate(BUILTIN_TEXTS)]
@@ -344,7 +344,7 @@ def check_tokenizer(
     misses: list[Miss] = []
     divergences: list[Miss] = []
     with tempfile.TemporaryDirectory() as workdir:
-        mt = _load_reference(native_file, version, workdir)
+        mt = load_reference_tokenizer(native_file, version, workdir)
         raw = mt.instruct_tokenizer.tokenizer
         for source, index, text in texts:
             ref = list(raw.encode(text, bos=True, eos=False))

@@ -146,6 +146,9 @@ class TokenizerCheck:
         )
 
 
+VISION_STEM, VISION_PROJECTOR = -1, 1 << 20  # the `LayerDiff.layer` of a vision encoder's stem and projector
+
+
 @dataclass(frozen=True)
 class LayerDiff:
     """The hidden-state difference after one decoder layer (max |dh| and ||dh|| / ||h_ref||)."""
@@ -183,6 +186,7 @@ class LogitsCheck:
     top1_near_tie_agreement: float | None = None
     near_tie: float = 0.0
     layers: tuple[LayerDiff, ...] = ()
+    vision: tuple[LayerDiff, ...] = ()  # a vision model's encoder: after the stem (-1), each layer, the projector
     sequences: int = 0
     tokens: int = 0
     prompts: str = ""
@@ -210,6 +214,8 @@ class LogitsCheck:
             nonfinite=list(self.nonfinite),
             layers=[d.to_dict() for d in self.layers],
         )
+        if self.vision:
+            out["vision"] = [d.to_dict() for d in self.vision]
         out.update({k: getattr(self, k) for k in ("skipped", "error") if getattr(self, k)})
         return out
 
@@ -221,6 +227,7 @@ class LogitsCheck:
             **{name: data.get(name) for name in METRICS},
             near_tie=float(data.get("near_tie", 0.0)),
             layers=tuple(LayerDiff.from_dict(d) for d in data.get("layers", ())),
+            vision=tuple(LayerDiff.from_dict(d) for d in data.get("vision", ())),
             sequences=int(data.get("sequences", 0)),
             tokens=int(data.get("tokens", 0)),
             prompts=str(data.get("prompts", "")),

@@ -107,6 +107,10 @@ def build_layer(
     return module.eval()
 
 
+def _under(prefix: str, read: Reader) -> Reader:
+    return lambda name: read(prefix + name)
+
+
 class LayeredModel:
     """The HF side of a layer-by-layer comparison: embed, then `layer(h, i)` for each i, then `head(h)`.
 
@@ -118,6 +122,10 @@ class LayeredModel:
     def __init__(self, config: Any, read: Reader, dtype: torch.dtype, *, positions: torch.Tensor | None = None) -> None:
         """`positions` `[seq]`: restarting at 0 for packed sequences (transformers' masks detect them); default
         0..seq-1."""
+        outer = config_family(config)
+        if outer.wraps_text:  # a vision model: its text model, whose HF names sit under the wrapper's prefix
+            config, prefix = config.get_text_config(), outer.hf_text_prefix
+            read = _under(prefix, read)
         self.config, self.read, self.dtype, self.positions = config, read, dtype, positions
         self.family = config_family(config)
         self.rotary = _module(config, "RotaryEmbedding")(config=config)

@@ -27,8 +27,8 @@ class ReferenceModel:
     def __init__(
         self, params: ModelParams, get: Getter, *, rope_theta: float, positions: torch.Tensor | None = None
     ) -> None:
-        self.params, self.get, self.rope_theta, self.positions = params, get, rope_theta, positions
-        self.family = params.family
+        self.params, self.get, self.rope_theta, self.positions = params.text, get, rope_theta, positions
+        self.family = self.params.family  # a vision model's text model: the wrapper runs its encoder apart
 
     def _positions(self, h: torch.Tensor) -> torch.Tensor:
         return self.positions if self.positions is not None else torch.arange(h.shape[1])

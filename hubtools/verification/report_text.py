@@ -13,6 +13,8 @@ from enum import Enum
 from typing import Any
 
 from hubtools.verification.checks import (
+    VISION_PROJECTOR,
+    VISION_STEM,
     Bound,
     Check,
     LogitsCheck,
@@ -89,6 +91,10 @@ def tokenizer_line(c: TokenizerCheck) -> str:
     if c.skipped or c.error:
         return str(c.skipped or c.error)
     shown = f"{100 * c.agreement:.1f}%" if c.agreement is not None else "n/a"
+    images = c.details.get("images")
+    if isinstance(images, dict):  # a vision model's conversations with images
+        with_images = f"{images.get('agreed')}/{images.get('sequences')} with images"
+        return f"agreement {shown} on {c.sequences} sequences ({with_images}, {images.get('processor')})"
     return f"agreement {shown} on {c.sequences} sequences"
 
 
@@ -122,6 +128,9 @@ def format_report(report: VerifyReport | GgufReport, *, max_names: int = 10) -> 
     if report.logits.layers:
         lines += ["", f"  {'layer':>5}  {'max|dh|':>10}  {'rel dh':>10}"]
         lines += [f"  {d.layer:>5}  {d.max_abs_dh:>10.2e}  {d.rel_dh:>10.2e}" for d in report.logits.layers]
+    if report.logits.vision:
+        lines += ["", f"  {'vision':>6}  {'max|dh|':>10}  {'rel dh':>10}"]
+        lines += [f"  {_stage(d.layer):>6}  {d.max_abs_dh:>10.2e}  {d.rel_dh:>10.2e}" for d in report.logits.vision]
     findings = list(s.problems) + [
         f"tensor differs: '{n}' ({describe_difference(t.differences.get(n, {}))})" for n in t.mismatched
     ]
@@ -224,3 +233,8 @@ def gguf_quality(report: GgufReport | None) -> dict[str, str]:
         "top1": f"{100 * (logits.top1_agreement or 0):.1f}%",
         "verified": verdict(report.passed),
     }
+
+
+def _stage(layer: int) -> str:
+    """A vision stage's label: the stem, an encoder layer, or the projector (`vision_pass`)."""
+    return {VISION_STEM: "stem", VISION_PROJECTOR: "proj"}.get(layer, str(layer))

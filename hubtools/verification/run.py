@@ -130,7 +130,17 @@ def check_tokenizer_parity(native: Checkpoint, hf_folder: Path, prompts_path: Pa
     except TokenizerError as exc:
         return TokenizerCheck(False, error=str(exc))
     details = {k: v for k, v in report.to_dict().items() if k not in ("passed", "sequences", "agreed", "agreement")}
-    return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
+    if not native.params.family.wraps_text:
+        return TokenizerCheck(bool(report.passed), report.sequences, report.agreed, details)
+    from hubtools.tokenization.image_parity import check_image_parity
+
+    try:  # a vision model: conversations with images, mistral-common against the folder's processor
+        images = check_image_parity(hf_folder, native.tokenizer_file)
+    except TokenizerError as exc:
+        return TokenizerCheck(False, report.sequences, report.agreed, details, error=str(exc))
+    details["images"] = images.to_dict()
+    passed = bool(report.passed) and images.passed
+    return TokenizerCheck(passed, report.sequences + images.sequences, report.agreed + images.agreed, details)
 
 
 def check_prompts(prompts_path: Path | None) -> None:
@@ -205,8 +215,8 @@ def verify(
     native, hf = assign_folders(native, hf)
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
-        audit = index_hf_folder(hf)
         check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
+        audit = index_hf_folder(hf).split(src.params)
         table = NameTable(src.params)
         hf_table = NameTable(hf_side_params(src.params, audit.config))
         structure = check_structure(src, audit, table, hf_table, rope_theta=rope_theta)
@@ -219,7 +229,6 @@ def verify(
                 dst,
                 hf,
                 table,
-                hf_table,
                 forward_ready(src, audit, table, hf_table),
                 dtype=compute,
                 rope_theta=theta,
@@ -227,6 +236,7 @@ def verify(
                 progress=say,
                 texts=prompt_texts(prompts_path),
                 audit_config=audit.config,
+                hf_table=hf_table,
             )
             say("tokenizer")
             tokenizer = check_tokenizer_parity(src, hf, prompts_path)

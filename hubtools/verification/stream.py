@@ -17,6 +17,7 @@ memory (`CastPool`), so after the first layer no new memory is touched.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,21 @@ class Lockstep:
         rope_theta: float,
         progress: Callable[[str], None],
     ) -> None:
-        self.config, self.params, self.prompts, self.dtype = config, params, prompts.pack(), dtype
-        self.family, self.progress = params.family, progress
+        self.config, self.params, self.dtype = config, params.text, dtype  # the text model's (a wrapper's inner)
+        self.text_config = getattr(config, "text_config", None) or config
+        self.family, self.progress = params.text.family, progress
+        self.vision, self.image_mask = None, None
+        if params.family.wraps_text:  # a vision model: its encoders first, then the text with images in it
+            from hubtools.verification.vision_pass import VisionSides, with_image_prompt
+
+            prompts, self.image_mask = with_image_prompt(prompts, params.option("vision"), params.vocab_size)
+            self.vision = VisionSides(config, params, self._get, self._read, dtype)
+        self.prompts = prompts.pack()
         self.native: dict[str, torch.Tensor] = {}
         self.hf: dict[str, torch.Tensor] = {}
         self.need: dict[int, int] = {}
         self.front: dict[int, int] = {}  # per layer: tensors before the experts (attention, norms, router)
-        self.table = NameTable(params)
+        self.table = NameTable(params)  # every tensor, a vision model's encoder and projector included
         self.expert_names: dict[tuple[int, int], list[str]] = {}  # (layer, expert) -> its native names
         for spec in self.table.specs:
             if spec.row.role is not Role.TENSOR:
@@ -185,13 +194,15 @@ class Lockstep:
                 self.front[spec.unit] = self.front.get(spec.unit, 0) + 1
             else:
                 self.expert_names.setdefault((spec.unit, spec.expert), []).append(spec.native)
-        shared = self.family.shared_rows(params)  # kept to the end (a tied head uses the embedding again)
+        shared = params.family.shared_rows(params)  # kept to the end (a tied head uses the embedding again)
         self.keep_native = {s.native for s in self.table.specs if s.row in shared}
         self.keep_hf = {s.hf for s in self.table.specs if s.row in shared}
         self.pool = CastPool(dtype)
         self.positions = self.prompts.positions
         self.model = LayeredModel(config, self._read, dtype, positions=self.positions)
-        self.reference = reference.ReferenceModel(params, self._get, rope_theta=rope_theta, positions=self.positions)
+        self.reference = reference.ReferenceModel(
+            self.params, self._get, rope_theta=rope_theta, positions=self.positions
+        )
         self.h_ref: torch.Tensor | None = None
         self.h_hf: torch.Tensor | None = None
         self.moe: Any = None  # the family's routing state of the MoE layer in progress
@@ -225,9 +236,9 @@ class Lockstep:
             return False
         if self.fused is None:
             if self.experts is None:
-                self.experts = self.family.empty_fused_experts(self.config, self.dtype)
+                self.experts = self.family.empty_fused_experts(self.text_config, self.dtype)
             self.fused = self.experts
-        return self.family.put_expert(self.fused, self.config, spec, tensor)
+        return self.family.put_expert(self.fused, self.text_config, spec, tensor)
 
     def _stream_moe(self, layer: int) -> None:
         """Attention and routing once the layer's front is in, then each complete expert in order."""
@@ -250,9 +261,18 @@ class Lockstep:
         return self.pool.cast(role(self.table.by_hf.get(name), "hf"), self.hf[name])
 
     def _run(self, unit: int) -> None:
+        if unit < -1:  # the vision encoder's stem, layers and projector
+            assert self.vision is not None, "only a vision model has units before the embedding"
+            from hubtools.verification.vision_pass import vision_stage
+
+            self.progress(f"logits: vision {vision_stage(unit)}")
+            self.vision.run(unit)
+            return
         if unit == -1:
             tokens = self.prompts.tokens
             self.h_ref, self.h_hf = self.reference.embed(tokens), self.model.embed(tokens)
+            if self.vision is not None and self.image_mask is not None:
+                self.h_ref, self.h_hf = self.vision.place(self.h_ref, self.h_hf, self.image_mask)
             self.track.embeddings(self.h_ref, self.h_hf)
             return
         assert self.h_ref is not None and self.h_hf is not None, "units arrive in order: embedding first"
@@ -276,9 +296,10 @@ class Lockstep:
         name = str(self.dtype).removeprefix("torch.")
         if self.logits is None:
             return LogitsCheck(False, name, error="the forward did not reach the output (tensors missing)")
-        return judge_logits(
+        check = judge_logits(
             *self.logits, self.track.diffs, self.prompts, dtype=self.dtype, nonfinite=self.track.nonfinite
         )
+        return replace(check, vision=tuple(self.vision.diffs)) if self.vision is not None else check
 
 
 def one_pass(
@@ -286,7 +307,6 @@ def one_pass(
     hf: Checkpoint,
     hf_folder: Path,
     table: NameTable,
-    hf_table: NameTable,
     ready: bool,
     *,
     dtype: torch.dtype,
@@ -295,6 +315,7 @@ def one_pass(
     progress: Callable[[str], None],
     texts: tuple[str, ...] = (),
     audit_config: dict[str, Any] | None = None,
+    hf_table: NameTable | None = None,
 ) -> tuple[TensorsCheck, LogitsCheck]:
     """`verify`'s tensors and logits checks from one read of each tensor on each side.
 
@@ -304,6 +325,7 @@ def one_pass(
     FP8 scales when the conversion dequantized them).
     """
     name = dtype_name(dtype)
+    hf_table = hf_table or table
     tally = TensorTally(hf_table, native.params)
     lockstep, error = None, None
     if not enabled:

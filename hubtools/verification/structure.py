@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from hubtools.checkpoint.hf_index import check_index, index_safetensors, indexed_files, read_weight_map
 from hubtools.checkpoint.layout import Layout, TensorSource, WeightFiles, WeightFormat
-from hubtools.checkpoint.reader import Checkpoint
+from hubtools.checkpoint.reader import Checkpoint, split_fusions
 from hubtools.checkpoint.safetensors_format import dtype_name
-from hubtools.errors import ParamsError
+from hubtools.errors import MappingError, ParamsError
 from hubtools.filenames import CONFIG, GENERATION_CONFIG, HF_TOKENIZER_FILES, is_spm_model
 from hubtools.model import fp8
 from hubtools.model.family import ModelParams
@@ -55,6 +55,13 @@ class HfFolder:
     tensors: dict[str, TensorSource]
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+
+    def split(self, params: ModelParams) -> HfFolder:
+        """This folder with its fused tensors as their parts (`split_fusions`); a bad fusion is a problem."""
+        try:
+            return replace(self, tensors=split_fusions(params, self.tensors, where="HF"))
+        except (MappingError, ParamsError) as exc:
+            return replace(self, problems=(*self.problems, str(exc)))
 
     def checkpoint(self, params: ModelParams) -> Checkpoint:
         """A reader over the tensors that could be indexed (first copy of a duplicate)."""
@@ -202,6 +209,49 @@ def _fmt(value: Any, *, like: Any = None) -> str:
     return json.dumps(value)
 
 
+WRAPPER_FIELDS = (  # a vision model's config.json keys outside text_config and vision_config
+    "model_type",
+    "architectures",
+    "image_token_index",
+    "projector_hidden_act",
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "multimodal_projector_bias",
+    "spatial_merge_size",
+    "tie_word_embeddings",
+)
+VISION_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "image_size",
+    "patch_size",
+    "head_dim",
+    "hidden_act",
+    "rope_theta",
+)
+
+
+def _sections(
+    expected: dict[str, Any], config: dict[str, Any]
+) -> list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]]:
+    """(key prefix, expected, found, keys) for each part of config.json: the whole one, or a vision model's
+    wrapper keys, its text_config and its vision_config."""
+    if not isinstance(expected.get("text_config"), dict):
+        return [("", expected, config, COMPARED_FIELDS)]
+    parts: list[tuple[str, dict[str, Any], dict[str, Any], tuple[str, ...]]] = [("", expected, config, WRAPPER_FIELDS)]
+    for key, fields in (("text_config", COMPARED_FIELDS), ("vision_config", VISION_FIELDS)):
+        found = config.get(key)
+        want = dict(expected[key])
+        if key == "vision_config":
+            want["rope_theta"] = want["rope_parameters"]["rope_theta"]
+        parts.append((f"{key}.", want, found if isinstance(found, dict) else {}, fields))
+    return parts
+
+
 def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: float | None = None) -> list[str]:
     """Every config.json field the native params determine, compared; rope_theta by the documented rule.
 
@@ -211,30 +261,63 @@ def config_problems(config: dict[str, Any], params: ModelParams, *, rope_theta: 
     expected = to_hf_config(params, dtype="float32", overrides=ConfigOverrides(rope_theta=rope_theta))
     why = {"rope_theta": expected.rules[0].split(" ", 1)[1]}
     problems = []
-    for key in COMPARED_FIELDS:
-        want, got = expected.config.get(key), _found(config, key)
-        if key not in expected.config:
-            continue
-        if not _same(want, got):
-            reason = f" {why[key]}" if key in why else ""
-            problems.append(f"config.json {key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}")
+    for prefix, want_config, found_config, keys in _sections(expected.config, config):
+        for key in keys:
+            want, got = want_config.get(key), _found(found_config, key)
+            if key not in want_config:
+                continue
+            if not _same(want, got):
+                reason = f" {why[key]}" if key in why and prefix != "vision_config." else ""
+                problems.append(
+                    f"config.json {prefix}{key}: expected {_fmt(want)}{reason}, found {_fmt(got, like=want)}"
+                )
     problems += _quantization_problems(config, params)
-    if config.get("rope_parameters") is not None and not isinstance(config["rope_parameters"], dict):
-        problems.append(f"config.json rope_parameters: expected an object, found {_fmt(config['rope_parameters'])}")
-    rope = expected.config.get("rope_parameters")
+    wrapped = isinstance(expected.config.get("text_config"), dict)
+    prefix = "text_config." if wrapped else ""
+    want_text = expected.config["text_config"] if wrapped else expected.config
+    text = config.get("text_config") if wrapped else config
+    text = text if isinstance(text, dict) else {}
+    if text.get("rope_parameters") is not None and not isinstance(text["rope_parameters"], dict):
+        problems.append(
+            f"config.json {prefix}rope_parameters: expected an object, found {_fmt(text['rope_parameters'])}"
+        )
+    rope = want_text.get("rope_parameters")
     if rope is None:
         rope = {"rope_type": "default"}
-        if _scales_rope(config.get("rope_scaling")):  # transformers 4.x's key
-            problems.append(f"config.json rope_scaling: expected null, found {_fmt(config['rope_scaling'])}")
-    found = {"rope_type": "default", **_rope_parameters(config)}
+        if _scales_rope(text.get("rope_scaling")):  # transformers 4.x's key
+            problems.append(f"config.json {prefix}rope_scaling: expected null, found {_fmt(text['rope_scaling'])}")
+    found = {"rope_type": "default", **_rope_parameters(text)}
     for key, want in rope.items():  # a family's rotary scaling (YaRN, llama-4) field by field
         if not _same(want, found.get(key)):
             reason = f" {why['rope_theta']}" if key == "rope_theta" else ""
             got = _fmt(found.get(key), like=want)
-            problems.append(f"config.json rope_parameters.{key}: expected {_fmt(want)}{reason}, found {got}")
-    kinds = expected.config.get("layer_types")
-    if kinds is not None and not _same(kinds, config.get("layer_types")):
-        problems.append(f"config.json layer_types: expected {_fmt(kinds)}, found {_fmt(config.get('layer_types'))}")
+            problems.append(f"config.json {prefix}rope_parameters.{key}: expected {_fmt(want)}{reason}, found {got}")
+    kinds = want_text.get("layer_types")
+    if kinds is not None and not _same(kinds, text.get("layer_types")):
+        problems.append(
+            f"config.json {prefix}layer_types: expected {_fmt(kinds)}, found {_fmt(text.get('layer_types'))}"
+        )
+    problems += _family_problems(text, params.text.family.checked_config_fields(params.text), prefix)
+    return problems
+
+
+def _family_problems(config: dict[str, Any], fields: dict[str, Any], prefix: str = "") -> list[str]:
+    """The family's own config.json fields (an object compared key by key), beyond `COMPARED_FIELDS`."""
+    problems = []
+    for key, want in fields.items():
+        if key in COMPARED_FIELDS:
+            continue
+        found = config.get(key)
+        if isinstance(want, dict):
+            inner = found if isinstance(found, dict) else {}
+            pairs = [(f"{key}.{k}", v, inner.get(k)) for k, v in want.items()]
+        else:
+            pairs = [(key, want, found)]
+        for name, expected, found in pairs:
+            if not _same(expected, found):
+                problems.append(
+                    f"config.json {prefix}{name}: expected {_fmt(expected)}, found {_fmt(found, like=expected)}"
+                )
     return problems
 
 
@@ -277,7 +360,11 @@ def size_mismatches(config: dict[str, Any] | None, params: ModelParams) -> list[
     if config is None:
         return list(SIZE_FIELDS)
     expected = to_hf_config(params, dtype="float32").config
-    return [k for k in SIZE_FIELDS if k in expected and not _same(expected[k], _found(config, k))]
+    mismatched = []
+    for prefix, want, found, _ in _sections(expected, config):
+        if prefix or "text_config" not in expected:  # a vision model's wrapper keys size nothing
+            mismatched += [prefix + k for k in SIZE_FIELDS if k in want and not _same(want[k], _found(found, k))]
+    return mismatched
 
 
 def mapping_problems(
