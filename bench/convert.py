@@ -16,9 +16,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from hubtools.destination import check_destination, write_file
 from hubtools.errors import DestinationError
@@ -76,36 +78,42 @@ def rss_anon(pid: int) -> int:
     return proc_status(pid, "RssAnon")
 
 
-def run_measured(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
+def run_measured(
+    cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
+) -> dict[str, Any]:
     """Run a command; wall time (incl. sync), peak RSS and sampled peak anonymous memory.
 
     Peak RSS is the child's own high-water mark (VmHWM, sampled until it exits), not wait4's ru_maxrss:
     that one also counts the parent's high-water mark, inherited through the fork before exec.
+    check=False: a failing command is a measurement too; its exit code is "rc" and its last stderr line "error".
     """
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
-    peak, hwm = [0], [0]
-    done = threading.Event()
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=cwd)
+        peak, hwm = [0], [0]
+        done = threading.Event()
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_anon(proc.pid))
-            hwm[0] = max(hwm[0], proc_status(proc.pid, "VmHWM"))
-            time.sleep(0.02)
+        def sample() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], rss_anon(proc.pid))
+                hwm[0] = max(hwm[0], proc_status(proc.pid, "VmHWM"))
+                time.sleep(0.02)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    done.set()
-    thread.join()
-    os.sync()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}")
-    return {
-        "seconds": time.perf_counter() - started,
-        "peak_rss": hwm[0] or usage.ru_maxrss * 1024,
-        "peak_anon": peak[0],
-    }
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        done.set()
+        thread.join()
+        os.sync()
+        seconds, rc = time.perf_counter() - started, os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        lines = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()]
+    if rc != 0 and check:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n" + "\n".join(lines[-20:]))
+    measured: dict[str, Any] = {"seconds": seconds, "peak_rss": hwm[0] or usage.ru_maxrss * 1024, "peak_anon": peak[0]}
+    if rc != 0:
+        measured.update(rc=rc, error=lines[-1] if lines else f"exit code {rc}")
+    return measured
 
 
 def measure(src: Path, work: Path, repeat: int) -> dict[str, dict[str, float]]:
