@@ -62,11 +62,13 @@ def _has_family(name: str) -> bool:
     return True
 
 
+@pytest.mark.slow  # 40 s: the default suite keeps each bench's --help check; this runs the FP8 variant through
 def test_mistral3_bench_runs_at_tiny_width(tmp_path: Path) -> None:
     """The FP8 variant (convert kept and dequantized, peer where present, verify vs whole), no width check."""
     _check(_run_generation_bench("mistral3.py", tmp_path, *MISTRAL3_TINY, "--variants", "fp8", "--widths"), ["fp8"])
 
 
+@pytest.mark.slow  # 45 s, as above
 @pytest.mark.skipif(not _has_family("mistral4"), reason="the mistral4 family is not in this tree")
 def test_mistral4_bench_runs_at_tiny_width(tmp_path: Path) -> None:
     _check(_run_generation_bench("mistral4.py", tmp_path, *MISTRAL4_TINY, "--variants", "fp8", "--widths"), ["fp8"])
