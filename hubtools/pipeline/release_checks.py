@@ -83,7 +83,7 @@ class ReleaseChecks:
         }
         folder = HfFolder(out, self.conversion.config, (), hf_tensors, tuple(self.header_problems))
         folder = folder.split(self.conversion.params)  # fused tensors (Mistral 4's experts) as their parts
-        structure = check_structure(self.ckpt, folder, self.table)
+        structure = check_structure(self.ckpt, folder, self.table, stored=hf_tensors)
         tokenizer = check_tokenizer_parity(self.ckpt, out, None)
         return VerifyReport(src, str(out), structure, self.tally.result(), tokenizer, self._logits())
 

@@ -14,14 +14,14 @@ Either folder may be given first; which is native and which HF is detected.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hubtools.checkpoint.layout import Layout, layouts_present
+from hubtools.checkpoint.layout import Layout, TensorSource, layouts_present
 from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import TokenizerError, VerifyError
@@ -34,6 +34,7 @@ from hubtools.model.names import NameTable
 from hubtools.model.params import default_rope_theta
 from hubtools.validation import compute_dtype
 from hubtools.verification.checks import StructureCheck, TokenizerCheck
+from hubtools.verification.loadable import load_problems
 from hubtools.verification.report import VerifyReport
 from hubtools.verification.structure import (
     HfFolder,
@@ -84,9 +85,11 @@ def check_structure(
     hf_table: NameTable | None = None,
     *,
     rope_theta: float | None = None,
+    stored: Mapping[str, TensorSource] | None = None,
 ) -> StructureCheck:
     """Config vs params, both sides' tensors against the name table (`hf_table` for the HF side: without
-    scales when it is dequantized), dtypes and the index."""
+    scales when it is dequantized), dtypes and the index; with `stored` (the HF tensors as stored, fused ones
+    whole), also what transformers' own loader would leave missing, unexpected or mismatched (`load_problems`)."""
     hf_table = hf_table or table
     problems = list(hf.problems)
     if hf.config is not None:
@@ -100,6 +103,11 @@ def check_structure(
             side, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
         )
     notes = list(hf.notes)
+    if hf.config is not None and stored is not None and not problems:  # a folder already wrong is not put to it
+        if hf.config.get(fp8.HF_FIELD) is None:
+            problems += load_problems(hf.folder, hf.config, stored)
+        else:  # FP8 kept: loaded as on a GPU (a CPU dequantizes it); transformers' own limits there are noted
+            notes += load_problems(hf.folder, hf.config, stored, gpu=True)
     native_dtypes = _dtype_names(t.dtype for t in native.tensors.values())
     hf_dtypes = _dtype_names(t.dtype for t in hf.tensors.values())
     if hf_dtypes and native_dtypes != hf_dtypes:
@@ -216,10 +224,11 @@ def verify(
     with open_checkpoint(native, layout=Layout.NATIVE) as src:
         say("structure")
         check_counts(src.params, src.tensors, source=str(native / PARAMS))  # before the table
-        audit = index_hf_folder(hf).split(src.params)
+        stored = index_hf_folder(hf)
+        audit = stored.split(src.params)
         table = NameTable(src.params)
         hf_table = NameTable(hf_side_params(src.params, audit.config))
-        structure = check_structure(src, audit, table, hf_table, rope_theta=rope_theta)
+        structure = check_structure(src, audit, table, hf_table, rope_theta=rope_theta, stored=stored.tensors)
         with audit.checkpoint(src.params) as dst:
             from hubtools.verification.stream import one_pass
 
