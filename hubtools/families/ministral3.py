@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import EMBEDDING, NORM, OUTPUT, Mistral
+from hubtools.model import fp8
 from hubtools.model.accounting import check_object_fields
 from hubtools.model.family import ModelParams
 from hubtools.model.params import Bad, bad_value, context_field, parse_common, positive_int
@@ -139,9 +140,8 @@ class Ministral3(Mistral):
     # -- the name table: a tied model has no output projection --------------------------------------------------
 
     def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
-        """The list transformers' ministral3 script and the published FP8 repos (Devstral 2, Ministral 3) write,
-        vision modules included even for a text-only model (they match nothing there)."""
-        return ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+        """The list transformers' ministral3 script and the published FP8 repos write (`fp8.PUBLISHED_KEPT`)."""
+        return fp8.PUBLISHED_KEPT
 
     def head_rows(self, params: ModelParams) -> tuple[Row, ...]:
         return (NORM,) if params.option("tied") else (NORM, OUTPUT)

@@ -189,7 +189,7 @@ class Pixtral(Mistral):
         return spec.part not in (Part.VISION, Part.PROJECTOR) and text.family.fp8_linear(text, spec)
 
     def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
-        return ("model.vision_tower", "model.multi_modal_projector", "lm_head")  # the published FP8 repos' list
+        return fp8.PUBLISHED_KEPT
 
     def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
         text = self.text(params)

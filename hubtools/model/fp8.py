@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 NATIVE_FIELD, HF_FIELD = "quantization", "quantization_config"
 NATIVE_SCHEME = {"qformat_weight": "fp8_e4m3", "qscheme_act": "TENSOR"}
 HF_SCHEME = {"quant_method": "fp8", "activation_scheme": "static", "weight_block_size": None}
+# what the published FP8 repos of the Mistral 3 generation (Devstral 2, Ministral 3, the vision wrappers) and
+# transformers' ministral3 script list in `modules_to_not_convert`, vision modules even for a text-only model
+PUBLISHED_KEPT = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 HF_DEFAULTS = {"dequantize": False, "modules_to_convert": None, "scale_fmt": "float", "expert_dtype": "fp8"}
 SUFFIXES = {  # role -> (native suffix, HF suffix), replacing the weight's ".weight"
     Role.WEIGHT_SCALE: (".qscale_weight", ".weight_scale_inv"),
