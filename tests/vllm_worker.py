@@ -7,7 +7,8 @@ weights) only into its AVX-512 libraries; on an AVX2-only CPU `vllm._C_AVX2` lac
 fails (`AttributeError` on `torch.ops._C.cpu_gemm_wna16`, raised inside torch.compile). Where it is missing,
 this module registers a stand-in under the same schema (`_wna16_standin`: undo vLLM's own repacking, dequantize,
 one float32 matmul) in every vLLM process (CPU vLLM spawns its engine, and spawned processes import this
-module as `__mp_main__`), and the output says so (`"wna16_kernel": "stand-in"`): vLLM's loader, weight
+module as `__mp_main__`), first checked against a dequantized matmul on weights laid out by vLLM's own
+packing helpers (`_check_standin`), and the output says so (`"wna16_kernel": "stand-in"`): vLLM's loader, weight
 repacking and model code still run unchanged, only the GEMM's arithmetic is ours. Where vLLM has the kernel it
 is used (`"vllm"`).
 
@@ -68,7 +69,34 @@ def _ensure_wna16_kernel() -> str:
     library.impl("cpu_gemm_wna16", _wna16_standin, "CPU")
     torch.library.register_fake("_C::cpu_gemm_wna16", lambda *args: None, lib=library)
     _LIBRARIES.append(library)  # a registration lives as long as its Library object
+    _check_standin()
     return "stand-in"
+
+
+def _check_standin() -> None:
+    """The stand-in on weights laid out by vLLM's own packing helpers, as `_process_gptq_weights_w4a16` does,
+    equals the dequantized matmul (raises otherwise)."""
+    import torch
+    from vllm.model_executor.layers.quantization.utils.quant_utils import (
+        pack_quantized_values_into_int32,
+        unpack_quantized_values_into_int32,
+    )
+    from vllm.scalar_type import scalar_types
+
+    k, n, group = 64, 48, 32
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (k, n), dtype=torch.int32, generator=generator)
+    scales = torch.rand(k // group, n, generator=generator) + 0.5
+    packed = pack_quantized_values_into_int32(codes, scalar_types.uint4b8, 0)  # compressed-tensors: along input
+    weight = unpack_quantized_values_into_int32(packed, scalar_types.uint4b8, 0)
+    weight = pack_quantized_values_into_int32(weight, scalar_types.uint4b8, 1)
+    weight = weight.view(k, -1, 2).permute(1, 0, 2).reshape(-1, k * 2).contiguous()
+    x = torch.randn(5, k, generator=generator)
+    out = torch.empty(5, n)
+    torch.ops._C.cpu_gemm_wna16(x, weight, out, scales, None, None, 8, "vec")
+    expected = x @ ((codes - 8).float() * scales.repeat_interleave(group, dim=0))
+    if not torch.allclose(out, expected, atol=1e-5):
+        raise AssertionError("the cpu_gemm_wna16 stand-in disagrees with the dequantized matmul")
 
 
 _LIBRARIES: list[Any] = []
