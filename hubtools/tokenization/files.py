@@ -52,7 +52,7 @@ from hubtools.filenames import (
     spm_version,
 )
 from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
-from hubtools.tokenization.chat_template import TEXT_ONLY_VERSIONS, build_chat_template
+from hubtools.tokenization.chat_template import TEKKEN_VERSIONS, build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
@@ -171,12 +171,12 @@ def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:
 
 
 def resolve_chat_template(choice: str, version: str) -> str:
-    """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3, v7 (and tekken v11, v13: text
-    conversations), else "none"."""
+    """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3, v7 and tekken v11, v13, else
+    "none"."""
     if choice not in ChatTemplate.values():
         raise InvalidValueError(f"'{choice}': expected a chat template, one of {one_of(ChatTemplate.values())}")
     if choice == ChatTemplate.AUTO:
-        return "mistral" if version in ("v2", "v3", "v7", *TEXT_ONLY_VERSIONS) else "none"
+        return "mistral" if version in ("v2", "v3", "v7", *TEKKEN_VERSIONS) else "none"
     return choice
 
 

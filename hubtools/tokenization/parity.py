@@ -29,9 +29,9 @@ from typing import Any
 from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.filenames import TOKENIZER_JSON, spm_versioned_name
-from hubtools.tokenization.chat_template import TEXT_ONLY_VERSIONS, template_flavour
+from hubtools.tokenization.chat_template import template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
-from hubtools.tokenization.files import instruct_version, tokenizer_version, tokenizer_vocab_size
+from hubtools.tokenization.files import tokenizer_version, tokenizer_vocab_size
 from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 
 __all__ = [
@@ -336,7 +336,7 @@ def check_tokenizer(
     texts = [("builtin", i, t) for i, t in enumerate(BUILTIN_TEXTS)]
     texts += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, str)]
     convs: list[tuple[str, int, Any]] = [("builtin", i, list(c)) for i, c in enumerate(BUILTIN_CONVERSATIONS)]
-    if flavour == "mistral" and instruct_version(native_file) not in TEXT_ONLY_VERSIONS:
+    if flavour == "mistral":
         convs += [("builtin-tools", i, c) for i, c in enumerate(BUILTIN_TOOL_CONVERSATIONS)]
     convs += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, (list, dict))]
     convs = convs if flavour != "none" else []
