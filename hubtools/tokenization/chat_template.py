@@ -326,7 +326,7 @@ def _aggregate(version: str) -> str:
     aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if v7 else _SYSTEM_PROMPT)
     aggregate = aggregate.replace("@CALL_STYLE@", tekken.CALL_STYLE[version])
     aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if v7 else "or agg.out[0]['role'] != 'user'")
-    order = tekken.ORDER_RESULTS if version == "v13" else ""
+    order = tekken.ORDER_RESULTS if version in TEKKEN_VERSIONS else ""
     return aggregate + (VALIDATE_V2_RESULTS if version == "v2" else "") + order
 
 

@@ -14,11 +14,14 @@ as mistral-common 1.13's `InstructTokenizerV11` / `V13`, `MistralRequestValidato
 - a `{"type": "thinking", "thinking": text, "closed": true}` chunk in an assistant or system message is
   `[THINK]text[/THINK]` (no `[/THINK]` when `closed` is false), v13 only; an assistant message with a
   thinking chunk is not right-stripped (mistral-common strips plain-text messages only).
+
+Known difference: text right after an unclosed thought (`closed: false` followed by more text, which only a
+half-written conversation has) is one piece of text for the Hugging Face tokenizer, two for mistral-common
+(which encodes each chunk alone), so BPE may merge across the boundary.
 """
 
 from __future__ import annotations
 
-THINK_ERROR = "Think not implemented for tokenizer < V13."
 V13_ID_ERROR = "Tool call id must be a non-empty string other than 'null' for tokenizer version 13 or newer."
 
 # a branch of `text_of`'s chunk loop (after images): thinking chunks, v13 only
@@ -46,7 +49,8 @@ CALL_FORMATS = r"""
         {{- '[TOOL_CALLS]' ~ f['name'] ~ '[ARGS]' ~ arguments -}}
     {%- else -%}"""
 
-# mistral-common's v11+ validator: results answer pending calls by id; checked from the second message on
+# mistral-common's v11+ validator: results answer pending calls by id; checked from the second message on (in
+# its test mode, which `encode_chat_completion` uses, a final turn may leave calls unanswered)
 VALIDATE_CALL_IDS = r"""
 {%- set pairing = namespace(expected=[], observed=[]) -%}
 {%- for message in messages[1:] -%}
@@ -74,13 +78,10 @@ VALIDATE_CALL_IDS = r"""
         {%- endfor -%}
     {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt is defined and add_generation_prompt
-      and pairing.expected | length != pairing.observed | length -%}
-    {{- raise_exception('Not the same number of function calls and responses') -}}
-{%- endif -%}
 """
 
-# v13: each run of tool results in the order of the calls of the assistant turn before it (a stable sort)
+# v11, v13 (mistral-common's V13 normalizer serves both): each run of tool results in the order of the calls
+# of the assistant turn before it (a stable sort)
 ORDER_RESULTS = r"""
 {%- set order = namespace(out=[], run=[], ids=[]) -%}
 {%- for message in agg.out + [{'role': 'end'}] -%}
