@@ -177,7 +177,7 @@ def _random_run(sides: Callable[[str], tuple[Any, Any]], version: str, seeds: ra
     tok, mt = sides(version)
     misses = []
     for seed in seeds:
-        messages, tools = split_chat(random_tekken_chat(random.Random(seed)))
+        messages, tools = split_chat(random_tekken_chat(random.Random(seed), thinking=version == "v13"))
         hf, ref = hf_chat(tok, messages, tools), reference_chat_ids(mt, messages, "mistral", tools)
         if not (hf == ref or (isinstance(hf, str) and isinstance(ref, str))):
             misses.append((seed, hf if isinstance(hf, str) else "", ref if isinstance(ref, str) else ""))

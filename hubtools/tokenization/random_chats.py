@@ -166,16 +166,19 @@ def _thought(rng: random.Random) -> dict[str, Any]:
     return {"type": "thinking", "thinking": _text(rng, 8), "closed": rng.random() > 0.1}
 
 
-def random_tekken_chat(rng: random.Random, *, broken: float = 0.02) -> dict[str, Any]:
+def random_tekken_chat(rng: random.Random, *, broken: float = 0.02, thinking: bool = True) -> dict[str, Any]:
     """`random_tool_chat`, then what tekken v11 / v13 encode differently: thinking chunks in assistant (and
     some system) messages, tool results out of their calls' order, and ids of other shapes (v13 accepts any
     non-empty id but "null"). An unclosed thought is only ever last in its message and followed by a special
-    token (`tekken_template`'s known difference is text right after one).
+    token (`tekken_template`'s known difference is text right after one). `thinking=False` for v11, which
+    refuses thoughts.
     """
     chat = random_tool_chat(rng, broken=broken)
     messages = chat["messages"]
     for index, message in enumerate(messages):
         role, content = message["role"], message.get("content")
+        if not thinking:
+            continue
         if role == "assistant" and rng.random() < 0.5:
             thought = _thought(rng)
             text = [{"type": "text", "text": content}] if content else []
