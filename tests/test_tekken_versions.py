@@ -182,3 +182,20 @@ def _random_run(sides: Callable[[str], tuple[Any, Any]], version: str, seeds: ra
         if not (hf == ref or (isinstance(hf, str) and isinstance(ref, str))):
             misses.append((seed, hf if isinstance(hf, str) else "", ref if isinstance(ref, str) else ""))
     assert misses == []
+
+
+@pytest.mark.slow  # ~80 s: image preprocessing on both sides
+def test_v13_conversations_with_images_match_mistral_common(folders: Folders, tmp_path: Path) -> None:
+    """A vision release's v13 tekken.json (its `image` config) against the folder's template and processor."""
+    from hubtools.model.vision import processor_files
+    from hubtools.testing import set_image_config, tiny_vision
+    from hubtools.tokenization.image_parity import check_image_parity
+
+    native, hf = folders("v13")
+    vision_native = Path(shutil.copy(native, tmp_path / native.name))
+    set_image_config(vision_native, tiny_vision())
+    vision_hf = Path(shutil.copytree(hf, tmp_path / "hf"))
+    for name, data in processor_files(tiny_vision()).items():
+        (vision_hf / name).write_text(json.dumps(data), encoding="utf-8")
+    parity = check_image_parity(vision_hf, vision_native)
+    assert parity.passed and parity.sequences > 0, parity
