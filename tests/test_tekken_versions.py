@@ -199,3 +199,29 @@ def test_v13_conversations_with_images_match_mistral_common(folders: Folders, tm
         (vision_hf / name).write_text(json.dumps(data), encoding="utf-8")
     parity = check_image_parity(vision_hf, vision_native)
     assert parity.passed and parity.sequences > 0, parity
+
+
+@pytest.mark.slow  # ~75 s: convert and verify twice (the default suite plants the same fault in check_tokenizer)
+def test_verify_fails_a_converted_v13_model_whose_template_drops_think_naming_the_conversations(
+    tmp_path: Path,
+) -> None:
+    """`hubtools verify` (the API it runs): a Magistral-like checkpoint with a v13 tekken.json passes, then fails
+    with its template edited to drop [THINK], the tokenizer check naming each conversation with a thought."""
+    from hubtools.converter import convert
+    from hubtools.testing import tiny_params, write_native_checkpoint
+    from hubtools.verification.run import verify
+
+    native = write_native_checkpoint(tmp_path / "native", tiny_params(moe=False, vocab_size=131072, n_layers=1))
+    for old in native.glob("tokenizer.model*"):
+        old.unlink()
+    write_tekken_version(native, "v13")
+    convert(native, tmp_path / "hf", to="hf")
+    assert verify(native, tmp_path / "hf").tokenizer.passed
+    config_path = tmp_path / "hf" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = config["chat_template"].replace("'[THINK]' ~ ", "")
+    config_path.write_text(json.dumps(config), encoding="utf-8")
+    report = verify(native, tmp_path / "hf")
+    assert not report.passed and not report.tokenizer.passed
+    named = {(m["source"], m["index"]) for m in report.tokenizer.details["misses"]}
+    assert named == {("builtin-tekken", i) for i in range(8)}
