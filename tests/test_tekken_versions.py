@@ -219,9 +219,32 @@ def test_verify_fails_a_converted_v13_model_whose_template_drops_think_naming_th
     assert verify(native, tmp_path / "hf").tokenizer.passed
     config_path = tmp_path / "hf" / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    assert "mistral v13 (tekken). " in config["chat_template"]  # a text model: no image chunks
     config["chat_template"] = config["chat_template"].replace("'[THINK]' ~ ", "")
     config_path.write_text(json.dumps(config), encoding="utf-8")
     report = verify(native, tmp_path / "hf")
     assert not report.passed and not report.tokenizer.passed
     named = {(m["source"], m["index"]) for m in report.tokenizer.details["misses"]}
     assert named == {("builtin-tekken", i) for i in range(8)}
+
+
+def test_image_chunks_are_refused_without_an_image_encoder_as_mistral_common_does(
+    folders: Folders, sides: Callable[[str], tuple[Any, Any]], tmp_path: Path
+) -> None:
+    """The converter writes `images=False` for a model without a vision encoder (and a tekken.json without an
+    image config gets it by default): mistral-common refuses image chunks there too."""
+    from hubtools.tokenization.chat_template import mistral_template
+
+    native, _ = folders("v13")
+    text_only = tmp_path / native.name
+    text_only.write_text(json.dumps({k: v for k, v in json.loads(native.read_text()).items() if k != "image"}))
+    mt = load_reference_tokenizer(text_only, "tekken", str(tmp_path))
+    tok = sides("v13")[0]
+    tok.chat_template = mistral_template("v13", spm=False, images=False)
+    image = {"type": "image", "image": "data:image/png;base64,iVBORw0KGgo="}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, image]}]
+    assert isinstance(reference_chat_ids(mt, messages, "mistral"), str)
+    with pytest.raises(ChatTemplateError, match="Only text chunks"):
+        hf_chat_ids(tok, messages)
+    tok.chat_template = mistral_template("v13", spm=False)
+    assert "[IMG]" in tok.decode(hf_chat_ids(tok, messages))

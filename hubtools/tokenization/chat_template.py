@@ -65,7 +65,7 @@ _TEXT_OF = r"""
             {%- set content = [content[-1]] + content[:-1] -%}
         {%- endif -%}
         {%- for chunk in content -%}
-            {%- if chunk is mapping and chunk['type'] == 'image' and role == 'user' -%}
+            {%- if chunk is mapping and chunk['type'] == 'image' and role == '@IMAGES_IN@' -%}
                 {{- parts.texts | join('\n\n') ~ '[IMG]' -}}
                 {%- set parts.texts = [] -%}@THINKING_CHUNK@
             {%- elif chunk is not mapping or chunk['type'] != 'text' -%}
@@ -274,7 +274,7 @@ _CHATML = r"""{#- hubtools chat template: chatml. BOS, then <|im_start|>role\n..
 """
 
 
-def mistral_template(version: str, *, spm: bool = True) -> str:
+def mistral_template(version: str, *, spm: bool = True, images: bool = True) -> str:
     """The Mistral instruct template for a tokenizer version.
 
     Args:
@@ -282,6 +282,8 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
             "v11" and "v13" (`TEKKEN_VERSIONS`: v7 plus their tool-call formats and, v13, [THINK] chunks).
         spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). v1 exists only as
             SentencePiece, v11 and v13 only as tekken; the other versions do not depend on it.
+        images (`bool`, *optional*, defaults to True): image chunks in user messages become `[IMG]` (for the
+            processor to expand); False refuses them, as mistral-common does without an image encoder.
 
     Returns:
         `str`: the Jinja template.
@@ -301,10 +303,12 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
             f"(expected one of {', '.join(known)}). Use chat_template='none'."
         )
     header = (
-        f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
+        f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}"
+        f"{', images' if images else ''}). "
         "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}"
     )
     text_of = _TEXT_OF.replace("@THINKING_CHUNK@", tekken.THINKING_CHUNK if version == "v13" else "")
+    text_of = text_of.replace("@IMAGES_IN@", "user" if images else "no role")
     return header + text_of + JSON_VALUE + TOOL_MACROS + _validate(version) + _aggregate(version) + _encode(version)
 
 
@@ -355,8 +359,8 @@ def chatml_template() -> str:
     return _CHATML
 
 
-def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
-    """The template for a flavour ("mistral", "chatml" or "none"); None for "none".
+def build_chat_template(flavour: str, version: str, *, spm: bool, images: bool = True) -> str | None:
+    """The template for a flavour ("mistral", "chatml" or "none"); None for "none". `images`: see `mistral_template`.
 
     Raises:
         `ChatTemplateError`: unknown flavour, or no Mistral template for `version`.
@@ -366,7 +370,7 @@ def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
     if flavour == "chatml":
         return chatml_template()
     if flavour == "mistral":
-        return mistral_template(version, spm=spm)
+        return mistral_template(version, spm=spm, images=images)
     raise ChatTemplateError(f"'{flavour}': expected a chat template flavour, one of {', '.join(FLAVOURS)}")
 
 
