@@ -24,7 +24,8 @@ template simply concatenates chunks and special tokens. In v1 `[INST]` is text, 
 without a special token between them; the template joins them with one space, which is the "▁" the
 second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
 
-Known differences (measured by `hubtools.tokenization.parity`): image chunks are refused; tool
+Known differences (measured by `hubtools.tokenization.parity`): an image chunk is one `[IMG]` (with `images`;
+the processor expands it, `image_parity` measures both together); tool
 `parameters` are not checked as a JSON Schema (mistral-common rejects invalid Draft 7 schemas); an
 assistant `prefix` is honoured but `continue_final_message` is transformers' own; special-token strings
 inside message text or JSON ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
