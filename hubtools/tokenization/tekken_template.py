@@ -81,7 +81,7 @@ VALIDATE_CALL_IDS = r"""
 """
 
 # v11, v13 (mistral-common's V13 normalizer serves both): each run of tool results in the order of the calls
-# of the assistant turn before it (a stable sort)
+# of the assistant turn before it (a stable sort, written as loops: no `sort` filter, which small engines lack)
 ORDER_RESULTS = r"""
 {%- set order = namespace(out=[], run=[], ids=[]) -%}
 {%- for message in agg.out + [{'role': 'end'}] -%}
@@ -94,7 +94,13 @@ ORDER_RESULTS = r"""
         {%- endfor -%}
         {%- set order.run = order.run + [{'rank': rank.value, 'message': message}] -%}
     {%- else -%}
-        {%- set order.out = order.out + (order.run | sort(attribute='rank') | map(attribute='message') | list) -%}
+        {%- for rank in range(order.ids | length + 1) -%}
+            {%- for item in order.run -%}
+                {%- if item['rank'] == rank -%}
+                    {%- set order.out = order.out + [item['message']] -%}
+                {%- endif -%}
+            {%- endfor -%}
+        {%- endfor -%}
         {%- set order.run = [] -%}
         {%- if message['role'] == 'assistant' -%}
             {%- set order.ids = message['ids'] -%}
