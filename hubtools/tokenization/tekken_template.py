@@ -7,7 +7,7 @@ as mistral-common 1.13's `InstructTokenizerV11` / `V13`, `MistralRequestValidato
 - a tool call is `[TOOL_CALLS]name[CALL_ID]id[ARGS]arguments` (v11) or `[TOOL_CALLS]name[ARGS]arguments`
   (v13), one after another, instead of v7's `[TOOL_CALLS][{...}, ...]`;
 - a tool result is v7's `[TOOL_RESULTS]id[TOOL_CONTENT]content[/TOOL_RESULTS]` (v11) or
-  `[TOOL_RESULTS]content[/TOOL_RESULTS]` (v13), and v13 puts the results of one turn in the order of its calls;
+  `[TOOL_RESULTS]content[/TOOL_RESULTS]` (v13); both put the results of one turn in the order of its calls;
 - v13 writes `[AVAILABLE_TOOLS]...[/AVAILABLE_TOOLS]` before the FIRST user message (v7, v11: the last);
 - calls and results are paired by id: a result must answer a pending call, ids are unique per turn;
   v11 ids are 9 letters or digits (as v3), v13 ids any non-empty string other than "null";
