@@ -246,5 +246,5 @@ def test_image_chunks_are_refused_without_an_image_encoder_as_mistral_common_doe
     assert isinstance(reference_chat_ids(mt, messages, "mistral"), str)
     with pytest.raises(ChatTemplateError, match="Only text chunks"):
         hf_chat_ids(tok, messages)
-    tok.chat_template = mistral_template("v13", spm=False)
+    tok.chat_template = mistral_template("v13", spm=False, images=True)
     assert "[IMG]" in tok.decode(hf_chat_ids(tok, messages))

@@ -275,7 +275,7 @@ _CHATML = r"""{#- hubtools chat template: chatml. BOS, then <|im_start|>role\n..
 """
 
 
-def mistral_template(version: str, *, spm: bool = True, images: bool = True) -> str:
+def mistral_template(version: str, *, spm: bool = True, images: bool = False) -> str:
     """The Mistral instruct template for a tokenizer version.
 
     Args:
@@ -283,7 +283,7 @@ def mistral_template(version: str, *, spm: bool = True, images: bool = True) -> 
             "v11" and "v13" (`TEKKEN_VERSIONS`: v7 plus their tool-call formats and, v13, [THINK] chunks).
         spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). v1 exists only as
             SentencePiece, v11 and v13 only as tekken; the other versions do not depend on it.
-        images (`bool`, *optional*, defaults to True): image chunks in user messages become `[IMG]` (for the
+        images (`bool`, *optional*, defaults to False): image chunks in user messages become `[IMG]` (for the
             processor to expand); False refuses them, as mistral-common does without an image encoder.
 
     Returns:
@@ -360,7 +360,7 @@ def chatml_template() -> str:
     return _CHATML
 
 
-def build_chat_template(flavour: str, version: str, *, spm: bool, images: bool = True) -> str | None:
+def build_chat_template(flavour: str, version: str, *, spm: bool, images: bool = False) -> str | None:
     """The template for a flavour ("mistral", "chatml" or "none"); None for "none". `images`: see `mistral_template`.
 
     Raises:
