@@ -140,8 +140,12 @@ def write_tokenizer(
     if target is Layout.HF:
         if ckpt.tokenizer_file is None:
             return []
-        return write_hf_tokenizer(
-            ckpt.tokenizer_file, out, chat_template=chat_template, model_max_length=context_length
+        return write_hf_tokenizer(  # image chunks only for a model with a vision encoder
+            ckpt.tokenizer_file,
+            out,
+            chat_template=chat_template,
+            model_max_length=context_length,
+            images=ckpt.params.family.wraps_text,
         )
     restored = restore_native_tokenizer(ckpt.folder, out)
     return [restored.name] if restored is not None else []

@@ -109,6 +109,6 @@ def _quiet_special_vocab() -> Iterator[None]:
 def hf_tokenizer_dir(native: Path, config: dict[str, Any], *, chat_template: str, workdir: Path) -> Path:
     """Write the HF tokenizer files `hubtools convert` would write (and config.json) into a fresh folder."""
     folder = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=workdir))
-    write_hf_tokenizer(native, folder, chat_template=chat_template)
+    write_hf_tokenizer(native, folder, chat_template=chat_template, images="vision_config" in config)  # as convert
     (folder / CONFIG).write_text(json.dumps(config))
     return folder

@@ -151,4 +151,4 @@ def write_tokenizer(ckpt: Checkpoint, out: Path, context: int | None) -> list[st
         return []
     from hubtools.tokenization.files import write_hf_tokenizer
 
-    return write_hf_tokenizer(ckpt.tokenizer_file, out, model_max_length=context)
+    return write_hf_tokenizer(ckpt.tokenizer_file, out, model_max_length=context, images=ckpt.params.family.wraps_text)

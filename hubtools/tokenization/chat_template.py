@@ -1,7 +1,7 @@
 """Jinja chat templates (stored in tokenizer_config.json) that reproduce mistral-common token for token.
 
 `mistral_template(version)` mirrors `MistralTokenizer.encode_chat_completion` for tokenizer versions
-v1, v2, v3 and v7 with the `tokenizer.json` that `hubtools.tokenization.hf_json` builds:
+v1, v2, v3, v7 and tekken v11, v13 (`tekken_template`) with the `tokenizer.json` that `hf_json` builds:
 
 1. validate as mistral-common's validator does (test mode), raising for what it rejects: an empty
    conversation, a lone assistant message, a role after one it may not follow (system after
@@ -24,7 +24,8 @@ template simply concatenates chunks and special tokens. In v1 `[INST]` is text, 
 without a special token between them; the template joins them with one space, which is the "▁" the
 second chunk would get (no piece of the vocabulary contains "]▁", so BPE never merges across).
 
-Known differences (measured by `hubtools.tokenization.parity`): image chunks are refused; tool
+Known differences (measured by `hubtools.tokenization.parity`): an image chunk is one `[IMG]` (with `images`;
+the processor expands it, `image_parity` measures both together); tool
 `parameters` are not checked as a JSON Schema (mistral-common rejects invalid Draft 7 schemas); an
 assistant `prefix` is honoured but `continue_final_message` is transformers' own; special-token strings
 inside message text or JSON ("[INST]") are parsed as control tokens by the Hugging Face tokenizer.
@@ -35,6 +36,7 @@ The first line of every template names it (`TEMPLATE_MARKER`), so the parity che
 from __future__ import annotations
 
 from hubtools.errors import ChatTemplateError
+from hubtools.tokenization import tekken_template as tekken
 from hubtools.tokenization.choices import ChatTemplate, TokenizerVersion
 from hubtools.tokenization.tool_template import (
     JSON_VALUE,
@@ -46,17 +48,10 @@ from hubtools.tokenization.tool_template import (
 
 TEMPLATE_MARKER = "hubtools chat template:"
 MISTRAL_VERSIONS = tuple(v.value for v in TokenizerVersion.sentencepiece())
-# tekken instruct versions whose text conversations encode as v7's (checked against mistral-common); their
-# tool-call formats ([CALL_ID], [ARGS]; v13: tools at the first user message, no call ids) are not reproduced,
-# so their template refuses tools, tool calls and tool results instead of encoding them wrongly
-TEXT_ONLY_VERSIONS = ("v11", "v13")
-_TEXT_ONLY = r"""
-{%- if tools or messages | selectattr('role', 'equalto', 'tool') | list
-      or messages | selectattr('tool_calls') | list -%}
-    {{- raise_exception('This template reproduces text conversations only for tokenizer @VERSION@: '
-                        ~ 'its tool-call format is not reproduced (use mistral-common).') -}}
-{%- endif -%}
-"""
+# tekken instruct versions built on v7 (their text, system prompts and images encode as v7's); their tool calls,
+# tool results and [THINK] chunks come from `hubtools.tokenization.tekken_template`
+TEKKEN_VERSIONS = ("v11", "v13")
+_TOOL_RESULT = TOOL_RESULT | tekken.TOOL_RESULT
 FLAVOURS = tuple(ChatTemplate.values(auto=False))
 
 _TEXT_OF = r"""
@@ -71,9 +66,9 @@ _TEXT_OF = r"""
             {%- set content = [content[-1]] + content[:-1] -%}
         {%- endif -%}
         {%- for chunk in content -%}
-            {%- if chunk is mapping and chunk['type'] == 'image' and role == 'user' -%}
+            {%- if chunk is mapping and chunk['type'] == 'image' and role == '@IMAGES_IN@' -%}
                 {{- parts.texts | join('\n\n') ~ '[IMG]' -}}
-                {%- set parts.texts = [] -%}
+                {%- set parts.texts = [] -%}@THINKING_CHUNK@
             {%- elif chunk is not mapping or chunk['type'] != 'text' -%}
                 {{- raise_exception('Only text chunks are supported in ' ~ role ~ ' messages.') -}}
             {%- elif chunk['text'] -%}
@@ -86,11 +81,11 @@ _TEXT_OF = r"""
         -}}
     {%- endif -%}
 {%- endmacro -%}
-{#- Messages' texts joined as mistral-common joins them: by a blank line, except across an image -#}
+{#- Messages' texts joined as mistral-common joins them: by a blank line, except across an image or a thought -#}
 {%- macro joined(texts) -%}
     {%- for text in texts -%}
         {{- '\n\n' if not loop.first and not loop.previtem.endswith('[IMG]') and not text.startswith('[IMG]')
-            else '' -}}
+            and not loop.previtem.endswith('[/THINK]') and not text.startswith('[THINK]') else '' -}}
         {{- text -}}
     {%- endfor -%}
 {%- endmacro -%}
@@ -155,18 +150,19 @@ _CHECK_TOOL_ID = {
 }
 
 _AGGREGATE = r"""
-{%- set agg = namespace(out=[], system=[], role='', texts=[], calls=[], prefix=false) -%}
+{%- set agg = namespace(out=[], system=[], role='', texts=[], calls=[], ids=[], prefix=false) -%}
 {%- for message in messages + [{'role': 'end'}] -%}
     {%- set role = message['role'] -%}
     {%- set content = message['content'] if message['content'] is defined else none -%}
     {%- if role != agg.role or role == 'tool' -%}
         {%- if agg.role in ['user', 'assistant'] -%}
             {%- set agg.out = agg.out + [{'role': agg.role, 'content': joined(agg.texts), 'calls': agg.calls,
-                                          'prefix': agg.prefix}] -%}
+                                          'prefix': agg.prefix, 'ids': agg.ids}] -%}
         {%- endif -%}
         {%- set agg.role = role -%}
         {%- set agg.texts = [] -%}
         {%- set agg.calls = [] -%}
+        {%- set agg.ids = [] -%}
         {%- set agg.prefix = false -%}
     {%- endif -%}
     {%- set text = text_of(content, role) -%}
@@ -181,7 +177,8 @@ _AGGREGATE = r"""
         {%- endif -%}
         {%- if message['tool_calls'] is defined and message['tool_calls'] -%}
             {%- for call in message['tool_calls'] -%}
-                {%- set agg.calls = agg.calls + [call_json(call, @WITH_ID@)] -%}
+                {%- set agg.calls = agg.calls + [call_json(call, @CALL_STYLE@)] -%}
+                {%- set agg.ids = agg.ids + [call['id'] if call is mapping and call['id'] is defined else none] -%}
             {%- endfor -%}
         {%- endif -%}
         {%- if message['prefix'] is defined and message['prefix'] -%}
@@ -214,7 +211,7 @@ _ENCODE = r"""
     {%- set before_last = loop.index0 < users.last -%}
     {%- set eos = '' if message['prefix'] else eos_token -%}
     {%- if message['role'] == 'user' -%}
-        {%- if loop.index0 == users.last and tools_text @HAS_TOOL_TOKENS@ -%}
+        {%- if loop.index0 == users.@TOOLS_AT@ and tools_text @HAS_TOOL_TOKENS@ -%}
             {{- '[AVAILABLE_TOOLS]' ~ tools_text ~ '[/AVAILABLE_TOOLS]' -}}
         {%- endif -%}
         @USER@
@@ -259,8 +256,8 @@ _ASSISTANT = {
     "v7": "{%- if not message['content'] and not message['calls'] -%}\n"
     "            {{- raise_exception('An assistant message must have content or tool calls.') -}}\n"
     "        {%- endif -%}\n"
-    "        {{- message['content'].rstrip(' ') -}}\n"
-    "        {{- ('[TOOL_CALLS][' ~ message['calls'] | join(', ') ~ ']') if message['calls'] else '' -}}\n"
+    "        {{- message['content']@RSTRIP@ -}}\n"
+    "        {{- @CALLS@ if message['calls'] else '' -}}\n"
     "        {{- eos -}}",
 }
 
@@ -278,14 +275,16 @@ _CHATML = r"""{#- hubtools chat template: chatml. BOS, then <|im_start|>role\n..
 """
 
 
-def mistral_template(version: str, *, spm: bool = True) -> str:
+def mistral_template(version: str, *, spm: bool = True, images: bool = False) -> str:
     """The Mistral instruct template for a tokenizer version.
 
     Args:
         version (`str`): "v1", "v2", "v3" or "v7" (the instruct version, also for tekken files); for tekken also
-            "v11" and "v13", text conversations only (`TEXT_ONLY_VERSIONS`).
-        spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). Only v1
-            depends on it, and v1 exists only as SentencePiece.
+            "v11" and "v13" (`TEKKEN_VERSIONS`: v7 plus their tool-call formats and, v13, [THINK] chunks).
+        spm (`bool`, *optional*, defaults to True): SentencePiece (True) or tekken (False). v1 exists only as
+            SentencePiece, v11 and v13 only as tekken; the other versions do not depend on it.
+        images (`bool`, *optional*, defaults to False): image chunks in user messages become `[IMG]` (for the
+            processor to expand); False refuses them, as mistral-common does without an image encoder.
 
     Returns:
         `str`: the Jinja template.
@@ -297,51 +296,56 @@ def mistral_template(version: str, *, spm: bool = True) -> str:
         >>> "[SYSTEM_PROMPT]" in mistral_template("v7")
         True
     """
-    text_only = version in TEXT_ONLY_VERSIONS and not spm
-    if (version not in MISTRAL_VERSIONS and not text_only) or (version == "v1" and not spm):
+    known = (*MISTRAL_VERSIONS[1:], *TEKKEN_VERSIONS) if not spm else MISTRAL_VERSIONS
+    if version not in known:
         kind = "SentencePiece" if spm else "tekken"
-        known = (*MISTRAL_VERSIONS, *TEXT_ONLY_VERSIONS) if not spm else MISTRAL_VERSIONS
         raise ChatTemplateError(
             f"no Mistral chat template for a {kind} tokenizer of version '{version}' "
             f"(expected one of {', '.join(known)}). Use chat_template='none'."
         )
     header = (
-        f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}). "
+        f"{{#- {TEMPLATE_MARKER} mistral {version} ({'sentencepiece' if spm else 'tekken'}"
+        f"{', images' if images else ''}). "
         "Mirrors mistral-common encode_chat_completion: validate, merge, encode. -#}"
     )
-    guard = _TEXT_ONLY.replace("@VERSION@", version) if text_only else ""
-    version = "v7" if text_only else version
-    return (
-        header
-        + guard
-        + _TEXT_OF
-        + JSON_VALUE
-        + TOOL_MACROS
-        + _validate(version)
-        + _aggregate(version)
-        + _encode(version)
-    )
+    text_of = _TEXT_OF.replace("@THINKING_CHUNK@", tekken.THINKING_CHUNK if version == "v13" else "")
+    text_of = text_of.replace("@IMAGES_IN@", "user" if images else "no role")
+    return header + text_of + JSON_VALUE + TOOL_MACROS + _validate(version) + _aggregate(version) + _encode(version)
+
+
+def _family(version: str) -> str:
+    """The version whose text format `version` shares: v11 and v13 are v7's."""
+    return "v7" if version in TEKKEN_VERSIONS else version
 
 
 def _validate(version: str) -> str:
     # v7 validates content after merging only (mistral-common lets an empty one join a non-empty one)
-    validate = _VALIDATE.replace("@EMPTY_ASSISTANT_OK@", " and false" if version == "v7" else "")
-    validate = validate.replace("@CHECK_TOOL_ID@", _CHECK_TOOL_ID["v2" if version in ("v1", "v2") else "v3"])
-    return validate + VALIDATE_CALLS
+    validate = _VALIDATE.replace("@EMPTY_ASSISTANT_OK@", " and false" if _family(version) == "v7" else "")
+    check_id = tekken.CHECK_V13_ID if version == "v13" else _CHECK_TOOL_ID["v2" if version in ("v1", "v2") else "v3"]
+    validate = validate.replace("@CHECK_TOOL_ID@", check_id)
+    return validate + (tekken.VALIDATE_CALL_IDS if version in TEKKEN_VERSIONS else VALIDATE_CALLS)
 
 
 def _aggregate(version: str) -> str:
-    aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if version == "v7" else _SYSTEM_PROMPT)
-    aggregate = aggregate.replace("@WITH_ID@", "true" if version in ("v3", "v7") else "false")
-    aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if version == "v7" else "or agg.out[0]['role'] != 'user'")
-    return aggregate + (VALIDATE_V2_RESULTS if version == "v2" else "")
+    v7 = _family(version) == "v7"
+    aggregate = _AGGREGATE.replace("@SYSTEM@", _SYSTEM_MESSAGE if v7 else _SYSTEM_PROMPT)
+    aggregate = aggregate.replace("@CALL_STYLE@", tekken.CALL_STYLE[version])
+    aggregate = aggregate.replace("@FIRST_NOT_USER@", "" if v7 else "or agg.out[0]['role'] != 'user'")
+    order = tekken.ORDER_RESULTS if version in TEKKEN_VERSIONS else ""
+    return aggregate + (VALIDATE_V2_RESULTS if version == "v2" else "") + order
 
 
 def _encode(version: str) -> str:
-    key = "v2" if version == "v3" else version
+    key = "v2" if version == "v3" else _family(version)
     assistant = _ASSISTANT[key].replace("@V3@", " or true" if version == "v3" else "")
+    calls, rstrip = tekken.ASSISTANT.get(
+        version, ("('[TOOL_CALLS][' ~ message['calls'] | join(', ') ~ ']')", ".rstrip(' ')")
+    )
+    assistant = assistant.replace("@CALLS@", calls).replace("@RSTRIP@", rstrip)
     encode = _ENCODE.replace("@USER@", _USER[key]).replace("@ASSISTANT@", assistant)
-    encode = encode.replace("@TOOL@", TOOL_RESULT[version])
+    encode = encode.replace("@TOOL@", _TOOL_RESULT[version]).replace(
+        "@TOOLS_AT@", "first" if version == "v13" else "last"
+    )
     # v1 has no tool tokens: mistral-common validates the tools, then ignores them
     return encode.replace("@HAS_TOOL_TOKENS@", "and false" if version == "v1" else "")
 
@@ -356,8 +360,8 @@ def chatml_template() -> str:
     return _CHATML
 
 
-def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
-    """The template for a flavour ("mistral", "chatml" or "none"); None for "none".
+def build_chat_template(flavour: str, version: str, *, spm: bool, images: bool = False) -> str | None:
+    """The template for a flavour ("mistral", "chatml" or "none"); None for "none". `images`: see `mistral_template`.
 
     Raises:
         `ChatTemplateError`: unknown flavour, or no Mistral template for `version`.
@@ -367,7 +371,7 @@ def build_chat_template(flavour: str, version: str, *, spm: bool) -> str | None:
     if flavour == "chatml":
         return chatml_template()
     if flavour == "mistral":
-        return mistral_template(version, spm=spm)
+        return mistral_template(version, spm=spm, images=images)
     raise ChatTemplateError(f"'{flavour}': expected a chat template flavour, one of {', '.join(FLAVOURS)}")
 
 

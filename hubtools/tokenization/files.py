@@ -52,7 +52,7 @@ from hubtools.filenames import (
     spm_version,
 )
 from hubtools.model.hf_config import DEFAULT_MAX_POSITIONS
-from hubtools.tokenization.chat_template import TEXT_ONLY_VERSIONS, build_chat_template
+from hubtools.tokenization.chat_template import TEKKEN_VERSIONS, build_chat_template
 from hubtools.tokenization.choices import ChatTemplate, one_of
 from hubtools.tokenization.hf_json import SpecialTokens, spm_tokenizer, tekken_tokenizer
 from hubtools.tokenization.sentencepiece_model import CONTROL, read_sentencepiece_model
@@ -171,12 +171,12 @@ def build_hf_tokenizer(path: Path) -> tuple[Tokenizer, SpecialTokens]:
 
 
 def resolve_chat_template(choice: str, version: str) -> str:
-    """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3, v7 (and tekken v11, v13: text
-    conversations), else "none"."""
+    """The flavour for a `chat_template` choice: "auto" is "mistral" for v2, v3, v7 and tekken v11, v13, else
+    "none"."""
     if choice not in ChatTemplate.values():
         raise InvalidValueError(f"'{choice}': expected a chat template, one of {one_of(ChatTemplate.values())}")
     if choice == ChatTemplate.AUTO:
-        return "mistral" if version in ("v2", "v3", "v7", *TEXT_ONLY_VERSIONS) else "none"
+        return "mistral" if version in ("v2", "v3", "v7", *TEKKEN_VERSIONS) else "none"
     return choice
 
 
@@ -206,8 +206,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def has_image_config(path: Path) -> bool:
+    """Whether mistral-common encodes images with this file: a tekken file with an `image` config."""
+    return _kind(path) == "tekken" and bool(_read_tekken(path).get("image"))
+
+
 def write_hf_tokenizer(
-    native_file: Path, dst: Path, *, chat_template: str = "auto", model_max_length: int | None = None
+    native_file: Path,
+    dst: Path,
+    *,
+    chat_template: str = "auto",
+    model_max_length: int | None = None,
+    images: bool | None = None,
 ) -> list[str]:
     """Write the Hugging Face tokenizer files for a native tokenizer into `dst`, and copy the native file.
 
@@ -217,6 +227,9 @@ def write_hf_tokenizer(
         chat_template (`str`, *optional*, defaults to "auto"): "mistral", "chatml", "none", or "auto"
             ("mistral" for v2, v3 and v7 tokenizers, "none" otherwise).
         model_max_length (`int`, *optional*): the context length (config.json's max_position_embeddings).
+        images (`bool`, *optional*): whether the Mistral template takes image chunks; by default where the file
+            has an image config (`has_image_config`), as mistral-common; the converter passes False for a model
+            without a vision encoder.
 
     Returns:
         `list[str]`: the names of the files written (the native file's name last).
@@ -233,7 +246,8 @@ def write_hf_tokenizer(
         raise DestinationError(f"{dst}: expected a folder for the tokenizer files, found none")
     version = instruct_version(native_file)
     flavour = resolve_chat_template(chat_template, version)
-    template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm")
+    images = has_image_config(native_file) if images is None else images and has_image_config(native_file)
+    template = build_chat_template(flavour, version, spm=_kind(native_file) == "spm", images=images)
     tok, names = build_hf_tokenizer(native_file)
     tok.save(str(dst / TOKENIZER_JSON), pretty=False)
     _write_json(dst / TOKENIZER_CONFIG, hf_tokenizer_config(names, template, model_max_length=model_max_length))

@@ -10,7 +10,8 @@ conversations (`BUILTIN_CONVERSATIONS`) and the caller's prompts on both sides:
   mistral-common `encode_chat_completion(ChatCompletionRequest(messages=..., tools=...))` (ChatML
   templates: against BOS + the encoded ChatML text). A conversation both sides reject agrees; one
   rejected by one side only is a miss. Conversations with tools (`BUILTIN_TOOL_CONVERSATIONS`, or
-  `{"messages": [...], "tools": [...]}` prompts) are compared for Mistral templates.
+  `{"messages": [...], "tools": [...]}` prompts) are compared for Mistral templates, and for tekken v11 and
+  v13 the thinking and tool-pairing conversations of `BUILTIN_TEKKEN_CONVERSATIONS` too.
 
 Each miss names the first differing position and the tokens from there, decoded with the reference
 vocabulary on both sides (so a corrupted HF vocabulary shows up as the wrong piece).
@@ -29,13 +30,15 @@ from typing import Any
 from hubtools.checkpoint.file_limits import read_tokenizer_bytes
 from hubtools.errors import ChatTemplateError, TokenizerError
 from hubtools.filenames import TOKENIZER_JSON, spm_versioned_name
-from hubtools.tokenization.chat_template import TEXT_ONLY_VERSIONS, template_flavour
+from hubtools.tokenization.chat_template import TEKKEN_VERSIONS, template_flavour
 from hubtools.tokenization.corpus import BUILTIN_CONVERSATIONS, BUILTIN_TEXTS
 from hubtools.tokenization.files import instruct_version, tokenizer_version, tokenizer_vocab_size
+from hubtools.tokenization.tekken_corpus import BUILTIN_TEKKEN_CONVERSATIONS
 from hubtools.tokenization.tool_corpus import BUILTIN_TOOL_CONVERSATIONS
 
 __all__ = [
     "BUILTIN_CONVERSATIONS",
+    "BUILTIN_TEKKEN_CONVERSATIONS",
     "BUILTIN_TEXTS",
     "BUILTIN_TOOL_CONVERSATIONS",
     "Miss",
@@ -56,7 +59,7 @@ class Miss:
     """One sequence on which the two sides differ."""
 
     kind: str  # "text" or "chat"
-    source: str  # "builtin", "builtin-tools" or "prompts"
+    source: str  # "builtin", "builtin-tools", "builtin-tekken" or "prompts"
     index: int
     sample: str
     position: int | None  # first differing token; None when a side rejected the input
@@ -336,8 +339,10 @@ def check_tokenizer(
     texts = [("builtin", i, t) for i, t in enumerate(BUILTIN_TEXTS)]
     texts += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, str)]
     convs: list[tuple[str, int, Any]] = [("builtin", i, list(c)) for i, c in enumerate(BUILTIN_CONVERSATIONS)]
-    if flavour == "mistral" and instruct_version(native_file) not in TEXT_ONLY_VERSIONS:
+    if flavour == "mistral":
         convs += [("builtin-tools", i, c) for i, c in enumerate(BUILTIN_TOOL_CONVERSATIONS)]
+    if flavour == "mistral" and instruct_version(native_file) in TEKKEN_VERSIONS:
+        convs += [("builtin-tekken", i, c) for i, c in enumerate(BUILTIN_TEKKEN_CONVERSATIONS)]
     convs += [("prompts", i, p) for i, p in enumerate(extra) if isinstance(p, (list, dict))]
     convs = convs if flavour != "none" else []
     specials = [str(s) for s in tok.all_special_tokens] + [str(t) for t in tok.added_tokens_encoder]

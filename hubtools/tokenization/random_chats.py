@@ -160,3 +160,53 @@ def random_tool_chat(rng: random.Random, *, broken: float = 0.02) -> dict[str, A
     if rng.random() < broken:
         messages.insert(1, {"role": "tool", "tool_call_id": call_id(rng), "content": "orphan"})
     return {"messages": messages, "tools": tools}
+
+
+def _thought(rng: random.Random) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": _text(rng, 8), "closed": rng.random() > 0.1}
+
+
+def random_tekken_chat(rng: random.Random, *, broken: float = 0.02, thinking: bool = True) -> dict[str, Any]:
+    """`random_tool_chat`, then what tekken v11 / v13 encode differently: thinking chunks in assistant (and
+    some system) messages, tool results out of their calls' order, and ids of other shapes (v13 accepts any
+    non-empty id but "null"). An unclosed thought is only ever last in its message and followed by a special
+    token (`tekken_template`'s known difference is text right after one). `thinking=False` for v11, which
+    refuses thoughts.
+    """
+    chat = random_tool_chat(rng, broken=broken)
+    messages = chat["messages"]
+    for index, message in enumerate(messages):
+        role, content = message["role"], message.get("content")
+        if not thinking:
+            continue
+        if role == "assistant" and rng.random() < 0.5:
+            thought = _thought(rng)
+            text = [{"type": "text", "text": content}] if content else []
+            later = index + 1 < len(messages) and messages[index + 1]["role"] == "assistant"
+            thought["closed"] = thought["closed"] or bool(text) or later
+            messages[index] = {**message, "content": [thought, *text] if thought["closed"] else [*text, thought]}
+        elif role == "system" and rng.random() < 0.3:
+            messages[index] = {
+                **message,
+                "content": [{"type": "text", "text": content}, {**_thought(rng), "closed": True}],
+            }
+    start = 0
+    while start < len(messages):  # shuffle some runs of tool results
+        end = start
+        while end < len(messages) and messages[end]["role"] == "tool":
+            end += 1
+        if end > start + 1 and rng.random() < 0.5:
+            run = messages[start:end]
+            rng.shuffle(run)
+            messages[start:end] = run
+        start = end + 1
+    if rng.random() < 0.1:
+        renamed = {m.get("tool_call_id") for m in messages if m["role"] == "tool"} - {None}
+        names = {old: f"{old}_{rng.choice(['x', 'long-id', 'é'])}" for old in renamed}
+        chat = json.loads(json.dumps(chat))
+        for message in chat["messages"]:
+            for call in message.get("tool_calls") or []:
+                call["id"] = names.get(call["id"], call["id"])
+            if message["role"] == "tool":
+                message["tool_call_id"] = names.get(message["tool_call_id"], message["tool_call_id"])
+    return chat

@@ -30,6 +30,8 @@ lone UTF-16 surrogate escape (rendered as a JSON string instead), non-ASCII digi
 
 from __future__ import annotations
 
+from hubtools.tokenization.tekken_template import CALL_FORMATS, CHECK_V13_ID
+
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 # chr(32) .. chr(126), so ASCII escapes decode without `format` (which llama.cpp's engine lacks)
 _PRINTABLE = "".join(chr(i) for i in range(32, 127)).replace("\\", "\\\\").replace("'", "\\'")
@@ -250,7 +252,8 @@ TOOL_MACROS = (
     {%- endfor -%}
     {{- t.items | tojson -}}
 {%- endmacro -%}
-{%- macro call_json(call, with_id) -%}
+{%- macro call_json(call, style) -%}
+    {#- style: 'v2' (no id), 'v3' (JSON with the id), 'v11' or 'v13' (`tekken_template.CALL_FORMATS`) -#}
     {{- check_keys(call, ['id', 'type', 'function'], 'a tool call') -}}
     {%- set f = call['function'] if call['function'] is defined else none -%}
     {{- check_keys(f, ['name', 'arguments'], 'a tool call\'s function') -}}
@@ -258,7 +261,9 @@ TOOL_MACROS = (
         {{- raise_exception('A tool call\'s type must be \'function\', got ' ~ call['type'] ~ '.') -}}
     {%- endif -%}
     {%- set id = call['id'] if call['id'] is defined else 'null' -%}
-    {%- if with_id -%}
+    {%- if style == 'v13' -%}
+        @CHECK_V13_ID@
+    {%- elif style != 'v2' -%}
         {{- check_id(id, 'Tool call id') -}}
     {%- elif id is not string -%}
         {{- raise_exception('A tool call id must be a string.') -}}
@@ -277,10 +282,15 @@ TOOL_MACROS = (
     {%- else -%}
         {{- raise_exception('A tool call\'s arguments must be an object or a JSON string.') -}}
     {%- endif -%}
-    {{- '{"name": "' ~ f['name'] ~ '", "arguments": ' ~ arguments ~ (', "id": "' ~ id ~ '"}' if with_id else '}') -}}
+    @CALL_FORMATS@
+        {%- set tail = '}' if style == 'v2' else ', "id": "' ~ id ~ '"}' -%}
+        {{- '{"name": "' ~ f['name'] ~ '", "arguments": ' ~ arguments ~ tail -}}
+    {%- endif -%}
 {%- endmacro -%}
-"""
-).replace("@NAME_LIST@", str(list(NAME_CHARS)))
+""".replace("@NAME_LIST@", str(list(NAME_CHARS)))
+    .replace("@CHECK_V13_ID@", CHECK_V13_ID)
+    .replace("@CALL_FORMATS@", CALL_FORMATS)
+)
 
 # mistral-common's validator: a tool-call turn must be answered before the next assistant message
 # (counted from the second message on, as `_validate_tool_calls_followed_by_tool_messages` does).
