@@ -31,9 +31,9 @@ def read_scales(native: Checkpoint, hf: Checkpoint, spec: TensorSpec, hf_params:
     """The scales of `spec` when it is an FP8 weight of the native checkpoint, else None."""
     if not fp8.is_quantized(native.params, spec):
         return None
-    hf_name = fp8.weight_scale(spec, "hf")
+    hf_name = fp8.weight_scale(hf_params, spec, "hf")
     kept = fp8.is_quantized(hf_params, spec) and hf_name in hf.tensors
-    return Scales(native.read(fp8.weight_scale(spec, "native")), hf.read(hf_name) if kept else None)
+    return Scales(native.read(fp8.weight_scale(native.params, spec, "native")), hf.read(hf_name) if kept else None)
 
 
 def hf_dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
