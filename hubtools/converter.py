@@ -116,7 +116,11 @@ def plan(
             continue  # the scales are spent on their weights
         src = ckpt.tensors[getattr(spec, key_in)]
         out = PlannedTensor(getattr(spec, key_out), cast or src.code, spec.shape)
-        scale = fp8.weight_scale(spec, key_in) if dequantizing and fp8.is_quantized(ckpt.params, spec) else None
+        scale = (
+            fp8.weight_scale(ckpt.params, spec, key_in)
+            if dequantizing and fp8.is_quantized(ckpt.params, spec)
+            else None
+        )
         steps[out.name] = Step(spec, src, out, target, ckpt.tensors[scale] if scale else None)
     planned = [s.out for s in steps.values()]
     if target is Layout.HF:

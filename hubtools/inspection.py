@@ -106,11 +106,12 @@ def _fp8_summary(ckpt: Checkpoint) -> str | None:
     if ckpt.params.quantization is None:
         return None
     weights = sum(1 for t in ckpt.tensors.values() if t.code == fp8.FP8_CODE)
-    suffixes = tuple(pair[ckpt.layout is Layout.HF] for pair in fp8.SUFFIXES.values())
+    suffixes = fp8.scale_suffixes(hf=ckpt.layout is Layout.HF)
     scales = [t for n, t in ckpt.tensors.items() if n.endswith(suffixes)]
     codes = "/".join(sorted({dtype_name(t.code) for t in scales})) or "none"
     kept = ", ".join(fp8.kept_modules(ckpt.params))
-    return f"FP8 e4m3, per-tensor: {weights} weights, {len(scales)} scales ({codes}); unquantized: {kept}"
+    scheme = "blocks 128x128" if ckpt.params.quantization.block else "per-tensor"
+    return f"FP8 e4m3, {scheme}: {weights} weights, {len(scales)} scales ({codes}); unquantized: {kept}"
 
 
 def format_summary(s: Summary) -> str:

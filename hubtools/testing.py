@@ -28,7 +28,8 @@ from hubtools.filenames import (
     spm_versioned_name,
 )
 from hubtools.model.family import ModelParams
-from hubtools.model.fp8 import Fp8, is_quantized
+from hubtools.model.fp8 import Fp8, is_quantized, per_element
+from hubtools.model.fp8_block import BLOCK
 from hubtools.model.hf_config import to_native_params
 from hubtools.model.names import Part, TensorSpec, tensor_specs
 from hubtools.model.rows import Role
@@ -197,8 +198,8 @@ def synthetic_tensors(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(native name, tensor) pairs one at a time, so big benchmark models never sit in memory.
 
-    An FP8 weight is quantized from a random one as a release is: weight scale amax / 448 (bfloat16),
-    `(w / scale).to(float8_e4m3fn)`; its activation scale is a random positive bfloat16.
+    An FP8 weight is quantized from a random one as a release is: weight scale amax / 448 (bfloat16; block-wise,
+    one per 128x128 block), `(w / scale).to(float8_e4m3fn)`; its activation scale is a random positive bfloat16.
     """
     generator = torch.Generator().manual_seed(seed)
     scale = torch.ones((), dtype=torch.bfloat16)
@@ -209,10 +210,19 @@ def synthetic_tensors(
             yield spec.native, (0.01 + 0.05 * torch.rand((), generator=generator)).to(torch.bfloat16)
         elif is_quantized(params, spec):
             w = synthetic_tensor(spec, torch.float32, generator)
-            scale = (w.abs().max() / FP8_MAX).to(torch.bfloat16)
-            yield spec.native, (w / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            scale = _block_amax(w) if params.quantization and params.quantization.block else w.abs().max()
+            scale = (scale / FP8_MAX).clamp(min=1e-12).to(torch.bfloat16)
+            q = w / per_element(scale.float(), w.shape)
+            yield spec.native, q.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
         else:
             yield spec.native, synthetic_tensor(spec, dtype, generator)
+
+
+def _block_amax(w: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of each 128x128 block of `w` (the last blocks partial), as a block grid."""
+    rows, cols = BLOCK
+    padded = torch.nn.functional.pad(w.abs(), (0, -w.shape[1] % cols, 0, -w.shape[0] % rows))
+    return padded.unflatten(1, (-1, cols)).unflatten(0, (-1, rows)).amax(dim=(1, 3))
 
 
 def copy_tokenizer(kind: str, folder: Path) -> Path:

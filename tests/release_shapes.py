@@ -3,8 +3,8 @@
 What stays: the head structure (query heads per key/value head), every special field (YaRN, llama-4 scaling,
 tied embeddings, window lists, FP8, MoE routing and expert counts, leading dense layers, the vision encoder's
 patch geometry and merger), context lengths and rotary bases. What shrinks: widths (model, FFN, heads' size,
-MLA ranks, vocabulary, vision width) and depth (the fewest layers that keep a window pattern or the leading
-dense layers plus one MoE layer; one vision layer).
+MLA ranks, vocabulary, vision width; a block-FP8 release's experts keep a whole 128-row block) and depth
+(the fewest layers that keep a window pattern or the leading dense layers plus one MoE layer; one vision layer).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def scaled_params(raw: dict[str, Any]) -> dict[str, Any]:
     dense = 0
     if isinstance(moe, dict):
         out["moe"]["expert_hidden_dim"] = moe["expert_hidden_dim"] // WIDTH
+        if raw.get("quantization_config"):  # FP8 blocks: transformers fuses w1 and w3 block grids, so whole blocks
+            out["moe"]["expert_hidden_dim"] = max(out["moe"]["expert_hidden_dim"], 128)
         dense = moe.get("first_k_dense_replace", 0)
     windows = raw.get("sliding_window")
     period = len(windows) if isinstance(windows, list) else 1

@@ -149,7 +149,7 @@ def test_fp8_weights_without_quantization_in_params_are_refused(tmp_path: Path, 
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        ({"weight_block_size": [128, 128]}, "quantization_config.weight_block_size"),
+        ({"weight_block_size": [128, 128]}, "quantization_config.activation_scheme' must be 'dynamic' (FP8, blocks"),
         ({"activation_scheme": "dynamic"}, "quantization_config.activation_scheme"),
         ({"fmt": "e4m3"}, "unknown field 'quantization_config.fmt'"),
         (

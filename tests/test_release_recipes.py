@@ -46,8 +46,6 @@ def _unsupported(path: Path) -> str | None:
     params = _params_json(raw)
     if raw["architecture"] not in architectures():
         return f"family {FAMILY_OF.get(raw['architecture'], raw['architecture'])} is not merged into this branch"
-    if "qformat_weight" not in json.dumps(params.get("quantization")) and "quantization_config" in params:
-        return "compressed-tensors FP8 block quantization (params.json quantization_config) is mapped by no family yet"
     if "moe" in params and "q_lora_rank" in params and "mistral4" not in json.dumps(architectures()).lower():
         return "family mistral4 (branch mla) is not merged into this branch"
     return None

@@ -30,7 +30,7 @@ def check_fp8_tensors(
     layout = Layout.parse(layout)
     index = table.index(layout)
     origin = layout.metadata_file
-    suffixes = tuple(pair[layout is Layout.HF] for pair in fp8.SUFFIXES.values())
+    suffixes = fp8.scale_suffixes(hf=layout is Layout.HF)
     for name in sorted(tensors):
         if name not in index and name.endswith(suffixes):
             _explain_stray_scale(name, tensors, params, layout, where)
@@ -50,18 +50,22 @@ def check_fp8_tensors(
                 raise ParamsError(
                     f"{where}: scale '{name}' is {dtype_name(src.code)}, expected bfloat16, float16 or float32"
                 )
-            if src.shape != ():
+            if src.shape != spec.shape:
+                block = params.quantization.block if params.quantization is not None else None
+                what = f"blocks of {list(block)}" if block else "a scalar"
                 raise ParamsError(
-                    f"{where}: scale '{name}' has shape {list(src.shape)}, expected a scalar [] (per-tensor FP8)"
+                    f"{where}: scale '{name}' has shape {list(src.shape)}, expected {list(spec.shape)} ({what})"
                 )
-        elif src is None and fp8.is_quantized(params, spec) and fp8.weight_scale(spec, layout.value) in tensors:
-            raise MappingError(f"{where}: scale '{fp8.weight_scale(spec, layout.value)}' has no weight '{name}'")
+        elif src is None and fp8.is_quantized(params, spec) and fp8.weight_scale(params, spec, layout.value) in tensors:
+            raise MappingError(
+                f"{where}: scale '{fp8.weight_scale(params, spec, layout.value)}' has no weight '{name}'"
+            )
         elif src is not None and fp8.is_quantized(params, spec) and src.code != fp8.FP8_CODE:
             raise ParamsError(
                 f"{where}: tensor '{name}' is {dtype_name(src.code)}, expected float8_e4m3fn ({origin} quantizes it)"
             )
         elif src is not None and src.code == fp8.FP8_CODE and not fp8.is_quantized(params, spec):
-            scale = fp8.weight_scale(spec, layout.value)
+            scale = fp8.weight_scale(params, spec, layout.value)
             why = "declares no quantization" if params.quantization is None else "keeps it unquantized"
             raise ParamsError(f"{where}: tensor '{name}' is float8_e4m3fn but {origin} {why} (no scale '{scale}')")
 
@@ -71,9 +75,7 @@ def _explain_stray_scale(
 ) -> None:
     """A scale the table has no row for: say why in one line."""
     origin = layout.metadata_file
-    stem = next(
-        name.removesuffix(s) for s in (p[layout is Layout.HF] for p in fp8.SUFFIXES.values()) if name.endswith(s)
-    )
+    stem = next(name.removesuffix(s) for s in fp8.scale_suffixes(hf=layout is Layout.HF) if name.endswith(s))
     weight = stem + ".weight"
     if stem.endswith("_fake_quantizer"):
         raise MappingError(

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from hubtools.errors import ParamsError
 from hubtools.families.mistral import (
     ATTENTION_NORM,
     EMBEDDING,
@@ -35,7 +36,7 @@ from hubtools.families.mistral import (
     Mistral,
 )  # fmt: skip
 from hubtools.families.mixtral import Mixtral, Routing
-from hubtools.model import fp8
+from hubtools.model import fp8, fp8_block
 from hubtools.model import mla_fields as fields
 from hubtools.model.family import Getter, ModelParams
 from hubtools.model.rows import Fusion, Part, Role, Row, TensorSpec, expand
@@ -154,7 +155,11 @@ class Mistral4(Mixtral):
             out.append(Fusion(prefix + FUSED_GATE_UP, gate_up, (len(experts), 2 * inter, hidden), (inter, hidden)))
             out.append(Fusion(prefix + FUSED_DOWN, down, (len(experts), hidden, inter), (hidden, inter)))
             if fp8.is_quantized(params, _expert_specs(layer, 1)[0]):
-                out.extend(_scale_fusions(prefix, layer, params.num_experts))
+                scheme = params.quantization
+                if scheme is not None and scheme.block:
+                    out.extend(_block_scale_fusions(prefix, layer, params.num_experts, (hidden, inter), scheme))
+                else:
+                    out.extend(_scale_fusions(prefix, layer, params.num_experts))
         return tuple(out)
 
     def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
@@ -296,6 +301,36 @@ def _scale_fusions(prefix: str, layer: int, experts: int) -> tuple[Fusion, ...]:
         Fusion(prefix + FUSED_GATE_UP + "_activation_scale", tuple(name(EXPERT_W1, a, e) for e in es), (experts,), (),
                tuple((name(EXPERT_W3, a, e), name(EXPERT_W1, a, e)) for e in es)),
         Fusion(prefix + FUSED_DOWN + "_activation_scale", tuple(name(EXPERT_W2, a, e) for e in es), (experts,), ()),
+    )  # fmt: skip
+
+
+def _block_scale_fusions(
+    prefix: str, layer: int, experts: int, sizes: tuple[int, int], scheme: fp8.Fp8
+) -> tuple[Fusion, ...]:
+    """Block-FP8 experts' scales as `FP8Experts` holds them: `gate_up_proj_scale_inv [E, ceil(2I/128),
+    ceil(H/128)]` (each expert's w1 grid, then its w3 grid) and `down_proj_scale_inv [E, ceil(H/128),
+    ceil(I/128)]`; no activation scale (dynamic).
+
+    Raises:
+        ParamsError: an expert width I that is no multiple of the block (a block would straddle w1 and w3).
+    """
+    hidden, inter = sizes
+    if inter % fp8_block.BLOCK[0]:
+        raise ParamsError(
+            f"moe.expert_hidden_dim {inter} is no multiple of the FP8 block {fp8_block.BLOCK[0]}: transformers' "
+            "fused gate_up scales would mix w1 and w3 in one block"
+        )
+    up, down = fp8_block.scale_shape((inter, hidden)), fp8_block.scale_shape((hidden, inter))
+    role = Role.WEIGHT_SCALE
+
+    def name(row: Row, expert: int) -> str:
+        return fp8.scale_row(row, role, scheme).hf_name(layer, expert)
+
+    es = range(experts)
+    return (
+        Fusion(prefix + FUSED_GATE_UP + "_scale_inv", tuple(name(r, e) for e in es for r in (EXPERT_W1, EXPERT_W3)),
+               (experts, 2 * up[0], up[1]), up),
+        Fusion(prefix + FUSED_DOWN + "_scale_inv", tuple(name(EXPERT_W2, e) for e in es), (experts, *down), down),
     )  # fmt: skip
 
 

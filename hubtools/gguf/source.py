@@ -134,7 +134,7 @@ def dequantized_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, 
 
     ckpt, layout = source.ckpt, source.ckpt.layout.value
     weight = ckpt.read(spec.native if layout == "native" else spec.hf)
-    rows = fp8.dequantize(weight, ckpt.read(fp8.weight_scale(spec, layout)), torch.float32).numpy()
+    rows = fp8.dequantize(weight, ckpt.read(fp8.weight_scale(ckpt.params, spec, layout)), torch.float32).numpy()
     if layout == "hf" and spec.transform != "identity":
         rows = np.ascontiguousarray(to_native(spec.transform, rows, ckpt.params))
     return rows.view(np.uint8).reshape(spec.shape[0], -1), "F32"

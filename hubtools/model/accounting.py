@@ -22,7 +22,8 @@ from hubtools.errors import ParamsError
 from hubtools.model import fp8
 from hubtools.model.family import Family, ModelParams
 
-EVERY_FAMILY_FIELDS = frozenset({fp8.NATIVE_FIELD})  # params.json fields read for any family (`hubtools.model.fp8`)
+# params.json fields read for any family (`hubtools.model.fp8`)
+EVERY_FAMILY_FIELDS = frozenset({fp8.NATIVE_FIELD, fp8.BLOCK_NATIVE_FIELD})
 
 NEUTRAL_CONFIG_KEYS = frozenset(
     {

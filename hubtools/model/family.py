@@ -109,7 +109,7 @@ class ModelParams:
         if not self.is_moe:
             out.pop("num_experts"), out.pop("num_experts_per_tok")
         if self.quantization is not None:
-            out["quantization"] = self.quantization.native()
+            out[self.quantization.native_field] = self.quantization.native()
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ Every field is mapped or refused with one line (the family is `hubtools.families
 | llama_4_scaling.original_max_position_embeddings | must equal yarn's (transformers reads yarn's) |
 | tied_embeddings, sliding_window | refused unless false / null |
 | quantization | FP8 per-tensor (`hubtools.model.fp8`); anything else refused |
+| quantization_config | FP8 blocks 128x128, compressed-tensors (`hubtools.model.fp8_block`); anything else refused |
 | no yarn | refused: transformers 5.25's default rotary for Mistral4 spans the whole head, not the rope slice |
 
 Written as transformers' script writes them: `rope_parameters.mscale` and `mscale_all_dim` 1.0,
@@ -48,7 +49,7 @@ TOP_LEVEL = frozenset({
     "dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size", "rope_theta",
     "max_seq_len", "max_position_embeddings", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
     "qk_nope_head_dim", "v_head_dim", "moe", "yarn", "llama_4_scaling", "tied_embeddings", "sliding_window",
-    "quantization",
+    "quantization", "quantization_config",
 })  # fmt: skip
 RANKS = ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 MOE = {  # params.json moe key -> config.json key

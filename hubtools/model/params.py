@@ -118,7 +118,9 @@ def parse_common(raw: Any, *, source: str = PARAMS, names: Mapping[str, str] | N
         "rope_theta": float(raw["rope_theta"]) if raw.get("rope_theta") is not None else None,
         "sliding_window": raw.get("sliding_window"),
         "max_seq_len": raw.get("max_seq_len"),
-        "quantization": parse_native(raw.get("quantization"), source=source),
+        "quantization": parse_native(
+            raw.get("quantization"), source=source, block_value=raw.get("quantization_config")
+        ),
     }
 
 

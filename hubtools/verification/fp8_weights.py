@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hubtools.checkpoint.reader import Checkpoint
-from hubtools.model import fp8
+from hubtools.model import fp8, fp8_block
 from hubtools.model.family import ModelParams
 from hubtools.model.names import TensorSpec
 
@@ -31,16 +31,21 @@ def read_scales(native: Checkpoint, hf: Checkpoint, spec: TensorSpec, hf_params:
     """The scales of `spec` when it is an FP8 weight of the native checkpoint, else None."""
     if not fp8.is_quantized(native.params, spec):
         return None
-    hf_name = fp8.weight_scale(spec, "hf")
+    hf_name = fp8.weight_scale(hf_params, spec, "hf")
     kept = fp8.is_quantized(hf_params, spec) and hf_name in hf.tensors
-    return Scales(native.read(fp8.weight_scale(spec, "native")), hf.read(hf_name) if kept else None)
+    return Scales(native.read(fp8.weight_scale(native.params, spec, "native")), hf.read(hf_name) if kept else None)
 
 
 def hf_dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """transformers' dequantization of one FP8 weight, into bfloat16 (its load path without an FP8 GPU)."""
-    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+    """transformers' dequantization of one FP8 weight, into bfloat16: per-tensor, its load path without an FP8
+    GPU (`Fp8Dequantize`); block-wise, its block rule with the config's 128x128 blocks (`_dequantize_fp8_weight`,
+    what its FP8 kernels compute), since `Fp8Dequantize` derives the block from the grid and so misreads a
+    weight whose last blocks are partial (see README, block-wise FP8)."""
+    from transformers.integrations import finegrained_fp8
 
-    return Fp8Dequantize(None)._dequantize_one(weight, scale, output_dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
+    if scale.ndim >= 2 and weight.ndim == 2:
+        return finegrained_fp8._dequantize_fp8_weight(weight, scale, list(fp8_block.BLOCK), torch.bfloat16)  # type: ignore[no-untyped-call]
+    return finegrained_fp8.Fp8Dequantize(None)._dequantize_one(weight, scale, output_dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
 
 
 def forward_weights(native: torch.Tensor, hf: torch.Tensor, scales: Scales | None) -> tuple[torch.Tensor, torch.Tensor]:

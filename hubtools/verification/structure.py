@@ -387,7 +387,7 @@ def dtype_problems(config: dict[str, Any], tensors: dict[str, TensorSource]) -> 
     """HF tensors share one dtype, and it is the one config.json declares (torch_dtype or dtype); with a
     `quantization_config`, FP8 weights and their scales aside (`hubtools.checkpoint.fp8_tensors` checks them)."""
     if config.get(fp8.HF_FIELD) is not None:
-        scales = tuple(hf for _, hf in fp8.SUFFIXES.values())
+        scales = fp8.scale_suffixes(hf=True)
         tensors = {n: t for n, t in tensors.items() if t.code != fp8.FP8_CODE and not n.endswith(scales)}
     dtypes = sorted({dtype_name(t.code) for t in tensors.values()})
     problems = []
