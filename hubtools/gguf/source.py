@@ -1,6 +1,11 @@
 """The source of a GGUF export or check: a native or HF checkpoint, its GGUF tensor plan, the config
 llama.cpp's converter would read, and each GGUF tensor's float rows in native (interleaved q/k) order.
 
+A vision model (a wrapper: Pixtral, Mistral3) gives two sources, as llama.cpp's converter writes two files:
+its text model (`open_source`: the text tensors only, the config with `text_config` merged over the wrapper's,
+as the converter's `TextModel` reads it) and its vision projector (`projector_source`: the encoder and
+projector tensors, for `--mmproj`, `hubtools.gguf.mmproj`).
+
 Tensors are read one source tensor at a time and decoded to float32 in chunks of rows, so memory stays
 at one source tensor plus one chunk whatever the model's size.
 """
@@ -23,10 +28,13 @@ from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_sh
 from hubtools.model import fp8
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.names import NameTable, TensorSpec
+from hubtools.model.rows import Part
 from hubtools.model.transforms import to_native
 from hubtools.tokenization.files import check_tokenizer_vocab
 
 CHUNK_BYTES = 64 * 2**20  # float32 bytes decoded and quantized at a time
+PROJECTOR_ARCHITECTURE = "clip"  # llama.cpp's MODEL_ARCH.MMPROJ
+VISION_PARTS = (Part.VISION, Part.PROJECTOR)
 
 
 @dataclass(frozen=True)
@@ -34,12 +42,19 @@ class GgufSource:
     """An opened checkpoint and everything derived from it for GGUF."""
 
     ckpt: Checkpoint
-    config: dict[str, Any]
+    config: dict[str, Any]  # what the converter's text model reads (a wrapper's text_config merged over it)
     tensors: tuple[GgufTensor, ...]
+    wrapper_config: dict[str, Any] | None = None  # a vision model's whole config.json (the projector reads it)
+    projector: bool = False  # the vision projector (mmproj) rather than the text model
 
     @property
     def params(self) -> Any:
         return self.ckpt.params
+
+    @property
+    def architecture(self) -> str:
+        """The file's `general.architecture`: llama.cpp's `clip` for a projector, else the family's."""
+        return PROJECTOR_ARCHITECTURE if self.projector else str(self.params.family.gguf_architecture)
 
     @property
     def tokenizer(self) -> Path:
@@ -67,22 +82,33 @@ def _hf_shards(ckpt: Checkpoint) -> list[list[str]]:
     return [by_file[f] for f in sorted(by_file, key=lambda p: p.name)]
 
 
+def _refuse_unsupported(folder: Path, params: Any) -> None:
+    """The converter's limits (and hubtools'), one line naming the architecture."""
+    if (why := params.family.gguf_unsupported) is not None:
+        raise ParamsError(f"{folder}: a {params.architecture} cannot be exported to GGUF ({why})")
+    text = params.text
+    if text is not params and (why := text.family.gguf_unsupported) is not None:
+        raise ParamsError(
+            f"{folder}: a {params.architecture} around a {text.architecture} cannot be exported to GGUF ({why})"
+        )
+
+
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config the converter's text model reads: a wrapper's `text_config` moved to the root level."""
+    text = config.get("text_config")
+    return {**config, **text} if isinstance(text, dict) else config
+
+
 def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> GgufSource:
-    """Open a native or HF checkpoint folder for GGUF (headers only; a folder with both reads native).
+    """Open a native or HF checkpoint folder for GGUF (headers only; a folder with both reads native): its
+    text model (a vision model's text model alone; `projector_source` gives its projector).
 
     Raises:
         LayoutError, ParamsError, MappingError, TokenizerError, CorruptFileError: as `convert` does.
     """
     ckpt = _open(folder)
     try:
-        if (why := ckpt.params.family.gguf_unsupported) is not None:
-            raise ParamsError(f"{folder}: a {ckpt.params.architecture} cannot be exported to GGUF ({why})")
-        if ckpt.params.family.wraps_text:
-            raise ParamsError(
-                f"{folder}: a vision model ({ckpt.params.architecture}); hubtools gguf exports text models only "
-                "(llama.cpp's converter writes these as a text GGUF plus a vision projector with --mmproj, which "
-                "hubtools does not write yet: use convert_hf_to_gguf.py on the converted folder)"
-            )
+        _refuse_unsupported(folder, ckpt.params)
         table = NameTable(ckpt.params)
         check_tensors(ckpt, table)
         check_tokenizer_vocab(ckpt)
@@ -94,11 +120,38 @@ def open_source(folder: Path, *, overrides: ConfigOverrides | None = None) -> Gg
         else:
             config = json.loads((folder / CONFIG).read_text())
             shards = _hf_shards(ckpt)
-        plan = gguf_tensors(ckpt.params, converter_order(shards))
+        wrapped = ckpt.params.family.wraps_text
+        plan = gguf_tensors(ckpt.params, converter_order(shards), parts=None if not wrapped else _text_parts())
     except BaseException:
         ckpt.close()
         raise
-    return GgufSource(ckpt, config, tuple(plan))
+    return GgufSource(ckpt, text_config(config), tuple(plan), wrapper_config=config if wrapped else None)
+
+
+def _text_parts() -> tuple[Part, ...]:
+    return tuple(p for p in Part if p not in VISION_PARTS)
+
+
+def projector_source(source: GgufSource) -> GgufSource:
+    """The vision projector (llama.cpp's mmproj) of a vision model's `open_source`: the encoder and projector
+    tensors in the converter's order, on the same open checkpoint.
+
+    Raises:
+        ParamsError: the model has no vision encoder.
+    """
+    if source.wrapper_config is None:
+        raise ParamsError(
+            f"{source.ckpt.folder}: a {source.params.architecture} has no vision encoder; a projector (mmproj) "
+            "is written for vision models only (LlavaForConditionalGeneration, Mistral3ForConditionalGeneration)"
+        )
+    ckpt = source.ckpt
+    if ckpt.layout == "native":
+        codes = {name: src.code for name, src in ckpt.tensors.items()}
+        shards = hf_shards_of_native(ckpt.params, codes, DEFAULT_SHARD_SIZE)
+    else:
+        shards = _hf_shards(ckpt)
+    plan = gguf_tensors(ckpt.params, converter_order(shards), parts=VISION_PARTS)
+    return GgufSource(ckpt, source.config, tuple(plan), wrapper_config=source.wrapper_config, projector=True)
 
 
 def _decode(raw: np.ndarray, code: str, where: str) -> np.ndarray:
