@@ -87,9 +87,11 @@ def _refuse_unsupported(folder: Path, params: Any) -> None:
     if (why := params.family.gguf_unsupported) is not None:
         raise ParamsError(f"{folder}: a {params.architecture} cannot be exported to GGUF ({why})")
     text = params.text
-    if text is not params and (why := text.family.gguf_unsupported) is not None:
+    if text is not params and text.family.gguf_unsupported is not None:  # its reason speaks of the text model alone
         raise ParamsError(
-            f"{folder}: a {params.architecture} around a {text.architecture} cannot be exported to GGUF ({why})"
+            f"{folder}: a {params.architecture} around a {text.architecture} cannot be exported to GGUF (hubtools "
+            f"has no GGUF writer for a {text.architecture}, llama.cpp's `{text.family.gguf_architecture}`; try "
+            "llama.cpp's convert_hf_to_gguf.py, and its --mmproj, on the folder `hubtools convert` writes)"
         )
 
 
