@@ -161,6 +161,9 @@ def test_the_cli_writes_both_files_and_names_the_projector(tmp_path: Path, run_c
     assert result.exit_code == 0, result.output
     assert "mmproj F16: mmproj-m.F16.gguf" in result.output
     assert sorted(p.name for p in (tmp_path / "o").glob("*.gguf")) == ["m.F16.gguf", "mmproj-m.F16.gguf"]
+    from hubtools.card.gguf import find_releases
+
+    assert [r.files for r in find_releases(tmp_path / "o")] == [("m.F16.gguf",)]  # the card's quants: not the projector
 
 
 # -- equal to llama.cpp's converter (slow, with the peer) ----------------------------------------------------------

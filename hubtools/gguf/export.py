@@ -25,7 +25,7 @@ import numpy as np
 
 from hubtools.destination import atomic_files, check_destination, check_outside, check_parent, recover_files
 from hubtools.errors import DestinationError, QuantizeError
-from hubtools.filenames import TOKENIZER_JSON, gguf_files, gguf_name
+from hubtools.filenames import MMPROJ_PREFIX, TOKENIZER_JSON, gguf_files, gguf_name
 from hubtools.gguf.metadata import add_general, add_model_parameters
 from hubtools.gguf.mmproj import add_projector_parameters
 from hubtools.gguf.names import GgufTensor
@@ -46,7 +46,6 @@ from hubtools.validation import file_stem, split_size
 
 Progress = Callable[[int], None]
 MMPROJ_TYPES = ("F32", "F16", "BF16", "Q8_0")  # the converter's --outtype choices for a projector
-MMPROJ_PREFIX = "mmproj-"  # a projector's file stem: mmproj-<name> (the converter's default name starts so too)
 
 
 class _StreamedTensor:
