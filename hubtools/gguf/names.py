@@ -22,11 +22,13 @@ from hubtools.model.rows import Part, Role
 
 @dataclass(frozen=True)
 class GgufTensor:
-    """One GGUF tensor: its name, its native sources (one, or one per expert, stacked) and numpy shape."""
+    """One GGUF tensor: its name, its native sources (one, or one per expert, stacked) and numpy shape; `row`:
+    one row of its single source alone (a token's embedding)."""
 
     name: str
     sources: tuple[TensorSpec, ...]
     shape: tuple[int, ...]
+    row: int | None = None
 
 
 def gguf_tensors(

@@ -25,7 +25,7 @@ from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import CorruptFileError, LayoutError, ParamsError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
 from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
-from hubtools.model import fp8
+from hubtools.model import fp8, vision
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.model.rows import Part
@@ -153,7 +153,34 @@ def projector_source(source: GgufSource) -> GgufSource:
     else:
         shards = _hf_shards(ckpt)
     plan = gguf_tensors(ckpt.params, converter_order(shards), parts=VISION_PARTS)
-    return GgufSource(ckpt, source.config, tuple(plan), wrapper_config=source.wrapper_config, projector=True)
+    return GgufSource(
+        ckpt, source.config, (*_token_rows(ckpt), *plan), wrapper_config=source.wrapper_config, projector=True
+    )
+
+
+def _token_rows(ckpt: Checkpoint) -> list[GgufTensor]:
+    """The text-embedding rows a projector carries (`gguf_token_rows`), first: where the converter's sorted
+    reading meets the embedding (`language_model.model.embed_tokens` sorts before the projector and the tower).
+
+    Raises:
+        ParamsError: the token's id is unknown.
+    """
+    params = ckpt.params
+    row = params.family.embedding_rows(params)[0]
+    embedding = next(s for s in NameTable(params).specs if s.row == row)
+    out = []
+    for name, token in vision.gguf_token_rows(params.option("vision")):
+        if token is None:
+            raise ParamsError(
+                f"{ckpt.folder}: no [IMG_BREAK] token id (params.json vision_encoder.image_break_token_id, or "
+                f"tokenizer.json's added tokens); llama.cpp's projector needs its embedding ('{name}')"
+            )
+        if not 0 <= token < embedding.shape[0]:
+            raise ParamsError(
+                f"{ckpt.folder}: token id {token} for '{name}' is outside the vocabulary ({embedding.shape[0]})"
+            )
+        out.append(GgufTensor(name, (embedding,), embedding.shape[1:], row=token))
+    return out
 
 
 def _decode(raw: np.ndarray, code: str, where: str) -> np.ndarray:
@@ -205,6 +232,8 @@ def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndar
     weights dequantized first (`source_rows`)."""
     for spec in tensor.sources:
         raw, code = source_rows(source, spec)
+        if tensor.row is not None:
+            raw = raw[tensor.row : tensor.row + 1]
         cols = spec.shape[1] if len(spec.shape) == 2 else 1
         step = max(1, CHUNK_BYTES // (4 * cols))
         for start in range(0, raw.shape[0], step):
