@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,36 @@ def test_text_and_mmproj_equal_llama_cpp_converter_from_native_and_from_hf(
         assert result.mmproj is not None
         assert_same_gguf(tmp_path / out / result.outputs[0].files[0], text)
         assert_same_projector(tmp_path / out / result.mmproj.files[0], mmproj)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(peer.tree() is None, reason="llama.cpp's tree not found (HUBTOOLS_LLAMA_CPP)")
+@pytest.mark.parametrize("kind", ["pixtral", "mistral3"])
+def test_mmproj_tensors_equal_the_converter_s_mistral_format_path_img_break_included(tmp_path: Path, kind: str) -> None:
+    """The converter's native path (`--mistral-format`, run with this Python: it needs mistral-common) does take the
+    [IMG_BREAK] row: its tensors, img_break included, equal hubtools' byte for byte (its order is the native
+    file's and it adds `clip.rope.freq_base`; hubtools follows the HF path's order and keys)."""
+    root = peer.tree()
+    assert root is not None
+    native = write_native_checkpoint(tmp_path / "native", vision_model(kind), tokenizer="tekken")
+    env = dict(os.environ, PYTHONPATH=str(root / "gguf-py"), HF_HUB_OFFLINE="1")
+    theirs = tmp_path / "peer.gguf"
+    cmd = [
+        sys.executable,
+        str(root / "convert_hf_to_gguf.py"),
+        str(native),
+        "--outtype",
+        "f16",
+        "--outfile",
+        str(theirs),
+    ]
+    done = subprocess.run([*cmd, "--mmproj", "--mistral-format"], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = export(native, tmp_path / "out", quants="f16", name="m", mmproj="f16")
+    assert result.mmproj is not None
+    mine = {t.name: t for t in FastReader(tmp_path / "out" / result.mmproj.files[0]).tensors}
+    peers = {t.name: t for t in FastReader(theirs).tensors}
+    assert sorted(mine) == sorted(peers) and "v.token_embd.img_break" in mine
+    for name, t in mine.items():
+        assert t.tensor_type == peers[name].tensor_type, name
+        assert np.array_equal(np.asarray(t.data), np.asarray(peers[name].data)), name
