@@ -254,3 +254,32 @@ def test_mmproj_tensors_equal_the_converter_s_mistral_format_path_img_break_incl
     for name, t in mine.items():
         assert t.tensor_type == peers[name].tensor_type, name
         assert np.array_equal(np.asarray(t.data), np.asarray(peers[name].data)), name
+
+
+LLAMA_MTMD_CLI = peer.binary("llama-mtmd-cli")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    LLAMA_MTMD_CLI is None, reason="llama-mtmd-cli not built (cmake --build build --target llama-mtmd-cli)"
+)
+@pytest.mark.parametrize("kind", ["pixtral", "mistral3"])
+def test_llama_cpp_s_multimodal_cli_loads_both_files_and_encodes_an_image(tmp_path: Path, kind: str) -> None:
+    """The real client: llama.cpp's own mtmd loader reads the projector and the text model, encodes an image
+    through the projector and decodes it into the text model (the converter's HF-path projector, without
+    img_break, fails to load: `unable to find tensor v.token_embd.img_break`)."""
+    from PIL import Image
+
+    assert LLAMA_MTMD_CLI is not None
+    native = write_native_checkpoint(tmp_path / "native", vision_model(kind), tokenizer="tekken")
+    result = export(native, tmp_path / "out", quants="f16", name="m", mmproj="f16")
+    assert result.mmproj is not None
+    image = tmp_path / "image.png"
+    Image.new("RGB", (48, 32), (200, 30, 90)).save(image)
+    cmd = [str(LLAMA_MTMD_CLI), "-m", str(tmp_path / "out" / "m.F16.gguf"), "--mmproj",
+           str(tmp_path / "out" / result.mmproj.files[0]), "--image", str(image), "-p", "describe", "-n", "2",
+           "--temp", "0", "-c", "512"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-3000:]
+    assert "image decoded" in log or "image slice encoded" in log, log[-3000:]

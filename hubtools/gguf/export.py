@@ -238,7 +238,11 @@ def export(
     for path in existing:  # only hubtools' unchanged files, before any work
         check_destination(path, force=True)
     source = open_source(src, overrides=overrides)
-    projector = projector_source(source) if projector_type is not None else None
+    try:
+        projector = projector_source(source) if projector_type is not None else None
+    except BaseException:
+        source.ckpt.close()
+        raise
     created = not dst.exists()
     dst.mkdir(exist_ok=True)
     outputs = []
