@@ -173,6 +173,9 @@ def gguf_name(name: str, quant: str) -> str:
     return f"{name}.{quant}{GGUF_SUFFIX}"
 
 
+MMPROJ_PREFIX = "mmproj-"  # a vision projector's GGUF: mmproj-<name>.<QUANT>.gguf beside the text model's files
+
+
 def gguf_split_name(stem: str, number: int, total: int) -> str:
     """llama.cpp's name of the `number`-th of `total` split parts (numbered from 1) of `stem`.gguf.
 

@@ -311,12 +311,17 @@ def test_transformers_image_processor_floors_where_mistral_common_rounds(convert
     assert ref.count(12) == 2 and hf.count(12) == 1  # [IMG_BREAK] ends every row but the last
 
 
-def test_gguf_refuses_a_vision_model_with_one_line(converted: tuple[str, Path], tmp_path: Path) -> None:
-    from hubtools.gguf.source import open_source
+def test_gguf_plans_the_text_model_alone_and_the_projector_apart(converted: tuple[str, Path], tmp_path: Path) -> None:
+    from hubtools.gguf.source import open_source, projector_source
 
     _, root = converted
-    with pytest.raises(ParamsError, match="a vision model .* hubtools gguf exports text models only"):
-        open_source(root / "native")
+    for folder in (root / "native", root / "hf"):
+        source = open_source(folder)
+        with source.ckpt:
+            projector = projector_source(source)
+            assert not [t for t in source.tensors if t.name.startswith(("v.", "mm."))]
+            assert projector.tensors and all(t.name.startswith(("v.", "mm.")) for t in projector.tensors)
+            assert source.config["hidden_size"] == 64 and projector.architecture == "clip"
 
 
 def test_synthetic_vision_checkpoint_tensors_follow_the_table() -> None:

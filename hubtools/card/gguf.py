@@ -23,7 +23,7 @@ from hubtools.card.render import jinja_environment, user_turn
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, ModelKind
 from hubtools.errors import CardError, VerifyError
-from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, gguf_include_pattern, report_name
+from hubtools.filenames import GGUF_FILE, GGUF_SUFFIX, MMPROJ_PREFIX, gguf_include_pattern, report_name
 from hubtools.gguf.files import check_gguf_files
 from hubtools.units import size_both
 from hubtools.verification.report import GgufReport, load_report
@@ -75,7 +75,7 @@ def find_releases(folder: Path, reports: Sequence[Path] = ()) -> list[GgufReleas
     groups: dict[str, list[Path]] = {}
     for path in sorted(folder.glob(f"*{GGUF_SUFFIX}")):
         match = GGUF_FILE.fullmatch(path.name)
-        if match:
+        if match and not path.name.startswith(MMPROJ_PREFIX):  # a vision projector is not a quant of the model
             groups.setdefault(match["quant"], []).append(path)
     if not groups:
         raise CardError(f"{folder}: no GGUF files (expected <name>.<QUANT>.gguf, as `hubtools gguf` writes)")

@@ -28,6 +28,12 @@ from hubtools.tokenization.choices import ChatTemplate
     help="Chat template (default: the recipe's; an HF source's own; else auto).",
 )
 @click.option("--split-max-size", default=None, help="Split files above this size, e.g. 50GB (llama.cpp's convention).")
+@click.option(
+    "--mmproj",
+    default=None,
+    metavar="TYPE",
+    help="A vision model's projector too, DST/mmproj-<name>.<TYPE>.gguf (f32, f16, bf16 or q8_0).",
+)
 @click.option("--force", is_flag=True, help="Replace same-name, same-quant files hubtools wrote, unchanged.")
 @quiet_option()
 @json_option()
@@ -40,13 +46,15 @@ def gguf_command(
     recipe: Path | None,
     chat_template: str | None,
     split_max_size: str | None,
+    mmproj: str | None,
     force: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Export SRC (native or HF layout) to GGUF files in DST, streaming, as llama.cpp's converter would."""
+    """Export SRC (native or HF layout) to GGUF files in DST, streaming, as llama.cpp's converter would (a vision
+    model: its text model, and with --mmproj its projector)."""
     from hubtools.checkpoint.reader import open_checkpoint
-    from hubtools.gguf.export import check_export_inputs, export
+    from hubtools.gguf.export import check_export_inputs, export, parse_mmproj
     from hubtools.pipeline.overlay import gguf_options
     from hubtools.pipeline.recipe import load_recipe
     from hubtools.units import human_bytes
@@ -55,10 +63,12 @@ def gguf_command(
     # the values are checked by the functions `export_gguf` calls, so the CLI and the API refuse alike
     options = gguf_options(rec, quants=quant, name=name, chat_template=chat_template, split_max_size=split_max_size)
     check_export_inputs(src, quants=options.quants, name=options.name)  # before the recipe opens SRC
+    if mmproj is not None:
+        parse_mmproj(mmproj)
     if options.check:
         with open_checkpoint(src) as ckpt:
             options.check(ckpt)
-    total = _source_bytes(src) * len(options.quants)
+    total = _source_bytes(src) * (len(options.quants) + (mmproj is not None))
     with byte_progress(total, quiet or as_json, "gguf") as bar:
         result = export(
             src,
@@ -70,12 +80,16 @@ def gguf_command(
             split_max_size=options.split_max_size,
             force=force,
             progress=bar.update,
+            mmproj=mmproj,
         )
     if as_json:
         emit_json(result.to_dict())
     elif not quiet:
         for out in result.outputs:
             click.echo(f"{out.quant}: {', '.join(out.files)} ({human_bytes(out.bytes)})")
+        if result.mmproj is not None:
+            out = result.mmproj
+            click.echo(f"mmproj {out.quant}: {', '.join(out.files)} ({human_bytes(out.bytes)})")
         click.echo(f"{result.architecture} -> {len(result.outputs)} GGUF file(s) in {result.seconds:.1f}s -> {dst}")
 
 

@@ -20,6 +20,7 @@ class Mistral3(Pixtral):
     name = "mistral3"
     architecture = "Mistral3ForConditionalGeneration"
     model_type = "mistral3"
+    gguf_architecture = "mistral3"  # llama.cpp's converter: Mistral3Model for the text model, whatever it wraps
     patch_merger = True
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:

@@ -44,6 +44,7 @@ class Pixtral(Mistral):
     model_type = "llava"
     wraps_text = True
     hf_text_prefix = HF_TEXT
+    gguf_architecture = "llama"  # llama.cpp's converter: LlamaModel for the text model (its mmproj: `clip`)
     patch_merger = False  # whether the HF class has one (and the projector norm)
     params_fields = frozenset({FIELD})  # the rest of params.json is the text family's
 

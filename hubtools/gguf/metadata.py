@@ -18,9 +18,10 @@ def _get(config: dict[str, Any], *keys: str) -> Any:
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
-def add_general(writer: gguf.GGUFWriter, *, name: str) -> None:
-    """general.type, general.name and general.size_label (from the tensor infos already added)."""
-    writer.add_type(gguf.GGUFType.MODEL)
+def add_general(writer: gguf.GGUFWriter, *, name: str, kind: str = gguf.GGUFType.MODEL) -> None:
+    """general.type (`model`, or `mmproj` for a vision projector), general.name and general.size_label (from
+    the tensor infos already added)."""
+    writer.add_type(kind)
     writer.add_name(name)
     total, shared, expert, count = writer.get_total_parameter_count()
     if total > 0:
@@ -58,7 +59,7 @@ def add_model_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_t
         writer.add_file_type(file_type)
         writer.add_vocab_size(config["vocab_size"])
         writer.add_rope_dimension_count(head_dim)
-        if config.get("model_type") == "ministral3":  # the converter's Mistral3Model.Ministral3Model
+        if config.get("model_type") == "ministral3" and writer.arch == "mistral3":  # Mistral3Model.Ministral3Model
             writer.add_rope_scaling_yarn_log_mul(rope["mscale_all_dim"])
             writer.add_attn_temperature_scale(rope["llama_4_scaling_beta"])
     except KeyError as exc:

@@ -12,35 +12,41 @@ native equals the converter's output on hubtools' HF conversion, tensor for tens
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable, TensorSpec
-from hubtools.model.rows import Role
+from hubtools.model.rows import Part, Role
 
 
 @dataclass(frozen=True)
 class GgufTensor:
-    """One GGUF tensor: its name, its native sources (one, or one per expert, stacked) and numpy shape."""
+    """One GGUF tensor: its name, its native sources (one, or one per expert, stacked) and numpy shape; `row`:
+    one row of its single source alone (a token's embedding)."""
 
     name: str
     sources: tuple[TensorSpec, ...]
     shape: tuple[int, ...]
+    row: int | None = None
 
 
-def gguf_tensors(params: ModelParams, hf_order: Iterable[str]) -> list[GgufTensor]:
+def gguf_tensors(
+    params: ModelParams, hf_order: Iterable[str], *, parts: Collection[Part] | None = None
+) -> list[GgufTensor]:
     """Every GGUF tensor, in the converter's order for an HF folder whose tensors it reads in `hf_order`.
 
     Args:
         hf_order: HF tensor names in the order llama.cpp's converter reads them (see `converter_order`).
+        parts: only the tensors of these parts (a vision model's text model, or its encoder and projector:
+            the converter writes them to two files); None: all.
     """
     table, family = NameTable(params), params.family
     pending: dict[int, list[TensorSpec]] = {}  # per layer: its expert tensors read so far
     out: list[GgufTensor] = []
     for hf in hf_order:
         spec = table.spec(hf, layout="hf")
-        if spec.row.role is not Role.TENSOR:
+        if spec.row.role is not Role.TENSOR or (parts is not None and spec.part not in parts):
             continue  # an FP8 scale: spent on its weight (dequantized), as llama.cpp's converter does
         if spec.expert is None:
             out.append(GgufTensor(spec.gguf, (spec,), spec.shape))

@@ -39,6 +39,7 @@ LLAMA_QUANTIZE_HINT = (
     "--target llama-quantize, or `brew install llama.cpp`)"
 )
 F32_TENSORS = ("ffn_gate_inp.weight",)
+PROJECTOR_FLOAT_TENSORS = (".patch_embd.weight", ".patch_merger.weight")  # MmprojModel.tensor_force_quant
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,23 @@ def parse_quants(text: str | Sequence[str | QuantType]) -> list[QuantType]:
     return out
 
 
-def tensor_type(name: str, shape: tuple[int, ...], weight_type: GGMLQuantizationType) -> GGMLQuantizationType:
-    """The type llama.cpp's converter gives tensor `name` (GGUF name, numpy shape) in a file of `weight_type`.
+def tensor_type(
+    name: str, shape: tuple[int, ...], weight_type: GGMLQuantizationType, *, projector: bool = False
+) -> GGMLQuantizationType:
+    """The type llama.cpp's converter gives tensor `name` (GGUF name, numpy shape) in a file of `weight_type`;
+    in a vision projector (`projector`), the patch embedding and the patch merger are F16 in an F16 file and
+    F32 in any other.
 
     Example:
         >>> tensor_type("blk.0.ffn_gate_inp.weight", (8, 4096), Q.Q8_0).name
         'F32'
         >>> tensor_type("blk.0.attn_q.weight", (24, 40), Q.Q8_0).name
         'F16'
+        >>> tensor_type("v.patch_embd.weight", (32, 3, 4, 4), Q.Q8_0, projector=True).name
+        'F32'
     """
+    if projector and any(part in name for part in PROJECTOR_FLOAT_TENSORS):
+        return Q.F16 if weight_type == Q.F16 else Q.F32
     if len(shape) <= 1 or name.endswith("_norm.weight") or name.endswith(F32_TENSORS):
         return Q.F32
     if shape[-1] % GGML_QUANT_SIZES[weight_type][0]:

@@ -21,6 +21,7 @@ from typing import Any
 import gguf
 import numpy as np
 
+from hubtools.errors import VerifyError
 from hubtools.gguf.files import GgufFiles, read_gguf
 from hubtools.gguf.metadata_check import expected_metadata, metadata_problems
 from hubtools.gguf.quality import check_gguf_logits, check_gguf_tokenizer
@@ -192,6 +193,11 @@ def verify_gguf(
     overrides = ConfigOverrides(rope_theta=rope_theta)  # the values first, as `verify` checks them
     check_prompts(prompts_path)  # a bad line is found now, not after the tensors
     files = read_gguf(gguf_path)
+    if files.fields.get("general.type", (None, None))[1] == gguf.GGUFType.MMPROJ:
+        raise VerifyError(
+            f"{gguf_path}: a vision projector (mmproj); hubtools verify checks a model's GGUF file (for a vision "
+            "model, its text model's), not its projector"
+        )
     source = open_source(src, overrides=overrides)
     quant = quant_of(files)
     with source.ckpt:

@@ -286,6 +286,15 @@ W_OUT = Row("vision_language_adapter.w_out.weight", "multi_modal_projector.linea
 W_OUT_BIAS = Row("vision_language_adapter.w_out.bias", "multi_modal_projector.linear_2.bias", "mm.2.bias", ("dim",))
 
 
+IMG_BREAK_GGUF = "v.token_embd.img_break"  # llama.cpp's pixtral projector: the [IMG_BREAK] token's text embedding
+
+
+def gguf_token_rows(vision: VisionParams) -> tuple[tuple[str, int | None], ...]:
+    """(GGUF name, token id) of each text-embedding row a projector GGUF carries: llama.cpp's pixtral projector
+    adds the `[IMG_BREAK]` embedding after each row of patches itself (its loader requires the tensor)."""
+    return ((IMG_BREAK_GGUF, vision.image_break_token_id),)
+
+
 def encoder_stem_rows() -> tuple[Row, ...]:
     return (PATCH_CONV, LN_PRE)
 
