@@ -140,7 +140,7 @@ def table(result: dict[str, Any]) -> str:
             ratio = ours["mean_kl"] / min(theirs)
             verdict = "meets" if ratio <= 1.05 else "misses"
             lines.append(
-                f"{method.upper()} mean KL, hubtools / llm-compressor's best: {ratio:.3f} ({verdict} the 1.05 criterion)"
+                f"{method.upper()} mean KL, hubtools / llm-compressor's best: {ratio:.3f} ({verdict} the 1.05 bar)"
             )
     return "\n".join(lines)
 
