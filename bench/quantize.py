@@ -45,12 +45,32 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| dim | layers | bf16 size | tool | wall s | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    """One row per run, hubtools' time and peak as a ratio of llm-compressor's; then what depth added per tool."""
+    peer = {(r["dim"], r["layers"]): r for r in results if r["tool"] == "llmc"}
+    lines = [
+        "| dim | layers | bf16 size | tool | wall s | x llm-compressor | peak RSS MiB | x llm-compressor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
+        other = peer.get((r["dim"], r["layers"])) if r["tool"] != "llmc" else None
+
+        def ratio(key: str, r: dict[str, Any] = r, other: dict[str, Any] | None = other) -> str:
+            return f"{r[key] / other[key]:.2f}" if other else "-"
+
         lines.append(
             f"| {r['dim']} | {r['layers']} | {r['size'] / 2**20:,.0f} MiB | {r['tool']} | {r['seconds']:.1f} | "
-            f"{r['peak_rss'] / 2**20:,.0f} |"
+            f"{ratio('seconds')} | {r['peak_rss'] / 2**20:,.0f} | {ratio('peak_rss')} |"
         )
+    lines += ["", "| dim | tool | layers | bf16 size added | peak RSS added |", "|---|---|---|---|---|"]
+    for dim in sorted({r["dim"] for r in results}):
+        for tool in sorted({r["tool"] for r in results}):
+            runs = sorted((r for r in results if r["dim"] == dim and r["tool"] == tool), key=lambda r: r["layers"])
+            if len(runs) > 1:
+                a, b = runs[0], runs[-1]
+                lines.append(
+                    f"| {dim} | {tool} | {a['layers']} -> {b['layers']} | {(b['size'] - a['size']) / 2**20:,.0f} MiB | "
+                    f"{(b['peak_rss'] - a['peak_rss']) / 2**20:+,.0f} MiB |"
+                )
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ from convert import run_measured  # noqa: E402  (bench/convert.py, same folder)
 BENCH = Path(__file__).resolve().parent
 LLMC_PYTHON = Path("/work/peer/llmc-venv/bin/python")
 HUBTOOLS_TREE = BENCH.parent  # this tree
-TOOLS = ["llmc", "llmc-default", "hubtools"]
+TOOLS = ["llmc", "llmc-default", "hubtools", "hubtools-duo"]
 
 
 def build_model(work: Path, *, moe: bool, dim: int, layers: int, experts: int, seed: int = 0) -> Path:
@@ -65,13 +65,15 @@ def run_tool(
 ) -> dict[str, Any]:
     """One worker run (bench/quantize_worker.py) in its own process: seconds and peak RSS."""
     shutil.rmtree(out, ignore_errors=True)
-    peer = tool.startswith("llmc")
+    peer = tool.startswith("llmc")  # llmc, llmc-default; hubtools, hubtools-duo
     python = str(LLMC_PYTHON) if peer else sys.executable
     env = dict(os.environ, PYTHONPATH="" if peer else str(tree))
-    cmd = ["nice", python, str(BENCH / "quantize_worker.py"), "llmc" if peer else tool, str(hf), str(out)]
+    cmd = ["nice", python, str(BENCH / "quantize_worker.py"), "llmc" if peer else "hubtools", str(hf), str(out)]
     cmd += ["--rows", str(rows), "--method", method, "--bits", str(bits), "--group-size", str(group)]
     if tool == "llmc-default":
         cmd += ["--awq-mappings", "default"]
+    if tool == "hubtools-duo":
+        cmd += ["--awq-duo"]
     return run_measured(cmd, env=env)
 
 
@@ -102,14 +104,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     for method in args.methods:
         for tool in args.tools:
-            if tool == "llmc-default" and (method != "awq" or args.dense):
-                continue  # its own mappings differ from the explicit ones only for AWQ of an MoE
+            if (tool == "llmc-default" and (method != "awq" or args.dense)) or (
+                tool == "hubtools-duo" and method != "awq"
+            ):
+                continue  # llm-compressor's own mappings differ from the explicit ones only for AWQ of an MoE
             out = work / f"{tool}-{method}"
             timing = run_tool(tool, hf, out, work / "rows.json", method, args.bits, args.group_size, args.hubtools_tree)
             dense, quantized = qq.dequantize(out, hf)
             quality = qq.compare(reference, qq.logits(hf, dense, held, work / "dense"), held)
             entry = {**quality, **timing, "quantized_tensors": len(quantized)}
-            if tool == "hubtools":
+            if tool.startswith("hubtools"):
                 entry["hubtools_verify"] = hubtools_verify(hf, out, args.hubtools_tree)
             result["runs"][f"{tool} {method}"] = entry
             grid = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
@@ -134,7 +138,7 @@ def table(result: dict[str, Any]) -> str:
         )
     lines.append("")
     for method in ("gptq", "awq"):
-        ours = result["runs"].get(f"hubtools {method}")
+        ours = result["runs"].get(f"hubtools {method}")  # the default options
         theirs = [r["mean_kl"] for n, r in result["runs"].items() if n.startswith("llmc") and n.endswith(method)]
         if ours and theirs:
             ratio = ours["mean_kl"] / min(theirs)
@@ -154,7 +158,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["gptq", "awq"], choices=["gptq", "awq"])
     parser.add_argument(
         "--tools", nargs="+", default=TOOLS, choices=TOOLS,
-        help="llmc: llm-compressor, AWQ with the router among the balance layers; llmc-default: its own mappings",
+        help="llmc: llm-compressor, AWQ with the router among the balance layers; llmc-default: its own mappings; "
+        "hubtools-duo: hubtools' AWQ also trying duo scales",
     )  # fmt: skip
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=64)

@@ -91,7 +91,9 @@ def run_hubtools(src: Path, out: Path, rows: list[list[int]], args: argparse.Nam
     from hubtools.quantization import run
     from hubtools.quantization.scheme import QuantizeOptions
 
-    options = QuantizeOptions(method=args.method, bits=args.bits, group_size=args.group_size, samples=len(rows))
+    options = QuantizeOptions(
+        method=args.method, bits=args.bits, group_size=args.group_size, samples=len(rows), awq_duo=args.awq_duo
+    )
     run.quantize(src, out, options, rows=rows)
 
 
@@ -106,6 +108,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--awq-mappings", choices=["router", "default"], default="router", help="llm-compressor's")
     parser.add_argument("--asymmetric", action="store_true", help="llm-compressor: a zero point per group")
+    parser.add_argument("--awq-duo", action="store_true", help="hubtools: also try AWQ's duo scales")
     args = parser.parse_args()
     rows = json.loads(args.rows.read_text())
     started = time.perf_counter()

@@ -54,7 +54,7 @@ def test_gptq_lazy_blocks_round_as_the_column_by_column_algorithm() -> None:
 def test_awq_search_never_does_worse_than_rounding_on_its_inputs_and_protects_the_outliers() -> None:
     x, w = _inputs(128), torch.randn(64, 128, generator=torch.Generator().manual_seed(2))
     gram, magnitude = x.T @ x, x.abs().mean(0)
-    s, alpha, ratio = search_scales([w], magnitude, gram, bits=4, group_size=32, grid=20, power_of_two=False)
+    s, alpha, _, ratio = search_scales([w], magnitude, gram, bits=4, group_size=32, grid=20, power_of_two=False)
     rtn, _ = round_to_nearest(w, 4, 32)
     deq, _ = round_to_nearest(w * s, 4, 32)
     assert output_error(w, deq / s, gram) <= output_error(w, rtn, gram)
