@@ -3,10 +3,12 @@ two widths and two depths (memory should stay flat as depth grows: hubtools hold
 calibration activations; llm-compressor loads the whole model).
 
 Random Mixtrals (bench/quantize_peer.py's `build_model`: real v1 tokenizer, outlier channels, bf16), the same
-calibration rows for both tools (the package's default set), GPTQ 4-bit, each run in its own process; peak RSS
-is the child's own high-water mark (VmHWM), wall time includes loading and writing.
+calibration rows for both tools (the package's default set), GPTQ 4-bit, each run in its own process under `nice`
+(bench/convert.py's `run_measured`: peak RSS is the child's own high-water mark, VmHWM; wall time includes
+imports, loading and writing). The table gives hubtools' time and peak as ratios of llm-compressor's, then what
+going from the fewest to the most layers added to each tool's peak beside what it added to the weights.
 
-    python bench/quantize.py [--dims 512 1024] [--layers 2 8] [--samples 32] [--seq-len 128] [--json out.json]
+    python bench/quantize.py [--dims 256 512] [--layers 2 8] [--samples 8] [--seq-len 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -76,14 +78,14 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dims", nargs="+", type=int, default=[512, 1024])
+    parser.add_argument("--dims", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--layers", nargs="+", type=int, default=[2, 8])
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--method", choices=["gptq", "awq"], default="gptq")
     parser.add_argument("--tools", nargs="+", default=["llmc", "hubtools"], choices=["llmc", "hubtools"])
     parser.add_argument("--group-size", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=Path(".bench/quantize"))
     parser.add_argument("--hubtools-tree", type=Path, default=HUBTOOLS_TREE)
     parser.add_argument("--json", type=Path)
