@@ -47,11 +47,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """One row per run, hubtools' time and peak as a ratio of llm-compressor's; then what depth added per tool."""
+    """One row per run, hubtools' CPU time and peak as ratios of llm-compressor's (CPU time: wall time on a shared
+    machine measures the other jobs too); then what depth added to each tool's peak."""
     peer = {(r["dim"], r["layers"]): r for r in results if r["tool"] == "llmc"}
     lines = [
-        "| dim | layers | bf16 size | tool | wall s | x llm-compressor | peak RSS MiB | x llm-compressor |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dim | layers | bf16 size | tool | wall s | CPU s | x llm-compressor | peak RSS MiB | x llm-compressor |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         other = peer.get((r["dim"], r["layers"])) if r["tool"] != "llmc" else None
@@ -60,8 +61,8 @@ def table(results: list[dict[str, Any]]) -> str:
             return f"{r[key] / other[key]:.2f}" if other else "-"
 
         lines.append(
-            f"| {r['dim']} | {r['layers']} | {r['size'] / 2**20:,.0f} MiB | {r['tool']} | {r['seconds']:.1f} | "
-            f"{ratio('seconds')} | {r['peak_rss'] / 2**20:,.0f} | {ratio('peak_rss')} |"
+            f"| {r['dim']} | {r['layers']} | {r['size'] / 2**20:,.0f} MiB | {r['tool']} | {r['seconds']:.0f} | "
+            f"{r['cpu_seconds']:.0f} | {ratio('cpu_seconds')} | {r['peak_rss'] / 2**20:,.0f} | {ratio('peak_rss')} |"
         )
     lines += ["", "| dim | tool | layers | bf16 size added | peak RSS added |", "|---|---|---|---|---|"]
     for dim in sorted({r["dim"] for r in results}):

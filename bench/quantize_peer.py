@@ -127,11 +127,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| run | mean KL | top-1 | perplexity (original) | wall s | peak RSS MiB |",
-        "|---|---|---|---|---|---|",
+        "| run | mean KL | top-1 | perplexity (original) | wall s | CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in result["runs"].items():
-        timing = f"{r['seconds']:.1f} | {r['peak_rss'] / 2**20:,.0f}" if "seconds" in r else "- | -"
+        timing = (
+            f"{r['seconds']:.0f} | {r.get('cpu_seconds', float('nan')):.0f} | {r['peak_rss'] / 2**20:,.0f}"
+            if "seconds" in r
+            else "- | - | -"
+        )
         lines.append(
             f"| {name} | {r['mean_kl']:.4f} | {r['top1']:.1%} | {r['perplexity']:.1f} ({r['perplexity_original']:.1f})"
             f" | {timing} |"
