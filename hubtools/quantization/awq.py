@@ -86,20 +86,17 @@ def search_scales(
     if duo:
         weights = weight_magnitude(readers, group_size)
         candidates += [(step / grid, weights) for step in range(grid + 1)]
-    best: ScaleChoice | None = None
-    baseline = 0.0
+    losses: list[tuple[float, float, torch.Tensor, bool]] = []
     for alpha, weights_or_none in candidates:
         s = candidate_scales(magnitude, alpha, power_of_two, weights_or_none)
         loss = 0.0
         for w in readers:
             deq, _ = round_to_nearest(w.float() * s, bits, group_size)
             loss += output_error(w, deq / s, gram)
-        if best is None:
-            baseline = loss  # alpha 0, plain: round-to-nearest
-        if best is None or loss < best.error_vs_rtn:
-            best = ScaleChoice(s, alpha, weights_or_none is not None, loss)
-    assert best is not None
-    return best._replace(error_vs_rtn=best.error_vs_rtn / baseline if baseline > 0 else 1.0)
+        losses.append((loss, alpha, s, weights_or_none is not None))
+    baseline = losses[0][0]  # alpha 0, plain scales: round-to-nearest
+    loss, alpha, s, is_duo = min(losses, key=lambda c: c[0])  # the first of equals: rounding before any scaling
+    return ScaleChoice(s, alpha, is_duo, loss / baseline if baseline > 0 else 1.0)
 
 
 def clipped_round_to_nearest(
