@@ -67,7 +67,8 @@ def run_tool(
     shutil.rmtree(out, ignore_errors=True)
     peer = tool.startswith("llmc")  # llmc, llmc-default; hubtools, hubtools-duo
     python = str(LLMC_PYTHON) if peer else sys.executable
-    env = dict(os.environ, PYTHONPATH="" if peer else str(tree))
+    # one thread: on a shared machine two threads spin waiting for each other, and the CPU time means work done
+    env = dict(os.environ, PYTHONPATH="" if peer else str(tree), OMP_NUM_THREADS="1")
     cmd = ["nice", python, str(BENCH / "quantize_worker.py"), "llmc" if peer else "hubtools", str(hf), str(out)]
     cmd += ["--rows", str(rows), "--method", method, "--bits", str(bits), "--group-size", str(group)]
     if tool == "llmc-default":
