@@ -69,3 +69,13 @@ def test_awq_power_of_two_scales_fold_exactly() -> None:
     assert torch.equal(torch.exp2(torch.log2(s).round()), s)
     x = torch.randn(16, 64)
     assert torch.equal(x / s * s, x)
+
+
+def test_awq_duo_candidates_only_add_to_the_plain_ones() -> None:
+    """`duo=True` searches the plain exponents and the duo ones (`m^a / w^(1-a)`): never a worse fit."""
+    x, w = _inputs(128, seed=3), torch.randn(64, 128, generator=torch.Generator().manual_seed(4))
+    gram, magnitude = x.T @ x, x.abs().mean(0)
+    common = {"bits": 4, "group_size": 32, "grid": 10, "power_of_two": False}
+    plain = search_scales([w], magnitude, gram, **common)  # type: ignore[arg-type]
+    both = search_scales([w], magnitude, gram, duo=True, **common)  # type: ignore[arg-type]
+    assert both.error_vs_rtn <= plain.error_vs_rtn and not plain.duo
