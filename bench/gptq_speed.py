@@ -16,10 +16,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from hubtools.quantization.gptq import Hessian, gptq
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,6 +26,10 @@ def main() -> None:
     parser.add_argument("--save", type=Path)
     parser.add_argument("--compare", type=Path)
     args = parser.parse_args()
+    import torch  # after --help
+
+    from hubtools.quantization.gptq import Hessian, gptq
+
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(args.rows, args.columns, generator=generator) * 0.02
