@@ -81,7 +81,7 @@ def rss_anon(pid: int) -> int:
 def run_measured(
     cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True
 ) -> dict[str, Any]:
-    """Run a command; wall time (incl. sync), peak RSS and sampled peak anonymous memory.
+    """Run a command; wall time (incl. sync), CPU time, peak RSS and sampled peak anonymous memory.
 
     Peak RSS is the child's own high-water mark (VmHWM, sampled until it exits), not wait4's ru_maxrss:
     that one also counts the parent's high-water mark, inherited through the fork before exec.
@@ -111,6 +111,7 @@ def run_measured(
     if rc != 0 and check:
         raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n" + "\n".join(lines[-20:]))
     measured: dict[str, Any] = {"seconds": seconds, "peak_rss": hwm[0] or usage.ru_maxrss * 1024, "peak_anon": peak[0]}
+    measured["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the child's own: comparable on a loaded machine
     if rc != 0:
         measured.update(rc=rc, error=lines[-1] if lines else f"exit code {rc}")
     return measured

@@ -5,13 +5,16 @@ every tool.
     llm-compressor (its own venv):  /work/peer/llmc-venv/bin/python bench/quantize_worker.py llmc HF OUT ...
     hubtools (a tree on PYTHONPATH): python bench/quantize_worker.py hubtools SRC OUT ...
 
-llm-compressor: `oneshot` with GPTQModifier, or AWQ (its transform modifier + QuantizationModifier) with explicit
-Mixtral mappings whose post-attention-norm balance layers include the router (`mlp.gate`), so the router computes
-what it computed before scaling; every expert sees every token (`moe_calibrate_all_experts`, its default). Its
-`IntermediatesCache.pin_memory` asks for an accelerator; on CPU it is made a no-op. Output: `save_pretrained(...,
-save_compressed=True)` (compressed-tensors pack-quantized).
+llm-compressor: `oneshot` with GPTQModifier, or AWQ (its transform modifier + QuantizationModifier) with
+`--awq-mappings router`: explicit Mixtral mappings whose post-attention-norm balance layers include the router
+(`mlp.gate`), so the router computes what it computed before scaling, or `default`: its own mappings for the
+architecture (Mixtral is not in its registry: the dense default, whose post-attention norm is scaled without the
+router). Every expert sees every token (`moe_calibrate_all_experts`, its default). The grid is symmetric, like
+hubtools' (`--asymmetric` for its W4A16_ASYM grid). Its `IntermediatesCache.pin_memory` asks for an accelerator;
+on CPU it is made a no-op. Output: `save_pretrained(..., save_compressed=True)` (compressed-tensors
+pack-quantized).
 
-hubtools: `hubtools.quantization.run.quantize` with the rows in place of its own calibration encoding.
+hubtools: `hubtools.quantization.run.quantize(..., rows=ROWS)`: the rows in place of its own calibration encoding.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _awq_mappings(moe: bool) -> list[Any]:
     ]
 
 
-def run_llmc(src: Path, out: Path, rows: list[list[int]], method: str, bits: int, group_size: int) -> None:
+def run_llmc(src: Path, out: Path, rows: list[list[int]], args: argparse.Namespace) -> None:
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -64,15 +67,14 @@ def run_llmc(src: Path, out: Path, rows: list[list[int]], method: str, bits: int
     model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16)
     moe = getattr(model.config, "num_local_experts", 0) > 0
     data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
-    if method == "gptq":
-        recipe: list[Any] = [GPTQModifier(config_groups=_scheme(bits, group_size, True), ignore=IGNORE)]
+    scheme = _scheme(args.bits, args.group_size, not args.asymmetric)
+    if args.method == "gptq":
+        recipe: list[Any] = [GPTQModifier(config_groups=scheme, ignore=IGNORE)]
     else:
         from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        recipe = [
-            AWQModifier(mappings=_awq_mappings(moe)),
-            QuantizationModifier(config_groups=_scheme(bits, group_size, False), ignore=IGNORE),
-        ]
+        awq = AWQModifier(mappings=_awq_mappings(moe)) if args.awq_mappings == "router" else AWQModifier()
+        recipe = [awq, QuantizationModifier(config_groups=scheme, ignore=IGNORE)]
     oneshot(
         model=model,
         dataset=data,
@@ -85,13 +87,14 @@ def run_llmc(src: Path, out: Path, rows: list[list[int]], method: str, bits: int
     model.save_pretrained(str(out), save_compressed=True)
 
 
-def run_hubtools(src: Path, out: Path, rows: list[list[int]], method: str, bits: int, group_size: int) -> None:
+def run_hubtools(src: Path, out: Path, rows: list[list[int]], args: argparse.Namespace) -> None:
     from hubtools.quantization import run
     from hubtools.quantization.scheme import QuantizeOptions
 
-    run.calibration_sequences = lambda *a, **k: (rows, f"{len(rows)} rows given by the bench")  # type: ignore
-    options = QuantizeOptions(method=method, bits=bits, group_size=group_size, samples=len(rows))
-    run.quantize(src, out, options)
+    options = QuantizeOptions(
+        method=args.method, bits=args.bits, group_size=args.group_size, samples=len(rows), awq_duo=args.awq_duo
+    )
+    run.quantize(src, out, options, rows=rows)
 
 
 def main() -> None:
@@ -103,11 +106,14 @@ def main() -> None:
     parser.add_argument("--method", choices=["gptq", "awq"], default="gptq")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--awq-mappings", choices=["router", "default"], default="router", help="llm-compressor's")
+    parser.add_argument("--asymmetric", action="store_true", help="llm-compressor: a zero point per group")
+    parser.add_argument("--awq-duo", action="store_true", help="hubtools: also try AWQ's duo scales")
     args = parser.parse_args()
     rows = json.loads(args.rows.read_text())
     started = time.perf_counter()
     runner = run_llmc if args.tool == "llmc" else run_hubtools
-    runner(args.src, args.out, rows, args.method, args.bits, args.group_size)
+    runner(args.src, args.out, rows, args)
     print(json.dumps({"seconds": time.perf_counter() - started}), file=sys.stderr)
 
 

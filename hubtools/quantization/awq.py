@@ -19,6 +19,7 @@ stay bit-identical, not merely close.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -31,13 +32,40 @@ def output_error(w: torch.Tensor, deq: torch.Tensor, gram: torch.Tensor) -> floa
     return float(((err @ gram) * err).sum())
 
 
-def candidate_scales(magnitude: torch.Tensor, alpha: float, power_of_two: bool) -> torch.Tensor:
-    """AWQ's scales for one alpha: `m^alpha` normalised by `sqrt(max * min)` (powers of two if asked)."""
-    s = magnitude.float().clamp_min(1e-4).pow(alpha).clamp_min(1e-4)
+def weight_magnitude(readers: Sequence[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Per input column, the mean over every reader's rows of `|w|` divided by its group's `max|w|`: the weight
+    statistic of AWQ's "duo" scales (llm-compressor's `duo_scaling`)."""
+    total, rows = torch.zeros(readers[0].shape[1], device=readers[0].device), 0
+    for w in readers:
+        grouped = w.float().abs().reshape(w.shape[0], -1, group_size)
+        total += (grouped / (grouped.amax(-1, keepdim=True) + 1e-6)).reshape(w.shape).sum(0)
+        rows += w.shape[0]
+    return total / rows
+
+
+def candidate_scales(
+    magnitude: torch.Tensor, alpha: float, power_of_two: bool, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """AWQ's scales for one alpha: `m^alpha` (or, duo, `m^alpha / w^(1 - alpha)` with `w` from
+    `weight_magnitude`) normalised by `sqrt(max * min)` (powers of two if asked)."""
+    s = magnitude.float().clamp_min(1e-4).pow(alpha)
+    if weights is not None:
+        s = s / (weights.pow(1 - alpha) + 1e-4)
+    s = s.clamp_min(1e-4)
     s = s / (s.max() * s.min()).sqrt()
     if power_of_two:
         s = torch.exp2(torch.round(torch.log2(s)))
     return s
+
+
+class ScaleChoice(NamedTuple):
+    """What the search chose for one group: the scales, the exponent, whether they are duo scales, and the
+    output error relative to plain rounding's (1.0 when alpha 0 wins)."""
+
+    scales: torch.Tensor
+    alpha: float
+    duo: bool
+    error_vs_rtn: float
 
 
 def search_scales(
@@ -49,25 +77,26 @@ def search_scales(
     group_size: int,
     grid: int,
     power_of_two: bool,
-) -> tuple[torch.Tensor, float, float]:
-    """The best scales for `readers [rows_i, columns]` reading one input: (scales `[columns]`, alpha, the
-    output error relative to plain rounding's, 1.0 when alpha 0 wins)."""
+    duo: bool = False,
+) -> ScaleChoice:
+    """The best scales for `readers [rows_i, columns]` reading one input; `duo` adds the duo candidates
+    (`m^alpha / w^(1 - alpha)`, alpha in [0, 1]) to the plain ones (`m^alpha`, alpha in [0, 1))."""
     gram = gram.float()
-    best: tuple[float, float, torch.Tensor] | None = None
-    baseline = 0.0
-    for step in range(grid):
-        alpha = step / grid
-        s = candidate_scales(magnitude, alpha, power_of_two)
+    candidates: list[tuple[float, torch.Tensor | None]] = [(step / grid, None) for step in range(grid)]
+    if duo:
+        weights = weight_magnitude(readers, group_size)
+        candidates += [(step / grid, weights) for step in range(grid + 1)]
+    losses: list[tuple[float, float, torch.Tensor, bool]] = []
+    for alpha, weights_or_none in candidates:
+        s = candidate_scales(magnitude, alpha, power_of_two, weights_or_none)
         loss = 0.0
         for w in readers:
             deq, _ = round_to_nearest(w.float() * s, bits, group_size)
             loss += output_error(w, deq / s, gram)
-        if step == 0:
-            baseline = loss
-        if best is None or loss < best[0]:
-            best = (loss, alpha, s)
-    assert best is not None
-    return best[2], best[1], best[0] / baseline if baseline > 0 else 1.0
+        losses.append((loss, alpha, s, weights_or_none is not None))
+    baseline = losses[0][0]  # alpha 0, plain scales: round-to-nearest
+    loss, alpha, s, is_duo = min(losses, key=lambda c: c[0])  # the first of equals: rounding before any scaling
+    return ScaleChoice(s, alpha, is_duo, loss / baseline if baseline > 0 else 1.0)
 
 
 def clipped_round_to_nearest(

@@ -176,10 +176,11 @@ class LayerEngine:
                 continue
             for readers, source, passengers in group_names(group, layer, experts):
                 seen = stats[readers[0]]
-                s, alpha, ratio = search_scales(
-                    [weights[n] for n in readers], seen.magnitude, seen.gram,
-                    bits=o.bits, group_size=o.group_size, grid=o.awq_grid, power_of_two=bool(passengers),
+                choice = search_scales(
+                    [weights[n] for n in readers], seen.magnitude, seen.gram, bits=o.bits, group_size=o.group_size,
+                    grid=o.awq_grid, power_of_two=bool(passengers), duo=o.awq_duo,
                 )  # fmt: skip
+                s = choice.scales
                 for name in [*readers, *passengers]:
                     weights[name] = weights[name] * s
                 for name in readers:  # their input is now x / s: its Gram matrix follows
@@ -188,7 +189,13 @@ class LayerEngine:
                 weights[source] = weights[source] / (s if weights[source].ndim == 1 else s[:, None])
                 hf = self.table.by_native[readers[0]].hf
                 record.awq.append(
-                    {"first": hf, "readers": len(readers), "alpha": alpha, "error_vs_rtn": round(ratio, 4)}
+                    {
+                        "first": hf,
+                        "readers": len(readers),
+                        "alpha": choice.alpha,
+                        "duo": choice.duo,
+                        "error_vs_rtn": round(choice.error_vs_rtn, 4),
+                    }  # fmt: skip
                 )
 
     def _quantize(self, name: str, w: torch.Tensor, seen: InputStats) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,7 @@ def gptq(
             rounded = fake_quantize(col[:, None], column_scales[:, start + i, None], bits)[:, 0]
             q[:, start + i] = rounded
             err = (col - rounded) / inner[i, i]
-            block[:, i:] -= err[:, None] * inner[i, i:][None, :]
+            block[:, i:].addmm_(err[:, None], inner[i : i + 1, i:], alpha=-1)  # one pass: err x row, subtracted
             errors[:, i] = err
         w[:, end:] -= errors @ factor[start:end, end:]
     restored = torch.empty_like(q)

@@ -50,6 +50,7 @@ class QuantizeOptions:
     act_order: bool = True
     damp: float = 0.01
     awq_grid: int = 20
+    awq_duo: bool = False  # also try AWQ's duo scales, m^alpha / w^(1 - alpha) (llm-compressor's default)
     requested_group_size: int | None = None  # set when the group size was lowered to tile the model
 
     def checked(self) -> QuantizeOptions:
