@@ -59,7 +59,7 @@ def _quantized(root: Path, name: str, method: str, *, from_hf: bool) -> tuple[Pa
     params = _model(name)
     native = write_native_checkpoint(root / f"{name}-native", params, tokenizer="v1")
     if params.quantization is None:
-        add_outlier_channels(native, params)
+        add_outlier_channels(native, params.text)  # the text layers (an encoder is narrower)
     source = native
     if from_hf:
         source = root / f"{name}-hf"
