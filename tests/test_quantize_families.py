@@ -50,6 +50,8 @@ def _model(name: str):  # noqa: ANN202 - a ModelParams
         return replace(params, quantization=Fp8()) if name.endswith("fp8") else params
     if name == "mistral4":
         return tiny_mistral4_params()
+    if name == "mistral3-fp8":  # Ministral 3 Instruct's shape: the wrapper around an FP8 Ministral 3
+        return tiny_vision_params(text=_model("ministral3-fp8"))
     text = tiny_params(moe=False, vocab_size=VOCAB, dim=64, hidden_dim=128)
     return tiny_vision_params(merge=2 if name == "mistral3" else 1, text=text)
 
@@ -130,10 +132,12 @@ def _check_kept(source: Path, out: Path, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_an_fp8_source_is_dequantized_then_quantized(root: Path) -> None:
-    """Ministral 3 in FP8 (per-tensor scales): the engine reads each weight dequantized; what is not quantized
-    is written as bfloat16 (no float8 left, no scale tensor), and verify measures against the dequantized source."""
-    source, out = _quantized(root / "fp8", "ministral3-fp8", "gptq", from_hf=False)
+@pytest.mark.parametrize(("name", "from_hf"), [("ministral3-fp8", False), ("mistral3-fp8", True)])
+def test_an_fp8_source_is_dequantized_then_quantized(root: Path, name: str, from_hf: bool) -> None:
+    """Ministral 3 in FP8 (per-tensor scales), alone and in its vision wrapper: the engine reads each weight
+    dequantized; what is not quantized is written as bfloat16 (no float8 left, no scale tensor), and verify
+    measures against the dequantized source."""
+    source, out = _quantized(root / name, name, "gptq", from_hf=from_hf)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     for shard in out.glob("*.safetensors"):
