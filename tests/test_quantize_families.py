@@ -106,6 +106,7 @@ def test_each_family_loads_as_users_load_it_and_beats_round_to_nearest(
     assert load["how"].startswith(expected)
     assert report["tensors"]["passed"] and report["tensors"]["compared"] > 0, report["tensors"]
     quality = report["quality"]
+    print(f"\n{name} {method}: quantized {quality['quantized']} rtn {quality['rtn']}")  # the README's figures (-s)
     assert quality["quantized"]["mean_kl"] < quality["rtn"]["mean_kl"], quality
     assert report["passed"]
     _check_kept(source, out, name)

@@ -75,12 +75,12 @@ def test_release_publishes_the_quantized_repo_after_the_main_one_and_a_rerun_lea
     stamp = json.loads(files["quantization_report.json"])["release"]
     assert stamp["base_repo"] == REPO and stamp["base_revision"] == out["verified_at"]
     assert "README.md" in files and out["report"]["passed"]
-    commits = len(hub.repos[GPTQ].commits)
+    commits, main_commits = len(hub.repos[GPTQ].commits), len(hub.repos[REPO].commits)
 
     again = _release(hub, monkeypatch, *args)
     assert again.exit_code == 0, again.output
     rerun = json.loads(again.stdout)
-    assert rerun["verified_at"] == out["verified_at"] and rerun["uploaded_files"] == 0
+    assert rerun["verified_at"] == out["verified_at"] and len(hub.repos[REPO].commits) == main_commits
     assert [(q["repo_id"], q["action"]) for q in rerun["quantized"]] == [(GPTQ, "unchanged")]
     assert len(hub.repos[GPTQ].commits) == commits
 

@@ -180,14 +180,15 @@ def release_stamp(target: QuantizedTarget, base_repo: str, base_revision: str) -
 def published_stamp(api: HfApi, repo_id: str) -> dict[str, Any] | None:
     """The `release` stamp of the quantization_report.json `repo_id` holds on main (None: no repo, no file,
     no stamp)."""
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import build_hf_headers, get_session
 
     from hubtools.quantization.run import REPORT
 
+    url = f"{api.endpoint.rstrip('/')}/{repo_id}/resolve/main/{REPORT}"  # the endpoint as the client was given it
     try:
-        path = api.hf_hub_download(repo_id, REPORT, revision="main")
-        stamp = json.loads(Path(path).read_text()).get("release")
-    except (HfHubHTTPError, OSError, ValueError, AttributeError):
+        response = get_session().get(url, headers=build_hf_headers(token=api.token), timeout=60)
+        stamp = response.json().get("release") if response.status_code == 200 else None
+    except (OSError, ValueError, AttributeError):
         return None
     return stamp if isinstance(stamp, dict) else None
 
