@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from hubtools.card.gguf import prompt_template
-from hubtools.card.render import jinja_environment
+from hubtools.card.render import MODEL_CLASSES, jinja_environment
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, ModelKind
 from hubtools.errors import CardError, VerifyError
@@ -188,6 +188,7 @@ def render_quantized_card(
         "instruct": instruct,
         "prompt_template": prompt_template(source.tokenizer.value, instruct),
         "moe": source.architecture == "MixtralForCausalLM",
+        "model_class": MODEL_CLASSES.get(str(source.metadata.get("pipeline_tag")), "AutoModelForCausalLM"),
         "release": release,
         "row": _row(release, repo, source.parameters),
         "measured": {"prompts": quality.get("prompts"), "tokens": quality.get("tokens")} if quality else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from hubtools.errors import Interrupted
     "--verify-dtype", metavar=f"[{'|'.join(DType.values(*COMPUTE_DTYPES))}]", default="float32", show_default=True
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, source byte ranges); send nothing.")
+@click.option("--no-quantized", is_flag=True, help="Skip the recipe's GPTQ / AWQ repos (published after the main one).")
+@click.option(
+    "--quantized-only", is_flag=True, help="Publish only the recipe's GPTQ / AWQ repos (the main repo is already out)."
+)
 @json_option("Print the plan/result as JSON.")
 @quiet_option()
 @handle_errors
@@ -47,6 +52,8 @@ def release_command(
     tag: str | None,
     verify_dtype: str,
     dry_run: bool,
+    no_quantized: bool,
+    quantized_only: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -54,8 +61,12 @@ def release_command(
 
     SRC is a native folder, an http(s) URL of one, a .tar URL or hf://org/name[@rev]. Uses HF_ENDPOINT and
     HF_TOKEN from the environment. A re-run resumes: nothing the Hub already holds is sent again.
+
+    Then the recipe's quantized repos (`quantized:`, e.g. REPO_ID-GPTQ / -AWQ), one after the other: quantize
+    (SRC must be a local folder), verify, card, publish; a repo that already holds this release is left as it is.
     """
     from hubtools.pipeline.overlay import release_options
+    from hubtools.pipeline.quantized_release import check_quantized_inputs, main_revision
     from hubtools.pipeline.recipe import load_recipe
     from hubtools.pipeline.release import check_release_inputs, plan_release, release
 
@@ -71,7 +82,10 @@ def release_command(
         private=private,
         tag=tag,
     )
+    if no_quantized:
+        options = replace(options, quantized=())
     check_release_inputs(repo_id, options)  # repo id, revision, tag, card, work dir: dry run or not
+    check_quantized_inputs(src, options, only=quantized_only, skip=no_quantized)
     api = hub_api(repo_id, need_token=False)  # also reads an hf:// SRC
     if dry_run:
         _print_release_plan(plan_release(src, repo_id, options=options, api=api), repo_id, as_json)
@@ -81,6 +95,12 @@ def release_command(
         if not (quiet or as_json):
             click.echo(f"release: {message}", err=True)
 
+    if quantized_only:
+        revision = main_revision(api, repo_id)
+        outcomes = _quantized(src, repo_id, revision, api, options, say)
+        if as_json:
+            emit_json({"repo_id": repo_id, "verified_at": revision, "quantized": [o.to_dict() for o in outcomes]})
+        return
     try:
         with byte_progress(0, quiet or as_json, "release") as bar:
             result = release(
@@ -96,8 +116,9 @@ def release_command(
         raise Interrupted(
             f"{repo_id}: interrupted; nothing committed (shards already sent stay on the Hub: re-run to resume)"
         ) from None
+    outcomes = _quantized(src, repo_id, result.verified_at, api, options, say)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), "quantized": [o.to_dict() for o in outcomes]})
     elif not quiet:
         from hubtools.publishing.upload import files_line
 
@@ -108,6 +129,27 @@ def release_command(
         for label, value in (("pull request", result.pr_url), ("commit", result.commit_url), ("tag", result.tag)):
             if value:
                 click.echo(f"{label}: {value}")
+        for outcome in outcomes:
+            click.echo(
+                f"{outcome.repo_id}: {outcome.action}" + (f" ({outcome.commit_oid})" if outcome.commit_oid else "")
+            )
+
+
+def _quantized(src: str, repo_id: str, revision: str, api: Any, options: Any, say: Any) -> list[Any]:
+    """The recipe's quantized repos after the main one (`release_quantized_repos`), in a work dir of their own."""
+    import tempfile
+
+    from hubtools.pipeline.quantized_release import release_quantized_repos
+
+    if not options.quantized:
+        return []
+    if options.work_dir is not None:
+        options.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hubtools-quantized-", dir=options.work_dir) as work:
+        return release_quantized_repos(
+            Path(src), options.quantized, api=api, base_repo=repo_id, base_revision=revision, work_dir=Path(work),
+            card=options.card, cards_dir=options.cards_dir, say=say,
+        )  # fmt: skip
 
 
 def _print_release_plan(plan: dict[str, Any], repo_id: str, as_json: bool) -> None:

@@ -88,6 +88,11 @@ class Mistral4(Mixtral):
         "llama.cpp's converter, llama-cpp-python 0.3.36's, has no support for Mistral4ForCausalLM: \"Model "
         'Mistral4ForCausalLM is not supported"; it reads Mistral 4 only inside Mistral3ForConditionalGeneration'
     )
+    quantize_unsupported = (
+        "transformers 5.25 loads Mistral 4's routed experts only as fused 3-D parameters (Mistral4Experts."
+        "gate_up_proj / down_proj: no nn.Linear for compressed-tensors to quantize, and no weight conversion that "
+        "fuses per-expert tensors as Mixtral's does), so a GPTQ / AWQ folder would load with random experts"
+    )
     params_fields = fields.TOP_LEVEL  # each mapped or refused by value in `mla_fields.parse`
     params_absent = {}
 

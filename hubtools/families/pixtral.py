@@ -192,6 +192,11 @@ class Pixtral(Mistral):
     def fp8_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
         return fp8.PUBLISHED_KEPT
 
+    def quantize_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        """The head, the encoder and the projector (patch merger included) stay unquantized: only the text
+        layers are calibrated (llm-compressor's recipe for these models ignores the same)."""
+        return ("lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*")
+
     def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
         text = self.text(params)
         return tuple(f.prefixed(HF_TEXT) for f in text.family.fusions(text))

@@ -143,6 +143,7 @@ class Family:
     model_type: ClassVar[str]  # config.json `model_type`, and transformers' modeling module
     gguf_architecture: ClassVar[str]  # llama.cpp's `general.architecture`
     gguf_unsupported: ClassVar[str | None] = None  # why llama.cpp's converter cannot export it, if it cannot
+    quantize_unsupported: ClassVar[str | None] = None  # why `hubtools quantize` refuses it, if it does
     params_fields: ClassVar[frozenset[str]]  # the params.json fields it maps (`hubtools.model.accounting`)
     params_absent: ClassVar[Mapping[str, tuple[Any, ...]]] = {}  # fields accepted only with these values
     default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
@@ -394,6 +395,12 @@ class Family:
     def input_groups(self, params: ModelParams, layer: int) -> tuple[InputGroup, ...]:
         """The layer's quantized weights grouped by the input they read (see `InputGroup`)."""
         raise NotImplementedError
+
+    def quantize_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
+        """The modules a GPTQ / AWQ folder keeps unquantized besides its layers' own (compressed-tensors `ignore`
+        entries: transformers' module names or `re:` patterns). `lm_head` even when tied: transformers' head
+        is an `nn.Linear` sharing the embedding."""
+        return ("lm_head",)
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
         """(Families with experts) copy one expert tensor into `fused`; False if `spec` is no expert's."""

@@ -10,7 +10,8 @@ the quantized weights and the real routing, to make the next layer's inputs. The
 calibration tokens are the only state carried from layer to layer, so depth does not change peak memory.
 
 What it yields per tensor (`Quantized`) goes straight to the writer; the engine never spells a tensor
-name (it asks the family: `input_groups`, `tensor_specs`).
+name (it asks the family: `input_groups`, `tensor_specs`). A vision wrapper's text model is calibrated with
+its own family's forward (`ModelParams.text`); the encoder and projector pass through unquantized.
 """
 
 from __future__ import annotations
@@ -89,14 +90,17 @@ class LayerEngine:
     def __init__(
         self, params: ModelParams, read: Reader, chunks: list[Chunk], options: QuantizeOptions, *, rope_theta: float
     ) -> None:
-        self.params, self.read, self.options, self.theta = params, read, options, rope_theta
-        self.family, self.table = params.family, NameTable(params)
+        self.read, self.options, self.theta = read, options, rope_theta
+        self.table = NameTable(params)  # a vision wrapper's: encoder, projector and text tensors
+        self.params, self.family = params.text, params.text.family  # the calibrated forward: the text model's
         self.chunks = chunks
         self.hidden: list[torch.Tensor] = []
         self.input_scales: dict[str, torch.Tensor] = {}  # AWQ: the scales a reader's input is divided by
 
     def run(self, progress: Callable[[str], None]) -> Iterator[Quantized | LayerRecord]:
-        """Every tensor of the model in canonical order (and each layer's record after its tensors)."""
+        """Every tensor of the model in canonical order (and each layer's record after its tensors); a vision
+        wrapper's encoder and projector first, as they are (only the text layers are calibrated)."""
+        yield from (Quantized(s, self.read(s)) for s in self.table.specs if s.unit < -1)
         specs = [s for s in self.table.specs if s.unit == -1]
         weights = {s.native: self.read(s) for s in specs}
         with torch.no_grad():

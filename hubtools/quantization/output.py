@@ -30,7 +30,8 @@ from hubtools.filenames import (
     shard_name,
 )
 from hubtools.model.family import ModelParams
-from hubtools.model.names import Layout, TensorSpec
+from hubtools.model.names import Layout, NameTable, TensorSpec
+from hubtools.model.rows import Part
 from hubtools.model.transforms import to_hf
 from hubtools.quantization.engine import Quantized
 from hubtools.quantization.scheme import SCALE_DTYPE, QuantizeOptions
@@ -61,23 +62,28 @@ def quantization_config(options: QuantizeOptions, ignore: list[str]) -> dict[str
     return out
 
 
-def ignored_modules(specs: list[TensorSpec], quantized: set[str]) -> list[str]:
-    """The HF module names of the unquantized matrices a `Linear` target would catch (lm_head, routers)."""
-    return [
-        s.hf.removesuffix(".weight") for s in specs if len(s.shape) == 2 and s.native not in quantized and s.unit >= 0
+def ignored_modules(params: ModelParams, specs: list[TensorSpec], quantized: set[str]) -> list[str]:
+    """What a `Linear` target must not catch: the family's kept modules (`Family.quantize_kept_modules`: the
+    head, a wrapper's encoder and projector) and each layer's unquantized matrices (routers)."""
+    layers = [
+        s.hf.removesuffix(".weight")
+        for s in specs
+        if len(s.shape) == 2 and s.native not in quantized and s.part is Part.LAYER and s.layer is not None
     ]
+    return list(dict.fromkeys([*params.family.quantize_kept_modules(params), *layers]))
 
 
 class FolderWriter:
     """Compresses and writes one unit (embedding, a layer, the head) per shard as the engine yields it."""
 
-    def __init__(self, out: Path, ckpt: Checkpoint, options: QuantizeOptions) -> None:
+    def __init__(self, out: Path, ckpt: Checkpoint, params: ModelParams, options: QuantizeOptions) -> None:
+        """`params`: the source's, an FP8 source's without FP8 (`run.plain_params`)."""
         from compressed_tensors.compressors import BaseCompressor
 
-        self.out, self.ckpt, self.params = out, ckpt, ckpt.params
+        self.out, self.ckpt, self.params = out, ckpt, params
         self.scheme = scheme(options)
         self.compressor = BaseCompressor.get_value_from_registry(FORMAT)
-        self.total = self.params.n_layers + 2
+        self.total = len({s.unit for s in NameTable(params).specs})  # one shard per unit
         self.pending: dict[str, torch.Tensor] = {}
         self.unit: int | None = None
         self.weight_map: dict[str, str] = {}
@@ -95,6 +101,8 @@ class FolderWriter:
         """The HF-named tensors of one output tensor: packed codes and scales, or the tensor itself."""
         spec, params = item.spec, self.params
         stored = self.ckpt.tensors[spec.native if self.ckpt.layout is Layout.NATIVE else spec.hf].dtype
+        if stored.itemsize == 1:  # an FP8 source's weight, dequantized: written as its release dtype
+            stored = torch.bfloat16
         if item.scales is None:
             return {spec.hf: to_hf(spec.transform, item.weight, params).to("cpu", stored).contiguous()}
         self.quantized.add(spec.native)

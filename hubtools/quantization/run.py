@@ -22,8 +22,11 @@ import torch
 
 from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoint
 from hubtools.destination import atomic_folder
+from hubtools.errors import QuantizeError
 from hubtools.families import check_counts
 from hubtools.filenames import CONFIG, PARAMS
+from hubtools.model import fp8
+from hubtools.model.family import ModelParams
 from hubtools.model.names import Layout, NameTable, TensorSpec
 from hubtools.model.params import default_rope_theta
 from hubtools.model.transforms import to_native
@@ -66,21 +69,40 @@ class QuantizeReport:
         return out
 
 
+def plain_params(params: ModelParams) -> ModelParams:
+    """`params` without FP8 weights: what the engine, the writer and verify's forwards see of an FP8 source
+    (its weights dequantized as they are read, `native_reader`)."""
+    if params.quantization is None and params.text.quantization is None:
+        return params
+    text = replace(params.text, quantization=None)  # a wrapper's text model carries the scheme too
+    options = tuple((key, text if key == "text" else value) for key, value in params.options)
+    return replace(params, quantization=None, options=options)
+
+
 def native_reader(ckpt: Checkpoint, device: torch.device) -> Callable[[TensorSpec], torch.Tensor]:
-    """A spec's tensor in native layout, float32 on `device`, from a native or an HF checkpoint."""
+    """A spec's tensor in native layout, float32 on `device`, from a native or an HF checkpoint; an FP8
+    weight is dequantized by the rule of `hubtools.model.fp8` (its weight scale read beside it)."""
+    native = ckpt.layout is Layout.NATIVE
+    key = "native" if native else "hf"
+    quantized = {s.native for s in NameTable(ckpt.params).specs if fp8.is_quantized(ckpt.params, s)}
+
+    def load(name: str) -> torch.Tensor:
+        return ckpt.read(name).to(device)
 
     def read(spec: TensorSpec) -> torch.Tensor:
-        if ckpt.layout is Layout.NATIVE:
-            return ckpt.read(spec.native).to(device, torch.float32)
-        return to_native(spec.transform, ckpt.read(spec.hf), ckpt.params).to(device, torch.float32)
+        value = load(spec.native if native else spec.hf)
+        if spec.native in quantized:
+            value = fp8.dequantize(value, load(fp8.weight_scale(spec, key)), torch.float32)
+        value = value.to(torch.float32)
+        return value if native else to_native(spec.transform, value, ckpt.params)
 
     return read
 
 
 def engine_columns(params: Any) -> set[int]:
-    """The input widths of the matrices the family quantizes."""
+    """The input widths of the matrices the family quantizes (a wrapper's: its text model's)."""
     table = NameTable(params)
-    family = params.family
+    family = params.text.family
     return {
         table.by_native[row.native_name(layer, 0 if group.experts != "none" else None)].shape[1]
         for layer in range(params.n_layers)
@@ -98,6 +120,17 @@ def _fitted_group(options: QuantizeOptions, columns: set[int]) -> QuantizeOption
         if size == options.group_size
         else replace(options, group_size=size, requested_group_size=options.group_size)
     )
+
+
+def refuse_unsupported(params: ModelParams, source: str) -> None:
+    """A family whose quantized folder transformers could not load (`Family.quantize_unsupported`) is refused.
+
+    Raises:
+        QuantizeError: naming the source, the architecture and why.
+    """
+    for family in dict.fromkeys((params.family, params.text.family)):
+        if family.quantize_unsupported is not None:
+            raise QuantizeError(f"{source}: {params.architecture} cannot be quantized: {family.quantize_unsupported}")
 
 
 def rope_theta_of(ckpt: Checkpoint) -> float:
@@ -138,10 +171,11 @@ def quantize(
     src, dst = Path(src), Path(dst)
     device = torch.device(options.device)
     with open_checkpoint(src, prefer="native") as ckpt:
-        params = ckpt.params
         origin = ckpt.folder / (PARAMS if ckpt.layout is Layout.NATIVE else CONFIG)
-        check_counts(params, ckpt.tensors, source=str(origin))
-        check_tensors(ckpt, NameTable(params))
+        refuse_unsupported(ckpt.params, str(origin))
+        check_counts(ckpt.params, ckpt.tensors, source=str(origin))
+        check_tensors(ckpt, NameTable(ckpt.params))
+        params = plain_params(ckpt.params)
         options = _fitted_group(options, engine_columns(params))
         if rows is None:
             rows, where = calibration_sequences(
@@ -163,14 +197,14 @@ def quantize(
             rope_theta=rope_theta_of(ckpt),
         )
         with atomic_folder(dst, sources=(src,), force=force) as tmp:
-            writer = FolderWriter(tmp, ckpt, options)
+            writer = FolderWriter(tmp, ckpt, params, options)
             for item in engine.run(say):
                 if isinstance(item, LayerRecord):
                     report.layers.append(item)
                 else:
                     writer.add(item)
             config, generation = hf_configs(ckpt, params)
-            ignore = ignored_modules(engine.table.specs, writer.quantized)
+            ignore = ignored_modules(params, engine.table.specs, writer.quantized)
             config = {**config, "quantization_config": quantization_config(options, ignore)}
             names = writer.finish(config, generation)
             names += write_tokenizer(ckpt, tmp, config.get("max_position_embeddings"))

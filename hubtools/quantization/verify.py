@@ -1,9 +1,9 @@
 """`hubtools verify SRC QUANT_DIR` on a quantized folder: load it as its users do, prove nothing was lost
 in loading, check the router, and measure what the quantization costs (`quality`).
 
-- load: `AutoModelForCausalLM.from_pretrained(QUANT_DIR)` (transformers + compressed-tensors, nothing
-  else): any missing, unexpected or mismatched key, or a loading error, fails (a missing key is a
-  parameter transformers re-initialises: the random-experts trap).
+- load: `AutoModelForCausalLM.from_pretrained(QUANT_DIR)` (a vision wrapper: `AutoModelForImageTextToText`;
+  transformers + compressed-tensors, nothing else): any missing, unexpected or mismatched key, or a loading
+  error, fails (a missing key is a parameter transformers re-initialises: the random-experts trap).
 - tensors: after a forward (compressed-tensors decompresses dense layers on the first one), every
   parameter of every decoder layer equals what the folder holds, dequantized here by compressed-tensors
   and laid out by the family as transformers lays it (`Family.hf_layer_state`: experts fused); a
@@ -26,14 +26,15 @@ from typing import Any
 
 import torch
 
-from hubtools.checkpoint.reader import Checkpoint, open_checkpoint
+from hubtools.checkpoint.reader import open_checkpoint
 from hubtools.errors import VerifyError
 from hubtools.filenames import CONFIG
+from hubtools.model.family import ModelParams
 from hubtools.model.names import NameTable
 from hubtools.model.transforms import to_native
 from hubtools.quantization.output import FORMAT
 from hubtools.quantization.quality import measure, reference_logits, rtn_getter, transformers_logits
-from hubtools.quantization.run import native_reader, rope_theta_of
+from hubtools.quantization.run import native_reader, plain_params, rope_theta_of
 from hubtools.verification.logits import logit_metrics, prompt_tokens
 
 PACKED = ".weight_packed"
@@ -145,13 +146,19 @@ def heldout_texts() -> tuple[str, ...]:
     return tuple(sample.text for sample in shipped.builtin_heldout() if sample.text)
 
 
-def load_as_users_do(folder: Path) -> tuple[Any, dict[str, Any]]:
-    """transformers' model and the load check (missing / unexpected / mismatched keys, errors)."""
-    from transformers import AutoModelForCausalLM
+def auto_class(params: ModelParams) -> str:
+    """The transformers auto class users load the model with: a vision wrapper's is image-text-to-text."""
+    return "AutoModelForImageTextToText" if params.family.wraps_text else "AutoModelForCausalLM"
 
-    how = "AutoModelForCausalLM.from_pretrained(folder)  # transformers + compressed-tensors"
+
+def load_as_users_do(folder: Path, params: ModelParams) -> tuple[Any, dict[str, Any]]:
+    """transformers' model and the load check (missing / unexpected / mismatched keys, errors)."""
+    import transformers
+
+    name = auto_class(params)
+    how = f"{name}.from_pretrained(folder)  # transformers + compressed-tensors"
     try:
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
+        loaded: Any = getattr(transformers, name).from_pretrained(
             str(folder), dtype=torch.float32, local_files_only=True, output_loading_info=True
         )
         model, info = loaded
@@ -165,22 +172,25 @@ def load_as_users_do(folder: Path) -> tuple[Any, dict[str, Any]]:
     return model, {"passed": not any(found.values()), "how": how, **found}
 
 
-def _compare_layers(model: Any, ckpt: Checkpoint, tensors: FolderTensors) -> dict[str, Any]:
-    """Every decoder-layer parameter transformers holds against the folder's own (dequantized) tensors."""
-    family = ckpt.params.family
+def _compare_layers(model: Any, params: ModelParams, tensors: FolderTensors) -> dict[str, Any]:
+    """Every decoder-layer parameter transformers holds against the folder's own (dequantized) tensors (a
+    wrapper's: its text model's, under the wrapper's prefix)."""
+    family, prefix = params.text.family, params.family.hf_text_prefix
+    read = lambda name: tensors.read(prefix + name)  # noqa: E731
+    text = model.model.language_model if params.family.wraps_text else model.model
     differ, compared = [], 0
-    for layer, module in enumerate(model.model.layers):
+    for layer, module in enumerate(text.layers):
         state = module.state_dict()
         keys = [k for k in state if not k.rsplit(".", 1)[-1].startswith(("weight_", "input_", "output_"))]
         try:
-            expected = family.hf_layer_state(model.config, layer, keys, tensors.read, torch.float32, None)
+            expected = family.hf_layer_state(model.config.get_text_config(), layer, keys, read, torch.float32, None)
         except KeyError as exc:
             return {"passed": False, "compared": compared, "differ": [f"layer {layer}: the folder lacks {exc}"]}
         for key in keys:
             compared += 1
             exact = expected[key].float()  # transformers dequantizes in the load dtype or in the scales' (bf16)
             if not any(torch.equal(state[key].float(), e) for e in (exact, exact.to(torch.bfloat16).float())):
-                differ.append(f"model.layers.{layer}.{key}")
+                differ.append(f"{prefix}model.layers.{layer}.{key}")
     quantized = len(tensors.quantized)
     return {
         "passed": not differ and compared > 0,
@@ -191,14 +201,15 @@ def _compare_layers(model: Any, ckpt: Checkpoint, tensors: FolderTensors) -> dic
 
 
 def _check_routers(
-    ckpt: Checkpoint, tensors: FolderTensors, read_source: Callable[[str], torch.Tensor]
+    params: ModelParams, tensors: FolderTensors, read_source: Callable[[str], torch.Tensor]
 ) -> dict[str, Any]:
-    params, family = ckpt.params, ckpt.params.family
+    table = NameTable(params)
+    family = params.text.family
     equal, folded, differ = [], [], []
     for layer in range(params.n_layers):
         for group in family.input_groups(params, layer):
             for row in group.passengers:
-                name = row.hf_name(layer)
+                name = table.by_native[row.native_name(layer)].hf
                 mine, theirs = read_source(row.native_name(layer)), to_native(row.transform, tensors.raw(name), params)
                 if torch.equal(mine.to(theirs.dtype), theirs):
                     equal.append(name)
@@ -206,7 +217,7 @@ def _check_routers(
                 assert group.source is not None
                 norm_src, norm_q = (
                     read_source(group.source.native_name(layer)),
-                    tensors.raw(group.source.hf_name(layer)),
+                    tensors.raw(table.by_native[group.source.native_name(layer)].hf),
                 )
                 if torch.equal(mine.float() * norm_src.float(), theirs.float() * norm_q.float()):
                     folded.append(name)
@@ -223,12 +234,13 @@ def verify_quantized(
     report = QuantizedVerifyReport(str(src), str(folder))
     tensors = FolderTensors(folder)
     with open_checkpoint(src, prefer="native") as ckpt:
-        params, table = ckpt.params, NameTable(ckpt.params)
+        params = plain_params(ckpt.params)  # an FP8 source is read dequantized
+        table, sources = NameTable(params), NameTable(ckpt.params)
         read = native_reader(ckpt, torch.device("cpu"))
-        source = lambda name: read(table.by_native[name])  # noqa: E731
+        source = lambda name: read(sources.by_native[name])  # noqa: E731
         say("loading the folder with transformers")
-        model, report.load = load_as_users_do(folder)
-        report.router = _check_routers(ckpt, tensors, source)
+        model, report.load = load_as_users_do(folder, params)
+        report.router = _check_routers(params, tensors, source)
         if model is None:
             report.tensors = {"passed": False, "error": "the folder did not load"}
             return report
@@ -236,7 +248,7 @@ def verify_quantized(
         theta = rope_theta_of(ckpt)
         say("logits: transformers on the quantized folder")
         quant = transformers_logits(model, prompts)
-        report.tensors = _compare_layers(model, ckpt, tensors)
+        report.tensors = _compare_layers(model, params, tensors)
         say("logits: the original, our dequantized weights, round-to-nearest")
         original = reference_logits(params, source, prompts, rope_theta=theta)
         ours = reference_logits(
