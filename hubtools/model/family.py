@@ -35,21 +35,9 @@ if TYPE_CHECKING:
 
 Getter = Callable[[str], "torch.Tensor"]
 
-COMMON_FIELDS = (  # in params.json order
-    "dim",
-    "n_layers",
-    "head_dim",
-    "hidden_dim",
-    "n_heads",
-    "n_kv_heads",
-    "norm_eps",
-    "vocab_size",
-    "rope_theta",
-    "sliding_window",
-    "max_seq_len",
-    "num_experts",
-    "num_experts_per_tok",
-)
+# in params.json order
+COMMON_FIELDS = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "norm_eps", "vocab_size",
+                 "rope_theta", "sliding_window", "max_seq_len", "num_experts", "num_experts_per_tok")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -382,8 +370,7 @@ class Family:
         raise NotImplementedError
 
     def hf_head_weights(self, read: Getter, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(final norm weight, output projection) under their HF names; `config`: transformers' (a tied one's
-        output projection is the embedding)."""
+        """(final norm weight, output projection; a tied model's is the embedding) read by their HF names."""
         raise NotImplementedError
 
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -397,9 +384,8 @@ class Family:
         raise NotImplementedError
 
     def quantize_kept_modules(self, params: ModelParams) -> tuple[str, ...]:
-        """The modules a GPTQ / AWQ folder keeps unquantized besides its layers' own (compressed-tensors `ignore`
-        entries: transformers' module names or `re:` patterns). `lm_head` even when tied: transformers' head
-        is an `nn.Linear` sharing the embedding."""
+        """Modules a GPTQ / AWQ folder keeps unquantized besides its layers' own (compressed-tensors `ignore`
+        entries); `lm_head` even when tied: transformers' head is an `nn.Linear` sharing the embedding."""
         return ("lm_head",)
 
     def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:

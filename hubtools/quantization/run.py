@@ -92,7 +92,7 @@ def native_reader(ckpt: Checkpoint, device: torch.device) -> Callable[[TensorSpe
     def read(spec: TensorSpec) -> torch.Tensor:
         value = load(spec.native if native else spec.hf)
         if spec.native in quantized:
-            value = fp8.dequantize(value, load(fp8.weight_scale(spec, key)), torch.float32)
+            value = fp8.dequantize(value, load(fp8.weight_scale(ckpt.params, spec, key)), torch.float32)
         value = value.to(torch.float32)
         return value if native else to_native(spec.transform, value, ckpt.params)
 
