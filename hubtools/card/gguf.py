@@ -174,6 +174,26 @@ def prompt_template(tokenizer: str, instruct: bool) -> str:
     return user_turn(tokenizer, None, "{prompt}") if instruct else "{prompt}"
 
 
+def quantized_card_data(
+    source: CardSource, tags: Sequence[str], *, drop: Sequence[str] = (), **extra: Any
+) -> ModelCardData:
+    """Front matter of a quantized form's card (seed 004's shape): the original's metadata less `drop` and its
+    base-model fields, `tags` added, base_model / quantized_by / model_creator / prompt_template set."""
+    meta = {k: v for k, v in source.metadata.items() if k not in ("base_model", "base_model_relation", *drop)}
+    own_tags = meta.pop("tags", None) or []
+    return ModelCardData(
+        **meta,
+        tags=sorted({*own_tags, *tags}),
+        base_model=source.repo_id,
+        base_model_relation="quantized",
+        model_creator=str(source.metadata.get("model_creator", "Mistral AI")),
+        model_name=source.title,
+        quantized_by="hubtools",
+        prompt_template=prompt_template(source.tokenizer.value, source.kind is ModelKind.INSTRUCT),
+        **extra,
+    )
+
+
 def render_gguf_card(source: CardSource, releases: Sequence[GgufRelease], *, repo_id: str | None = None) -> str:
     """The README.md of the GGUF repo: validated front matter plus `templates/gguf_card.md.jinja`.
 
@@ -192,19 +212,7 @@ def render_gguf_card(source: CardSource, releases: Sequence[GgufRelease], *, rep
     contexts = {r["context_length"] for r in rows if r["context_length"]}
     template = prompt_template(source.tokenizer.value, instruct)
     creator = str(source.metadata.get("model_creator", "Mistral AI"))
-    meta = {k: v for k, v in source.metadata.items() if k not in ("base_model", "base_model_relation", "library_name")}
-    tags = sorted({*(meta.pop("tags", None) or []), "gguf", "llama.cpp"})
-    data = ModelCardData(
-        **meta,
-        tags=tags,
-        base_model=source.repo_id,
-        base_model_relation="quantized",
-        model_creator=creator,
-        model_name=source.title,
-        quantized_by="hubtools",
-        prompt_template=template,
-        inference=False,
-    )
+    data = quantized_card_data(source, ("gguf", "llama.cpp"), drop=("library_name",), inference=False)
     context = {
         "title": source.title,
         "creator": creator,

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
-from hubtools.card.gguf import prompt_template
+from hubtools.card.gguf import prompt_template, quantized_card_data
 from hubtools.card.render import MODEL_CLASSES, jinja_environment
 from hubtools.card.rules import validate_card_text
 from hubtools.card.source import CardSource, ModelKind
@@ -166,18 +166,7 @@ def render_quantized_card(
     repo = repo_id or f"{source.repo_id}-{release.method_name}"
     instruct = source.kind is ModelKind.INSTRUCT
     creator = str(source.metadata.get("model_creator", "Mistral AI"))
-    meta = {k: v for k, v in source.metadata.items() if k not in ("base_model", "base_model_relation")}
-    tags = sorted({*(meta.pop("tags", None) or []), release.method, "compressed-tensors", f"{release.bits}-bit"})
-    data = ModelCardData(
-        **meta,
-        tags=tags,
-        base_model=source.repo_id,
-        base_model_relation="quantized",
-        model_creator=creator,
-        model_name=source.title,
-        quantized_by="hubtools",
-        prompt_template=prompt_template(source.tokenizer.value, instruct),
-    )
+    data = quantized_card_data(source, (release.method, "compressed-tensors", f"{release.bits}-bit"))
     quality = release.quality or {}
     context = {
         "title": source.title,
