@@ -269,44 +269,13 @@ class Mistral4(Mixtral):
 
     # -- the HF-side forward ----------------------------------------------------------------------------------
 
-    def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        import torch
+    fused_rows = (EXPERT_W1, EXPERT_W3, EXPERT_W2)
 
-        experts, hidden, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
-        return {
-            FUSED_GATE_UP: torch.empty(experts, 2 * inter, hidden, dtype=dtype),
-            FUSED_DOWN: torch.empty(experts, hidden, inter, dtype=dtype),
-        }
+    def hf_experts_shape(self, config: Any) -> tuple[int, int, int]:
+        return config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
 
-    def put_expert(self, fused: dict[str, torch.Tensor], config: Any, spec: TensorSpec, tensor: torch.Tensor) -> bool:
-        if spec.expert is None:
-            return False
-        inter, row = config.moe_intermediate_size, spec.row.native  # the native template: wrappers prefix HF names
-        if row == EXPERT_W2.native:
-            fused[FUSED_DOWN][spec.expert] = tensor
-        else:
-            half = slice(None, inter) if row == EXPERT_W1.native else slice(inter, None)
-            fused[FUSED_GATE_UP][spec.expert, half] = tensor
-        return True
-
-    def hf_layer_state(
-        self,
-        config: Any,
-        layer: int,
-        keys: list[str],
-        read: Getter,
-        dtype: torch.dtype,
-        fused: dict[str, torch.Tensor] | None,
-    ) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {}
-        if FUSED_GATE_UP in keys:
-            if fused is None:
-                fused = self.empty_fused_experts(config, dtype)
-                for spec in _expert_specs(layer, config.n_routed_experts):
-                    self.put_expert(fused, config, spec, read(spec.hf))
-            state.update(fused)
-        prefix = HF_LAYER.format(layer=layer)
-        return {**state, **{key: read(prefix + key) for key in keys if key not in state}}
+    def hf_layer_key(self, key: str) -> str:
+        return key
 
 
 def _expert_specs(layer: int, experts: int) -> list[TensorSpec]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import ATTENTION_NORM, FFN_NORM, HF_LAYER, WK, WO, WQ, WV, Mistral
@@ -179,11 +179,21 @@ class Mixtral(Mistral):
 
     # -- the HF-side forward: experts fused as transformers 5.x fuses them ---------------------------------------
 
+    fused_rows: ClassVar[tuple[Row, Row, Row]] = (EXPERT_W1, EXPERT_W3, EXPERT_W2)  # gate, up, down
+
+    def hf_experts_shape(self, config: Any) -> tuple[int, int, int]:
+        """(experts, hidden, expert width) of a MoE layer in transformers' config."""
+        return config.num_local_experts, config.hidden_size, config.intermediate_size
+
+    def hf_layer_key(self, key: str) -> str:
+        """Where transformers' layer key `key` is stored, under the layer's prefix (Mixtral: `block_sparse_moe`)."""
+        return key.replace("mlp.", "block_sparse_moe.", 1)
+
     def empty_fused_experts(self, config: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Uninitialised fused expert tensors of one layer, for `put_expert`."""
         import torch
 
-        experts, hidden, inter = config.num_local_experts, config.hidden_size, config.intermediate_size
+        experts, hidden, inter = self.hf_experts_shape(config)
         return {
             FUSED_GATE_UP: torch.empty(experts, 2 * inter, hidden, dtype=dtype),
             FUSED_DOWN: torch.empty(experts, hidden, inter, dtype=dtype),
@@ -193,8 +203,18 @@ class Mixtral(Mistral):
         """Copy one expert tensor into its place in `fused`; False if `spec` is no expert's."""
         if spec.expert is None:
             return False
-        _place(fused, config, spec.row, spec.expert, tensor)
+        self._place(fused, config, spec.row.native, spec.expert, tensor)  # native: a wrapper prefixes HF names
         return True
+
+    def _place(
+        self, fused: dict[str, torch.Tensor], config: Any, native: str, expert: int, tensor: torch.Tensor
+    ) -> None:
+        gate, _, down = self.fused_rows
+        if native == down.native:
+            fused[FUSED_DOWN][expert] = tensor
+        else:
+            inter = self.hf_experts_shape(config)[2]
+            fused[FUSED_GATE_UP][expert, slice(None, inter) if native == gate.native else slice(inter, None)] = tensor
 
     def hf_layer_state(
         self,
@@ -209,23 +229,12 @@ class Mixtral(Mistral):
         if FUSED_GATE_UP in keys:
             if fused is None:
                 fused = self.empty_fused_experts(config, dtype)
-                for expert in range(config.num_local_experts):
-                    for row in (EXPERT_W1, EXPERT_W3, EXPERT_W2):
-                        _place(fused, config, row, expert, read(row.hf_name(layer, expert)))
+                for expert in range(self.hf_experts_shape(config)[0]):
+                    for row in self.fused_rows:
+                        self._place(fused, config, row.native, expert, read(row.hf_name(layer, expert)))
             state.update(fused)
         prefix = HF_LAYER.format(layer=layer)
-        for key in keys:
-            if key not in state:
-                state[key] = read(prefix + key.replace("mlp.", "block_sparse_moe.", 1))
-        return state
-
-
-def _place(fused: dict[str, torch.Tensor], config: Any, row: Row, expert: int, tensor: torch.Tensor) -> None:
-    if row is EXPERT_W2:
-        fused[FUSED_DOWN][expert] = tensor
-    else:
-        inter = config.intermediate_size
-        fused[FUSED_GATE_UP][expert, slice(None, inter) if row is EXPERT_W1 else slice(inter, None)] = tensor
+        return {**state, **{key: read(prefix + self.hf_layer_key(key)) for key in keys if key not in state}}
 
 
 def _moe(moe: Any, source: str, bad: Bad) -> tuple[int, int]:
