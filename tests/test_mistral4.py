@@ -183,6 +183,10 @@ def test_transformers_groups_experts_by_their_top_two_sum_where_vllm_takes_the_b
     report = verify(native, tmp_path / "hf")
     assert report.structure.passed and report.tensors.passed and not report.logits.passed
     assert report.logits.layers[0].max_abs_dh < 1e-4 < report.logits.layers[1].max_abs_dh
+    assert any("keeps 2 of 4 expert groups" in n for n in report.structure.notes)  # said, beside the failure
+    one_group = write_native_checkpoint(tmp_path / "one", tiny_mistral4_params(), tokenizer=None)
+    convert(one_group, tmp_path / "one-hf")
+    assert not any("expert groups" in n for n in verify(one_group, tmp_path / "one-hf").structure.notes)
 
 
 def test_the_fused_tensors_split_back_into_one_tensor_per_row(converted: tuple[Path, Path]) -> None:

@@ -168,6 +168,20 @@ class Mistral4(Mixtral):
                     out.extend(_scale_fusions(prefix, layer, params.num_experts))
         return tuple(out)
 
+    def runtime_differences(self, params: ModelParams) -> tuple[str, ...]:
+        """Fewer expert groups kept than exist: transformers 5.25's `Mistral4TopkRouter` scores a group by the sum
+        of its two best experts (DeepSeek-V3's rule for a correction bias), vLLM on the native format by its best
+        one (its rule without a bias, Mistral's case, and the reference's): the two route differently."""
+        m = fields.mla(params)
+        if m.num_expert_groups_per_tok >= m.num_expert_groups:
+            return ()
+        return (
+            f"moe keeps {m.num_expert_groups_per_tok} of {m.num_expert_groups} expert groups: transformers' "
+            "Mistral4TopkRouter scores a group by its two best experts, the native runtime (vLLM) by its best one, "
+            "so the two route differently and the logits can differ without any conversion fault (the released "
+            "models keep 1 of 1)",
+        )
+
     def gguf_pieces(self, params: ModelParams, spec: TensorSpec) -> tuple[GgufPiece, ...]:
         """`wkv_b` as llama.cpp's converter writes it for MLA's absorption: `attn_k_b [heads, kv_lora_rank,
         qk_nope]` (each head's key rows, transposed) then `attn_v_b [heads, v_head_dim, kv_lora_rank]`."""

@@ -206,6 +206,10 @@ class Pixtral(Mistral):
         text = self.text(params)
         return text.family.experts(text, layer)
 
+    def runtime_differences(self, params: ModelParams) -> tuple[str, ...]:
+        text = self.text(params)
+        return text.family.runtime_differences(text)
+
     def gguf_pieces(self, params: ModelParams, spec: TensorSpec) -> tuple[GgufPiece, ...]:
         text = self.text(params)
         return () if spec.part in (Part.VISION, Part.PROJECTOR) else text.family.gguf_pieces(text, spec)

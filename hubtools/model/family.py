@@ -229,6 +229,11 @@ class Family:
         """The HF tensors stored fused (several table tensors back to back); none by default."""
         return ()
 
+    def runtime_differences(self, params: ModelParams) -> tuple[str, ...]:
+        """Where transformers runs this model differently from the runtime of the native format (verify's
+        notes: a logits failure they explain is not the conversion's); none by default."""
+        return ()
+
     def gguf_text_architecture(self, params: ModelParams) -> str:
         """The `general.architecture` of its text model's GGUF file (a wrapper's: as llama.cpp's converter names it)."""
         return self.gguf_architecture

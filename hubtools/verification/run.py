@@ -102,7 +102,7 @@ def check_structure(
         problems += mapping_problems(
             side, list(tensors), {n: t.shape for n, t in tensors.items()}, layout=ckpt_layout, where=where
         )
-    notes = list(hf.notes)
+    notes = [*hf.notes, *table.params.family.runtime_differences(table.params)]
     if hf.config is not None and stored is not None and not problems:  # a folder already wrong is not put to it
         if hf.config.get(fp8.HF_FIELD) is None:
             problems += load_problems(hf.folder, hf.config, stored)
