@@ -5,7 +5,7 @@
 // one thread, float32 KV cache, flash attention off unless asked, and writes n_tokens x n_vocab float32
 // (row-major, native byte order) to OUT.f32; prints "n_tokens n_vocab".
 // llama.cpp's defaults (F16 KV cache, flash attention `auto`, on for the CPU) round through F16: on a tiny
-// Mistral 4, max |dlogit| 2.8e-3 from the F16 cache alone, 4e-3 with flash attention, 4e-6 without either
+// Mistral 4, max |dlogit| 2.8e-3 from the F16 cache alone, 4-6e-3 with flash attention, 4e-6 without either
 // (tests/test_gguf_mistral4_runtime.py).
 #include "llama.h"
 
