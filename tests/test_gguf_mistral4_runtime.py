@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hubtools.converter import convert
+from hubtools.families import family_named
 from hubtools.model.params import ModelParams
 from hubtools.testing import TOKENIZERS, tiny_mistral4_params, tiny_vision_params, write_native_checkpoint
 from hubtools.verification import reference
@@ -198,3 +199,16 @@ def test_llama_4_scaling_needs_the_temperature_keys_the_converter_omits(program:
 def test_flash_attention_rounds_through_f16(program: Path, tmp_path: Path) -> None:
     native, params, gguf = small_4(tmp_path)
     assert FLOAT32 < max_dlogit(logits(program, gguf, native, params, flash_attn=True)) < 0.02
+
+
+@pytest.mark.skipif(
+    family_named("mistral4").gguf_unsupported is not None, reason="hubtools writes no mistral4 GGUF yet"
+)
+def test_llama_cpp_runs_hubtools_own_small_4_gguf_as_the_reference(program: Path, tmp_path: Path) -> None:
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+
+    native, params, _ = small_4(tmp_path)
+    result = export(native, tmp_path / "out", quants=parse_quants("f32"), name="m")
+    gguf = tmp_path / "out" / result.outputs[0].files[0]
+    assert_agree(logits(program, gguf, native, params, count=2))
