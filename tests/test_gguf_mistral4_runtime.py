@@ -212,10 +212,14 @@ def test_flash_attention_rounds_through_f16(program: Path, tmp_path: Path) -> No
     family_named("mistral4").gguf_unsupported is not None, reason="hubtools writes no mistral4 GGUF yet"
 )
 def test_llama_cpp_runs_hubtools_own_small_4_gguf_as_the_reference(program: Path, tmp_path: Path) -> None:
+    """hubtools' F32 GGUF: llama.cpp's logits agree with the reference and equal, bit for bit, its logits on
+    llama.cpp's converter's file (the metadata hubtools writes drives llama.cpp's graph the same way)."""
     from hubtools.gguf.export import export
     from hubtools.gguf.quant import parse_quants
 
-    native, params, _ = small_4(tmp_path)
+    native, params, converted = small_4(tmp_path)
     result = export(native, tmp_path / "out", quants=parse_quants("f32"), name="m")
-    gguf = tmp_path / "out" / result.outputs[0].files[0]
-    assert_agree(logits(program, gguf, native, params, count=2))
+    ours = logits(program, tmp_path / "out" / result.outputs[0].files[0], native, params, count=2)
+    assert_agree(ours)
+    theirs = logits(program, converted, native, params, count=2)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ours, theirs, strict=True))
