@@ -58,12 +58,33 @@ def binary(name: str) -> Path | None:
     return Path(which) if which else None
 
 
-def convert_hf(hf_dir: Path, out: Path, outtype: str) -> Path:
-    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on an HF folder."""
+# Registers a class name the converter does not (`Mistral4ForCausalLM`) to the class that reads the same model
+# inside a wrapper (`Mistral3Model`, whose `Mistral4Model` it picks by model_type), then runs the converter.
+REGISTER = r"""
+import runpy, sys
+import conversion
+from conversion.base import ModelBase
+name, module, cls = sys.argv.pop(1).split(":")
+conversion.TEXT_MODEL_MAP[name] = module
+ModelBase.register(name)(getattr(__import__("conversion." + module, fromlist=[cls]), cls))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def convert_hf(hf_dir: Path, out: Path, outtype: str, *, register: str | None = None) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py (with its own gguf-py) on an HF folder.
+
+    Args:
+        register: "Architecture:module:Class", a class name the converter does not register, mapped to one of
+            its classes first (what the converter would write if it registered that name).
+    """
     root = tree()
     assert root is not None
-    env = dict(os.environ, PYTHONPATH=str(root / "gguf-py"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "gguf-py"), str(root)]), HF_HUB_OFFLINE="1")
     cmd = [python(), str(root / "convert_hf_to_gguf.py"), str(hf_dir), "--outtype", outtype, "--outfile", str(out)]
+    if register is not None:
+        cmd = [python(), "-c", REGISTER, register, *cmd[1:]]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{done.stderr[-3000:]}")

@@ -21,7 +21,7 @@ from hubtools.model.transforms import interleaved_to_half
 from hubtools.testing import copy_tokenizer, synthetic_tensors, tiny_mistral4_params, write_native_checkpoint
 from hubtools.verification import reference
 from hubtools.verification.run import verify
-from tests.helpers import RunCli, assert_one_line_error, edit_json, same_bytes, tensors_of
+from tests.helpers import edit_json, same_bytes, tensors_of
 
 HF_SHARD = "model-00001-of-00001.safetensors"
 EXPERT_WIDTH, EXPERTS = 32, 8  # tiny_mistral4_params' moe.expert_hidden_dim and num_experts
@@ -192,15 +192,6 @@ def test_the_fused_tensors_split_back_into_one_tensor_per_row(converted: tuple[P
     assert set(tensors_of(native)) == names
     split = tensors_of(hf)
     assert "model.layers.1.mlp.experts.7.down_proj.weight" in split and len(split) == len(names)
-
-
-def test_gguf_refuses_mistral_4_in_one_line_as_llama_cpp_s_converter_has_no_support(
-    converted: tuple[Path, Path], run_cli: RunCli, tmp_path: Path
-) -> None:
-    """The vendored convert_hf_to_gguf.py answers "Model Mistral4ForCausalLM is not supported" for this folder."""
-    native, _ = converted
-    result = run_cli("gguf", native, tmp_path / "out")
-    assert_one_line_error(result, "cannot be exported to GGUF", "has no support for Mistral4ForCausalLM")
 
 
 def _convert_peak_anon(tmp_path: Path, dim: int) -> tuple[int, int]:

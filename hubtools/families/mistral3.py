@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hubtools.families.mistral4 import Mistral4
 from hubtools.families.pixtral import FIELD, Pixtral
+from hubtools.model.family import ModelParams
 from hubtools.model.vision import PATCH_MERGE, VisionParams
 
 
@@ -25,6 +27,11 @@ class Mistral3(Pixtral):
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return FIELD in raw and self._merges(raw[FIELD])
+
+    def gguf_text_architecture(self, params: ModelParams) -> str:
+        """`mistral3` (llama.cpp's `Ministral3Model`), or `mistral4` around a Mistral 4 (its `Mistral4Model`)."""
+        text = self.text(params)
+        return text.family.gguf_architecture if isinstance(text.family, Mistral4) else self.gguf_architecture
 
     def wrapper_fields(self, vision: VisionParams) -> dict[str, Any]:
         return {"spatial_merge_size": vision.spatial_merge_size}

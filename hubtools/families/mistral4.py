@@ -39,9 +39,10 @@ from hubtools.families.mixtral import Mixtral, Routing
 from hubtools.model import fp8, fp8_block
 from hubtools.model import mla_fields as fields
 from hubtools.model.family import Getter, ModelParams
-from hubtools.model.rows import Fusion, Part, Role, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, GgufPiece, Part, Role, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -76,6 +77,8 @@ EXPERT_W3 = _row("experts.{expert}.w3.weight", "mlp.experts.{expert}.up_proj.wei
                  ("expert_hidden_dim", "dim"))  # fmt: skip
 ATTENTION_ROWS = (ATTENTION_NORM, WQ_A, Q_A_NORM, WQ_B, WKV_A, KV_A_NORM, WKV_B, WO, FFN_NORM)
 FUSED_GATE_UP, FUSED_DOWN = "mlp.experts.gate_up_proj", "mlp.experts.down_proj"  # transformers' layer keys
+GGUF_GATE_UP, GGUF_DOWN = "blk.{layer}.ffn_gate_up_exps.weight", "blk.{layer}.ffn_down_exps.weight"  # stored whole
+GGUF_K_B, GGUF_V_B = "blk.{layer}.attn_k_b.weight", "blk.{layer}.attn_v_b.weight"  # kv_b, split for absorption
 VISION = "vision_encoder"  # params.json's vision tower: a wrapper family's (Mistral3ForConditionalGeneration)
 
 
@@ -83,11 +86,7 @@ class Mistral4(Mixtral):
     name = "mistral4"
     architecture = "Mistral4ForCausalLM"
     model_type = "mistral4"
-    gguf_architecture = "mistral4"  # llama.cpp's, inside its Mistral3 wrapper only; `hubtools gguf` refuses
-    gguf_unsupported = (
-        "llama.cpp's converter, llama-cpp-python 0.3.36's, has no support for Mistral4ForCausalLM: \"Model "
-        'Mistral4ForCausalLM is not supported"; it reads Mistral 4 only inside Mistral3ForConditionalGeneration'
-    )
+    gguf_architecture = "mistral4"  # llama.cpp's `Mistral3Model.Mistral4Model` (a DeepseekV2Model): kv_b split
     quantize_unsupported = (
         "transformers 5.25 loads Mistral 4's routed experts only as fused 3-D parameters (Mistral4Experts."
         "gate_up_proj / down_proj: no nn.Linear for compressed-tensors to quantize, and no weight conversion that "
@@ -157,8 +156,10 @@ class Mistral4(Mixtral):
             prefix = HF_LAYER.format(layer=layer)
             gate_up = tuple(r.hf_name(layer, e) for e in experts for r in (EXPERT_W1, EXPERT_W3))
             down = tuple(EXPERT_W2.hf_name(layer, e) for e in experts)
-            out.append(Fusion(prefix + FUSED_GATE_UP, gate_up, (len(experts), 2 * inter, hidden), (inter, hidden)))
-            out.append(Fusion(prefix + FUSED_DOWN, down, (len(experts), hidden, inter), (hidden, inter)))
+            out.append(Fusion(prefix + FUSED_GATE_UP, gate_up, (len(experts), 2 * inter, hidden), (inter, hidden),
+                              gguf=GGUF_GATE_UP.format(layer=layer)))  # fmt: skip
+            out.append(Fusion(prefix + FUSED_DOWN, down, (len(experts), hidden, inter), (hidden, inter),
+                              gguf=GGUF_DOWN.format(layer=layer)))  # fmt: skip
             if fp8.is_quantized(params, _expert_specs(layer, 1)[0]):
                 scheme = params.quantization
                 if scheme is not None and scheme.block:
@@ -166,6 +167,30 @@ class Mistral4(Mixtral):
                 else:
                     out.extend(_scale_fusions(prefix, layer, params.num_experts))
         return tuple(out)
+
+    def gguf_pieces(self, params: ModelParams, spec: TensorSpec) -> tuple[GgufPiece, ...]:
+        """`wkv_b` as llama.cpp's converter writes it for MLA's absorption: `attn_k_b [heads, kv_lora_rank,
+        qk_nope]` (each head's key rows, transposed) then `attn_v_b [heads, v_head_dim, kv_lora_rank]`."""
+        if spec.row.native != WKV_B.native:
+            return ()
+        m, heads = fields.mla(params), params.n_heads
+        return (
+            GgufPiece(GGUF_K_B.format(layer=spec.unit), (heads, m.kv_lora_rank, m.qk_nope_head_dim), "k_b"),
+            GgufPiece(GGUF_V_B.format(layer=spec.unit), (heads, m.v_head_dim, m.kv_lora_rank), "v_b"),
+        )
+
+    def gguf_cut(self, params: ModelParams, piece: str, tensor: np.ndarray) -> np.ndarray:
+        m = fields.mla(params)
+        heads = tensor.reshape(params.n_heads, m.qk_nope_head_dim + m.v_head_dim, -1)
+        if piece == "k_b":
+            return heads[:, : m.qk_nope_head_dim].transpose(0, 2, 1)
+        return heads[:, m.qk_nope_head_dim :]
+
+    def gguf_join(self, params: ModelParams, pieces: Mapping[str, np.ndarray]) -> np.ndarray:
+        import numpy as np
+
+        k_b, v_b = pieces["k_b"], pieces["v_b"]
+        return np.concatenate((k_b.transpose(0, 2, 1), v_b), axis=1).reshape(-1, k_b.shape[1])
 
     def fp8_linear(self, params: ModelParams, spec: TensorSpec) -> bool:
         return Mistral.fp8_linear(self, params, spec) and spec.row.native != ROUTER.native  # the router is no nn.Linear

@@ -21,10 +21,11 @@ from hubtools.families.mistral import LAYER_NUMBER, Mistral
 from hubtools.model import fp8
 from hubtools.model import vision as vis
 from hubtools.model.family import Getter, ModelParams
-from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, GgufPiece, Part, Row, TensorSpec, expand
 from hubtools.model.vision import VisionParams
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 HF_TEXT = "language_model."  # transformers' wrapper holds the text model's HF names under this prefix
@@ -204,6 +205,18 @@ class Pixtral(Mistral):
     def experts(self, params: ModelParams, layer: int) -> int:
         text = self.text(params)
         return text.family.experts(text, layer)
+
+    def gguf_pieces(self, params: ModelParams, spec: TensorSpec) -> tuple[GgufPiece, ...]:
+        text = self.text(params)
+        return () if spec.part in (Part.VISION, Part.PROJECTOR) else text.family.gguf_pieces(text, spec)
+
+    def gguf_cut(self, params: ModelParams, piece: str, tensor: np.ndarray) -> np.ndarray:
+        text = self.text(params)
+        return text.family.gguf_cut(text, piece, tensor)
+
+    def gguf_join(self, params: ModelParams, pieces: Mapping[str, np.ndarray]) -> np.ndarray:
+        text = self.text(params)
+        return text.family.gguf_join(text, pieces)
 
     def check_counts(self, params: ModelParams, names: Iterable[str], *, source: str) -> None:
         names = list(names)

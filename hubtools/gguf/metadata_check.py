@@ -19,7 +19,7 @@ def expected_metadata(source: GgufSource, quant: QuantType, tokenizer_dir: Path 
     """key -> value of every metadata key hubtools writes for this source (general.* left out)."""
     from hubtools.gguf.vocab import add_vocab
 
-    writer = gguf.GGUFWriter(path=None, arch=source.params.family.gguf_architecture)
+    writer = gguf.GGUFWriter(path=None, arch=source.architecture)
     add_model_parameters(writer, source.config, quant.file_type)
     if tokenizer_dir is not None:
         add_vocab(writer, source.tokenizer, tokenizer_dir, source.config["vocab_size"])

@@ -159,20 +159,29 @@ def check_gguf_tokenizer(
 
 
 def _gguf_getter(source: GgufSource, files: GgufFiles) -> Callable[[str], Any]:
+    """native name -> its float32 tensor read back from the GGUF file: one block of a stacked or fused tensor
+    (each source is an equal run of rows), or its pieces joined (`Family.gguf_join`)."""
     import torch
     from gguf import quants
 
-    where = {
-        spec.native: (t.name, i if len(t.sources) > 1 else None, spec.shape)
-        for t in source.tensors
-        for i, spec in enumerate(t.sources)
-    }
+    params = source.params
+    where: dict[str, list[tuple[Any, int]]] = {}
+    for t in source.tensors:
+        for i, spec in enumerate(t.sources):
+            where.setdefault(spec.native, []).append((t, i))
+
+    def dequantized(t: Any, i: int) -> np.ndarray:
+        data = files.data(t.name)
+        block = np.ascontiguousarray(data.reshape(len(t.sources), -1, data.shape[-1])[i])
+        return np.array(quants.dequantize(block, files.tensors[t.name].tensor_type))
 
     def get(native: str) -> torch.Tensor:
-        name, expert, shape = where[native]
-        data = files.data(name)
-        rows = np.ascontiguousarray(data[expert] if expert is not None else data)
-        return torch.from_numpy(np.array(quants.dequantize(rows, files.tensors[name].tensor_type)).reshape(shape))
+        found = where[native]
+        shape = found[0][0].sources[found[0][1]].shape
+        if found[0][0].piece is None:
+            return torch.from_numpy(dequantized(*found[0]).reshape(shape))
+        pieces = {t.piece: dequantized(t, i).reshape(t.shape) for t, i in found}
+        return torch.from_numpy(np.ascontiguousarray(params.family.gguf_join(params, pieces)).reshape(shape))
 
     return get
 

@@ -24,7 +24,7 @@ from hubtools.checkpoint.reader import Checkpoint, check_tensors, open_checkpoin
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.errors import CorruptFileError, LayoutError, ParamsError, TokenizerError
 from hubtools.filenames import CONFIG, DEFAULT_SHARD_SIZE
-from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native
+from hubtools.gguf.names import GgufTensor, converter_order, gguf_tensors, hf_shards_of_native, stored_names
 from hubtools.model import fp8, vision
 from hubtools.model.hf_config import ConfigOverrides, to_hf_config
 from hubtools.model.names import NameTable, TensorSpec
@@ -54,7 +54,7 @@ class GgufSource:
     @property
     def architecture(self) -> str:
         """The file's `general.architecture`: llama.cpp's `clip` for a projector, else the family's."""
-        return PROJECTOR_ARCHITECTURE if self.projector else str(self.params.family.gguf_architecture)
+        return PROJECTOR_ARCHITECTURE if self.projector else self.params.family.gguf_text_architecture(self.params)
 
     @property
     def tokenizer(self) -> Path:
@@ -76,10 +76,11 @@ def _open(folder: Path) -> Checkpoint:
 
 
 def _hf_shards(ckpt: Checkpoint) -> list[list[str]]:
+    """Stored tensor names per file (fused tensors whole, `stored_names`), files in name order."""
     by_file: dict[Path, list[str]] = {f: [] for f in ckpt.files}
     for name, src in ckpt.tensors.items():
         by_file[src.segments[0][0]].append(name)
-    return [by_file[f] for f in sorted(by_file, key=lambda p: p.name)]
+    return [stored_names(ckpt.params, by_file[f]) for f in sorted(by_file, key=lambda p: p.name)]
 
 
 def _refuse_unsupported(folder: Path, params: Any) -> None:
@@ -230,6 +231,9 @@ def source_rows(source: GgufSource, spec: TensorSpec) -> tuple[np.ndarray, str]:
 def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndarray, int]]:
     """(float32 rows, source bytes they came from) in chunks, expert by expert for merged experts; FP8
     weights dequantized first (`source_rows`)."""
+    if tensor.piece is not None:
+        yield _piece_rows(source, tensor)
+        return
     for spec in tensor.sources:
         raw, code = source_rows(source, spec)
         if tensor.row is not None:
@@ -240,3 +244,13 @@ def float_rows(source: GgufSource, tensor: GgufTensor) -> Iterator[tuple[np.ndar
             chunk = np.ascontiguousarray(raw[start : start + step])
             rows = _decode(chunk, code, f"{source.ckpt.folder}: tensor '{spec.native}'").reshape(chunk.shape[0], -1)
             yield rows, chunk.nbytes
+
+
+def _piece_rows(source: GgufSource, tensor: GgufTensor) -> tuple[np.ndarray, int]:
+    """A piece of one source tensor (`Family.gguf_cut`), whole (MLA's kv_b: a few MiB), and half its bytes."""
+    (spec,) = tensor.sources
+    raw, code = source_rows(source, spec)
+    whole = _decode(raw.reshape(-1), code, f"{source.ckpt.folder}: tensor '{spec.native}'").reshape(spec.shape)
+    params = source.params
+    piece = np.ascontiguousarray(params.family.gguf_cut(params, tensor.piece, whole), dtype=np.float32)
+    return piece.reshape(-1, tensor.shape[-1]), raw.nbytes // len(params.family.gguf_pieces(params, spec))

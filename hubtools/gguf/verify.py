@@ -50,7 +50,7 @@ def check_structure(source: GgufSource, files: GgufFiles, quant: QuantType | Non
     problems = []
     if quant is None:
         problems.append("metadata 'general.file_type': missing or unknown")
-    arch, expected = files.fields.get("general.architecture", (None, None))[1], source.params.family.gguf_architecture
+    arch, expected = files.fields.get("general.architecture", (None, None))[1], source.architecture
     if arch != expected:
         problems.append(f"metadata 'general.architecture': expected '{expected}', found {arch!r}")
     for t in source.tensors:
@@ -124,7 +124,7 @@ def check_llama_cpp_tensors(source: GgufSource, files: GgufFiles, quant: QuantTy
             if ours.size != theirs.size or not np.array_equal(ours, theirs):
                 at = _first_difference(theirs, ours) if ours.size == theirs.size else 0
                 per_source = max(1, theirs.size // len(t.sources))
-                expert = f" (expert {at // per_source})" if len(t.sources) > 1 else ""
+                expert = _which_expert(t, at // per_source)
                 problems.append(f"tensor '{t.name}'{expert}: differs from llama-quantize's output at byte {at}")
     details = {"compared": len(source.tensors), "expected": len(source.tensors), "mismatched": len(problems)}
     return Check(not problems, tuple(problems[:MAX_NAMED]), details | {"by": "llama-quantize"})
@@ -140,10 +140,18 @@ def _compare_tensor(source: GgufSource, t: Any, actual: np.ndarray, qtype: gguf.
         got = actual[offset : offset + expected.size]
         if got.size != expected.size or not np.array_equal(got, expected):
             at = offset + (_first_difference(expected, got) if got.size == expected.size else 0)
-            expert = f" (expert {at // per_source}, {t.sources[at // per_source].native})" if len(t.sources) > 1 else ""
-            return f"tensor '{t.name}'{expert}: differs from the source at byte {at % per_source}"
+            part = _which_expert(t, at // per_source)
+            return f"tensor '{t.name}'{part}: differs from the source at byte {at % per_source}"
         offset += expected.size
     return None
+
+
+def _which_expert(t: Any, source: int) -> str:
+    """ " (expert E, native name)" of a stacked or fused tensor's `source`-th part; "" for a single tensor."""
+    if len(t.sources) <= 1:
+        return ""
+    spec = t.sources[min(source, len(t.sources) - 1)]
+    return f" (expert {spec.expert}, {spec.native})"
 
 
 def _float_damage(rows: np.ndarray, quantized: np.ndarray, qtype: gguf.GGMLQuantizationType) -> str | None:

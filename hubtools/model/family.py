@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
 from hubtools.model.fp8 import Fp8, with_scales
-from hubtools.model.rows import Fusion, Part, Row, TensorSpec, expand
+from hubtools.model.rows import Fusion, GgufPiece, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 Getter = Callable[[str], "torch.Tensor"]
@@ -227,6 +228,22 @@ class Family:
     def fusions(self, params: ModelParams) -> tuple[Fusion, ...]:
         """The HF tensors stored fused (several table tensors back to back); none by default."""
         return ()
+
+    def gguf_text_architecture(self, params: ModelParams) -> str:
+        """The `general.architecture` of its text model's GGUF file (a wrapper's: as llama.cpp's converter names it)."""
+        return self.gguf_architecture
+
+    def gguf_pieces(self, params: ModelParams, spec: TensorSpec) -> tuple[GgufPiece, ...]:
+        """The GGUF tensors table tensor `spec` is written as where llama.cpp's converter splits it; () for one."""
+        return ()
+
+    def gguf_cut(self, params: ModelParams, piece: str, tensor: np.ndarray) -> np.ndarray:
+        """Piece `piece` (of `gguf_pieces`) of a table tensor's float values."""
+        raise NotImplementedError
+
+    def gguf_join(self, params: ModelParams, pieces: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The table tensor back from its pieces (`gguf_cut`'s inverse)."""
+        raise NotImplementedError
 
     def experts(self, params: ModelParams, layer: int) -> int:
         """How many experts layer `layer` holds."""

@@ -109,13 +109,24 @@ class Fusion:
     shape: tuple[int, ...]
     part_shape: tuple[int, ...]
     aliases: tuple[tuple[str, str], ...] = ()  # (name, part): a tensor stored once, as that part, equal to it
+    gguf: str | None = None  # its GGUF name where llama.cpp's converter writes it whole (weights, not scales)
 
     def prefixed(self, prefix: str) -> Fusion:
         """This fusion with every HF name under `prefix` (a wrapper holding the text model, e.g. a vision one)."""
         return Fusion(
             prefix + self.hf, tuple(prefix + p for p in self.parts), self.shape, self.part_shape,
-            tuple((prefix + a, prefix + p) for a, p in self.aliases),
+            tuple((prefix + a, prefix + p) for a, p in self.aliases), self.gguf,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GgufPiece:
+    """One of the GGUF tensors a table tensor is written as where llama.cpp's converter splits it (MLA's
+    `kv_b` into `k_b` and `v_b`): its GGUF name, numpy shape and which piece (the family cuts and joins)."""
+
+    gguf: str
+    shape: tuple[int, ...]
+    piece: str
 
 
 def expand(
