@@ -1,10 +1,12 @@
 """llama.cpp's own runtime computes the same Mistral 4 as hubtools' clean-room reference forward (issue 19).
 
 A tiny Mistral Small 4 (`Mistral3ForConditionalGeneration` around MLA + routed and shared experts, YaRN,
-llama-4 scaling, tekken) is converted by hubtools to HF, made into an F32 GGUF by llama.cpp's converter
-(architecture `mistral4`), and run by llama.cpp (tests/llama_cpp_logits.cpp: llama.h, one sequence, F32 KV
-cache, no flash attention) on the built-in prompts' token ids (positions below 40); its logits are held against
-`hubtools.verification.reference.forward` on the native weights, in float32.
+llama-4 scaling, tekken; or the bare text model) is made into an F32 GGUF (architecture `mistral4`) twice: by
+hubtools (`export`, the engine of `hubtools gguf SRC DST --quant f32`) from the native checkpoint and by
+llama.cpp's converter from hubtools' HF conversion. llama.cpp runs both (tests/llama_cpp_logits.cpp: llama.h, one
+sequence, F32 KV cache, no flash attention) on the built-in prompts' token ids (positions below 40); its logits
+on hubtools' file are held against `hubtools.verification.reference.forward` on the native weights, in float32,
+and equal its logits on the converter's file bit for bit.
 
 Measured: max |dlogit| 4.0e-6 (float32 rounding), top-1 100%; 5.7e-6 with a leading dense layer, 5.3e-6 with a
 routed scale of 1.5 as well; 3.8e-6 at Small 4's attention widths (one layer, dim 256). Understood differences,
@@ -35,7 +37,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hubtools.converter import convert
-from hubtools.families import family_named
 from hubtools.model.params import ModelParams
 from hubtools.testing import TOKENIZERS, tiny_mistral4_params, tiny_vision_params, write_native_checkpoint
 from hubtools.verification import reference
@@ -67,13 +68,15 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-def small_4(folder: Path, **changes: Any) -> tuple[Path, ModelParams, Path]:
-    """A tiny Small 4 (native, float32), hubtools' HF conversion, and llama.cpp's F32 GGUF of it."""
+def small_4(folder: Path, *, wrapped: bool = True, **changes: Any) -> tuple[Path, ModelParams, Path]:
+    """A tiny Small 4 (native, float32; in its vision wrapper or bare), hubtools' HF conversion, and llama.cpp's
+    F32 GGUF of it (the bare `Mistral4ForCausalLM`, which the converter does not register, mapped to its class)."""
     text = tiny_mistral4_params(vocab_size=TOKENIZERS["tekken"][2], **{**SMALL_4, **changes})
-    params = tiny_vision_params(text=text)
+    params = tiny_vision_params(text=text) if wrapped else text
     native = write_native_checkpoint(folder / "native", params, dtype=torch.float32, tokenizer="tekken")
     convert(native, folder / "hf")
-    return native, params, peer.convert_hf(folder / "hf", folder / "peer.F32.gguf", "f32")
+    register = None if wrapped else "Mistral4ForCausalLM:mistral3:Mistral3Model"
+    return native, params, peer.convert_hf(folder / "hf", folder / "peer.F32.gguf", "f32", register=register)
 
 
 def prompts(native: Path, params: ModelParams, count: int) -> list[list[int]]:
@@ -107,26 +110,36 @@ def assert_agree(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
     assert figures["max_dlogit"] < FLOAT32 and figures["top1"] == 1.0, figures
 
 
-def test_llama_cpp_runs_small_4_as_the_reference(program: Path, tmp_path: Path) -> None:
-    native, params, gguf = small_4(tmp_path)
-    assert_agree(logits(program, gguf, native, params, count=2))
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "changes",
+    ("wrapped", "changes"),
     [
-        {"n_layers": 3, "moe_first_k_dense_replace": 1},  # a leading dense layer
-        {"n_layers": 3, "moe_first_k_dense_replace": 1, "moe_routed_scale": 1.5, "moe_num_experts_per_tok": 2},
-        SMALL_4_ATTENTION,
+        pytest.param(True, {}, id="small-4"),
+        pytest.param(True, {"n_layers": 3, "moe_first_k_dense_replace": 1}, id="dense-lead", marks=pytest.mark.slow),
+        pytest.param(
+            True,
+            {"n_layers": 3, "moe_first_k_dense_replace": 1, "moe_routed_scale": 1.5, "moe_num_experts_per_tok": 2},
+            id="dense-lead-routed-scale",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(True, SMALL_4_ATTENTION, id="small-4-attention-dims", marks=pytest.mark.slow),
+        pytest.param(False, {}, id="bare-text-model", marks=pytest.mark.slow),
     ],
-    ids=["dense-lead", "dense-lead-routed-scale", "small-4-attention-dims"],
 )
-def test_llama_cpp_runs_every_small_4_variant_as_the_reference(
-    program: Path, tmp_path: Path, changes: dict[str, Any]
+def test_llama_cpp_runs_both_small_4_ggufs_as_the_reference(
+    program: Path, tmp_path: Path, wrapped: bool, changes: dict[str, Any]
 ) -> None:
-    native, params, gguf = small_4(tmp_path, **changes)
-    assert_agree(logits(program, gguf, native, params))
+    """hubtools' F32 GGUF (`hubtools gguf SRC DST --quant f32`'s engine): llama.cpp's logits agree with the
+    reference and equal, bit for bit, its logits on llama.cpp's converter's file."""
+    from hubtools.gguf.export import export
+    from hubtools.gguf.quant import parse_quants
+
+    native, params, converted = small_4(tmp_path, wrapped=wrapped, **changes)
+    result = export(native, tmp_path / "out", quants=parse_quants("f32"), name="m")
+    count = 4 if changes or not wrapped else 2
+    ours = logits(program, tmp_path / "out" / result.outputs[0].files[0], native, params, count=count)
+    assert_agree(ours)
+    theirs = logits(program, converted, native, params, count=count)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ours, theirs, strict=True))
 
 
 def top_2_sum_grouped_top_k(
@@ -206,20 +219,3 @@ def test_llama_4_scaling_needs_the_temperature_keys_the_converter_omits(program:
 def test_flash_attention_rounds_through_f16(program: Path, tmp_path: Path) -> None:
     native, params, gguf = small_4(tmp_path)
     assert FLOAT32 < max_dlogit(logits(program, gguf, native, params, flash_attn=True)) < 0.02
-
-
-@pytest.mark.skipif(
-    family_named("mistral4").gguf_unsupported is not None, reason="hubtools writes no mistral4 GGUF yet"
-)
-def test_llama_cpp_runs_hubtools_own_small_4_gguf_as_the_reference(program: Path, tmp_path: Path) -> None:
-    """hubtools' F32 GGUF: llama.cpp's logits agree with the reference and equal, bit for bit, its logits on
-    llama.cpp's converter's file (the metadata hubtools writes drives llama.cpp's graph the same way)."""
-    from hubtools.gguf.export import export
-    from hubtools.gguf.quant import parse_quants
-
-    native, params, converted = small_4(tmp_path)
-    result = export(native, tmp_path / "out", quants=parse_quants("f32"), name="m")
-    ours = logits(program, tmp_path / "out" / result.outputs[0].files[0], native, params, count=2)
-    assert_agree(ours)
-    theirs = logits(program, converted, native, params, count=2)
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ours, theirs, strict=True))
