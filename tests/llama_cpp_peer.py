@@ -6,7 +6,9 @@ with, and its built tools. Tests and benchmarks that need it skip when it is abs
   (tekken needs transformers < 5 there: transformers 5 loads a tekken folder through mistral-common,
   which the converter cannot read);
 - binaries (llama-tokenize, llama-quantize): env HUBTOOLS_LLAMA_CPP_BIN, else `build/bin` beside the
-  sdist, else PATH.
+  sdist, else PATH;
+- the build tree (its libllama / ggml libraries, for `logits_program`): env HUBTOOLS_LLAMA_CPP_BUILD, else
+  `build` beside the sdist.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 SDIST = "llama_cpp_python-0.3.36"
 ROOTS = (Path("/work/peer"), Path(__file__).resolve().parents[1] / "peer")
@@ -85,3 +89,54 @@ def convert_hf(hf_dir: Path, out: Path, outtype: str, *, register: str | None = 
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{done.stderr[-3000:]}")
     return out
+
+
+LOGITS_SOURCE = Path(__file__).with_name("llama_cpp_logits.cpp")
+LIBRARIES = ("src/libllama", "ggml/src/libggml", "ggml/src/libggml-cpu", "ggml/src/libggml-base")  # link order
+
+
+def build_tree() -> Path | None:
+    """The cmake build of the tree, if it holds libllama and ggml (static or shared)."""
+    found = tree()
+    env = os.environ.get("HUBTOOLS_LLAMA_CPP_BUILD")
+    build = Path(env) if env else (found.parents[2] / "build" if found is not None else None)
+    if build is None or not all(_library(build, lib) for lib in LIBRARIES):
+        return None
+    return build
+
+
+def _library(build: Path, stem: str) -> Path | None:
+    for suffix in (".a", ".so", ".dylib"):
+        if (build / f"{stem}{suffix}").is_file():
+            return build / f"{stem}{suffix}"
+    return None
+
+
+def logits_program(workdir: Path) -> Path | None:
+    """tests/llama_cpp_logits.cpp compiled against the tree's llama.h and linked with the build's libraries
+    (about a second; no cmake run), or None when the tree, its build or a C++ compiler is missing."""
+    root, build, cxx = tree(), build_tree(), os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if root is None or build is None or cxx is None:
+        return None
+    exe = workdir / "llama_cpp_logits"
+    libs = [str(_library(build, lib)) for lib in LIBRARIES]
+    rpath = sorted({f"-Wl,-rpath,{Path(lib).parent}" for lib in libs if not lib.endswith(".a")})
+    cmd = [cxx, "-O1", "-std=c++17", f"-I{root / 'include'}", f"-I{root / 'ggml' / 'include'}", str(LOGITS_SOURCE)]
+    cmd += ["-o", str(exe), *libs, *rpath, "-fopenmp", "-pthread", "-ldl"]
+    done = subprocess.run(["nice", *cmd], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling {LOGITS_SOURCE.name} failed:\n{done.stderr[-3000:]}")
+    return exe
+
+
+def runtime_logits(
+    exe: Path, gguf_path: Path, ids: list[int], workdir: Path, *, flash_attn: bool = False
+) -> np.ndarray:
+    """llama.cpp's logits `[len(ids), vocab]` (float32) for one sequence of token ids at positions 0.."""
+    out = workdir / "logits.f32"
+    cmd = [str(exe), *(["--flash-attn"] if flash_attn else []), str(gguf_path), str(out), *map(str, ids)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"llama_cpp_logits failed on {gguf_path.name}:\n{(done.stderr or done.stdout)[-3000:]}")
+    n_tokens, n_vocab = map(int, done.stdout.split())
+    return np.fromfile(out, dtype=np.float32).reshape(n_tokens, n_vocab)
