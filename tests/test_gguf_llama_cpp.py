@@ -54,8 +54,12 @@ def _tensors(path: Path) -> list[tuple[str, str, list[int], bytes]]:
     ]
 
 
-def assert_same_gguf(ours: Path, theirs: Path) -> None:
+def assert_same_gguf(ours: Path, theirs: Path, *, added: tuple[str, ...] = ()) -> None:
+    """Equal key for key (general.* aside) and tensor for tensor; `added`: keys only hubtools writes."""
     a, b = _fields(ours), _fields(theirs)
+    assert all(key in a and key not in b for key in added), added
+    for key in added:
+        a.pop(key)
     assert list(a) == list(b)
     for key in a:
         assert a[key] == b[key], key

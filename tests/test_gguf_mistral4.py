@@ -5,7 +5,8 @@ kv_lora_rank + rope in the metadata.
 
 Default suite: the file verifies against the native checkpoint (every tensor byte for byte, the reference forward
 on the read-back weights: exact in F32), from native and from HF alike, bare and in the vision wrapper, from FP8;
-planted faults in the file are named. Slow, with the peer: equal to llama.cpp's converter key for key and tensor
+planted faults in the file are named. Slow, with the peer: equal to llama.cpp's converter key for key (but for the
+llama-4 scaling keys hubtools adds, which the converter's HF path omits: `LLAMA_4_KEYS`) and tensor
 for tensor (the wrapper as the converter registers it; the bare `Mistral4ForCausalLM`, which it does not register,
 with that name mapped to the same class), and where the converter fails (transformers' FP8 experts), shown.
 """
@@ -24,6 +25,7 @@ from hubtools.converter import convert
 from hubtools.families import family_named
 from hubtools.gguf.export import export
 from hubtools.gguf.files import FastReader
+from hubtools.gguf.metadata import LLAMA_4_KEYS
 from hubtools.gguf.verify import verify_gguf
 from hubtools.model.family import ModelParams
 from hubtools.model.fp8 import Fp8
@@ -31,6 +33,7 @@ from hubtools.testing import TOKENIZERS, tiny_mistral4_params, tiny_vision, tiny
 from tests import llama_cpp_peer as peer
 
 REGISTER = "Mistral4ForCausalLM:mistral3:Mistral3Model"  # the converter's class for Mistral 4, under the bare name
+ADDED = tuple(f"mistral4.{key}" for key in LLAMA_4_KEYS)  # what hubtools writes beyond the converter (llama-4)
 
 
 def mistral4(
@@ -81,6 +84,9 @@ def test_the_file_is_mistral4_with_kv_b_split_and_the_experts_fused_as_the_conve
     assert fields["mistral4.attention.key_length"] == 16 + 16  # kv_lora_rank + qk_rope_head_dim
     assert (fields["mistral4.attention.key_length_mla"], fields["mistral4.attention.value_length_mla"]) == (24, 16)
     assert fields["mistral4.leading_dense_block_count"] == 1 and fields["mistral4.expert_shared_count"] == 1
+    keys = list(fields)  # llama-4 scaling, which llama.cpp's converter omits (README, Mistral 4), after its keys:
+    assert keys[keys.index("mistral4.rope.scaling.yarn_log_multiplier") + 1 :][:2] == [*ADDED]
+    assert fields[ADDED[1]] == 1024 and abs(fields[ADDED[0]] - 0.1) < 1e-7  # llama_4_scaling's beta and length
     shapes = {t.name: tuple(int(n) for n in reversed(t.shape)) for t in reader.tensors}
     assert shapes["blk.1.attn_k_b.weight"] == (4, 16, 8)  # [heads, kv_lora_rank, qk_nope]
     assert shapes["blk.1.attn_v_b.weight"] == (4, 16, 16)  # [heads, v_head_dim, kv_lora_rank]
@@ -205,7 +211,7 @@ def test_equal_to_llama_cpp_s_converter_from_native_and_from_hf(
     theirs = peer.convert_hf(tmp_path / "hf", tmp_path / f"peer.{outtype}.gguf", outtype, register=register)
     for source, out in ((native, "out"), (tmp_path / "hf", "out-hf")):
         result = export(source, tmp_path / out, quants=outtype, name="m")
-        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs)
+        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs, added=ADDED)
 
 
 @pytest.mark.slow
@@ -236,7 +242,7 @@ def test_fp8_per_tensor_the_converter_fails_on_transformers_layout_and_hubtools_
     theirs = peer.convert_hf(tmp_path / "hf-bf16", tmp_path / "peer.bf16.gguf", "bf16")
     for source, out in ((native, "out"), (tmp_path / "hf", "out-hf")):
         result = export(source, tmp_path / out, quants="bf16", name="m")
-        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs)
+        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs, added=ADDED)
 
 
 @pytest.mark.slow
@@ -250,4 +256,4 @@ def test_fp8_blocks_equal_the_converter_s_own_dequantization(tmp_path: Path) -> 
     theirs = peer.convert_hf(tmp_path / "hf", tmp_path / "peer.bf16.gguf", "bf16")
     for source, out in ((native, "out"), (tmp_path / "hf", "out-hf")):
         result = export(source, tmp_path / out, quants="bf16", name="m")
-        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs)
+        assert_same_gguf(tmp_path / out / result.outputs[0].files[0], theirs, added=ADDED)

@@ -18,7 +18,8 @@ asserted as such (slow):
 - llama-4 scaling: the converter writes neither `mistral4.attention.temperature_scale` nor `.temperature_length`,
   so past `original_max_position_embeddings` llama.cpp's queries are not scaled; with the two keys added
   (beta, original_max), llama.cpp's deepseek2 graph applies `1 + beta * ln(1 + floor(pos / max))` and agrees
-  (0.89 past position 16 before, with original_max 16);
+  (0.89 past position 16 before, with original_max 16); hubtools writes them (its one difference from the
+  converter's file), so its file agrees everywhere;
 - flash attention (llama.cpp's default `auto` turns it on on the CPU) rounds through F16: max |dlogit| 5.6e-3
   (the default F16 KV cache alone, measured by hand: 2.8e-3); hence the F32 cache and no flash attention.
 
@@ -198,7 +199,8 @@ def with_keys(src: Path, dst: Path, keys: dict[str, tuple[Any, Any]]) -> Path:
 @pytest.mark.slow
 def test_llama_4_scaling_needs_the_temperature_keys_the_converter_omits(program: Path, tmp_path: Path) -> None:
     """original_max_position_embeddings 16: the converter's file agrees up to position 15 and not beyond;
-    with `temperature_scale` (beta) and `temperature_length` (original_max) added it agrees everywhere."""
+    with `temperature_scale` (beta) and `temperature_length` (original_max) added it agrees everywhere, and so
+    does hubtools' file, which writes them."""
     import gguf
 
     short = {"yarn_original_max_position_embeddings": 16, "max_position_embeddings": 2048}
@@ -213,6 +215,10 @@ def test_llama_4_scaling_needs_the_temperature_keys_the_converter_omits(program:
     }
     fixed = with_keys(converted, tmp_path / "keys.F32.gguf", keys)
     assert_agree(logits(program, fixed, native, params, count=3))
+    from hubtools.gguf.export import export  # hubtools writes the two keys: its own file agrees everywhere
+
+    result = export(native, tmp_path / "out", quants="f32", name="m")
+    assert_agree(logits(program, tmp_path / "out" / result.outputs[0].files[0], native, params, count=3))
 
 
 @pytest.mark.slow

@@ -15,6 +15,10 @@ import gguf
 from hubtools.errors import ParamsError
 
 MLA_ARCHITECTURE = "mistral4"  # llama.cpp's DeepseekV2-derived architecture (multi-head latent attention)
+# llama-4 query scaling for `mistral4`: llama.cpp's runtime reads these two keys (its converter's native path,
+# `--mistral-format`, writes them; its HF path omits them, and llama.cpp then leaves the queries unscaled past
+# original_max_position_embeddings: 8192 positions for Small 4, measured in tests/test_gguf_mistral4_runtime.py)
+LLAMA_4_KEYS = ("attention.temperature_scale", "attention.temperature_length")
 
 
 def _get(config: dict[str, Any], *keys: str) -> Any:
@@ -77,7 +81,8 @@ def _add_mla_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_ty
     """Mistral 4's keys, in the order of the converter's `Mistral4Model` (`TextModel`'s, then `DeepseekV2Model`'s).
 
     The converter sets `num_key_value_heads` to 1 (MLA read as MQA) and writes `key_length` twice (the config's
-    `head_dim`, then kv_lora_rank + rope): gguf-py keeps the second value at the first one's place.
+    `head_dim`, then kv_lora_rank + rope): gguf-py keeps the second value at the first one's place. One deliberate
+    difference: the llama-4 scaling keys (`LLAMA_4_KEYS`), last, which the converter's HF path omits.
 
     Raises:
         ParamsError: a field the architecture needs is missing from `config`.
@@ -129,6 +134,9 @@ def _add_mla_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_ty
         writer.add_rope_dimension_count(rope_dim)
         if (mscale_all := rope.get("mscale_all_dim")) is not None:
             writer.add_rope_scaling_yarn_log_mul(0.1 * mscale_all)  # the converter's legacy 0.1 factor
+        if beta := rope.get("llama_4_scaling_beta"):  # not the converter's HF path: see LLAMA_4_KEYS
+            writer.add_attn_temperature_scale(beta)
+            writer.add_attn_temperature_length(rope["original_max_position_embeddings"])
     except KeyError as exc:
         raise ParamsError(f"config.json: missing field {exc.args[0]} (needed for GGUF metadata)") from None
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
