@@ -3,9 +3,9 @@
 For each seed x source dtype (bf16, FP8) x form (text `Mistral4ForCausalLM`, vision wrapper) x leading dense
 layers (0, 1) x conversion (kept as the source holds it; `--dtype bfloat16`, FP8 sources only), on a tiny
 synthetic checkpoint (shared expert, 8 experts top-2, tekken for the vision form): `convert` native -> HF,
-`verify` (float32, the default; must pass), `convert` HF -> native, which must give the source's bytes back
-(for `--dtype bfloat16`: each FP8 weight dequantized by the native rule, the scales gone). Every failure is
-printed with the report's failing checks; the exit status is the number of failures (0: all passed).
+`verify` (float32, the default, or `--verify-dtype`; must pass), `convert` HF -> native, which must give the
+source's bytes back (for `--dtype bfloat16`: each FP8 weight dequantized by the native rule, the scales gone).
+Every failure is printed with the report's failing checks; the exit status is the number of failures.
 
     python bench/mistral4_sweep.py [--seeds 10] [--workdir .bench/mistral4_sweep] [--only fp8-text-dense0-bf16]
 """
@@ -70,12 +70,14 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
                                                                       b.reshape(-1).view(torch.uint8))  # fmt: skip
 
 
-def run_case(work: Path, seed: int, quantized: bool, vision: bool, dense: int, dequantized: bool) -> list[str]:
+def run_case(
+    work: Path, seed: int, quantized: bool, vision: bool, dense: int, dequantized: bool, verify_dtype: str = "float32"
+) -> list[str]:
     """One judge run; the problems found (empty: passed)."""
     params = case_params(quantized=quantized, vision=vision, dense=dense)
     native = write_source(work / "native", params, seed, vision)
     convert(native, work / "hf", dtype="bfloat16" if dequantized else None)
-    report = verify(native, work / "hf")
+    report = verify(native, work / "hf", dtype=verify_dtype)
     problems = []
     if not report.passed:
         logits = report.logits
@@ -102,6 +104,7 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path(".bench/mistral4_sweep"))
     parser.add_argument("--only", help="run the cases whose id contains this")
+    parser.add_argument("--verify-dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     cases = [
         (seed, quantized, vision, dense, dequantized)
@@ -121,7 +124,7 @@ def main() -> None:
             continue
         work = args.workdir / name
         shutil.rmtree(work, ignore_errors=True)
-        problems = run_case(work, seed, quantized, vision, dense, dequantized)
+        problems = run_case(work, seed, quantized, vision, dense, dequantized, args.verify_dtype)
         failures += bool(problems)
         print(f"{name}: {'FAIL ' + ' | '.join(problems) if problems else 'ok'}", flush=True)
         if not problems:
