@@ -79,6 +79,9 @@ def run_case(
     convert(native, work / "hf", dtype="bfloat16" if dequantized else None)
     report = verify(native, work / "hf", dtype=verify_dtype)
     problems = []
+    ties = report.logits.routing_near_ties
+    if ties:  # not a problem: said so that a sweep shows how often, and how far apart
+        print(f"  {len(ties)} routing near-tie(s) followed: {'; '.join(ties)}", flush=True)
     if not report.passed:
         logits = report.logits
         problems.append(
