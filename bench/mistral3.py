@@ -83,7 +83,19 @@ if "text-only" in shims:  # the script reads config.text_config and writes model
     Ministral3ForCausalLM.load_state_dict = lambda self, state, *a, **k: load(
         self, {n.replace("model.language_model.", "model.", 1): t for n, t in state.items()}, *a, **k)
 sys.argv = [script, *args]
-runpy.run_path(script, run_name="__main__")
+if not {"model-only", "dense-ffn"} & set(shims):
+    runpy.run_path(script, run_name="__main__")
+    sys.exit()
+script_globals = runpy.run_path(script, run_name="peer_script")["main"].__globals__  # defined, not yet run
+if "model-only" in shims:  # the weights and config only: its tokenizer / processor step (PixtralImageProcessorFast
+    script_globals["convert_and_write_processor_and_tokenizer"] = lambda *a: None  # needs torchvision) is skipped
+if "dense-ffn" in shims:  # Mistral 4's renamings miss a leading dense layer's feed_forward.w1/w2/w3: the ones it lacks
+    text_renamings = script_globals["_get_text_renamings"]
+    from transformers.core_model_loading import WeightRenaming
+    script_globals["_get_text_renamings"] = lambda prefix: [*text_renamings(prefix), *(
+        WeightRenaming(rf"feed_forward\.{w}", f"mlp.{proj}") for w, proj in
+        (("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")))]
+script_globals["main"]()
 """
 
 VERIFY = r"""

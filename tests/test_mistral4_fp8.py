@@ -191,3 +191,32 @@ def test_gate_and_up_input_scales_that_differ_are_refused_in_one_line(tmp_path: 
     result = run_cli("convert", native, tmp_path / "hf")
     assert_one_line_error(result, "experts.4.up_proj.activation_scale' differs", "--dtype bfloat16")
     assert run_cli("convert", native, tmp_path / "bf16", "--dtype", "bfloat16").exit_code == 0
+
+
+@pytest.mark.parametrize("text_family", ["ministral3", "mistral4"])
+def test_verify_of_a_dequantized_fp8_vision_wrapper_passes_and_still_names_a_changed_weight(
+    text_family: str, tmp_path: Path
+) -> None:
+    """`convert --dtype bfloat16` of an FP8 `Mistral3ForConditionalGeneration` (Ministral 3, Small 4): verify
+    expects no scale on the HF side for the wrapper's text model too (it used to expect them back: "HF: missing
+    tensor '...weight_scale_inv'"), and a dequantized weight one value off still fails and is named."""
+    import dataclasses
+
+    from hubtools.model.fp8 import Fp8
+    from hubtools.testing import TOKENIZERS, tiny_ministral3_params, tiny_vision_params
+
+    vocab = TOKENIZERS["tekken"][2]
+    text = tiny_ministral3_params(vocab_size=vocab) if text_family == "ministral3" else tiny_mistral4_params(
+        vocab_size=vocab
+    )  # fmt: skip
+    params = tiny_vision_params(text=dataclasses.replace(text, quantization=Fp8()))
+    native = write_native_checkpoint(tmp_path / "native", params, tokenizer=None, shards=1)
+    _edit(native / NATIVE_FILE, _one_input_scale_per_expert)
+    convert(native, tmp_path / "hf", dtype="bfloat16")
+    report = verify(native, tmp_path / "hf")
+    assert report.passed, report.structure.problems[:3]
+    name = "language_model.model.layers.1.self_attn.o_proj.weight"
+    (shard,) = sorted((tmp_path / "hf").glob("*.safetensors"))
+    _edit(shard, lambda t: t[name].view(-1)[7].mul_(1.5))
+    report = verify(native, tmp_path / "hf", check_logits=False)
+    assert not report.passed and report.tensors.mismatched == (name,)

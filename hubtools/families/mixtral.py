@@ -69,6 +69,7 @@ class Mixtral(Mistral):
     model_type = "mixtral"
     params_fields = (Mistral.params_fields - {"max_position_embeddings"}) | {"moe"}  # no release has it
     params_absent = {"tied_embeddings": (False,)}
+    hf_router = "mlp.gate"  # returns (logits, weights, indices), tokens as rows (Mistral 4's too)
 
     def recognises_params(self, raw: Mapping[str, Any]) -> bool:
         return raw.get("moe") not in (None, {})

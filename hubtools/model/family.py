@@ -138,6 +138,7 @@ class Family:
     default_max_positions: ClassVar[int] = 32768  # config.json max_position_embeddings when nothing says
     wraps_text: ClassVar[bool] = False  # a wrapper (vision + a text family) wins over the text families it wraps
     hf_text_prefix: ClassVar[str] = ""  # a wrapper's: where its text model's HF names sit
+    hf_router: ClassVar[str | None] = None  # an MoE family's: its router in transformers' decoder layer
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other)

@@ -208,6 +208,16 @@ def weight_scale(params: ModelParams, spec: TensorSpec, layout: str) -> str:
     return name.removesuffix(".weight") + (native if layout == "native" else hf)
 
 
+def without_fp8(params: ModelParams) -> ModelParams:
+    """`params` with its weights dequantized: no FP8 scheme, a wrapper's text model's included (it carries the
+    scheme too, and the wrapper's tensors are the text model's)."""
+    if params.quantization is None and params.text.quantization is None:
+        return params
+    text = replace(params.text, quantization=None)
+    options = tuple((key, text if key == "text" else value) for key, value in params.options)
+    return replace(params, quantization=None, options=options)
+
+
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The dequantization rule: `(weight.float() * scale.float()).to(dtype)` (see the module docstring); a
     2-D `scale` is a block grid, each entry multiplying its 128x128 block (the last ones partial)."""

@@ -72,11 +72,7 @@ class QuantizeReport:
 def plain_params(params: ModelParams) -> ModelParams:
     """`params` without FP8 weights: what the engine, the writer and verify's forwards see of an FP8 source
     (its weights dequantized as they are read, `native_reader`)."""
-    if params.quantization is None and params.text.quantization is None:
-        return params
-    text = replace(params.text, quantization=None)  # a wrapper's text model carries the scheme too
-    options = tuple((key, text if key == "text" else value) for key, value in params.options)
-    return replace(params, quantization=None, options=options)
+    return fp8.without_fp8(params)
 
 
 def native_reader(ckpt: Checkpoint, device: torch.device) -> Callable[[TensorSpec], torch.Tensor]:

@@ -160,9 +160,18 @@ class LayeredModel:
         return masks[kind], rope, positions
 
     @torch.no_grad()
-    def layer(self, h: torch.Tensor, layer: int, fused: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Run decoder layer `layer` (its weights loaded now, released on return; `fused`: its experts)."""
+    def layer(
+        self,
+        h: torch.Tensor,
+        layer: int,
+        fused: dict[str, torch.Tensor] | None = None,
+        router_hook: Callable[..., Any] | None = None,
+    ) -> torch.Tensor:
+        """Run decoder layer `layer` (its weights loaded now, released on return; `fused`: its experts;
+        `router_hook`: a forward hook on its router, `verification.near_ties`)."""
         module = build_layer(self.config, layer, self.read, self.dtype, fused, self.family)
+        if router_hook is not None and self.family.hf_router is not None:
+            module.get_submodule(self.family.hf_router).register_forward_hook(router_hook)
         mask, rope, positions = self._inputs(h, layer)
         out = module(h, attention_mask=mask, position_ids=positions, position_embeddings=rope)
         alive = weakref.ref(module)

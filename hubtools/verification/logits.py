@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,8 +25,16 @@ from hubtools.checkpoint.reader import Checkpoint
 from hubtools.checkpoint.safetensors_format import dtype_name
 from hubtools.model.family import ModelParams
 from hubtools.verification import reference
-from hubtools.verification.checks import NEAR_TIE, THRESHOLDS, LayerDiff, LogitsCheck, Threshold
+from hubtools.verification.checks import (
+    NEAR_TIE,
+    ROUTING_NEAR_TIE,
+    THRESHOLDS,
+    LayerDiff,
+    LogitsCheck,
+    Threshold,
+)
 from hubtools.verification.hf_forward import LayeredModel
+from hubtools.verification.near_ties import NearTies
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +244,10 @@ def run_layered(
     dtype: torch.dtype,
     rope_theta: float,
     progress: Callable[[str], None],
+    near_ties: NearTies | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[LayerDiff], tuple[str, ...]]:
-    """Both forwards in lockstep, one layer's weights at a time on each side.
+    """Both forwards in lockstep, one layer's weights at a time on each side (`near_ties`: the routing near-ties
+    transformers' side follows, as verify's one pass does; default: none).
 
     Returns:
         Reference logits, transformers logits, the hidden-state difference after every layer, and
@@ -250,12 +260,54 @@ def run_layered(
     def read(name: str) -> torch.Tensor:
         return hf.read(name).to(dtype)
 
+    near_ties = near_ties or NearTies(0.0)
     positions = prompts.positions
-    ref = reference.ReferenceModel(params, get, rope_theta=rope_theta, positions=positions)
-    model = LayeredModel(config, read, dtype, positions=positions)
+    ref = _RoutedReference(reference.ReferenceModel(params, get, rope_theta=rope_theta, positions=positions))
+    model = _FollowingModel(LayeredModel(config, read, dtype, positions=positions), ref, near_ties)
     track = Divergence(prompts.valid)
     ref_logits, hf_logits = run_sides(ref, model, prompts.tokens, params.n_layers, track, progress)
     return ref_logits, hf_logits, track.diffs, track.nonfinite
+
+
+class _RoutedReference:
+    """The reference, its MoE layers run as verify's one pass runs them, keeping each layer's routing."""
+
+    def __init__(self, model: reference.ReferenceModel) -> None:
+        self.model, self.routing = model, None
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(tokens)
+
+    def layer(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        model, family = self.model, self.model.family
+        if family.experts(model.params, layer) == 0:
+            self.routing = None
+            return model.layer(h, layer)
+        self.routing = family.route(model.attention_block(h, layer), layer, model.get, model.params)
+        for expert in range(family.experts(model.params, layer)):
+            family.add_expert(self.routing, layer, expert, model.get)
+        return family.routed_output(self.routing)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.head(h)
+
+
+class _FollowingModel:
+    """transformers' layers, each MoE router following the reference's choice on a near tie (`near_ties`)."""
+
+    def __init__(self, model: LayeredModel, ref: _RoutedReference, near_ties: NearTies) -> None:
+        self.model, self.ref, self.near_ties = model, ref, near_ties
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(tokens)
+
+    def layer(self, h: torch.Tensor, layer: int) -> torch.Tensor:
+        routing = self.ref.routing  # run_sides runs the reference's layer first
+        hook = self.near_ties.hook(layer, routing.chosen, routing.weights) if routing is not None else None
+        return self.model.layer(h, layer, None, hook)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.head(h)
 
 
 def compare_logits(
@@ -270,10 +322,13 @@ def compare_logits(
 ) -> LogitsCheck:
     """Run both forwards on the built-in prompts (and `texts`) and judge the logits by the thresholds for `dtype`."""
     prompts = prompt_tokens(native.tokenizer_file, native.params.vocab_size, texts).pack()
+    near_ties = NearTies(ROUTING_NEAR_TIE[dtype_name(dtype)])
     ref, out, diffs, nonfinite = run_layered(
-        native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress
-    )
-    return judge_logits(ref, out, diffs, prompts, dtype=dtype, nonfinite=nonfinite)
+        native, hf, config, native.params, prompts, dtype=dtype, rope_theta=rope_theta, progress=progress,
+        near_ties=near_ties,
+    )  # fmt: skip
+    check = judge_logits(ref, out, diffs, prompts, dtype=dtype, nonfinite=nonfinite)
+    return replace(check, routing_near_ties=tuple(near_ties.found))
 
 
 def judge_logits(

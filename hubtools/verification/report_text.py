@@ -80,10 +80,16 @@ def logits_line(c: LogitsCheck) -> str:
     label = METRIC_LABELS
     limits = ", ".join(_limit(t.metric, t.bound, t.limit) for t in c.thresholds)
     ties = f" ({100 * (c.top1_near_tie_agreement or 0):.1f}% within {c.near_tie:g} near-ties)" if c.near_tie else ""
+    routed = (
+        f"; {len(c.routing_near_ties)} token(s) took the reference's experts on a routing near-tie"
+        if c.routing_near_ties
+        else ""
+    )
     return (
         f"{c.dtype}: {label['max_abs_dlogit']} {c.max_abs_dlogit:.2e}, {label['nmse']} {c.nmse:.2e}, "
         f"{label['mean_kl']} {c.mean_kl:.2e}, {label['max_kl']} {c.max_kl:.2e}, "
-        f"{label['top1_agreement']} {100 * (c.top1_agreement or 0):.1f}%{ties} on {c.tokens} tokens; limits: {limits}"
+        f"{label['top1_agreement']} {100 * (c.top1_agreement or 0):.1f}%{ties} on {c.tokens} tokens; "
+        f"limits: {limits}{routed}"
     )
 
 

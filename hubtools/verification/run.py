@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +71,9 @@ def assign_folders(first: Path, second: Path) -> tuple[Path, Path]:
 
 def hf_side_params(params: ModelParams, config: dict[str, Any] | None) -> ModelParams:
     """The native params as the HF side holds them: FP8 weights dequantized when config.json has no
-    `quantization_config` (a `convert --dtype` output), else as the native side."""
+    `quantization_config` (a `convert --dtype` output; a wrapper's text model too), else as the native side."""
     if params.quantization is not None and (config or {}).get(fp8.HF_FIELD) is None:
-        return replace(params, quantization=None)
+        return fp8.without_fp8(params)
     return params
 
 

@@ -33,7 +33,7 @@ from hubtools.model.rows import Role
 from hubtools.model.transforms import to_hf
 from hubtools.verification import reference
 from hubtools.verification.casts import cast_damage
-from hubtools.verification.checks import TensorsCheck
+from hubtools.verification.checks import ROUTING_NEAR_TIE, TensorsCheck
 from hubtools.verification.fp8_weights import forward_weights, read_scales
 from hubtools.verification.hf_forward import LayeredModel
 from hubtools.verification.logits import (
@@ -43,6 +43,7 @@ from hubtools.verification.logits import (
     judge_logits,
     prompt_tokens,
 )
+from hubtools.verification.near_ties import NearTies
 from hubtools.verification.structure import size_mismatches
 
 
@@ -209,6 +210,7 @@ class Lockstep:
         self.fused: dict[str, torch.Tensor] | None = None  # the current layer's experts (transformers' layout)
         self.experts: dict[str, torch.Tensor] | None = None  # their storage, reused by every layer
         self.track = Divergence(self.prompts.valid)
+        self.near_ties = NearTies(ROUTING_NEAR_TIE[dtype_name(dtype)])
         self.logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def feed(self, spec: TensorSpec, native: torch.Tensor, hf: torch.Tensor) -> None:
@@ -282,7 +284,8 @@ class Lockstep:
                 self.h_ref = self.family.routed_output(self.moe)
             else:
                 self.h_ref = self.reference.layer(self.h_ref, unit)
-            self.h_hf = self.model.layer(self.h_hf, unit, self.fused)
+            hook = self.near_ties.hook(unit, self.moe.chosen, self.moe.weights) if self.moe is not None else None
+            self.h_hf = self.model.layer(self.h_hf, unit, self.fused, hook)
             self.moe, self.fused = None, None
             self.track.layer(unit, self.h_ref, self.h_hf)
             return
@@ -299,6 +302,7 @@ class Lockstep:
         check = judge_logits(
             *self.logits, self.track.diffs, self.prompts, dtype=self.dtype, nonfinite=self.track.nonfinite
         )
+        check = replace(check, routing_near_ties=tuple(self.near_ties.found))
         return replace(check, vision=tuple(self.vision.diffs)) if self.vision is not None else check
 
 
