@@ -11,8 +11,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubtools.model.family import Family, Getter, InputGroup, ModelParams
+from hubtools.model.family import Family, Getter, ModelParams
 from hubtools.model.hf_config import config_to_common
+from hubtools.model.input_group import InputGroup
 from hubtools.model.params import context_field, parse_common
 from hubtools.model.rows import Row
 from hubtools.model.transforms import Transform

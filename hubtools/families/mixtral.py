@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hubtools.errors import ParamsError
 from hubtools.families.mistral import ATTENTION_NORM, FFN_NORM, HF_LAYER, WK, WO, WQ, WV, Mistral
 from hubtools.model.accounting import check_object_fields
-from hubtools.model.family import Getter, InputGroup, ModelParams
+from hubtools.model.family import Getter, ModelParams
+from hubtools.model.input_group import InputGroup
 from hubtools.model.params import Bad, bad_value, parse_common, positive_int
 from hubtools.model.rows import Row, TensorSpec
 

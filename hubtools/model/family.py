@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hubtools.errors import ParamsError
 from hubtools.model.fp8 import Fp8, with_scales
+from hubtools.model.input_group import InputGroup
 from hubtools.model.rows import Fusion, GgufPiece, Part, Row, TensorSpec, expand
 
 if TYPE_CHECKING:
@@ -104,24 +105,6 @@ class ModelParams:
     def to_dict(self) -> dict[str, Any]:
         """The params.json form (the family's)."""
         return self.family.params_json(self)
-
-
-@dataclass(frozen=True)
-class InputGroup:
-    """Weights of one layer that read the same input, and what makes that input (for quantization).
-
-    `readers` are quantized. `source` makes their input: a norm weight `[dim]` or a linear whose output rows
-    are the input's channels (AWQ divides its entries / rows by the scales it multiplies the readers' columns
-    by), or None (nothing to fold into: the group is left unscaled). `passengers` read the same input but stay
-    unquantized (the router): their columns are multiplied by the scales too, so they compute what they
-    computed before. `experts`: "none" (layer rows), "each" (expert rows, the group repeats per expert) or
-    "all" (the readers of every expert share the layer's input).
-    """
-
-    readers: tuple[Row, ...]
-    source: Row | None = None
-    passengers: tuple[Row, ...] = ()
-    experts: str = "none"
 
 
 class Family:

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from hubtools.errors import QuantizeError
-from hubtools.model.family import InputGroup, ModelParams
+from hubtools.model.family import ModelParams
+from hubtools.model.input_group import InputGroup
 from hubtools.model.names import NameTable, TensorSpec
 from hubtools.quantization.awq import clipped_round_to_nearest, search_scales
 from hubtools.quantization.capture import InputStats, LinearInputs
