@@ -23,23 +23,13 @@ Needs the mistral4 family (`--tree` names a hubtools tree that has it, default t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 SCRIPT = "convert_mistral4_weight_to_hf.py"
-
-
-def _mistral3() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mistral3", Path(__file__).with_name("mistral3.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def mistral4_params(*, dim: int, layers: int, experts: int, vocab: int, fp8: bool, tiny: bool) -> dict[str, Any]:
@@ -62,7 +52,8 @@ def mistral4_params(*, dim: int, layers: int, experts: int, vocab: int, fp8: boo
 
 
 def main() -> None:
-    m3 = _mistral3()
+    import mistral3 as m3  # a sibling: bench/ is sys.path[0] when run as a script (as bench/release.py does)
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", type=int, default=32, help="routed experts per layer (the release has 128)")
     parser.add_argument("--layers", type=int, default=1)

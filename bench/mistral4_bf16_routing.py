@@ -15,35 +15,26 @@ whole expert's share; every other token stays within bfloat16 noise (README, Mis
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 LAYER = 0
 
 
-def _bench(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build(work: Path, experts: int, vocab: int) -> tuple[Path, Path]:
     """The native checkpoint and its conversion (kept between runs)."""
+    import mistral3  # siblings: bench/ is sys.path[0] when run as a script (as bench/release.py does)
+    import mistral4
+
     from hubtools.converter import convert
 
     native, hf = work / "native", work / "hf"
     if not (native / "params.json").exists():
-        raw = _bench("mistral4").mistral4_params(
-            dim=4096, layers=1, experts=experts, vocab=vocab, fp8=False, tiny=False
-        )
-        subprocess.run([sys.executable, "-c", _bench("mistral3").BUILD, "mistral4", json.dumps(raw), str(native)],
+        raw = mistral4.mistral4_params(dim=4096, layers=1, experts=experts, vocab=vocab, fp8=False, tiny=False)
+        subprocess.run([sys.executable, "-c", mistral3.BUILD, "mistral4", json.dumps(raw), str(native)],
                        check=True)  # fmt: skip
     if not (hf / "config.json").exists():
         convert(native, hf)

@@ -18,7 +18,6 @@ once (untimed), so every method starts with them warm in the page cache:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -91,14 +90,6 @@ def bench_params(layers: int) -> ModelParams:
         top_k=2,
         vocab_size=32000,
     )
-
-
-def _bench_convert() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_convert", Path(__file__).with_name("convert.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def mem_available() -> int:
@@ -257,7 +248,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    shared = _bench_convert()
+    import convert as shared  # a sibling: bench/ is sys.path[0] when run as a script (as bench/release.py does)
+
     rows, sizes = {}, {}
     for layers in args.layers:
         native, hf, built = prepare(layers, args.workdir, shared)

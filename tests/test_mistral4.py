@@ -157,15 +157,22 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_a_planted_fault_fails_verify_and_is_named(converted: tuple[Path, Path], tmp_path: Path, fault: str) -> None:
-    native, hf = converted
+def planted(hf: Path, tmp_path: Path, fault: str) -> Path:
+    """A copy of the HF folder `hf` with `fault` (of `FAULTS`) planted in its weights or config.json."""
     broken = Path(shutil.copytree(hf, tmp_path / "hf"))
-    weights, field, named = FAULTS[fault]
+    weights, field, _ = FAULTS[fault]
     if weights:
         _edit_weights(broken, weights)
     if field:
         edit_json(broken / "config.json", lambda config: config.__setitem__(*field))
+    return broken
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_planted_fault_fails_verify_and_is_named(converted: tuple[Path, Path], tmp_path: Path, fault: str) -> None:
+    native, hf = converted
+    broken = planted(hf, tmp_path, fault)
+    named = FAULTS[fault][2]
     report = verify(native, broken)
     assert not report.passed and not report.logits.passed, fault
     found = [*report.structure.problems, *report.tensors.mismatched]

@@ -4,7 +4,6 @@ still fails."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,7 @@ from hubtools.verification import stream
 from hubtools.verification.near_ties import NearTies
 from hubtools.verification.report_text import logits_line
 from hubtools.verification.run import verify
-from tests.helpers import edit_json
-from tests.test_mistral4 import FAULTS, _edit_weights
+from tests.test_mistral4 import FAULTS, planted
 
 
 def _router_output(logits: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,11 +73,5 @@ def test_bfloat16_verify_passes_a_correct_conversion_through_routing_near_ties_a
 )  # fmt: skip
 def test_a_planted_fault_still_fails_bfloat16_verify(flipping: tuple[Path, Path], tmp_path: Path, fault: str) -> None:
     native, hf = flipping
-    broken = Path(shutil.copytree(hf, tmp_path / "hf"))
-    weights, field, _ = FAULTS[fault]
-    if weights:
-        _edit_weights(broken, weights)
-    if field:
-        edit_json(broken / "config.json", lambda config: config.__setitem__(*field))
-    report = verify(native, broken, dtype="bfloat16")
+    report = verify(native, planted(hf, tmp_path, fault), dtype="bfloat16")
     assert not report.passed and not report.logits.passed, (fault, report.logits.mean_kl)

@@ -45,19 +45,7 @@ def add_model_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_t
         _add_mla_parameters(writer, config, file_type)
         return
     try:
-        writer.add_block_count(config["num_hidden_layers"])
-        if (n_ctx := _get(config, "max_position_embeddings")) is not None:
-            writer.add_context_length(n_ctx)
-        writer.add_embedding_length(config["hidden_size"])
-        writer.add_feed_forward_length(config["intermediate_size"])
-        writer.add_head_count(config["num_attention_heads"])
-        writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
-        rope = config.get("rope_parameters") or {}
-        if rope.get("rope_type") == "yarn" and rope.get("factor") is not None:  # TextModel.set_gguf_parameters
-            _add_yarn(writer, rope)
-        theta = _get(config, "rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
-        if theta is not None:
-            writer.add_rope_freq_base(theta)
+        rope = _add_text_model_keys(writer, config, config.get("num_key_value_heads") or config["num_attention_heads"])
         writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
         if (n_experts := _get(config, "num_local_experts")) is not None:
             writer.add_expert_count(n_experts)
@@ -88,19 +76,8 @@ def _add_mla_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_ty
         ParamsError: a field the architecture needs is missing from `config`.
     """
     try:
-        rope = config.get("rope_parameters") or {}
         kv_lora, rope_dim = config.get("kv_lora_rank") or 512, config["qk_rope_head_dim"]
-        writer.add_block_count(config["num_hidden_layers"])
-        if (n_ctx := _get(config, "max_position_embeddings")) is not None:
-            writer.add_context_length(n_ctx)
-        writer.add_embedding_length(config["hidden_size"])
-        writer.add_feed_forward_length(config["intermediate_size"])
-        writer.add_head_count(config["num_attention_heads"])
-        writer.add_head_count_kv(1)
-        if rope.get("rope_type") == "yarn" and rope.get("factor") is not None:
-            _add_yarn(writer, rope)
-        if (theta := _get(config, "rope_theta") or rope.get("rope_theta")) is not None:
-            writer.add_rope_freq_base(theta)
+        rope = _add_text_model_keys(writer, config, 1)
         writer.add_layer_norm_rms_eps(config.get("rms_norm_eps") or 1e-6)
         if (n_experts := _get(config, "n_routed_experts")) is not None:
             writer.add_expert_count(n_experts)
@@ -140,6 +117,28 @@ def _add_mla_parameters(writer: gguf.GGUFWriter, config: dict[str, Any], file_ty
     except KeyError as exc:
         raise ParamsError(f"config.json: missing field {exc.args[0]} (needed for GGUF metadata)") from None
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_text_model_keys(writer: gguf.GGUFWriter, config: dict[str, Any], head_count_kv: int) -> dict[str, Any]:
+    """The converter's `TextModel.set_gguf_parameters` keys up to the rope base, every architecture's opening;
+    returns `rope_parameters`.
+
+    Raises:
+        KeyError: a field they need is missing (the callers name it).
+    """
+    writer.add_block_count(config["num_hidden_layers"])
+    if (n_ctx := _get(config, "max_position_embeddings")) is not None:
+        writer.add_context_length(n_ctx)
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(config["num_attention_heads"])
+    writer.add_head_count_kv(head_count_kv)
+    rope: dict[str, Any] = config.get("rope_parameters") or {}
+    if rope.get("rope_type") == "yarn" and rope.get("factor") is not None:
+        _add_yarn(writer, rope)
+    if (theta := _get(config, "rope_theta") or rope.get("rope_theta")) is not None:
+        writer.add_rope_freq_base(theta)
+    return rope
 
 
 def _add_yarn(writer: gguf.GGUFWriter, rope: dict[str, Any]) -> None:
